@@ -1,0 +1,5 @@
+import sys
+
+from webhookd.cli import main
+
+sys.exit(main())

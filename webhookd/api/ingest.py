@@ -1,0 +1,40 @@
+"""POST /v1/events: producers append events; 202 only once they are committed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from webhookd.api.app import ApiError, read_json, services
+from webhookd.events import EventError, NewEvent, parse_event
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/events")
+async def post_events(request: web.Request) -> web.Response:
+    svc = services(request)
+    body = await read_json(request)
+    raw_events = body if isinstance(body, list) else [body]
+    if not raw_events:
+        raise ApiError(400, "invalid_request", "an empty list of events")
+    limit = svc.settings.admin.max_batch_events
+    if len(raw_events) > limit:
+        raise ApiError(
+            413,
+            "too_many_events",
+            f"{len(raw_events)} events in one request; the limit is {limit} (admin.max_batch_events)",
+        )
+    now = datetime.now(UTC)
+    events: list[NewEvent] = []
+    try:
+        for index, raw in enumerate(raw_events):
+            events.append(parse_event(raw, index, now))
+    except EventError as exc:
+        raise ApiError(400, "invalid_event", str(exc)) from None
+    result = await svc.store.ingest(events)
+    svc.metrics.events_ingested.inc(result.inserted)
+    if result.inserted:
+        svc.scanner.wake()
+    return web.json_response({"ids": result.ids}, status=202)

@@ -1,0 +1,212 @@
+"""Settings: one TOML file, overridden by WEBHOOKD_<SECTION>__<KEY> environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from webhookd.durations import Duration
+
+DEFAULT_CONFIG_PATH = Path("/etc/webhookd/webhookd.toml")
+
+
+class ConfigError(Exception):
+    """Every problem found in the settings, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DatabaseSettings(_Section):
+    path: Path = Path("/var/lib/webhookd/webhookd.duckdb")
+    # DuckDB's automatic checkpoint stalls a big commit; the writer checkpoints itself when idle.
+    checkpoint_interval: Duration = 30.0
+    memory_limit: str = "1GB"
+
+
+class AdminSettings(_Section):
+    listen: str = "127.0.0.1:8787"
+    token_file: Path = Path("/etc/webhookd/admin.token")
+    token: SecretStr | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch_events: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _listen_form(self) -> AdminSettings:
+        if self.listen.startswith("unix:"):
+            if len(self.listen) <= len("unix:"):
+                raise ValueError("admin.listen: 'unix:' needs a socket path")
+        else:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"admin.listen: {self.listen!r} is neither host:port nor unix:/path"
+                )
+        return self
+
+    def address(self) -> tuple[str, int] | str:
+        """(host, port) for TCP, or the socket path for unix:."""
+        if self.listen.startswith("unix:"):
+            return self.listen[len("unix:") :]
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def resolve_token(self) -> str:
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                [
+                    f"admin.token_file: cannot read {str(self.token_file)!r} ({exc.strerror}); "
+                    "create it or set WEBHOOKD_ADMIN__TOKEN"
+                ]
+            ) from exc
+        if not token:
+            raise ConfigError([f"admin.token_file: {str(self.token_file)!r} is empty"])
+        return token
+
+
+class ScannerSettings(_Section):
+    poll_interval: Duration = 0.25
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+
+
+class DeliverySettings(_Section):
+    workers: int = Field(default=64, ge=1, le=10_000)
+    per_webhook_concurrency: int = Field(default=8, ge=1)
+    timeout: Duration = 15.0
+    max_attempts: int = Field(default=8, ge=1)
+    retry_schedule: list[Duration] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+    )
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+    allow_private_destinations: bool = False
+    max_response_bytes: int = Field(default=4096, ge=0)
+    # A lease must outlive the slowest attempt plus the commit of its outcome.
+    lease: Duration = 60.0
+    claim_batch: int = Field(default=512, ge=1)
+    disable_after: Duration = 5 * 86400.0
+    rotation_grace: Duration = 86400.0
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _lease_outlives_attempt(self) -> DeliverySettings:
+        if self.lease <= self.timeout:
+            raise ValueError("delivery.lease must be longer than delivery.timeout")
+        return self
+
+
+class RetentionSettings(_Section):
+    delivered_ttl: Duration = 3600.0
+    log_ttl: Duration = 30 * 86400.0
+    prune_interval: Duration = 60.0
+    prune_batch: int = Field(default=5000, ge=1)
+
+
+class ShutdownSettings(_Section):
+    grace: Duration = 10.0
+
+
+class LoggingSettings(_Section):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WEBHOOKD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    scanner: ScannerSettings = Field(default_factory=ScannerSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("WEBHOOKD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def _read_toml(path: Path, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError([f"config: file {str(path)!r} does not exist"]) from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config: {path}: malformed TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"config: cannot read {str(path)!r}: {exc.strerror}"]) from None
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "config"
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    message = message.removeprefix("Value error, ")
+    if message.startswith(key + ":"):
+        return message
+    return f"{key}: {message}"
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, required: bool | None = None
+) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError naming every bad key.
+
+    An explicitly named file must exist; the default path may be absent (defaults apply).
+    """
+    resolved = config_path(path)
+    must_exist = (
+        required if required is not None else (path is not None or "WEBHOOKD_CONFIG" in os.environ)
+    )
+    data = _read_toml(resolved, must_exist)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The resolved settings as check-config prints them: secrets masked, durations spelled."""
+    data = settings.model_dump(mode="json")
+    if settings.admin.token is not None:
+        data["admin"]["token"] = "**********"
+    return data

@@ -1,0 +1,220 @@
+"""The daemon's life: open and rescue, serve, drain on SIGTERM, close cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+from typing import Any
+
+from aiohttp import web
+
+from webhookd import __version__, logs
+from webhookd.api import Services, build_app
+from webhookd.config import ConfigError, Settings
+from webhookd.metrics import Metrics
+from webhookd.notify import Notifier
+from webhookd.scanner import Scanner
+from webhookd.sender import Sender
+from webhookd.signing import USER_AGENT
+from webhookd.store.base import StoreUnavailable
+from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.upkeep import AutoDisabler, LeaseRescuer, Periodic, Pruner
+from webhookd.workers import RetryPolicy, WorkerPool
+
+log = logs.get("webhookd.daemon")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.delivery.ca_file is None:
+        return None
+    return ssl.create_default_context(cafile=str(settings.delivery.ca_file))
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> str:
+    address = settings.admin.address()
+    site: web.BaseSite
+    if isinstance(address, str):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+        site = web.UnixSite(runner, address)
+        await site.start()
+        os.chmod(address, 0o660)
+        return f"unix:{address}"
+    host, port = address
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server  # the bound port, for port 0 in tests
+    sockets = getattr(server, "sockets", None) or []
+    if sockets:
+        bound = sockets[0].getsockname()
+        return f"{bound[0]}:{bound[1]}"
+    return f"{host}:{port}"
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.notifier = Notifier.from_env()
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    def request_stop(self, signame: str = "SIGTERM") -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # A second signal: leave now. Leases and the database's own durability mean
+            # nothing is lost; in-flight rows are rescued at the next start.
+            log.warning("second signal: exiting at once", signal=signame)
+            os._exit(1)
+        log.info("stopping", signal=signame, grace_seconds=self.settings.shutdown.grace)
+        self._stop.set()
+
+    async def run(self) -> int:
+        s = self.settings
+        try:
+            token = s.admin.resolve_token()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("configuration error", problem=problem)
+            return EXIT_CONFIG
+        store = DuckDBStore(
+            s.database.path,
+            memory_limit=s.database.memory_limit,
+            checkpoint_interval=s.database.checkpoint_interval,
+        )
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            log.error("cannot open the database", problem=str(exc))
+            return EXIT_CONFIG
+        rescued = await store.rescue_orphans()
+        if rescued:
+            log.warning("re-driving deliveries left in flight by the last run", count=rescued)
+
+        metrics = Metrics()
+        sender = Sender(
+            timeout=s.delivery.timeout,
+            max_response_bytes=s.delivery.max_response_bytes,
+            allow_private=s.delivery.allow_private_destinations,
+            pool_size=s.delivery.workers,
+            user_agent=USER_AGENT,
+            ssl_context=_ssl_context(s),
+        )
+        await sender.start()
+        pool = WorkerPool(
+            store,
+            sender,
+            metrics,
+            workers=s.delivery.workers,
+            per_webhook=s.delivery.per_webhook_concurrency,
+            claim_batch=s.delivery.claim_batch,
+            lease=s.delivery.lease,
+            poll_interval=s.scanner.poll_interval,
+            policy=RetryPolicy(
+                s.delivery.max_attempts, s.delivery.retry_schedule, s.delivery.jitter
+            ),
+        )
+        scanner = Scanner(
+            store,
+            batch_size=s.scanner.batch_size,
+            poll_interval=s.scanner.poll_interval,
+            on_enqueued=pool.wake,
+        )
+        upkeep: list[Periodic] = [
+            LeaseRescuer(store, max(1.0, s.delivery.lease / 2), pool.wake),
+            Pruner(
+                store,
+                s.retention.prune_interval,
+                s.retention.delivered_ttl,
+                s.retention.log_ttl,
+                s.retention.prune_batch,
+            ),
+            AutoDisabler(store, min(60.0, max(1.0, s.delivery.disable_after / 10)), s.delivery.disable_after, metrics),
+        ]
+        svc = Services(
+            settings=s,
+            store=store,
+            scanner=scanner,
+            pool=pool,
+            sender=sender,
+            metrics=metrics,
+            token=token,
+        )
+        runner = web.AppRunner(build_app(svc), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            listening = await _listen(runner, s)
+        except OSError as exc:
+            log.error("cannot listen", listen=s.admin.listen, problem=str(exc))
+            await runner.cleanup()
+            await sender.close()
+            await store.close()
+            return EXIT_CONFIG
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(scanner.run(), name="scanner"),
+            asyncio.create_task(pool.run(), name="workers"),
+            *(asyncio.create_task(u.run(), name=u.name) for u in upkeep),
+        ]
+        watchdog = asyncio.create_task(
+            self.notifier.run_watchdog(lambda: all(not t.done() for t in tasks))
+        )
+        svc.ready = True
+        log.info(
+            "webhookd ready",
+            version=__version__,
+            listen=listening,
+            database=str(s.database.path),
+            workers=s.delivery.workers,
+            rescued=rescued,
+        )
+        self.notifier.ready(f"serving on {listening}")
+
+        stop_wait = asyncio.create_task(self._stop.wait())
+        await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in tasks if t.done()]
+        for task in crashed:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a service stopped unexpectedly", service=task.get_name(),
+                          error=repr(task.exception()))
+
+        # Shutdown: no new work, finish or release what is in flight, close cleanly.
+        svc.ready = False
+        self.notifier.stopping("draining in-flight deliveries")
+        scanner.stop()
+        for u in upkeep:
+            u.stop()
+        await runner.cleanup()
+        await pool.shutdown(s.shutdown.grace)
+        watchdog.cancel()
+        stop_wait.cancel()
+        await asyncio.gather(*tasks, watchdog, stop_wait, return_exceptions=True)
+        await sender.close()
+        await store.close()
+        log.info("webhookd stopped")
+        return EXIT_OK if not crashed or self._stop.is_set() else 1
+
+
+def run(settings: Settings) -> int:
+    logs.configure(settings.logging.format, settings.logging.level)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        runner = asyncio.run
+
+    async def main() -> int:
+        return await Daemon(settings).run()
+
+    result: int = runner(main())
+    return result

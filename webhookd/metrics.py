@@ -1,0 +1,72 @@
+"""Prometheus metrics: one registry per daemon, so several daemons can share a process in tests."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from webhookd.store.base import Outcome, StatusReport
+from webhookd.states import Status
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60)
+
+
+def status_class(code: int | None) -> str:
+    return "none" if code is None else f"{code // 100}xx"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.attempts = Counter(
+            "webhookd_attempts",
+            "Delivery attempts by outcome and HTTP status class",
+            ["outcome", "status_class"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "webhookd_attempt_duration_seconds",
+            "Duration of one delivery attempt, connect included",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead = Counter("webhookd_dead", "Deliveries that used every attempt", registry=r)
+        self.events_ingested = Counter(
+            "webhookd_events_ingested", "Events accepted through the API", registry=r
+        )
+        self.auto_disabled = Counter(
+            "webhookd_webhooks_auto_disabled",
+            "Webhooks deactivated because every attempt failed for delivery.disable_after",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "webhookd_queue_depth", "Rows of the delivery queue by status", ["status"], registry=r
+        )
+        self.oldest_due_age = Gauge(
+            "webhookd_oldest_due_age_seconds",
+            "How long the oldest due delivery has waited",
+            registry=r,
+        )
+        self.scanner_lag = Gauge(
+            "webhookd_scanner_lag_events", "Events not yet scanned into the queue", registry=r
+        )
+        self.workers_busy = Gauge(
+            "webhookd_workers_busy", "Attempts in flight right now", registry=r
+        )
+        for status in Status:
+            self.queue_depth.labels(status=str(status))
+
+    def observe_attempt(self, outcome: Outcome) -> None:
+        self.attempts.labels(outcome.outcome, status_class(outcome.status_code)).inc()
+        self.latency.observe(outcome.duration_ms / 1000.0)
+        if outcome.status is Status.DEAD:
+            self.dead.inc()
+
+    def observe_status(self, report: StatusReport) -> None:
+        for status in Status:
+            self.queue_depth.labels(status=str(status)).set(report.by_status.get(str(status), 0))
+        self.oldest_due_age.set(report.oldest_due_age_seconds or 0.0)
+        self.scanner_lag.set(report.scanner_lag_events)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,154 @@
+"""The storage interface the scanner, workers and API use; no database specifics here.
+
+A PostgreSQL implementation (claims with FOR UPDATE SKIP LOCKED, several daemons
+sharing one queue) implements the same Protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from webhookd.events import NewEvent
+from webhookd.states import Status
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be opened (held by another process, unwritable, not a database)."""
+
+
+class NotFound(Exception):
+    pass
+
+
+class EventConflict(Exception):
+    """An event id was posted again with other content."""
+
+    def __init__(self, event_ids: list[str]) -> None:
+        super().__init__(f"event id(s) already used with other content: {', '.join(event_ids)}")
+        self.event_ids = event_ids
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    ids: list[str]
+    inserted: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    events: int
+    enqueued: int
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    webhook_id: str
+    event_id: str
+    attempt: int  # the number this attempt will have in the log
+    budget_attempt: int  # attempts counted against max_attempts (reset by redrive/replay)
+    url: str
+    secrets: tuple[str, ...]  # every secret that signs now (two during rotation)
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    webhook_id: str
+    event_id: str
+    attempt: int
+    status: Status  # the row's next state
+    next_attempt_at: datetime | None
+    attempted_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str
+    outcome: str  # log label: delivered, retry, dead, gone
+    deactivate_webhook: bool = False  # 410: the receiver asked to stop
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPatch:
+    url: str | None = None
+    event_types: list[str] | None = None
+    active: bool | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    webhook_id: str | None = None
+    event_id: str | None = None
+    status: Status | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    queue_rows: int
+    log_rows: int
+
+
+@dataclass(slots=True)
+class StatusReport:
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_webhook: dict[str, dict[str, int]] = field(default_factory=dict)
+    oldest_due_age_seconds: float | None = None
+    scanner_lag_events: int = 0
+    scanner_cursor: int = 0
+    latest_seq: int = 0
+
+
+class Store(Protocol):
+    """Every operation is atomic; writes are durable once the awaitable returns."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # start-up and upkeep
+    async def rescue_orphans(self) -> int:
+        """Return every row a dead process left inflight to pending, before any claim."""
+        ...
+
+    async def rescue_expired(self, now: datetime) -> int: ...
+    async def prune(
+        self, delivered_before: datetime, log_before: datetime, batch: int
+    ) -> Pruned: ...
+    async def auto_disable(self, failing_before: datetime) -> list[str]: ...
+    async def checkpoint(self) -> None: ...
+
+    # the data path
+    async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
+    async def scan(self, batch_size: int) -> ScanResult: ...
+    async def claim(self, limit: int, per_webhook: int, lease: float) -> list[Claim]: ...
+    async def record(self, outcome: Outcome) -> None: ...
+    async def release(self, keys: list[tuple[str, str]]) -> int: ...
+
+    # webhooks
+    async def create_webhook(
+        self, url: str, event_types: list[str], secret: str, description: str
+    ) -> dict[str, Any]: ...
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]: ...
+    async def list_webhooks(self, limit: int, after: str | None) -> Page: ...
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]: ...
+    async def delete_webhook(self, webhook_id: str) -> None: ...
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]: ...
+
+    # operators
+    async def list_deliveries(
+        self, filt: DeliveryFilter, limit: int, after: str | None
+    ) -> Page: ...
+    async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]: ...
+    async def redrive(
+        self, status: Status, webhook_id: str | None, since: datetime | None
+    ) -> int: ...
+    async def replay(self, event_id: str, webhook_id: str | None) -> int: ...
+    async def status(self) -> StatusReport: ...

@@ -1,0 +1,1020 @@
+"""The DuckDB implementation of the Store: one writer thread, one reader thread.
+
+DuckDB allows one process to hold the file read-write, so at start-up every row left
+inflight belongs to a process that is gone. Writes go through store.writer.Writer
+(group commit); reads run on their own cursor in a reader thread so a long listing
+never delays the commits of deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from webhookd.events import NewEvent, same_content
+from webhookd.states import Event, Status, sources
+from webhookd.store.base import (
+    Claim,
+    DeliveryFilter,
+    EventConflict,
+    IngestResult,
+    NotFound,
+    Outcome,
+    Page,
+    Pruned,
+    ScanResult,
+    StatusReport,
+    StoreUnavailable,
+    WebhookPatch,
+)
+from webhookd.store.writer import Writer
+
+Q = "webhook_delivery_queue"
+
+# Outcomes first: they free per-webhook slots that a claim in the same transaction may use.
+PRIORITY_OUTCOME = 0
+PRIORITY_DEFAULT = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+def _in(statuses: Sequence[Status]) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
+
+
+def _encode_cursor(parts: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        parts = json.loads(base64.urlsafe_b64decode(padded))
+    except ValueError:
+        raise ValueError("invalid cursor") from None
+    if not isinstance(parts, list):
+        raise ValueError("invalid cursor")
+    return parts
+
+
+WEBHOOK_COLUMNS = (
+    "webhook_id, url, event_types, active, description, disabled_reason, failing_since, "
+    "previous_secret_expires_at, created_at, updated_at"
+)
+
+
+def _webhook_row(row: tuple[Any, ...], now: datetime) -> dict[str, Any]:
+    (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row
+    return {
+        "webhook_id": wid,
+        "url": url,
+        "event_types": list(types),
+        "active": active,
+        "description": desc,
+        "disabled_reason": reason,
+        "failing_since": iso(failing),
+        "previous_secret_expires_at": iso(prev_exp) if prev_exp and prev_exp > now else None,
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+
+
+DELIVERY_COLUMNS = (
+    "webhook_id, event_id, status, attempts, next_attempt_at, lease_until, "
+    "last_status_code, last_error, last_attempt_at, created_at, updated_at"
+)
+
+
+def _delivery_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    wid, eid, status, attempts, nxt, lease, code, err, last, created, updated = row
+    return {
+        "webhook_id": wid,
+        "event_id": eid,
+        "status": status,
+        "attempts": attempts,
+        "next_attempt_at": iso(nxt),
+        "lease_until": iso(lease),
+        "last_status_code": code,
+        "last_error": err,
+        "last_attempt_at": iso(last),
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("webhookd.store").joinpath("sql", "duckdb")
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _open_connection(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    parent = path.parent
+    if not parent.is_dir():
+        raise StoreUnavailable(
+            f"database.path: directory {str(parent)!r} does not exist; create it "
+            "(systemd: StateDirectory=webhookd) or point database.path elsewhere"
+        )
+    if not os.access(parent, os.W_OK):
+        raise StoreUnavailable(
+            f"database.path: directory {str(parent)!r} is not writable by this user; "
+            "fix its ownership or point database.path elsewhere"
+        )
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise StoreUnavailable(
+                f"database.path: {str(path)!r} is held by another process ({text}); "
+                "stop the other webhookd, or use the API/CLI instead of opening the file"
+            ) from None
+        raise StoreUnavailable(
+            f"database.path: {str(path)!r} cannot be opened as a DuckDB database ({text}); "
+            "is it a DuckDB file of this version? move it aside to start empty"
+        ) from None
+    except duckdb.Error as exc:
+        raise StoreUnavailable(
+            f"database.path: {str(path)!r} cannot be opened ({exc}); "
+            "is it a DuckDB database? move it aside to start empty"
+        ) from None
+    # We checkpoint from the writer when it is idle; an automatic checkpoint inside a
+    # big commit stalls every delivery behind it.
+    con.execute("SET checkpoint_threshold = '256MB'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    return con
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = []
+    for version, name, sql in _migrations():
+        if version in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+class DuckDBStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        memory_limit: str = "1GB",
+        checkpoint_interval: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self._memory_limit = memory_limit
+        self._checkpoint_interval = checkpoint_interval
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._writer: Writer | None = None
+        self._reader_con: duckdb.DuckDBPyConnection | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="webhookd-reader")
+        self._last_checkpoint = time.monotonic()
+        self.migrations_applied: list[int] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._con = await loop.run_in_executor(
+            self._reader, _open_connection, self.path, self._memory_limit
+        )
+        self.migrations_applied = await loop.run_in_executor(self._reader, _migrate, self._con)
+        self._reader_con = self._con.cursor()
+        self._writer = Writer(self._con.cursor(), idle=self._idle, idle_every=1.0)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.get_running_loop().run_in_executor(None, writer.stop)
+        if self._con is not None:
+            con, self._con = self._con, None
+            if self._reader_con is not None:
+                self._reader_con.close()
+                self._reader_con = None
+
+            def shut() -> None:
+                con.execute("CHECKPOINT")
+                con.close()
+
+            await asyncio.get_running_loop().run_in_executor(self._reader, shut)
+        self._reader.shutdown(wait=True)
+
+    def _idle(self, con: Any, busy: bool) -> None:
+        since = time.monotonic() - self._last_checkpoint
+        # Bound the WAL (replay time at start-up) even when the writer is never idle.
+        if (not busy and since >= self._checkpoint_interval) or (
+            since >= 4 * self._checkpoint_interval
+        ):
+            con.execute("CHECKPOINT")
+            self._last_checkpoint = time.monotonic()
+
+    async def _write(self, fn: Any, payload: Any, priority: int = PRIORITY_DEFAULT) -> Any:
+        if self._writer is None:
+            raise StoreUnavailable("the database is closed")
+        return await self._writer.call(fn, payload, priority=priority)
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        con = self._reader_con
+        if con is None:
+            raise StoreUnavailable("the database is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, con, *args)
+
+    @property
+    def writer_stats(self) -> tuple[int, int]:
+        w = self._writer
+        return (w.transactions, w.operations) if w else (0, 0)
+
+    # -- start-up and upkeep -------------------------------------------------------
+
+    async def rescue_orphans(self) -> int:
+        return int(await self._write(_rescue, None))
+
+    async def rescue_expired(self, now: datetime) -> int:
+        return int(await self._write(_rescue, now))
+
+    async def prune(self, delivered_before: datetime, log_before: datetime, batch: int) -> Pruned:
+        result: Pruned = await self._write(_prune, (delivered_before, log_before, batch))
+        return result
+
+    async def auto_disable(self, failing_before: datetime) -> list[str]:
+        result: list[str] = await self._write(_auto_disable, failing_before)
+        return result
+
+    async def checkpoint(self) -> None:
+        self._last_checkpoint = 0.0  # the writer checkpoints at its next idle moment
+
+    # -- the data path ---------------------------------------------------------------
+
+    async def ingest(self, events: list[NewEvent]) -> IngestResult:
+        result = await self._write(_ingest, events)
+        if isinstance(result, EventConflict):
+            raise result
+        assert isinstance(result, IngestResult)
+        return result
+
+    async def scan(self, batch_size: int) -> ScanResult:
+        result: ScanResult = await self._write(_scan, batch_size)
+        return result
+
+    async def claim(self, limit: int, per_webhook: int, lease: float) -> list[Claim]:
+        result: list[Claim] = await self._write(_claim, (limit, per_webhook, lease))
+        return result
+
+    async def record(self, outcome: Outcome) -> None:
+        await self._write(_record, outcome, PRIORITY_OUTCOME)
+
+    async def release(self, keys: list[tuple[str, str]]) -> int:
+        return int(await self._write(_release, keys, PRIORITY_OUTCOME))
+
+    # -- webhooks ---------------------------------------------------------------------
+
+    async def create_webhook(
+        self, url: str, event_types: list[str], secret: str, description: str
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._write(
+            _create_webhook, (url, event_types, secret, description)
+        )
+        return result
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._read(_get_webhook, webhook_id)
+        return result
+
+    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+        """(url, signing secrets) for the test route; never exposed through the API."""
+        result: tuple[str, tuple[str, ...]] = await self._read(_webhook_secrets, webhook_id)
+        return result
+
+    async def list_webhooks(self, limit: int, after: str | None) -> Page:
+        result: Page = await self._read(_list_webhooks, limit, after)
+        return result
+
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
+        result = await self._write(_update_webhook, (webhook_id, patch))
+        if isinstance(result, NotFound):
+            raise result
+        assert isinstance(result, dict)
+        return result
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        result = await self._write(_delete_webhook, webhook_id)
+        if isinstance(result, NotFound):
+            raise result
+
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]:
+        result = await self._write(_rotate_secret, (webhook_id, secret, grace))
+        if isinstance(result, NotFound):
+            raise result
+        assert isinstance(result, dict)
+        return result
+
+    # -- operators ------------------------------------------------------------------------
+
+    async def list_deliveries(self, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
+        result: Page = await self._read(_list_deliveries, filt, limit, after)
+        return result
+
+    async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._read(_list_attempts, webhook_id, event_id)
+        return result
+
+    async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
+        return int(await self._write(_redrive, (status, webhook_id, since)))
+
+    async def replay(self, event_id: str, webhook_id: str | None) -> int:
+        result = await self._write(_replay, (event_id, webhook_id))
+        if isinstance(result, NotFound):
+            raise result
+        return int(result)
+
+    async def status(self) -> StatusReport:
+        result: StatusReport = await self._read(_status)
+        return result
+
+
+# ---------------------------------------------------------------------------------------
+# Batch functions. Each runs on the writer thread inside a transaction the writer owns,
+# takes every payload of its kind queued since the last commit, and returns one result
+# per payload. Expected failures are returned as values so they do not abort the batch.
+# ---------------------------------------------------------------------------------------
+
+
+def _park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
+    """Pending rows of webhooks that are inactive or gone become parked (Event.DISABLE)."""
+    if not webhook_ids:
+        return 0
+    rows = con.execute(
+        f"""
+        UPDATE {Q} SET status = '{Status.PARKED}', lease_until = NULL, updated_at = ?
+        WHERE status IN {_in(sources(Event.DISABLE))}
+          AND webhook_id IN (
+              SELECT unnest(?::VARCHAR[])
+              EXCEPT SELECT webhook_id FROM webhooks WHERE active)
+        RETURNING 1
+        """,
+        [now, list(set(webhook_ids))],
+    ).fetchall()
+    return len(rows)
+
+
+def _rescue(con: Any, payloads: Sequence[datetime | None]) -> list[int]:
+    results = []
+    for expired_before in payloads:
+        now = utcnow()
+        condition = "" if expired_before is None else "AND lease_until < ?"
+        params: list[Any] = [now, now] if expired_before is None else [now, now, expired_before]
+        rows = con.execute(
+            f"""
+            UPDATE {Q} SET status = '{Status.PENDING}', lease_until = NULL,
+                next_attempt_at = ?, updated_at = ?
+            WHERE status IN {_in(sources(Event.LEASE_EXPIRED))} {condition}
+            RETURNING webhook_id
+            """,
+            params,
+        ).fetchall()
+        _park_inactive(con, [r[0] for r in rows], now)
+        results.append(len(rows))
+    return results
+
+
+def _ingest(con: Any, payloads: Sequence[list[NewEvent]]) -> list[IngestResult | EventConflict]:
+    all_ids = list({e.event_id for events in payloads for e in events})
+    existing: dict[str, tuple[str, str]] = {
+        row[0]: (row[1], row[2])
+        for row in con.execute(
+            "SELECT event_id, event_type, payload::VARCHAR FROM pipeline_events "
+            "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
+            [all_ids],
+        ).fetchall()
+    }
+    new_events: list[NewEvent] = []
+    results: list[IngestResult | EventConflict] = []
+    now = utcnow()
+    for events in payloads:
+        conflicts: list[str] = []
+        fresh: dict[str, NewEvent] = {}
+        for event in events:
+            known = existing.get(event.event_id)
+            if known is None and event.event_id in fresh:
+                prior = fresh[event.event_id]
+                known = (prior.event_type, prior.payload)
+            if known is not None:
+                if not same_content(known[0], known[1], event):
+                    conflicts.append(event.event_id)
+                continue
+            fresh[event.event_id] = event
+        if conflicts:
+            results.append(EventConflict(sorted(set(conflicts))))
+            continue
+        for event in fresh.values():
+            existing[event.event_id] = (event.event_type, event.payload)
+        new_events.extend(fresh.values())
+        results.append(IngestResult([e.event_id for e in events], len(fresh)))
+    if new_events:
+        con.execute(
+            """
+            INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+            SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
+                   unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?
+            """,
+            [
+                [e.event_id for e in new_events],
+                [e.event_type for e in new_events],
+                [e.payload for e in new_events],
+                [e.body for e in new_events],
+                [e.occurred_at.replace(tzinfo=None) for e in new_events],
+                now,
+            ],
+        )
+    return results
+
+
+def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
+    results = []
+    for batch_size in payloads:
+        (cursor,) = con.execute("SELECT seq FROM scanner_cursor WHERE name = 'main'").fetchone()
+        row = con.execute(
+            "SELECT count(*), max(seq) FROM (SELECT seq FROM pipeline_events "
+            "WHERE seq > ? ORDER BY seq LIMIT ?)",
+            [cursor, batch_size],
+        ).fetchone()
+        n_events, high = row
+        if not n_events:
+            results.append(ScanResult(0, 0, cursor))
+            continue
+        now = utcnow()
+        # Idempotent: a (webhook, event) pair already queued is left as it is.
+        enqueued = con.execute(
+            f"""
+            INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
+                             next_attempt_at, body, created_at, updated_at)
+            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
+            FROM pipeline_events e
+            JOIN webhooks w
+              ON w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))
+            WHERE e.seq > ? AND e.seq <= ?
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+            """,
+            [now, now, now, cursor, high],
+        ).fetchall()
+        con.execute(
+            "UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main'", [high, now]
+        )
+        results.append(ScanResult(n_events, len(enqueued), high))
+    return results
+
+
+def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Claim]]:
+    results = []
+    for limit, per_webhook, lease in payloads:
+        now = utcnow()
+        picked = con.execute(
+            f"""
+            WITH busy AS (
+                SELECT webhook_id, count(*) AS n FROM {Q}
+                WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id
+            ), due AS (
+                SELECT webhook_id, event_id, next_attempt_at,
+                       row_number() OVER (PARTITION BY webhook_id
+                                          ORDER BY next_attempt_at, event_id) AS rn
+                FROM {Q}
+                WHERE status IN {_in(sources(Event.CLAIM))} AND next_attempt_at <= ?
+            )
+            SELECT d.webhook_id, d.event_id
+            FROM due d
+            JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.active
+            LEFT JOIN busy b ON b.webhook_id = d.webhook_id
+            WHERE d.rn <= ? - coalesce(b.n, 0)
+            ORDER BY d.next_attempt_at, d.rn
+            LIMIT ?
+            """,
+            [now, per_webhook, limit],
+        ).fetchall()
+        if not picked:
+            results.append([])
+            continue
+        lease_until = now + timedelta(seconds=lease)
+        rows = con.execute(
+            f"""
+            UPDATE {Q} AS q SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
+            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id) c
+            WHERE q.webhook_id = c.webhook_id AND q.event_id = c.event_id
+            RETURNING q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body
+            """,
+            [lease_until, now, [p[0] for p in picked], [p[1] for p in picked]],
+        ).fetchall()
+        hooks = {
+            r[0]: (r[1], r[2], r[3], r[4])
+            for r in con.execute(
+                "SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at "
+                "FROM webhooks WHERE webhook_id IN (SELECT unnest(?::VARCHAR[]))",
+                [list({p[0] for p in picked})],
+            ).fetchall()
+        }
+        claims = []
+        for wid, eid, attempts, base, body in rows:
+            url, secret, prev, prev_exp = hooks[wid]
+            secrets = (secret, prev) if prev and prev_exp and prev_exp > now else (secret,)
+            claims.append(
+                Claim(wid, eid, attempts + 1, attempts + 1 - base, url, secrets, bytes(body))
+            )
+        results.append(claims)
+    return results
+
+
+def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
+    now = utcnow()
+    columns = [
+        [o.webhook_id for o in outcomes],
+        [o.event_id for o in outcomes],
+        [str(o.status) for o in outcomes],
+        [o.attempt for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.status_code for o in outcomes],
+        [o.error for o in outcomes],
+        [o.attempted_at for o in outcomes],
+    ]
+    con.execute(
+        f"""
+        UPDATE {Q} AS q SET status = o.status, attempts = o.attempt,
+            next_attempt_at = o.next_attempt_at, lease_until = NULL,
+            last_status_code = o.status_code, last_error = o.error,
+            last_attempt_at = o.attempted_at, updated_at = ?
+        FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id,
+                     unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS attempt,
+                     unnest(?::TIMESTAMP[]) AS next_attempt_at,
+                     unnest(?::INTEGER[]) AS status_code, unnest(?::VARCHAR[]) AS error,
+                     unnest(?::TIMESTAMP[]) AS attempted_at) o
+        WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
+          AND q.status = '{Status.INFLIGHT}'
+        """,
+        [now, *columns],
+    )
+    con.execute(
+        """
+        INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at, duration_ms,
+                                        status_code, error, response_excerpt, outcome)
+        SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
+               unnest(?::TIMESTAMP[]), unnest(?::DOUBLE[]), unnest(?::INTEGER[]),
+               unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])
+        """,
+        [
+            columns[0],
+            columns[1],
+            columns[3],
+            columns[7],
+            [o.duration_ms for o in outcomes],
+            columns[5],
+            columns[6],
+            [o.response_excerpt for o in outcomes],
+            [o.outcome for o in outcomes],
+        ],
+    )
+    # The latest outcome per webhook decides whether it is failing (for auto-disable).
+    latest: dict[str, Outcome] = {}
+    for o in outcomes:
+        if o.webhook_id not in latest or o.attempted_at >= latest[o.webhook_id].attempted_at:
+            latest[o.webhook_id] = o
+    healthy = [w for w, o in latest.items() if o.status is Status.DELIVERED]
+    failing = [(w, o.attempted_at) for w, o in latest.items() if o.status is not Status.DELIVERED]
+    if healthy:
+        con.execute(
+            "UPDATE webhooks SET failing_since = NULL "
+            "WHERE failing_since IS NOT NULL AND webhook_id IN (SELECT unnest(?::VARCHAR[]))",
+            [healthy],
+        )
+    if failing:
+        con.execute(
+            """
+            UPDATE webhooks AS w SET failing_since = f.since
+            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::TIMESTAMP[]) AS since) f
+            WHERE w.webhook_id = f.webhook_id AND w.failing_since IS NULL
+            """,
+            [[f[0] for f in failing], [f[1] for f in failing]],
+        )
+    gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
+    if gone:
+        con.execute(
+            "UPDATE webhooks SET active = false, updated_at = ?, "
+            "disabled_reason = 'the endpoint answered 410 Gone' "
+            "WHERE active AND webhook_id IN (SELECT unnest(?::VARCHAR[]))",
+            [now, gone],
+        )
+    retried = [o.webhook_id for o in outcomes if o.status is Status.PENDING] + gone
+    if retried:
+        _park_inactive(con, retried, now)
+    return [None] * len(outcomes)
+
+
+def _release(con: Any, payloads: Sequence[list[tuple[str, str]]]) -> list[int]:
+    now = utcnow()
+    results = []
+    for keys in payloads:
+        if not keys:
+            results.append(0)
+            continue
+        rows = con.execute(
+            f"""
+            UPDATE {Q} AS q SET status = '{Status.PENDING}', lease_until = NULL,
+                next_attempt_at = ?, updated_at = ?
+            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id) k
+            WHERE q.webhook_id = k.webhook_id AND q.event_id = k.event_id
+              AND q.status IN {_in(sources(Event.RELEASE))}
+            RETURNING q.webhook_id
+            """,
+            [now, now, [k[0] for k in keys], [k[1] for k in keys]],
+        ).fetchall()
+        _park_inactive(con, [r[0] for r in rows], now)
+        results.append(len(rows))
+    return results
+
+
+def _new_webhook_id() -> str:
+    return "wh_" + os.urandom(12).hex()
+
+
+def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] | None:
+    row = con.execute(
+        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = ?", [webhook_id]
+    ).fetchone()
+    return None if row is None else _webhook_row(row, now)
+
+
+def _create_webhook(
+    con: Any, payloads: Sequence[tuple[str, list[str], str, str]]
+) -> list[dict[str, Any]]:
+    results = []
+    now = utcnow()
+    for url, event_types, secret, description in payloads:
+        webhook_id = _new_webhook_id()
+        con.execute(
+            """
+            INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
+                                  created_at, updated_at)
+            VALUES (?, ?, ?, ?, true, ?, ?, ?)
+            """,
+            [webhook_id, url, secret, event_types, description, now, now],
+        )
+        created = _fetch_webhook(con, webhook_id, now)
+        assert created is not None
+        results.append(created)
+    return results
+
+
+def _get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
+    found = _fetch_webhook(con, webhook_id, utcnow())
+    if found is None:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return found
+
+
+def _webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    row = con.execute(
+        "SELECT url, secret, previous_secret, previous_secret_expires_at FROM webhooks "
+        "WHERE webhook_id = ?",
+        [webhook_id],
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    url, secret, prev, prev_exp = row
+    keep_prev = prev and prev_exp and prev_exp > utcnow()
+    return url, ((secret, prev) if keep_prev else (secret,))
+
+
+def _list_webhooks(con: Any, limit: int, after: str | None) -> Page:
+    now = utcnow()
+    rows = con.execute(
+        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? ORDER BY webhook_id LIMIT ?",
+        [after or "", limit + 1],
+    ).fetchall()
+    items = [_webhook_row(r, now) for r in rows[:limit]]
+    return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
+
+
+def _update_webhook(
+    con: Any, payloads: Sequence[tuple[str, WebhookPatch]]
+) -> list[dict[str, Any] | NotFound]:
+    results: list[dict[str, Any] | NotFound] = []
+    for webhook_id, patch in payloads:
+        now = utcnow()
+        row = con.execute(
+            "SELECT active FROM webhooks WHERE webhook_id = ?", [webhook_id]
+        ).fetchone()
+        if row is None:
+            results.append(NotFound(f"no webhook {webhook_id!r}"))
+            continue
+        was_active = bool(row[0])
+        sets: list[str] = ["updated_at = ?"]
+        params: list[Any] = [now]
+        if patch.url is not None:
+            sets.append("url = ?")
+            params.append(patch.url)
+        if patch.event_types is not None:
+            sets.append("event_types = ?")
+            params.append(patch.event_types)
+        if patch.description is not None:
+            sets.append("description = ?")
+            params.append(patch.description)
+        if patch.active is not None:
+            sets.append("active = ?")
+            params.append(patch.active)
+            if patch.active and not was_active:
+                sets.append("disabled_reason = NULL, failing_since = NULL")
+            elif not patch.active and was_active:
+                sets.append("disabled_reason = 'disabled by an operator'")
+        con.execute(
+            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", [*params, webhook_id]
+        )
+        if patch.active is True and not was_active:
+            _set_due(con, Event.ENABLE, "webhook_id = ?", [webhook_id], now)
+        elif patch.active is False:
+            _park_inactive(con, [webhook_id], now)
+        updated = _fetch_webhook(con, webhook_id, now)
+        assert updated is not None
+        results.append(updated)
+    return results
+
+
+def _delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
+    results: list[NotFound | None] = []
+    now = utcnow()
+    for webhook_id in payloads:
+        rows = con.execute(
+            "DELETE FROM webhooks WHERE webhook_id = ? RETURNING 1", [webhook_id]
+        ).fetchall()
+        if not rows:
+            results.append(NotFound(f"no webhook {webhook_id!r}"))
+            continue
+        # Its deliveries stay, parked, for the record: nothing is silently dropped.
+        _park_inactive(con, [webhook_id], now)
+        results.append(None)
+    return results
+
+
+def _rotate_secret(
+    con: Any, payloads: Sequence[tuple[str, str, float]]
+) -> list[dict[str, Any] | NotFound]:
+    results: list[dict[str, Any] | NotFound] = []
+    for webhook_id, secret, grace in payloads:
+        now = utcnow()
+        rows = con.execute(
+            """
+            UPDATE webhooks SET previous_secret = secret, secret = ?,
+                previous_secret_expires_at = ?, updated_at = ?
+            WHERE webhook_id = ? RETURNING 1
+            """,
+            [secret, now + timedelta(seconds=grace), now, webhook_id],
+        ).fetchall()
+        if not rows:
+            results.append(NotFound(f"no webhook {webhook_id!r}"))
+            continue
+        updated = _fetch_webhook(con, webhook_id, now)
+        assert updated is not None
+        results.append(updated)
+    return results
+
+
+def _list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
+    where = ["true"]
+    params: list[Any] = []
+    if filt.webhook_id is not None:
+        where.append("webhook_id = ?")
+        params.append(filt.webhook_id)
+    if filt.event_id is not None:
+        where.append("event_id = ?")
+        params.append(filt.event_id)
+    if filt.status is not None:
+        where.append("status = ?")
+        params.append(str(filt.status))
+    if after:
+        created, wid, eid = _decode_cursor(after)
+        where.append("(created_at, webhook_id, event_id) < (?::TIMESTAMP, ?, ?)")
+        params.extend([created, wid, eid])
+    rows = con.execute(
+        f"SELECT {DELIVERY_COLUMNS} FROM {Q} WHERE {' AND '.join(where)} "
+        "ORDER BY created_at DESC, webhook_id DESC, event_id DESC LIMIT ?",
+        [*params, limit + 1],
+    ).fetchall()
+    items = [_delivery_row(r) for r in rows[:limit]]
+    cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        cursor = _encode_cursor([last[9].isoformat(), last[0], last[1]])
+    return Page(items, cursor)
+
+
+def _list_attempts(con: Any, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
+    rows = con.execute(
+        """
+        SELECT attempt_id, webhook_id, event_id, attempt, attempted_at, duration_ms, status_code,
+               error, response_excerpt, outcome
+        FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ?
+        ORDER BY attempt_id
+        """,
+        [webhook_id, event_id],
+    ).fetchall()
+    keys = (
+        "attempt_id",
+        "webhook_id",
+        "event_id",
+        "attempt",
+        "attempted_at",
+        "duration_ms",
+        "status_code",
+        "error",
+        "response_excerpt",
+        "outcome",
+    )
+    items = []
+    for row in rows:
+        item = dict(zip(keys, row, strict=True))
+        item["attempted_at"] = iso(item["attempted_at"])
+        items.append(item)
+    if not items:
+        exists = con.execute(
+            f"SELECT 1 FROM {Q} WHERE webhook_id = ? AND event_id = ?", [webhook_id, event_id]
+        ).fetchone()
+        if exists is None:
+            raise NotFound(f"no delivery of {event_id!r} to {webhook_id!r}")
+    return items
+
+
+def _set_due(con: Any, event: Event, where: str, params: list[Any], now: datetime) -> int:
+    """Apply an operator event (enable, redrive, replay): matching rows due now, fresh budget."""
+    rows = con.execute(
+        f"""
+        UPDATE {Q} SET status = '{Status.PENDING}', next_attempt_at = ?, lease_until = NULL,
+            retry_base = attempts, updated_at = ?
+        WHERE status IN {_in(sources(event))} AND {where}
+        RETURNING webhook_id
+        """,
+        [now, now, *params],
+    ).fetchall()
+    reparked = _park_inactive(con, [r[0] for r in rows], now)
+    return len(rows) - reparked
+
+
+def _redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None]]) -> list[int]:
+    results = []
+    for status, webhook_id, since in payloads:
+        where = ["status = ?"]
+        params: list[Any] = [str(status)]
+        if webhook_id is not None:
+            where.append("webhook_id = ?")
+            params.append(webhook_id)
+        if since is not None:
+            where.append("last_attempt_at >= ?")
+            params.append(since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since)
+        results.append(_set_due(con, Event.REDRIVE, " AND ".join(where), params, utcnow()))
+    return results
+
+
+def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | NotFound]:
+    results: list[int | NotFound] = []
+    for event_id, webhook_id in payloads:
+        now = utcnow()
+        event = con.execute(
+            "SELECT event_type FROM pipeline_events WHERE event_id = ?", [event_id]
+        ).fetchone()
+        if event is None:
+            results.append(NotFound(f"no event {event_id!r}"))
+            continue
+        if webhook_id is not None:
+            hook = con.execute(
+                "SELECT 1 FROM webhooks WHERE webhook_id = ?", [webhook_id]
+            ).fetchone()
+            if hook is None:
+                results.append(NotFound(f"no webhook {webhook_id!r}"))
+                continue
+            match, params = "w.webhook_id = ?", [webhook_id]
+        else:
+            match = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
+            params = []
+        # Rows pruned after delivery come back from the event source.
+        inserted = con.execute(
+            f"""
+            INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
+                             next_attempt_at, body, created_at, updated_at)
+            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
+            FROM pipeline_events e JOIN webhooks w ON {match}
+            WHERE e.event_id = ?
+            ON CONFLICT DO NOTHING
+            RETURNING webhook_id
+            """,
+            [now, now, now, *params, event_id],
+        ).fetchall()
+        where, where_params = "event_id = ?", [event_id]
+        if webhook_id is not None:
+            where += " AND webhook_id = ?"
+            where_params.append(webhook_id)
+        again = _set_due(con, Event.REPLAY, where, where_params, now)
+        reparked = _park_inactive(con, [r[0] for r in inserted], now)
+        results.append(again + len(inserted) - reparked)
+    return results
+
+
+def _status(con: Any) -> StatusReport:
+    now = utcnow()
+    report = StatusReport()
+    for wid, status, n in con.execute(
+        f"SELECT webhook_id, status, count(*) FROM {Q} GROUP BY ALL"
+    ).fetchall():
+        report.by_status[status] = report.by_status.get(status, 0) + n
+        report.by_webhook.setdefault(wid, {})[status] = n
+    oldest = con.execute(
+        f"SELECT min(next_attempt_at) FROM {Q} WHERE status = '{Status.PENDING}' "
+        "AND next_attempt_at <= ?",
+        [now],
+    ).fetchone()[0]
+    if oldest is not None:
+        report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
+    cursor, latest = con.execute(
+        "SELECT (SELECT seq FROM scanner_cursor WHERE name = 'main'), "
+        "(SELECT coalesce(max(seq), 0) FROM pipeline_events)"
+    ).fetchone()
+    report.scanner_cursor = cursor
+    report.latest_seq = max(latest, cursor)
+    report.scanner_lag_events = max(0, latest - cursor)
+    return report
+
+
+def _prune(con: Any, payloads: Sequence[tuple[datetime, datetime, int]]) -> list[Pruned]:
+    results = []
+    for delivered_before, log_before, batch in payloads:
+        queue_rows = con.execute(
+            f"""
+            DELETE FROM {Q} WHERE rowid IN (
+                SELECT rowid FROM {Q} WHERE status = '{Status.DELIVERED}' AND updated_at < ?
+                LIMIT ?)
+            RETURNING 1
+            """,
+            [delivered_before, batch],
+        ).fetchall()
+        log_rows = con.execute(
+            """
+            DELETE FROM webhook_deliveries WHERE rowid IN (
+                SELECT rowid FROM webhook_deliveries WHERE attempted_at < ? LIMIT ?)
+            RETURNING 1
+            """,
+            [log_before, batch],
+        ).fetchall()
+        results.append(Pruned(len(queue_rows), len(log_rows)))
+    return results
+
+
+def _auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
+    results = []
+    for failing_before in payloads:
+        now = utcnow()
+        rows = con.execute(
+            """
+            UPDATE webhooks SET active = false, updated_at = ?,
+                disabled_reason = 'every attempt failed since ' || strftime(failing_since, '%Y-%m-%dT%H:%M:%SZ')
+            WHERE active AND failing_since IS NOT NULL AND failing_since < ?
+            RETURNING webhook_id
+            """,
+            [now, failing_before],
+        ).fetchall()
+        disabled = [r[0] for r in rows]
+        _park_inactive(con, disabled, now)
+        results.append(disabled)
+    return results

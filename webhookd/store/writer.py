@@ -1,0 +1,178 @@
+"""One thread owns the database connection and commits many operations per transaction.
+
+Callers on the event loop submit (batch function, payload) pairs and await a future.
+The thread drains everything queued, runs each batch function once over all payloads
+of its kind inside one transaction, commits once, and resolves all futures with one
+wake-up of the loop. If a transaction fails, its operations are retried one per
+transaction so that one bad operation fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+MAX_OPS_PER_TRANSACTION = 4096
+
+
+class Connection(Protocol):
+    def execute(self, query: str, parameters: object = ...) -> Any: ...
+
+
+BatchFn = Callable[[Any, Sequence[Any]], Sequence[Any]]
+
+
+@dataclass(slots=True)
+class _Op(Generic[P]):
+    fn: BatchFn
+    payload: P
+    future: asyncio.Future[Any]
+    priority: int
+
+
+class WriterClosed(Exception):
+    pass
+
+
+class Writer:
+    def __init__(
+        self,
+        con: Any,
+        *,
+        idle: Callable[[Any, bool], None] | None = None,
+        idle_every: float = 1.0,
+        name: str = "webhookd-writer",
+    ) -> None:
+        self._con = con
+        self._idle = idle
+        self._idle_every = idle_every
+        self._queue: queue.SimpleQueue[_Op[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
+        self.transactions = 0
+        self.operations = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, fn: BatchFn, payload: Any, *, priority: int = 1) -> asyncio.Future[Any]:
+        """Queue one operation; lower priority values run first within a transaction."""
+        if self._closed:
+            raise WriterClosed("the database writer is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Op(fn, payload, future, priority))
+        return future
+
+    async def call(self, fn: BatchFn, payload: Any, *, priority: int = 1) -> Any:
+        return await self.submit(fn, payload, priority=priority)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish everything queued, then end the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _drain(self, first: _Op[Any]) -> tuple[list[_Op[Any]], bool]:
+        ops = [first]
+        stop = False
+        while len(ops) < MAX_OPS_PER_TRANSACTION:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is None:
+                stop = True
+                break
+            ops.append(op)
+        return ops, stop
+
+    def _run(self) -> None:
+        last_idle = time.monotonic()
+        while True:
+            try:
+                first = self._queue.get(timeout=self._idle_every if self._idle else None)
+            except queue.Empty:
+                first = None
+                if self._idle is not None:
+                    self._run_idle(busy=False)
+                    last_idle = time.monotonic()
+                continue
+            if first is None:
+                return
+            ops, stop = self._drain(first)
+            self._execute(ops)
+            if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
+                # Under constant load the queue never empties; upkeep must still run.
+                self._run_idle(busy=True)
+                last_idle = time.monotonic()
+            if stop:
+                return
+
+    def _run_idle(self, *, busy: bool) -> None:
+        """Upkeep between transactions (checkpoints), told whether work is waiting."""
+        assert self._idle is not None
+        with contextlib.suppress(Exception):
+            self._idle(self._con, busy)
+
+    def _execute(self, ops: list[_Op[Any]]) -> None:
+        groups: dict[tuple[int, int], list[_Op[Any]]] = {}
+        for op in sorted(ops, key=lambda o: o.priority):
+            groups.setdefault((op.priority, id(op.fn)), []).append(op)
+        results: list[tuple[_Op[Any], Any, BaseException | None]] = []
+        try:
+            self._con.execute("BEGIN TRANSACTION")
+            for group in groups.values():
+                values = group[0].fn(self._con, [op.payload for op in group])
+                results.extend((op, value, None) for op, value in zip(group, values, strict=True))
+            self._con.execute("COMMIT")
+            self.transactions += 1
+        except Exception as exc:
+            self._rollback()
+            results = [(ops[0], None, exc)] if len(ops) == 1 else [self._alone(op) for op in ops]
+        self.operations += len(ops)
+        self._resolve(results)
+
+    def _alone(self, op: _Op[Any]) -> tuple[_Op[Any], Any, BaseException | None]:
+        try:
+            self._con.execute("BEGIN TRANSACTION")
+            (value,) = op.fn(self._con, [op.payload])
+            self._con.execute("COMMIT")
+            self.transactions += 1
+            return op, value, None
+        except Exception as exc:
+            self._rollback()
+            return op, None, exc
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(Exception):
+            self._con.execute("ROLLBACK")
+
+    def _resolve(self, results: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op[Any], Any, Any]]] = {}
+        for item in results:
+            by_loop.setdefault(item[0].future.get_loop(), []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+
+def _settle(items: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
+    for op, value, exc in items:
+        if op.future.done():
+            continue
+        if exc is not None:
+            op.future.set_exception(exc)
+        else:
+            op.future.set_result(value)

@@ -1,0 +1,116 @@
+"""Upkeep services, each small, each started and stopped the same way.
+
+- LeaseRescuer: rows whose lease ran out (a stuck or lost attempt) are re-driven.
+- Pruner: delivered queue rows and old log rows go, in small batches.
+- AutoDisabler: a webhook that failed every attempt for `delivery.disable_after` is
+  deactivated and its rows parked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from webhookd import logs
+from webhookd.metrics import Metrics
+from webhookd.store.base import Store
+
+log = logs.get("webhookd.upkeep")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Periodic:
+    """Runs `tick` every `interval` seconds until stopped; a failing tick is logged, not fatal."""
+
+    name = "periodic"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stopping = asyncio.Event()
+
+    async def tick(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.tick()
+            except Exception as exc:  # noqa: BLE001 - try again next interval
+                log.error(f"{self.name} failed", error=str(exc))
+
+
+class LeaseRescuer(Periodic):
+    name = "lease rescue"
+
+    def __init__(self, store: Store, interval: float, on_rescued: Callable[[], None]) -> None:
+        super().__init__(interval)
+        self._store = store
+        self._on_rescued = on_rescued
+
+    async def tick(self) -> None:
+        rescued = await self._store.rescue_expired(_now())
+        if rescued:
+            log.warning("re-driving deliveries whose lease expired", count=rescued)
+            self._on_rescued()
+
+
+class Pruner(Periodic):
+    name = "retention pruning"
+
+    def __init__(
+        self, store: Store, interval: float, delivered_ttl: float, log_ttl: float, batch: int
+    ) -> None:
+        super().__init__(interval)
+        self._store = store
+        self._delivered_ttl = delivered_ttl
+        self._log_ttl = log_ttl
+        self._batch = batch
+
+    async def tick(self) -> None:
+        total_queue = total_log = 0
+        while not self._stopping.is_set():
+            now = _now()
+            pruned = await self._store.prune(
+                now - timedelta(seconds=self._delivered_ttl),
+                now - timedelta(seconds=self._log_ttl),
+                self._batch,
+            )
+            total_queue += pruned.queue_rows
+            total_log += pruned.log_rows
+            if pruned.queue_rows < self._batch and pruned.log_rows < self._batch:
+                break
+            await asyncio.sleep(0)  # let deliveries' transactions in between batches
+        if total_queue or total_log:
+            log.info("pruned", queue_rows=total_queue, log_rows=total_log)
+
+
+class AutoDisabler(Periodic):
+    name = "auto-disable"
+
+    def __init__(self, store: Store, interval: float, after: float, metrics: Metrics) -> None:
+        super().__init__(interval)
+        self._store = store
+        self._after = after
+        self._metrics = metrics
+
+    async def tick(self) -> None:
+        disabled = await self._store.auto_disable(_now() - timedelta(seconds=self._after))
+        for webhook_id in disabled:
+            self._metrics.auto_disabled.inc()
+            log.warning(
+                "webhook disabled: every attempt failed for delivery.disable_after",
+                webhook_id=webhook_id,
+                disable_after_seconds=self._after,
+            )

@@ -63,6 +63,8 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self._stop = asyncio.Event()
         self._signals = 0
+        self.ready = asyncio.Event()
+        self.listening: str | None = None
 
     def request_stop(self, signame: str = "SIGTERM") -> None:
         self._signals += 1
@@ -134,7 +136,12 @@ class Daemon:
                 s.retention.log_ttl,
                 s.retention.prune_batch,
             ),
-            AutoDisabler(store, min(60.0, max(1.0, s.delivery.disable_after / 10)), s.delivery.disable_after, metrics),
+            AutoDisabler(
+                store,
+                min(60.0, max(0.5, s.delivery.disable_after / 10)),
+                s.delivery.disable_after,
+                metrics,
+            ),
         ]
         svc = Services(
             settings=s,
@@ -178,14 +185,19 @@ class Daemon:
             rescued=rescued,
         )
         self.notifier.ready(f"serving on {listening}")
+        self.listening = listening
+        self.ready.set()
 
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in tasks if t.done()]
         for task in crashed:
             if not task.cancelled() and task.exception() is not None:
-                log.error("a service stopped unexpectedly", service=task.get_name(),
-                          error=repr(task.exception()))
+                log.error(
+                    "a service stopped unexpectedly",
+                    service=task.get_name(),
+                    error=repr(task.exception()),
+                )
 
         # Shutdown: no new work, finish or release what is in flight, close cleanly.
         svc.ready = False

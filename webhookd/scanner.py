@@ -50,7 +50,6 @@ class Scanner:
                     result = await self._store.scan(self._batch_size)
                 except Exception as exc:  # noqa: BLE001 - keep tailing after a bad pass
                     log.error("scan failed", error=str(exc))
-                    result = None
                 else:
                     self.last = result
                     if result.enqueued:

@@ -468,7 +468,7 @@ def _ingest(con: Any, payloads: Sequence[list[NewEvent]]) -> list[IngestResult |
 
 
 def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
-    results = []
+    results: list[ScanResult] = []
     for batch_size in payloads:
         (cursor,) = con.execute("SELECT seq FROM scanner_cursor WHERE name = 'main'").fetchone()
         row = con.execute(
@@ -504,7 +504,7 @@ def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
 
 
 def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Claim]]:
-    results = []
+    results: list[list[Claim]] = []
     for limit, per_webhook, lease in payloads:
         now = utcnow()
         picked = con.execute(

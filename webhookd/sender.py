@@ -1,0 +1,293 @@
+"""The HTTP POST of one delivery attempt.
+
+One :class:`Sender` owns one shared ``aiohttp.ClientSession`` (a pooled
+``TCPConnector``) for the whole daemon. :meth:`Sender.post` sends the body once,
+never follows redirects, reads at most ``max_response_bytes`` of the answer and
+turns every network or HTTP problem into an :class:`AttemptResult` with a clear
+error text; it raises only for programming errors (and cancellation). What the
+outcome *means* (delivered, retry, gone) is decided by the caller.
+
+Destination safety: unless ``allow_private``, host names are resolved through
+:class:`webhookd.guard.GuardedResolver` (checked at connect time, on the address
+actually connected to) and IP-literal hosts, which aiohttp never resolves, are
+checked here before any connection is opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import re
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+
+import aiohttp
+from yarl import URL
+
+from webhookd.guard import DestinationRefused, GuardedResolver, forbidden_reason, parse_ip
+
+__all__ = ["AttemptResult", "Sender", "parse_retry_after"]
+
+# Longest Retry-After honoured, in seconds; larger values (and "infinite" ones)
+# are clamped so callers can always do arithmetic with the result.
+RETRY_AFTER_MAX = float(2**31)
+
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What happened on one POST."""
+
+    status_code: int | None
+    """HTTP status received, or ``None`` when no status line and headers arrived."""
+    error: str | None
+    """Clear text for a failure (also set for 3xx and non-2xx); ``None`` on 2xx."""
+    duration_ms: float
+    response_excerpt: str
+    """At most ``max_response_bytes`` of the body, decoded as UTF-8 (errors replaced)."""
+    retry_after: float | None
+    """Seconds from ``Retry-After`` (delta-seconds or HTTP-date), or ``None``."""
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value; ``None`` if absent or unparseable.
+
+    Accepts delta-seconds (``"120"``, leniently ``"1.5"``) and an HTTP-date, taken
+    relative to ``now`` (unix seconds, default the current time). Never negative,
+    clamped to :data:`RETRY_AFTER_MAX`.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        try:
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (OverflowError, ValueError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+@lru_cache(maxsize=8192)
+def _target(url: str) -> tuple[URL, str | None]:
+    """The parsed URL and, if its host is a forbidden IP literal, the refusal text."""
+    parsed = URL(url)
+    host = parsed.host
+    ip = parse_ip(host) if host else None
+    reason = forbidden_reason(ip) if ip is not None else None
+    if reason is not None:
+        return parsed, str(DestinationRefused(str(ip), [(str(ip), reason)]))
+    return parsed, None
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _os_detail(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _tls_detail(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _is_reset(exc: OSError) -> bool:
+    return isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError) or (
+        exc.errno in _RESET_ERRNOS
+    )
+
+
+def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
+    os_error = exc.os_error
+    if isinstance(os_error, DestinationRefused):
+        return str(os_error)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS error: {exc.host}: {_os_detail(os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS error: {_tls_detail(exc.certificate_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError) or isinstance(os_error, ssl.SSLError):
+        return f"TLS error: {_tls_detail(os_error)}"
+    if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    if _is_reset(os_error):
+        return "connection reset"
+    if os_error.errno == errno.ENETUNREACH:
+        return "network unreachable"
+    if os_error.errno == errno.EHOSTUNREACH:
+        return "host unreachable"
+    # When several addresses failed differently, aiohappyeyeballs joins their errors.
+    return f"connection failed: {_os_detail(os_error)}"
+
+
+def describe_error(exc: BaseException, timeout: float) -> str:
+    """A short, clear text for an exception raised while sending a request."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _connect_error(exc)
+    if isinstance(exc, TimeoutError):  # also ServerTimeoutError, ConnectionTimeoutError
+        return f"timeout after {timeout}s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed by the server before a response"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"invalid URL: {exc}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"invalid response: {_one_line(exc.message)}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"invalid response body: {_one_line(str(exc))}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {_tls_detail(exc)}"
+    if isinstance(exc, OSError):  # includes aiohttp.ClientOSError
+        if _is_reset(exc):
+            return "connection reset"
+        return f"network error: {_os_detail(exc)}"
+    return f"HTTP client error: {str(exc) or type(exc).__name__}"
+
+
+class Sender:
+    """Sends delivery attempts over one shared, pooled aiohttp session."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        max_response_bytes: int,
+        allow_private: bool,
+        pool_size: int,
+        user_agent: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_response_bytes < 0:
+            raise ValueError("max_response_bytes must not be negative")
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self._timeout = float(timeout)
+        self._max_response_bytes = max_response_bytes
+        self._allow_private = allow_private
+        self._pool_size = pool_size
+        self._user_agent = user_agent
+        self._ssl_context = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Create the shared session and its connection pool."""
+        if self._session is not None:
+            raise RuntimeError("Sender already started")
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size,
+            limit_per_host=0,
+            resolver=None if self._allow_private else GuardedResolver(),
+            # None means aiohttp's default context, which verifies certificates.
+            ssl=self._ssl_context if self._ssl_context is not None else True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            # Subscribers' Set-Cookie must not make later deliveries stateful.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": self._user_agent},
+            skip_auto_headers=("Accept", "Accept-Encoding"),
+            # Never route through a proxy from the environment: it would bypass the guard.
+            trust_env=False,
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        """Close the session and every pooled connection."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
+        """POST ``body`` to ``url`` once; every failure is reported in the result."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("Sender.start() has not been called")
+        started = time.perf_counter()
+        try:
+            target, refusal = _target(url)
+        except ValueError as exc:
+            return AttemptResult(None, f"invalid URL: {exc}", _elapsed_ms(started), "", None)
+        if refusal is not None and not self._allow_private:
+            return AttemptResult(None, refusal, _elapsed_ms(started), "", None)
+        try:
+            resp = await session.post(target, data=body, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError, SSLError
+            return AttemptResult(
+                None, describe_error(exc, self._timeout), _elapsed_ms(started), "", None
+            )
+        try:
+            excerpt = await self._read_excerpt(resp)
+        except BaseException:
+            resp.close()
+            raise
+        status = resp.status
+        if 200 <= status < 300:
+            error = None
+        elif 300 <= status < 400:
+            location = resp.headers.get("Location")
+            where = f" to {location}" if location else ", no Location"
+            error = f"redirect not followed ({status}{where})"
+        else:
+            error = f"HTTP {status} {resp.reason}" if resp.reason else f"HTTP {status}"
+        retry_after = resp.headers.get("Retry-After")
+        return AttemptResult(
+            status,
+            error,
+            _elapsed_ms(started),
+            excerpt,
+            parse_retry_after(retry_after) if retry_after is not None else None,
+        )
+
+    async def _read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
+        """Read at most ``max_response_bytes`` of the body, then free the connection.
+
+        The connection goes back to the pool only if the body was read to its end;
+        otherwise it is dropped (a huge body is never read). A timeout or reset
+        while reading keeps what was read: the status already decided the outcome.
+        """
+        content = resp.content
+        remaining = self._max_response_bytes
+        data = b""
+        try:
+            while remaining > 0 and not content.at_eof():
+                chunk = await content.read(remaining)
+                if not chunk:
+                    break
+                data = chunk if not data else data + chunk
+                remaining -= len(chunk)
+        except (aiohttp.ClientError, OSError):  # OSError covers TimeoutError
+            resp.close()
+        else:
+            if content.at_eof():
+                resp.release()
+            else:
+                resp.close()
+        return data.decode("utf-8", errors="replace")

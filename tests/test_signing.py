@@ -17,7 +17,9 @@ def test_new_secret_has_the_standard_form() -> None:
     assert signing.new_secret() != secret
 
 
-@pytest.mark.parametrize("bad", ["nope", "whsec_!!!", "whsec_" + base64.b64encode(b"x" * 8).decode()])
+@pytest.mark.parametrize(
+    "bad", ["nope", "whsec_!!!", "whsec_" + base64.b64encode(b"x" * 8).decode()]
+)
 def test_malformed_secrets_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         signing.secret_key(bad)

@@ -211,6 +211,7 @@ class DuckDBStore:
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="webhookd-reader")
         loop = asyncio.get_running_loop()
         self._con = await loop.run_in_executor(
             self._reader, _open_connection, self.path, self._memory_limit

@@ -1,0 +1,353 @@
+"""The DuckDB store on a real file: enqueue, claims, outcomes, parking, rescue, pruning."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from webhookd.events import parse_event
+from webhookd.signing import new_secret
+from webhookd.states import Status
+from webhookd.store.base import Claim, DeliveryFilter, EventConflict, Outcome, WebhookPatch
+from webhookd.store.duckdb_store import DuckDBStore, utcnow
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[DuckDBStore]:
+    s = DuckDBStore(tmp_path / "q.duckdb")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def events(*specs: tuple[str, str]) -> list:  # type: ignore[type-arg]
+    now = datetime.now().astimezone()
+    return [
+        parse_event({"id": eid, "type": etype, "data": {"n": i}}, i, now)
+        for i, (eid, etype) in enumerate(specs)
+    ]
+
+
+async def hook(store: DuckDBStore, types: list[str] | None = None) -> str:
+    created = await store.create_webhook("http://127.0.0.1:9/h", types or [], new_secret(), "")
+    webhook_id: str = created["webhook_id"]
+    return webhook_id
+
+
+def outcome(claim: Claim, status: Status, *, code: int = 500, due_in: float = 0) -> Outcome:
+    now = utcnow()
+    return Outcome(
+        webhook_id=claim.webhook_id,
+        event_id=claim.event_id,
+        attempt=claim.attempt,
+        status=status,
+        next_attempt_at=now + timedelta(seconds=due_in) if status is Status.PENDING else None,
+        attempted_at=now,
+        duration_ms=1.0,
+        status_code=code,
+        error=None if code < 300 else f"HTTP {code}",
+        response_excerpt="",
+        outcome=str(status),
+    )
+
+
+async def statuses(store: DuckDBStore, **filters: str) -> dict[tuple[str, str], str]:
+    page = await store.list_deliveries(DeliveryFilter(**filters), 1000, None)  # type: ignore[arg-type]
+    return {(i["webhook_id"], i["event_id"]): i["status"] for i in page.items}
+
+
+async def test_scan_enqueues_each_pair_once(store: DuckDBStore) -> None:
+    a, b = await hook(store), await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+    first = await store.scan(500)
+    assert (first.events, first.enqueued) == (2, 4)
+    again = await store.scan(500)
+    assert (again.events, again.enqueued) == (0, 0)
+    assert set(await statuses(store)) == {(a, "e1"), (a, "e2"), (b, "e1"), (b, "e2")}
+
+
+async def test_enqueue_is_idempotent_even_if_the_cursor_is_rewound(
+    store: DuckDBStore, tmp_path: Path
+) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    await store.close()
+    con = duckdb.connect(str(tmp_path / "q.duckdb"))
+    con.execute("UPDATE scanner_cursor SET seq = 0")
+    con.close()
+    reopened = DuckDBStore(tmp_path / "q.duckdb")
+    await reopened.open()
+    try:
+        result = await reopened.scan(500)
+        assert (result.events, result.enqueued) == (1, 0)
+        assert len(await statuses(reopened)) == 1
+    finally:
+        await reopened.close()
+    await store.open()  # the fixture closes it again
+
+
+async def test_scan_advances_the_cursor_in_batches(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(*[(f"e{i}", "t") for i in range(7)]))
+    seen = [await store.scan(3) for _ in range(4)]
+    assert [r.events for r in seen] == [3, 3, 1, 0]
+    assert [r.cursor for r in seen] == [3, 6, 7, 7]
+
+
+async def test_scan_matches_event_types_and_skips_inactive(store: DuckDBStore) -> None:
+    only_paid = await hook(store, ["invoice.paid"])
+    everything = await hook(store)
+    off = await hook(store)
+    await store.update_webhook(off, WebhookPatch(active=False))
+    await store.ingest(events(("e1", "invoice.paid"), ("e2", "invoice.created")))
+    await store.scan(500)
+    assert set(await statuses(store)) == {
+        (only_paid, "e1"),
+        (everything, "e1"),
+        (everything, "e2"),
+    }
+
+
+async def test_ingest_same_content_again_is_accepted_without_a_duplicate(
+    store: DuckDBStore,
+) -> None:
+    first = await store.ingest(events(("e1", "t")))
+    again = await store.ingest(events(("e1", "t")))
+    assert (first.inserted, again.inserted) == (1, 0)
+    assert again.ids == ["e1"]
+    with pytest.raises(EventConflict) as info:
+        await store.ingest(events(("e1", "other.type")))
+    assert info.value.event_ids == ["e1"]
+
+
+async def test_a_conflicting_batch_stores_nothing(store: DuckDBStore) -> None:
+    await store.ingest(events(("e1", "t")))
+    with pytest.raises(EventConflict):
+        await store.ingest(events(("e2", "t"), ("e1", "changed")))
+    await hook(store)
+    await store.scan(500)
+    assert {k[1] for k in await statuses(store)} == {"e1"}
+
+
+async def test_claim_takes_only_due_rows(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+    await store.scan(500)
+    claims = await store.claim(10, 8, 30)
+    assert {c.event_id for c in claims} == {"e1", "e2"}
+    assert all(c.attempt == 1 for c in claims)
+    # e1 fails and is due in an hour; e2 fails and is due now
+    await store.record(outcome(claims[0], Status.PENDING, due_in=3600))
+    await store.record(outcome(claims[1], Status.PENDING, due_in=0))
+    again = await store.claim(10, 8, 30)
+    assert [c.event_id for c in again] == [claims[1].event_id]
+    assert again[0].attempt == 2
+
+
+async def test_claim_respects_the_per_webhook_cap(store: DuckDBStore) -> None:
+    slow, fast = await hook(store), await hook(store)
+    await store.ingest(events(*[(f"e{i}", "t") for i in range(10)]))
+    await store.scan(500)
+    first = await store.claim(100, 3, 30)
+    by_hook = {w: sum(c.webhook_id == w for c in first) for w in (slow, fast)}
+    assert by_hook == {slow: 3, fast: 3}
+    # the cap counts rows still inflight: the slow webhook gets nothing more
+    for c in first:
+        if c.webhook_id == fast:
+            await store.record(outcome(c, Status.DELIVERED, code=204))
+    second = await store.claim(100, 3, 30)
+    assert {c.webhook_id for c in second} == {fast}
+    assert len(second) == 3
+
+
+async def test_inflight_rows_are_not_claimed_twice(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    assert len(await store.claim(10, 8, 30)) == 1
+    assert await store.claim(10, 8, 30) == []
+
+
+async def test_outcomes_write_the_log_and_the_row(store: DuckDBStore) -> None:
+    wid = await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    (claim,) = await store.claim(10, 8, 30)
+    await store.record(outcome(claim, Status.PENDING))
+    (claim2,) = await store.claim(10, 8, 30)
+    await store.record(outcome(claim2, Status.DEAD))
+    page = await store.list_deliveries(DeliveryFilter(webhook_id=wid), 10, None)
+    (row,) = page.items
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("dead", 2, 500)
+    log = await store.list_attempts(wid, "e1")
+    assert [(a["attempt"], a["status_code"]) for a in log] == [(1, 500), (2, 500)]
+
+
+async def test_many_outcomes_share_few_transactions(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(*[(f"e{i}", "t") for i in range(200)]))
+    await store.scan(500)
+    claims = await store.claim(500, 500, 30)
+    assert len(claims) == 200
+    before = store.writer_stats[0]
+    await asyncio.gather(*(store.record(outcome(c, Status.DELIVERED, code=204)) for c in claims))
+    transactions = store.writer_stats[0] - before
+    assert transactions < 20, transactions  # group commit, not one per row
+    assert set((await statuses(store)).values()) == {"delivered"}
+
+
+async def test_a_failing_operation_fails_alone(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    (claim,) = await store.claim(10, 8, 30)
+
+    def broken(con: object, payloads: object) -> list[None]:
+        raise RuntimeError("boom")
+
+    assert store._writer is not None
+    bad = store._writer.submit(broken, None)
+    good = store.record(outcome(claim, Status.DELIVERED, code=204))
+    results = await asyncio.gather(bad, good, return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] is None
+    assert set((await statuses(store)).values()) == {"delivered"}
+
+
+async def test_deactivating_parks_pending_rows_and_enabling_redrives(store: DuckDBStore) -> None:
+    wid = await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+    await store.scan(500)
+    (c1, c2) = await store.claim(10, 8, 30)
+    await store.record(outcome(c1, Status.PENDING, due_in=3600))
+    await store.update_webhook(wid, WebhookPatch(active=False))
+    assert (await statuses(store))[(wid, c1.event_id)] == "parked"
+    assert (await statuses(store))[(wid, c2.event_id)] == "inflight"
+    # the inflight one fails after the webhook was disabled: parked, not retried
+    await store.record(outcome(c2, Status.PENDING))
+    assert set((await statuses(store)).values()) == {"parked"}
+    assert await store.claim(10, 8, 30) == []
+    await store.update_webhook(wid, WebhookPatch(active=True))
+    assert set((await statuses(store)).values()) == {"pending"}
+    assert len(await store.claim(10, 8, 30)) == 2
+
+
+async def test_removed_webhook_rows_are_parked_not_dropped(store: DuckDBStore) -> None:
+    wid = await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    await store.delete_webhook(wid)
+    assert await statuses(store) == {(wid, "e1"): "parked"}
+    assert await store.claim(10, 8, 30) == []
+
+
+async def test_rescue_orphans_returns_inflight_rows(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    await store.claim(10, 8, 30)
+    assert await store.rescue_orphans() == 1
+    assert set((await statuses(store)).values()) == {"pending"}
+    assert len(await store.claim(10, 8, 30)) == 1
+
+
+async def test_rescue_expired_leaves_live_leases(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+    await store.scan(500)
+    await store.claim(1, 8, 0.001)  # a lease that runs out at once
+    await store.claim(1, 8, 3600)
+    assert await store.rescue_expired(utcnow() + timedelta(seconds=1)) == 1
+    assert sorted((await statuses(store)).values()) == ["inflight", "pending"]
+
+
+async def test_gone_deactivates_the_webhook_and_parks(store: DuckDBStore) -> None:
+    wid = await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+    await store.scan(500)
+    (c1,) = await store.claim(1, 8, 30)
+    await store.record(replace(outcome(c1, Status.PARKED, code=410), deactivate_webhook=True))
+    hook_row = await store.get_webhook(wid)
+    assert hook_row["active"] is False
+    assert "410" in hook_row["disabled_reason"]
+    assert set((await statuses(store)).values()) == {"parked"}
+
+
+async def test_redrive_dead_and_since(store: DuckDBStore) -> None:
+    wid = await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+    await store.scan(500)
+    for c in await store.claim(10, 8, 30):
+        await store.record(outcome(c, Status.DEAD))
+    assert await store.redrive(Status.DEAD, None, utcnow() + timedelta(hours=1)) == 0
+    assert await store.redrive(Status.DEAD, wid, None) == 2
+    claims = await store.claim(10, 8, 30)
+    # a fresh budget: attempt 2 overall, the first since the redrive
+    assert {(c.attempt, c.budget_attempt) for c in claims} == {(2, 1)}
+
+
+async def test_replay_delivers_again_and_restores_pruned_rows(store: DuckDBStore) -> None:
+    wid = await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    (c,) = await store.claim(10, 8, 30)
+    await store.record(outcome(c, Status.DELIVERED, code=204))
+    assert await store.replay("e1", None) == 1
+    assert await statuses(store) == {(wid, "e1"): "pending"}
+    (c,) = await store.claim(10, 8, 30)
+    await store.record(outcome(c, Status.DELIVERED, code=204))
+    pruned = await store.prune(utcnow() + timedelta(seconds=1), utcnow() - timedelta(days=1), 100)
+    assert pruned.queue_rows == 1
+    assert await statuses(store) == {}
+    assert await store.replay("e1", wid) == 1
+    assert await statuses(store) == {(wid, "e1"): "pending"}
+
+
+async def test_prune_leaves_pending_and_dead_rows(store: DuckDBStore) -> None:
+    await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t"), ("e3", "t")))
+    await store.scan(500)
+    (c1,) = await store.claim(1, 8, 30)
+    (c2,) = await store.claim(1, 8, 30)
+    await store.record(outcome(c1, Status.DELIVERED, code=204))
+    await store.record(outcome(c2, Status.DEAD))
+    await store.release([(c.webhook_id, c.event_id) for c in await store.claim(10, 8, 30)])
+    later = utcnow() + timedelta(days=400)
+    pruned = await store.prune(later, later, 1000)
+    assert pruned.queue_rows == 1
+    assert pruned.log_rows == 2
+    assert sorted((await statuses(store)).values()) == ["dead", "pending"]
+
+
+async def test_auto_disable_deactivates_a_webhook_failing_for_the_window(
+    store: DuckDBStore,
+) -> None:
+    failing, healthy = await hook(store), await hook(store)
+    await store.ingest(events(("e1", "t")))
+    await store.scan(500)
+    for c in await store.claim(10, 8, 30):
+        status = Status.PENDING if c.webhook_id == failing else Status.DELIVERED
+        await store.record(outcome(c, status, code=500 if c.webhook_id == failing else 204))
+    assert await store.auto_disable(utcnow() - timedelta(hours=1)) == []
+    assert await store.auto_disable(utcnow() + timedelta(seconds=1)) == [failing]
+    assert (await store.get_webhook(failing))["active"] is False
+    assert (await store.get_webhook(healthy))["active"] is True
+    assert (await statuses(store))[(failing, "e1")] == "parked"
+
+
+async def test_migrations_are_applied_once(tmp_path: Path) -> None:
+    s = DuckDBStore(tmp_path / "m.duckdb")
+    await s.open()
+    assert s.migrations_applied == [1]
+    await s.close()
+    s = DuckDBStore(tmp_path / "m.duckdb")
+    await s.open()
+    assert s.migrations_applied == []
+    await s.close()

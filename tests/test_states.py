@@ -23,17 +23,17 @@ from webhookd.states import (
 from webhookd.store.base import Claim
 from webhookd.workers import RetryPolicy, decide
 
-P, I, D, X, K = Status.PENDING, Status.INFLIGHT, Status.DELIVERED, Status.DEAD, Status.PARKED
+P, F, D, X, K = Status.PENDING, Status.INFLIGHT, Status.DELIVERED, Status.DEAD, Status.PARKED
 
 TABLE = [
-    (P, Event.CLAIM, I),
+    (P, Event.CLAIM, F),
     (P, Event.DISABLE, K),
-    (I, Event.SUCCESS, D),
-    (I, Event.FAILURE, P),
-    (I, Event.EXHAUSTED, X),
-    (I, Event.GONE, K),
-    (I, Event.LEASE_EXPIRED, P),
-    (I, Event.RELEASE, P),
+    (F, Event.SUCCESS, D),
+    (F, Event.FAILURE, P),
+    (F, Event.EXHAUSTED, X),
+    (F, Event.GONE, K),
+    (F, Event.LEASE_EXPIRED, P),
+    (F, Event.RELEASE, P),
     (K, Event.ENABLE, P),
     (K, Event.REDRIVE, P),
     (X, Event.REDRIVE, P),

@@ -181,7 +181,8 @@ def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     message = message.removeprefix("Value error, ")
-    if message.startswith(key + ":"):
+    # A section's own validator names its keys itself ("admin.listen: ...").
+    if message.startswith((key + ":", key + ".")):
         return message
     return f"{key}: {message}"
 

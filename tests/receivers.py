@@ -60,6 +60,7 @@ class Recorder:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
         ssl_context: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
         self.reply = Reply(status, dict(headers or {}), body)
         self.requests: list[RecordedRequest] = []
@@ -67,7 +68,7 @@ class Recorder:
         self._ssl_context = ssl_context
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port
 
     def reply_on(self, path: str, reply: Reply) -> None:
         self._by_path[path] = reply
@@ -114,7 +115,7 @@ class Recorder:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl_context)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

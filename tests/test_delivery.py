@@ -70,9 +70,7 @@ async def test_failed_until_dead_then_redriven_end_to_end(tmp_path: Path) -> Non
         result = await api.ok("POST", "/v1/redrive", {"status": "dead"})
         assert result == {"count": 1}
         (row,) = await api.wait_status({"delivered": 1})
-        attempts = await api.ok(
-            "GET", f"/v1/deliveries/{hook['webhook_id']}/{event_id}/attempts"
-        )
+        attempts = await api.ok("GET", f"/v1/deliveries/{hook['webhook_id']}/{event_id}/attempts")
     assert [(a["attempt"], a["status_code"], a["outcome"]) for a in attempts["items"]] == [
         (1, 503, "retry"),
         (2, 503, "dead"),
@@ -107,9 +105,11 @@ async def test_redirects_are_not_followed(tmp_path: Path) -> None:
 
 
 async def test_retry_after_pushes_the_next_attempt(tmp_path: Path) -> None:
-    async with Recorder(status=429, headers={"Retry-After": "3600"}) as rx, running(
-        make_settings(tmp_path)
-    ) as d, Api(d.url) as api:
+    async with (
+        Recorder(status=429, headers={"Retry-After": "3600"}) as rx,
+        running(make_settings(tmp_path)) as d,
+        Api(d.url) as api,
+    ):
         await api.create_webhook(rx.url)
         await api.emit({"type": "t", "data": {}})
         await rx.wait_for_requests(1)

@@ -1,0 +1,219 @@
+"""Across process boundaries: SIGKILL mid-delivery loses nothing; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import duckdb
+from aiohttp import web
+
+from tests.conftest import Api, DaemonProcess, write_config
+
+
+class CountingReceiver:
+    """Records (path, webhook-id) of every POST; answers 204 after a little latency."""
+
+    def __init__(self, latency: float = 0.01) -> None:
+        self.latency = latency
+        self.seen: list[tuple[str, str]] = []
+        self.hold: asyncio.Event | None = None
+        self.entered = 0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.entered += 1
+        if self.hold is not None:
+            await self.hold.wait()
+        elif self.latency:
+            await asyncio.sleep(random.uniform(0, self.latency))  # a receiver's own latency
+        self.seen.append((request.path, request.headers["webhook-id"]))
+        return web.Response(status=204)
+
+    async def __aenter__(self) -> CountingReceiver:
+        app = web.Application()
+        app.router.add_post("/{name}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def _wait_for(predicate, deadline: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path, daemon_process: list) -> None:  # type: ignore[type-arg]
+    kills, batches, batch_size, n_hooks = 5, 30, 20, 3
+    config = write_config(
+        tmp_path,
+        delivery={"workers": 16, "retry_schedule": ["200ms"], "max_attempts": 50},
+    )
+    proc = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon_process.append(proc)
+    proc.start()
+    accepted: list[str] = []
+    async with CountingReceiver(latency=0.02) as rx:
+        async with Api(proc.url) as api:
+            for i in range(n_hooks):
+                await api.create_webhook(f"{rx.url}/h{i}")
+
+        async def produce() -> None:
+            async with aiohttp.ClientSession() as session:
+                for b in range(batches):
+                    events = [
+                        {"id": f"evt-{b}-{i}", "type": "t", "data": {"b": b, "i": i}}
+                        for i in range(batch_size)
+                    ]
+                    while True:  # the daemon may be dead right now: retry until accepted
+                        try:
+                            async with session.post(
+                                proc.url + "/v1/events",
+                                json=events,
+                                headers={"Authorization": f"Bearer {api.token}"},
+                            ) as resp:
+                                if resp.status == 202:
+                                    accepted.extend((await resp.json())["ids"])
+                                    break
+                        except aiohttp.ClientError:
+                            pass
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.02)
+
+        producer = asyncio.create_task(produce())
+        for _ in range(kills):
+            before = len(rx.seen)
+            # kill while deliveries are flowing
+            await _wait_for(lambda b=before: len(rx.seen) >= b + 40, 60, "deliveries to flow")
+            proc.signal(signal.SIGKILL)
+            proc.wait()
+            proc.start()
+        await asyncio.wait_for(producer, 120)
+        expected = {(f"/h{h}", e) for h in range(n_hooks) for e in accepted}
+        await _wait_for(lambda: expected <= set(rx.seen), 120, "every pair to arrive")
+        async with Api(proc.url) as api:
+            await api.wait_status({"delivered": len(expected)}, deadline=30)
+        assert proc.stop() == 0
+
+    lost = expected - set(rx.seen)
+    duplicates = len(rx.seen) - len(set(rx.seen))
+    print(
+        f"\nkill -9 figures: kills={kills} pairs={len(expected)} lost={len(lost)} "
+        f"duplicates={duplicates}"
+    )
+    assert len(accepted) == batches * batch_size
+    assert not lost
+
+
+async def test_sigterm_drains_in_flight_attempts_and_exits_0(
+    tmp_path: Path,
+    daemon_process: list,  # type: ignore[type-arg]
+) -> None:
+    config = write_config(
+        tmp_path,
+        delivery={"workers": 4, "per_webhook_concurrency": 4},
+        shutdown={"grace": "10s"},
+    )
+    proc = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon_process.append(proc)
+    proc.start()
+    async with CountingReceiver() as rx:
+        rx.hold = asyncio.Event()
+        async with Api(proc.url) as api:
+            await api.create_webhook(f"{rx.url}/h")
+            await api.emit([{"type": "t", "data": {"i": i}} for i in range(10)])
+        await _wait_for(lambda: rx.entered == 4, 15, "four attempts in flight")
+        proc.signal(signal.SIGTERM)
+        await _wait_for(lambda: "stopping" in proc.output(), 10, "the daemon to start draining")
+        rx.hold.set()  # the in-flight attempts finish inside the grace period
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0
+    con = duckdb.connect(str(tmp_path / "webhookd.duckdb"), read_only=True)
+    rows = dict(
+        con.execute(
+            "SELECT status, count(*) FROM webhook_delivery_queue GROUP BY status"
+        ).fetchall()
+    )
+    logged = con.execute("SELECT count(*) FROM webhook_deliveries").fetchone()
+    con.close()
+    assert rows == {"delivered": 4, "pending": 6}
+    assert logged == (4,)
+
+
+async def test_sigterm_after_grace_releases_what_did_not_finish(
+    tmp_path: Path,
+    daemon_process: list,  # type: ignore[type-arg]
+) -> None:
+    config = write_config(
+        tmp_path,
+        delivery={"workers": 4, "timeout": "30s", "lease": "1m"},
+        shutdown={"grace": "500ms"},
+    )
+    proc = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon_process.append(proc)
+    proc.start()
+    async with CountingReceiver() as rx:
+        rx.hold = asyncio.Event()  # never set: the receiver never answers
+        async with Api(proc.url) as api:
+            await api.create_webhook(f"{rx.url}/h")
+            await api.emit([{"type": "t", "data": {"i": i}} for i in range(3)])
+        await _wait_for(lambda: rx.entered == 3, 15, "three attempts in flight")
+        proc.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+        rx.hold.set()
+    assert code == 0
+    con = duckdb.connect(str(tmp_path / "webhookd.duckdb"), read_only=True)
+    rows = con.execute(
+        "SELECT status, attempts, lease_until FROM webhook_delivery_queue"
+    ).fetchall()
+    con.close()
+    assert rows and all(r == ("pending", 0, None) for r in rows), rows
+
+
+async def test_second_signal_exits_at_once_and_the_next_start_rescues(
+    tmp_path: Path,
+    daemon_process: list,  # type: ignore[type-arg]
+) -> None:
+    config = write_config(
+        tmp_path,
+        delivery={"workers": 2, "timeout": "30s", "lease": "1m"},
+        shutdown={"grace": "30s"},
+    )
+    proc = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon_process.append(proc)
+    proc.start()
+    async with CountingReceiver() as rx:
+        rx.hold = asyncio.Event()
+        async with Api(proc.url) as api:
+            await api.create_webhook(f"{rx.url}/h")
+            (event_id,) = await api.emit({"type": "t", "data": {}})
+        await _wait_for(lambda: rx.entered == 1, 15, "an attempt in flight")
+        proc.signal(signal.SIGTERM)
+        await _wait_for(lambda: "stopping" in proc.output(), 10, "draining")
+        proc.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 10)
+        assert code != 0
+        rx.hold.set()
+        proc.start()
+        assert any(
+            line.get("event") == "webhookd ready" and line.get("rescued") == 1
+            for line in proc.lines()
+        )
+        await _wait_for(lambda: ("/h", event_id) in rx.seen, 15, "the rescued delivery")
+        assert proc.stop() == 0

@@ -89,15 +89,6 @@ class Daemon:
             memory_limit=s.database.memory_limit,
             checkpoint_interval=s.database.checkpoint_interval,
         )
-        try:
-            await store.open()
-        except StoreUnavailable as exc:
-            log.error("cannot open the database", problem=str(exc))
-            return EXIT_CONFIG
-        rescued = await store.rescue_orphans()
-        if rescued:
-            log.warning("re-driving deliveries left in flight by the last run", count=rescued)
-
         metrics = Metrics()
         sender = Sender(
             timeout=s.delivery.timeout,
@@ -107,7 +98,6 @@ class Daemon:
             user_agent=USER_AGENT,
             ssl_context=_ssl_context(s),
         )
-        await sender.start()
         pool = WorkerPool(
             store,
             sender,
@@ -152,6 +142,7 @@ class Daemon:
             metrics=metrics,
             token=token,
         )
+        # Listen first: while migrations and the start-up rescue run, /readyz says so.
         runner = web.AppRunner(build_app(svc), access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -159,9 +150,21 @@ class Daemon:
         except OSError as exc:
             log.error("cannot listen", listen=s.admin.listen, problem=str(exc))
             await runner.cleanup()
-            await sender.close()
-            await store.close()
             return EXIT_CONFIG
+        self.listening = listening
+        log.info("listening; opening the database", listen=listening)
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            log.error("cannot open the database", problem=str(exc))
+            await runner.cleanup()
+            return EXIT_CONFIG
+        if store.migrations_applied:
+            log.info("schema migrations applied", versions=store.migrations_applied)
+        rescued = await store.rescue_orphans()
+        if rescued:
+            log.warning("re-driving deliveries left in flight by the last run", count=rescued)
+        await sender.start()
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,7 +176,7 @@ class Daemon:
             *(asyncio.create_task(u.run(), name=u.name) for u in upkeep),
         ]
         watchdog = asyncio.create_task(
-            self.notifier.run_watchdog(lambda: all(not t.done() for t in tasks))
+            self.notifier.run_watchdog(lambda: store.healthy() and all(not t.done() for t in tasks))
         )
         svc.ready = True
         log.info(
@@ -185,7 +188,6 @@ class Daemon:
             rescued=rescued,
         )
         self.notifier.ready(f"serving on {listening}")
-        self.listening = listening
         self.ready.set()
 
         stop_wait = asyncio.create_task(self._stop.wait())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ log = logs.get("webhookd.api")
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 PUBLIC_ROUTES = frozenset({"/healthz"})
+# Answered while the daemon starts (migrations, start-up rescue); all else waits for ready.
+STARTUP_ROUTES = frozenset({"/healthz", "/readyz"})
 
 
 @dataclass
@@ -53,14 +56,38 @@ def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
+# A \uXXXX escape of a UTF-16 surrogate: valid JSON syntax, but alone it is no character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _no_constants(name: str) -> Any:
+    # json.loads accepts NaN and Infinity; they are not JSON, and would reach subscribers.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def read_json(request: web.Request) -> Any:
     raw = await request.read()  # raises 413 past client_max_size
     if not raw:
         raise ApiError(400, "invalid_json", "the request body is empty; send JSON")
     try:
-        return json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        # Paired surrogates decode to one character; a lone one cannot be stored or sent.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(
+                400,
+                "invalid_json",
+                "the request body has a lone UTF-16 surrogate (\\uD800-\\uDFFF)",
+            ) from None
+        except RecursionError:
+            raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    return value
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,6 +112,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.reason)
+    except Exception:
+        # A bug, not bad input: still the documented error shape, and the trace in the log.
+        log.exception("request failed", method=request.method, path=request.path)
+        return error_response(500, "internal", "internal error; the daemon's log has the details")
 
 
 @web.middleware
@@ -106,12 +137,21 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+@web.middleware
+async def startup_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not services(request).ready and request.path not in STARTUP_ROUTES:
+        return error_response(
+            503, "starting", "webhookd is starting (database migrations and rescue)"
+        )
+    return await handler(request)
+
+
 def build_app(svc: Services) -> web.Application:
     from webhookd.api import ingest, operators, webhooks
 
     app = web.Application(
         client_max_size=svc.settings.admin.max_body_bytes,
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, auth_middleware, startup_middleware],
     )
     app[SERVICES] = svc
     app.router.add_routes(ingest.routes)

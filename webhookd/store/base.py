@@ -112,6 +112,9 @@ class Store(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    def healthy(self) -> bool:
+        """The database is open and its writer is making progress (for the watchdog)."""
+        ...
 
     # start-up and upkeep
     async def rescue_orphans(self) -> int:

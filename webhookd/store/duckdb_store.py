@@ -258,6 +258,9 @@ class DuckDBStore:
             raise StoreUnavailable("the database is closed")
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, con, *args)
 
+    def healthy(self) -> bool:
+        return self._writer is not None and self._writer.healthy()
+
     @property
     def writer_stats(self) -> tuple[int, int]:
         w = self._writer

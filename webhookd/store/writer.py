@@ -60,9 +60,16 @@ class Writer:
         self._closed = False
         self.transactions = 0
         self.operations = 0
+        self.last_progress = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
+
+    def healthy(self, stall: float = 60.0) -> bool:
+        """Alive, and not stuck: work waiting must not wait longer than `stall` seconds."""
+        if not self._thread.is_alive():
+            return False
+        return self._queue.empty() or time.monotonic() - self.last_progress < stall
 
     def submit(self, fn: BatchFn, payload: Any, *, priority: int = 1) -> asyncio.Future[Any]:
         """Queue one operation; lower priority values run first within a transaction."""
@@ -109,6 +116,7 @@ class Writer:
                 continue
             if first is None:
                 return
+            self.last_progress = time.monotonic()
             ops, stop = self._drain(first)
             self._execute(ops)
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
@@ -140,6 +148,7 @@ class Writer:
             self._rollback()
             results = [(ops[0], None, exc)] if len(ops) == 1 else [self._alone(op) for op in ops]
         self.operations += len(ops)
+        self.last_progress = time.monotonic()
         self._resolve(results)
 
     def _alone(self, op: _Op[Any]) -> tuple[_Op[Any], Any, BaseException | None]:

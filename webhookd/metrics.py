@@ -50,6 +50,9 @@ class Metrics:
         self.scanner_lag = Gauge(
             "webhookd_scanner_lag_events", "Events not yet scanned into the queue", registry=r
         )
+        self.webhooks_disabled = Gauge(
+            "webhookd_webhooks_disabled", "Webhooks currently deactivated", registry=r
+        )
         self.workers_busy = Gauge(
             "webhookd_workers_busy", "Attempts in flight right now", registry=r
         )
@@ -67,6 +70,7 @@ class Metrics:
             self.queue_depth.labels(status=str(status)).set(report.by_status.get(str(status), 0))
         self.oldest_due_age.set(report.oldest_due_age_seconds or 0.0)
         self.scanner_lag.set(report.scanner_lag_events)
+        self.webhooks_disabled.set(len(report.disabled_webhooks))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -105,6 +105,8 @@ async def status(request: web.Request) -> web.Response:
             "oldest_due_age_seconds": report.oldest_due_age_seconds,
             "scanner_lag_events": report.scanner_lag_events,
             "scanner_cursor": report.scanner_cursor,
+            "webhooks_active": report.webhooks_active,
+            "disabled_webhooks": report.disabled_webhooks,
             "workers_busy": svc.pool.busy,
             "workers": svc.pool.size,
             **svc.extra,
@@ -137,6 +139,4 @@ async def metrics(request: web.Request) -> web.Response:
     svc = services(request)
     svc.metrics.observe_status(await svc.store.status())
     svc.metrics.workers_busy.set(svc.pool.busy)
-    return web.Response(
-        body=svc.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return web.Response(body=svc.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

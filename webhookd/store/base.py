@@ -105,6 +105,8 @@ class StatusReport:
     scanner_lag_events: int = 0
     scanner_cursor: int = 0
     latest_seq: int = 0
+    webhooks_active: int = 0
+    disabled_webhooks: dict[str, str | None] = field(default_factory=dict)
 
 
 class Store(Protocol):

@@ -978,6 +978,13 @@ def _status(con: Any) -> StatusReport:
     report.scanner_cursor = cursor
     report.latest_seq = max(latest, cursor)
     report.scanner_lag_events = max(0, latest - cursor)
+    for wid, active, reason in con.execute(
+        "SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id"
+    ).fetchall():
+        if active:
+            report.webhooks_active += 1
+        else:
+            report.disabled_webhooks[wid] = reason
     return report
 
 

@@ -1,0 +1,224 @@
+"""Operating the daemon: sd_notify, /readyz at start-up, metrics, auto-disable, rotation
+grace, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from tests.conftest import Api, DaemonProcess, make_settings, running, write_config
+from tests.receivers import Recorder, Reply
+from webhookd.daemon import Daemon
+from webhookd.store.duckdb_store import DuckDBStore
+
+
+def _recv_until(sock: socket.socket, wanted: str, deadline: float) -> list[str]:
+    got: list[str] = []
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        sock.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if any(wanted in m.split("\n") for m in got):
+            return got
+    raise AssertionError(f"no {wanted} among {got}")
+
+
+async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, daemon_process: list[Any]) -> None:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    proc = DaemonProcess(
+        write_config(tmp_path),
+        tmp_path / "daemon.log",
+        env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"},
+    )
+    daemon_process.append(proc)
+    try:
+        proc.start()
+        ready = await asyncio.to_thread(_recv_until, sock, "READY=1", 10)
+        assert any(m.startswith("READY=1") for m in ready)
+        await asyncio.to_thread(_recv_until, sock, "WATCHDOG=1", 10)
+        await asyncio.to_thread(_recv_until, sock, "WATCHDOG=1", 10)  # and again
+        proc.signal(signal.SIGTERM)
+        stopping = await asyncio.to_thread(_recv_until, sock, "STOPPING=1", 10)
+        assert any(m.startswith("STOPPING=1") for m in stopping)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        sock.close()
+
+
+async def test_readyz_fails_while_start_up_rescue_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    real = DuckDBStore.rescue_orphans
+
+    async def held_rescue(self: DuckDBStore) -> int:
+        await gate.wait()
+        return await real(self)
+
+    monkeypatch.setattr(DuckDBStore, "rescue_orphans", held_rescue)
+    daemon = Daemon(make_settings(tmp_path))
+    task = asyncio.create_task(daemon.run())
+    try:
+        end = time.monotonic() + 15
+        while daemon.listening is None:
+            assert time.monotonic() < end and not task.done()
+            await asyncio.sleep(0.01)
+        async with Api("http://" + daemon.listening) as api:
+            status, body = await api.request("GET", "/readyz")
+            assert status == 503 and body["status"] == "not ready"
+            status, body = await api.request("GET", "/v1/status")
+            assert status == 503 and body["error"]["code"] == "starting"
+            assert (await api.request("GET", "/healthz"))[0] == 200
+            gate.set()
+            await asyncio.wait_for(daemon.ready.wait(), 15)
+            status, body = await api.request("GET", "/readyz")
+            assert status == 200 and body["checks"] == {
+                "database": True,
+                "scanner": True,
+                "workers": True,
+            }
+    finally:
+        gate.set()
+        daemon.request_stop("test")
+        assert await task == 0
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_move_as_deliveries_happen(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, delivery={"retry_schedule": ["1h"]})
+    async with (
+        Recorder(status=204) as ok,
+        Recorder(status=500) as bad,
+        running(settings) as d,
+        Api(d.url) as api,
+    ):
+        status, _ = await api.request("GET", "/metrics", token="wrong")
+        assert status == 401
+        before = _samples(await api.ok("GET", "/metrics"))
+        assert (
+            _value(before, "webhookd_attempts_total", outcome="delivered", status_class="2xx") == 0
+        )
+        await api.create_webhook(ok.url, event_types=["good"])
+        await api.create_webhook(bad.url, event_types=["bad"])
+        await api.emit([{"type": "good", "data": {"i": i}} for i in range(3)])
+        await api.emit({"type": "bad", "data": {}})
+        end = time.monotonic() + 15
+        while True:
+            after = _samples(await api.ok("GET", "/metrics"))
+            done = _value(after, "webhookd_attempts_total", outcome="delivered", status_class="2xx")
+            retried = _value(after, "webhookd_attempts_total", outcome="retry", status_class="5xx")
+            depth = (
+                _value(after, "webhookd_queue_depth", status="delivered"),
+                _value(after, "webhookd_queue_depth", status="pending"),
+            )
+            if (done, retried, *depth) == (3, 1, 3, 1) or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.02)
+    assert (done, retried) == (3, 1)
+    assert _value(after, "webhookd_attempt_duration_seconds_count") == 4
+    assert _value(after, "webhookd_events_ingested_total") == 4
+    assert _value(after, "webhookd_queue_depth", status="delivered") == 3
+    assert _value(after, "webhookd_queue_depth", status="pending") == 1
+    assert _value(after, "webhookd_scanner_lag_events") == 0
+    assert "webhookd_dead_total" in {name for name, _ in after}
+
+
+async def test_auto_disable_parks_and_enable_redrives(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        delivery={"disable_after": "1s", "retry_schedule": ["100ms"], "max_attempts": 1000},
+    )
+    async with Recorder(status=500) as rx, running(settings) as d, Api(d.url) as api:
+        hook = await api.create_webhook(rx.url)
+        wid = hook["webhook_id"]
+        await api.emit({"type": "t", "data": {}})
+        end = time.monotonic() + 20
+        while (await api.ok("GET", f"/v1/webhooks/{wid}"))["active"]:
+            assert time.monotonic() < end, "never auto-disabled"
+            await asyncio.sleep(0.05)
+        await api.wait_status({"parked": 1})
+        status = await api.ok("GET", "/v1/status")
+        assert "every attempt failed" in status["disabled_webhooks"][wid]
+        samples = _samples(await api.ok("GET", "/metrics"))
+        assert _value(samples, "webhookd_webhooks_auto_disabled_total") == 1
+        assert _value(samples, "webhookd_webhooks_disabled") == 1
+        rx.reply = Reply(status=204)
+        await api.ok("PATCH", f"/v1/webhooks/{wid}", {"active": True})
+        await api.wait_status({"delivered": 1})
+        assert (await api.ok("GET", f"/v1/webhooks/{wid}"))["disabled_reason"] is None
+
+
+async def test_old_secret_stops_signing_after_the_grace_period(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, delivery={"rotation_grace": "1s"})
+    async with Recorder(status=204) as rx, running(settings) as d, Api(d.url) as api:
+        hook = await api.create_webhook(rx.url)
+        wid, old = hook["webhook_id"], hook["secret"]
+        new = (await api.ok("POST", f"/v1/webhooks/{wid}/rotate-secret"))["secret"]
+        await api.emit({"type": "t", "data": {"n": 1}})
+        (during,) = await rx.wait_for_requests(1)
+        end = time.monotonic() + 10
+        while (await api.ok("GET", f"/v1/webhooks/{wid}"))["previous_secret_expires_at"]:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        await api.emit({"type": "t", "data": {"n": 2}})
+        after = (await rx.wait_for_requests(2))[1]
+    assert len(during.headers["webhook-signature"].split()) == 2
+    Webhook(old).verify(during.body, dict(during.headers))
+    Webhook(new).verify(during.body, dict(during.headers))
+    assert len(after.headers["webhook-signature"].split()) == 1
+    Webhook(new).verify(after.body, dict(after.headers))
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(after.body, dict(after.headers))
+
+
+async def test_retention_prunes_delivered_rows_but_not_pending_or_dead(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        retention={"delivered_ttl": "100ms", "prune_interval": "200ms", "log_ttl": "1d"},
+        delivery={"retry_schedule": ["100ms", "1h"], "max_attempts": 2},
+    )
+    async with (
+        Recorder(status=204) as ok,
+        Recorder(status=500) as dead,
+        Recorder(status=429, headers={"Retry-After": "3600"}) as later,
+        running(settings) as d,
+        Api(d.url) as api,
+    ):
+        good = await api.create_webhook(ok.url, event_types=["good"])
+        await api.create_webhook(dead.url, event_types=["dead"])
+        await api.create_webhook(later.url, event_types=["later"])
+        (good_event,) = await api.emit({"type": "good", "data": {}})
+        await api.emit([{"type": "dead", "data": {}}, {"type": "later", "data": {}}])
+        await ok.wait_for_requests(1)
+        await dead.wait_for_requests(2)
+        await later.wait_for_requests(1)
+        # the delivered row is pruned; the dead and the pending rows stay
+        rows = await api.wait_status({"pending": 1, "dead": 1})
+        assert all(r["attempts"] >= 1 for r in rows)
+        # the history of the pruned row stays in the log
+        log = await api.ok("GET", f"/v1/deliveries/{good['webhook_id']}/{good_event}/attempts")
+        assert [a["outcome"] for a in log["items"]] == ["delivered"]

@@ -511,25 +511,30 @@ def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Cl
     results: list[list[Claim]] = []
     for limit, per_webhook, lease in payloads:
         now = utcnow()
+        # Select everything the attempt needs, then update by rowid: RETURNING on this
+        # table (it has a primary key) costs several times the update itself.
         picked = con.execute(
             f"""
             WITH busy AS (
                 SELECT webhook_id, count(*) AS n FROM {Q}
                 WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id
             ), due AS (
-                SELECT webhook_id, event_id, next_attempt_at,
+                SELECT rowid AS rid, webhook_id, event_id, next_attempt_at,
                        row_number() OVER (PARTITION BY webhook_id
                                           ORDER BY next_attempt_at, event_id) AS rn
                 FROM {Q}
                 WHERE status IN {_in(sources(Event.CLAIM))} AND next_attempt_at <= ?
+            ), chosen AS (
+                SELECT d.rid, d.next_attempt_at, d.rn
+                FROM due d
+                JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.active
+                LEFT JOIN busy b ON b.webhook_id = d.webhook_id
+                WHERE d.rn <= ? - coalesce(b.n, 0)
+                ORDER BY d.next_attempt_at, d.rn
+                LIMIT ?
             )
-            SELECT d.webhook_id, d.event_id
-            FROM due d
-            JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.active
-            LEFT JOIN busy b ON b.webhook_id = d.webhook_id
-            WHERE d.rn <= ? - coalesce(b.n, 0)
-            ORDER BY d.next_attempt_at, d.rn
-            LIMIT ?
+            SELECT q.rowid, q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body
+            FROM {Q} q SEMI JOIN chosen c ON q.rowid = c.rid
             """,
             [now, per_webhook, limit],
         ).fetchall()
@@ -537,21 +542,20 @@ def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Cl
             results.append([])
             continue
         lease_until = now + timedelta(seconds=lease)
-        rows = con.execute(
+        con.execute(
             f"""
-            UPDATE {Q} AS q SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
-            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id) c
-            WHERE q.webhook_id = c.webhook_id AND q.event_id = c.event_id
-            RETURNING q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body
+            UPDATE {Q} SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
+            WHERE rowid IN (SELECT unnest(?::BIGINT[]))
             """,
-            [lease_until, now, [p[0] for p in picked], [p[1] for p in picked]],
-        ).fetchall()
+            [lease_until, now, [p[0] for p in picked]],
+        )
+        rows = [p[1:] for p in picked]
         hooks = {
             r[0]: (r[1], r[2], r[3], r[4])
             for r in con.execute(
                 "SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at "
                 "FROM webhooks WHERE webhook_id IN (SELECT unnest(?::VARCHAR[]))",
-                [list({p[0] for p in picked})],
+                [list({r[0] for r in rows})],
             ).fetchall()
         }
         claims = []

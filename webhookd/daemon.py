@@ -31,9 +31,12 @@ EXIT_CONFIG = 2
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The system's trust store, plus `delivery.ca_file` for receivers on a private CA."""
     if settings.delivery.ca_file is None:
         return None
-    return ssl.create_default_context(cafile=str(settings.delivery.ca_file))
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(settings.delivery.ca_file))
+    return context
 
 
 async def _listen(runner: web.AppRunner, settings: Settings) -> str:

@@ -48,7 +48,9 @@ class AdminSettings(_Section):
                 raise ValueError("admin.listen: 'unix:' needs a socket path")
         else:
             host, sep, port = self.listen.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            # Port 0 lets the OS choose (tests); "²".isdigit() is true, hence isascii().
+            valid_port = port.isascii() and port.isdigit() and 0 <= int(port) < 65536
+            if not sep or not host or not valid_port:
                 raise ValueError(
                     f"admin.listen: {self.listen!r} is neither host:port nor unix:/path"
                 )

@@ -24,7 +24,8 @@ async def post_events(request: web.Request) -> web.Response:
         raise ApiError(
             413,
             "too_many_events",
-            f"{len(raw_events)} events in one request; the limit is {limit} (admin.max_batch_events)",
+            f"{len(raw_events)} events in one request; "
+            f"the limit is {limit} (admin.max_batch_events)",
         )
     now = datetime.now(UTC)
     events: list[NewEvent] = []
@@ -33,6 +34,11 @@ async def post_events(request: web.Request) -> web.Response:
             events.append(parse_event(raw, index, now))
     except EventError as exc:
         raise ApiError(400, "invalid_event", str(exc)) from None
+    except OverflowError:
+        # e.g. "0001-01-01T00:00:00+01:00": valid RFC 3339, but before datetime.min in UTC.
+        raise ApiError(
+            400, "invalid_event", f"events[{len(events)}].occurred_at: out of the supported range"
+        ) from None
     result = await svc.store.ingest(events)
     svc.metrics.events_ingested.inc(result.inserted)
     if result.inserted:

@@ -65,7 +65,7 @@ def _description(value: Any) -> str:
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise ApiError(400, "invalid_request", "limit: a whole number from 1 to 1000")
     return int(raw)
 

@@ -15,7 +15,7 @@ def schedule_delay(schedule: Sequence[float], failed_attempt: int) -> float:
 
 
 def jittered(delay: float, jitter: float, rng: random.Random | None = None) -> float:
-    """delay × (1 ± jitter), uniformly, so a burst of failures does not retry in lockstep."""
+    """delay * (1 ± jitter), uniformly, so a burst of failures does not retry in lockstep."""
     if jitter <= 0:
         return delay
     factor = (rng or random).uniform(1.0 - jitter, 1.0 + jitter)

@@ -179,7 +179,7 @@ def show_line(line: str, payload: Any) -> None:
 
 
 def _limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise argparse.ArgumentTypeError("a whole number from 1 to 1000")
     return int(raw)
 

@@ -26,7 +26,9 @@ class NewEvent:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def new_event_id() -> str:
@@ -48,7 +50,10 @@ def _parse_time(value: Any, index: int) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise EventError(f"events[{index}].occurred_at: out of the supported range") from None
 
 
 def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:

@@ -13,7 +13,9 @@ import structlog
 _SECRET_KEYS = frozenset({"secret", "secrets", "token", "authorization", "body", "password"})
 
 
-def _drop_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _drop_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key in _SECRET_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
     return event_dict

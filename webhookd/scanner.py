@@ -7,6 +7,7 @@ so an event is enqueued exactly once per matching webhook whatever crashes betwe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from webhookd import logs
@@ -48,7 +49,7 @@ class Scanner:
                 self._wake.clear()
                 try:
                     result = await self._store.scan(self._batch_size)
-                except Exception as exc:  # noqa: BLE001 - keep tailing after a bad pass
+                except Exception as exc:
                     log.error("scan failed", error=str(exc))
                 else:
                     self.last = result
@@ -56,9 +57,7 @@ class Scanner:
                         self._on_enqueued(result.enqueued)
                     if result.events >= self._batch_size:
                         continue  # a backlog: keep going without waiting
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-                except TimeoutError:
-                    pass
         finally:
             self.running = False

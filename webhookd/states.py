@@ -99,7 +99,7 @@ def classify(status_code: int | None) -> Classified:
 
 
 def outcome_event(verdict: Verdict, attempts_in_budget: int, max_attempts: int) -> Event:
-    """The state machine event of an attempt: retries turn into EXHAUSTED once the budget is used."""
+    """The event of an attempt: a retry becomes EXHAUSTED once the budget is used."""
     if verdict is Verdict.DELIVERED:
         return Event.SUCCESS
     if verdict is Verdict.GONE:

@@ -47,7 +47,7 @@ class Periodic:
                 return
             try:
                 await self.tick()
-            except Exception as exc:  # noqa: BLE001 - try again next interval
+            except Exception as exc:
                 log.error(f"{self.name} failed", error=str(exc))
 
 

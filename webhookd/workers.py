@@ -123,7 +123,7 @@ class WorkerPool:
                         claims = await self._store.claim(
                             min(free, self._claim_batch), self._per_webhook, self._lease
                         )
-                    except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                    except Exception as exc:
                         log.error("claim failed", error=str(exc))
                 if self._stopping.is_set():
                     if claims:

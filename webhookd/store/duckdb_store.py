@@ -41,6 +41,8 @@ from webhookd.store.base import (
 from webhookd.store.writer import Writer
 
 Q = "webhook_delivery_queue"
+# An active webhook takes an event when it lists its type, or lists no type at all.
+MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
 
 # Outcomes first: they free per-webhook slots that a claim in the same transaction may use.
 PRIORITY_OUTCOME = 0
@@ -144,10 +146,15 @@ def _open_connection(path: Path, memory_limit: str) -> duckdb.DuckDBPyConnection
             "fix its ownership or point database.path elsewhere"
         )
     try:
-        con = duckdb.connect(str(path))
+        # Never fetch or load extensions: a foreign file (SQLite, say) must not make the
+        # daemon download code; it is simply not a webhookd database.
+        con = duckdb.connect(
+            str(path),
+            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+        )
     except duckdb.IOException as exc:
         text = str(exc)
-        if "lock" in text.lower():
+        if "Could not set lock" in text or "Conflicting lock" in text:
             raise StoreUnavailable(
                 f"database.path: {str(path)!r} is held by another process ({text}); "
                 "stop the other webhookd, or use the API/CLI instead of opening the file"
@@ -455,7 +462,8 @@ def _ingest(con: Any, payloads: Sequence[list[NewEvent]]) -> list[IngestResult |
     if new_events:
         con.execute(
             """
-            INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+            INSERT INTO pipeline_events
+                (event_id, event_type, payload, body, occurred_at, ingested_at)
             SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
                    unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?
             """,
@@ -492,8 +500,7 @@ def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
                              next_attempt_at, body, created_at, updated_at)
             SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
             FROM pipeline_events e
-            JOIN webhooks w
-              ON w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))
+            JOIN webhooks w ON {MATCHES}
             WHERE e.seq > ? AND e.seq <= ?
             ON CONFLICT DO NOTHING
             RETURNING 1
@@ -935,7 +942,7 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
                 continue
             match, params = "w.webhook_id = ?", [webhook_id]
         else:
-            match = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
+            match = MATCHES
             params = []
         # Rows pruned after delivery come back from the event source.
         inserted = con.execute(
@@ -1023,7 +1030,8 @@ def _auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
         rows = con.execute(
             """
             UPDATE webhooks SET active = false, updated_at = ?,
-                disabled_reason = 'every attempt failed since ' || strftime(failing_since, '%Y-%m-%dT%H:%M:%SZ')
+                disabled_reason = 'every attempt failed since '
+                    || strftime(failing_since, '%Y-%m-%dT%H:%M:%SZ')
             WHERE active AND failing_since IS NOT NULL AND failing_since < ?
             RETURNING webhook_id
             """,

@@ -171,10 +171,9 @@ class Writer:
         for item in results:
             by_loop.setdefault(item[0].future.get_loop(), []).append(item)
         for loop, items in by_loop.items():
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is waiting any more
 
 
 def _settle(items: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:

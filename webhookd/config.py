@@ -97,8 +97,9 @@ class DeliverySettings(_Section):
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
     allow_private_destinations: bool = False
     max_response_bytes: int = Field(default=4096, ge=0)
-    # A lease must outlive the slowest attempt plus the commit of its outcome.
-    lease: Duration = 60.0
+    # A lease covers a row from its claim to its outcome: the wait for a free slot of its
+    # webhook (claims run ahead of the per-webhook cap) and the attempt itself.
+    lease: Duration = 600.0
     claim_batch: int = Field(default=512, ge=1)
     disable_after: Duration = 5 * 86400.0
     rotation_grace: Duration = 86400.0

@@ -109,6 +109,7 @@ class Daemon:
             per_webhook=s.delivery.per_webhook_concurrency,
             claim_batch=s.delivery.claim_batch,
             lease=s.delivery.lease,
+            timeout=s.delivery.timeout,
             poll_interval=s.scanner.poll_interval,
             policy=RetryPolicy(
                 s.delivery.max_attempts, s.delivery.retry_schedule, s.delivery.jitter

@@ -1,8 +1,8 @@
 """The workers: claim due deliveries, POST them, hand each outcome to the store.
 
-One claimer task keeps up to `delivery.workers` attempts in flight; the store caps
-each webhook at `delivery.per_webhook_concurrency` so that a slow receiver holds at
-most its own slots. Outcomes are submitted to the writer without waiting for the
+One claimer task keeps up to `delivery.workers` attempts in flight, at most
+`delivery.per_webhook_concurrency` of them to one webhook, so that a slow receiver holds
+at most its own slots. Outcomes are submitted to the writer without waiting for the
 commit; the claim that follows is queued behind them, so a slot is never reused
 before its outcome is durable in the same or an earlier transaction.
 """
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -72,7 +73,26 @@ def _key(secret: str) -> bytes:
     return signing.secret_key(secret)
 
 
+MAX_PREFETCH = 32
+
+
+def prefetch_depth(lease: float, timeout: float) -> int:
+    """How many rounds of attempts per webhook may wait claimed in memory.
+
+    A claimed row waits at most depth x timeout before its attempt starts, and the
+    attempt takes at most another timeout: the lease must cover both, or a live row
+    would be rescued as if its process had died.
+    """
+    return max(1, min(MAX_PREFETCH, int(lease // timeout) - 1))
+
+
 class WorkerPool:
+    """Claims in batches, then runs attempts with two caps held in memory: `workers` in
+    all and `per_webhook` for each webhook. Rows claimed beyond a webhook's free slots
+    wait in its local queue, so one claim feeds many attempts; the store caps the rows a
+    webhook may hold at per_webhook x prefetch, so a slow webhook never hoards the batch.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -83,6 +103,7 @@ class WorkerPool:
         per_webhook: int,
         claim_batch: int,
         lease: float,
+        timeout: float,
         poll_interval: float,
         policy: RetryPolicy,
     ) -> None:
@@ -91,6 +112,7 @@ class WorkerPool:
         self._metrics = metrics
         self.size = workers
         self._per_webhook = per_webhook
+        self.prefetch = prefetch_depth(lease, timeout)
         self._claim_batch = claim_batch
         self._lease = lease
         self._poll_interval = poll_interval
@@ -98,6 +120,9 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._attempts: dict[asyncio.Task[None], Claim] = {}
+        self._running: dict[str, int] = {}
+        self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
+        self._n_queued = 0
         self._pending_writes: set[asyncio.Future[None]] = set()
         self._run_task: asyncio.Task[None] | None = None
         self.running = False
@@ -109,41 +134,78 @@ class WorkerPool:
     def wake(self, _: int = 0) -> None:
         self._wake.set()
 
+    def _room(self) -> int:
+        """Rows to claim now: refill when the ready buffer runs below one round of workers."""
+        if self._n_queued > self.size // 2:
+            return 0
+        held = len(self._attempts) + self._n_queued
+        return max(0, min(self._claim_batch, self.size + self._claim_batch - held))
+
     async def run(self) -> None:
-        """Claim while slots are free; sleep until woken or the next poll otherwise."""
+        """Claim while there is room; sleep until woken or the next poll otherwise."""
         self.running = True
         self._run_task = asyncio.current_task()
         try:
             while not self._stopping.is_set():
-                free = self.size - len(self._attempts)
+                room = self._room()
                 claims: list[Claim] = []
-                if free > 0:
+                if room > 0:
                     self._wake.clear()
                     try:
                         claims = await self._store.claim(
-                            min(free, self._claim_batch), self._per_webhook, self._lease
+                            room, self._per_webhook * self.prefetch, self._lease
                         )
-                    except Exception as exc:
+                    except Exception as exc:  # the next poll tries again
                         log.error("claim failed", error=str(exc))
                 if self._stopping.is_set():
                     if claims:
                         await self._store.release([(c.webhook_id, c.event_id) for c in claims])
                     break
                 for claim in claims:
-                    task = asyncio.create_task(self._attempt(claim))
-                    self._attempts[task] = claim
-                    task.add_done_callback(self._finished)
-                self._metrics.workers_busy.set(len(self._attempts))
-                if len(claims) == min(free, self._claim_batch) and claims:
+                    self._queued.setdefault(claim.webhook_id, deque()).append(claim)
+                self._n_queued += len(claims)
+                self._dispatch()
+                if claims and len(claims) == room:
                     continue  # more may be due right now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                if self._room() == 0 or not claims:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
             self.running = False
 
+    def _dispatch(self) -> None:
+        """Start attempts round-robin over webhooks, within both caps."""
+        skipped = 0
+        while self._queued and len(self._attempts) < self.size and skipped < len(self._queued):
+            webhook_id, waiting = next(iter(self._queued.items()))
+            self._queued.move_to_end(webhook_id)
+            if self._running.get(webhook_id, 0) >= self._per_webhook:
+                skipped += 1
+                continue
+            skipped = 0
+            claim = waiting.popleft()
+            self._n_queued -= 1
+            if not waiting:
+                del self._queued[webhook_id]
+            self._running[webhook_id] = self._running.get(webhook_id, 0) + 1
+            task = asyncio.create_task(self._attempt(claim))
+            self._attempts[task] = claim
+            task.add_done_callback(self._finished)
+        self._metrics.workers_busy.set(len(self._attempts))
+
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._attempts.pop(task, None)
-        self._wake.set()
+        claim = self._attempts.pop(task, None)
+        if claim is not None:
+            left = self._running.get(claim.webhook_id, 1) - 1
+            if left:
+                self._running[claim.webhook_id] = left
+            else:
+                self._running.pop(claim.webhook_id, None)
+        if not self._stopping.is_set():
+            self._dispatch()
+            if self._room():
+                self._wake.set()
 
     async def _attempt(self, claim: Claim) -> None:
         timestamp = int(time.time())
@@ -168,7 +230,7 @@ class WorkerPool:
                 "webhook deactivated: the endpoint answered 410 Gone",
                 webhook_id=claim.webhook_id,
             )
-        write = asyncio.ensure_future(self._store.record(outcome))
+        write = self._store.record(outcome)
         self._pending_writes.add(write)
         write.add_done_callback(functools.partial(self._written, outcome))
 
@@ -193,6 +255,9 @@ class WorkerPool:
         if self._run_task is not None and not self._run_task.done():
             # It may be holding a fresh claim; it releases it before it returns.
             await asyncio.wait([self._run_task])
+        never_started = [c for waiting in self._queued.values() for c in waiting]
+        self._queued.clear()
+        self._n_queued = 0
         if self._attempts:
             await asyncio.wait(list(self._attempts), timeout=grace)
         unfinished = dict(self._attempts)
@@ -202,7 +267,7 @@ class WorkerPool:
             await asyncio.gather(*unfinished, return_exceptions=True)
         if self._pending_writes:
             await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
-        keys = [(c.webhook_id, c.event_id) for c in unfinished.values()]
+        keys = [(c.webhook_id, c.event_id) for c in [*unfinished.values(), *never_started]]
         if keys:
             released = await self._store.release(keys)
             log.info("released unfinished deliveries", count=released)

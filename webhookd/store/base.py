@@ -6,6 +6,7 @@ sharing one queue) implements the same Protocol.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -134,7 +135,10 @@ class Store(Protocol):
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
     async def scan(self, batch_size: int) -> ScanResult: ...
     async def claim(self, limit: int, per_webhook: int, lease: float) -> list[Claim]: ...
-    async def record(self, outcome: Outcome) -> None: ...
+    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+        """Queue an outcome for the next group commit; the future settles once durable."""
+        ...
+
     async def release(self, keys: list[tuple[str, str]]) -> int: ...
 
     # webhooks

@@ -309,8 +309,13 @@ class DuckDBStore:
         result: list[Claim] = await self._write(_claim, (limit, per_webhook, lease))
         return result
 
-    async def record(self, outcome: Outcome) -> None:
-        await self._write(_record, outcome, PRIORITY_OUTCOME)
+    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+        if self._writer is None:
+            raise StoreUnavailable("the database is closed")
+        future: asyncio.Future[None] = self._writer.submit(
+            _record, outcome, priority=PRIORITY_OUTCOME
+        )
+        return future
 
     async def release(self, keys: list[tuple[str, str]]) -> int:
         return int(await self._write(_release, keys, PRIORITY_OUTCOME))
@@ -518,45 +523,57 @@ def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Cl
     results: list[list[Claim]] = []
     for limit, per_webhook, lease in payloads:
         now = utcnow()
-        # Select everything the attempt needs, then update by rowid: RETURNING on this
-        # table (it has a primary key) costs several times the update itself.
+        # Cost must not grow with the backlog: webhooks already at their cap are
+        # filtered out first, the oldest due rows are taken with a top-N, and only that
+        # small set is ranked per webhook. Bodies are fetched by rowid for the chosen
+        # rows alone, and the update goes by rowid too (RETURNING on this table, which
+        # has a primary key, costs several times the update itself).
         picked = con.execute(
             f"""
             WITH busy AS (
                 SELECT webhook_id, count(*) AS n FROM {Q}
                 WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id
-            ), due AS (
-                SELECT rowid AS rid, webhook_id, event_id, next_attempt_at,
-                       row_number() OVER (PARTITION BY webhook_id
-                                          ORDER BY next_attempt_at, event_id) AS rn
-                FROM {Q}
-                WHERE status IN {_in(sources(Event.CLAIM))} AND next_attempt_at <= ?
-            ), chosen AS (
-                SELECT d.rid, d.next_attempt_at, d.rn
-                FROM due d
-                JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.active
-                LEFT JOIN busy b ON b.webhook_id = d.webhook_id
-                WHERE d.rn <= ? - coalesce(b.n, 0)
-                ORDER BY d.next_attempt_at, d.rn
-                LIMIT ?
+            ), candidates AS (
+                SELECT q.rowid AS rid, q.webhook_id, q.event_id, q.next_attempt_at,
+                       q.attempts, q.retry_base, coalesce(b.n, 0) AS held
+                FROM {Q} q
+                JOIN webhooks w ON w.webhook_id = q.webhook_id AND w.active
+                LEFT JOIN busy b ON b.webhook_id = q.webhook_id
+                WHERE q.status IN {_in(sources(Event.CLAIM))} AND q.next_attempt_at <= $now
+                  AND coalesce(b.n, 0) < $cap
+                ORDER BY q.next_attempt_at
+                LIMIT $window
+            ), ranked AS (
+                SELECT *, row_number() OVER (PARTITION BY webhook_id
+                                             ORDER BY next_attempt_at, event_id) AS rn
+                FROM candidates
             )
-            SELECT q.rowid, q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body
-            FROM {Q} q SEMI JOIN chosen c ON q.rowid = c.rid
+            SELECT rid, webhook_id, event_id, attempts, retry_base FROM ranked
+            WHERE rn <= $cap - held
+            ORDER BY next_attempt_at, rn
+            LIMIT $limit
             """,
-            [now, per_webhook, limit],
+            {"now": now, "cap": per_webhook, "window": limit * 4, "limit": limit},
         ).fetchall()
         if not picked:
             results.append([])
             continue
+        rowids = [p[0] for p in picked]
+        bodies = dict(
+            con.execute(
+                f"SELECT rowid, body FROM {Q} WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+                [rowids],
+            ).fetchall()
+        )
         lease_until = now + timedelta(seconds=lease)
         con.execute(
             f"""
             UPDATE {Q} SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
             WHERE rowid IN (SELECT unnest(?::BIGINT[]))
             """,
-            [lease_until, now, [p[0] for p in picked]],
+            [lease_until, now, rowids],
         )
-        rows = [p[1:] for p in picked]
+        rows = [(wid, eid, att, base, bodies[rid]) for rid, wid, eid, att, base in picked]
         hooks = {
             r[0]: (r[1], r[2], r[3], r[4])
             for r in con.execute(

@@ -345,9 +345,40 @@ async def test_auto_disable_deactivates_a_webhook_failing_for_the_window(
 async def test_migrations_are_applied_once(tmp_path: Path) -> None:
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
-    assert s.migrations_applied == [1]
+    assert s.migrations_applied == [1, 2]
     await s.close()
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
     assert s.migrations_applied == []
     await s.close()
+
+
+async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from importlib import resources
+
+    path = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(path))
+    sql = resources.files("webhookd.store").joinpath("sql", "duckdb", "001_initial.sql")
+    con.execute(sql.read_text())
+    con.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+        "applied_at TIMESTAMP NOT NULL)"
+    )
+    con.execute("INSERT INTO schema_migrations VALUES (1, '001_initial.sql', now()::TIMESTAMP)")
+    con.execute(
+        "INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description, "
+        "created_at, updated_at) VALUES ('wh_old', 'http://127.0.0.1:9/', 'whsec_x', [], true, "
+        "'', now()::TIMESTAMP, now()::TIMESTAMP)"
+    )
+    con.close()
+    s = DuckDBStore(path)
+    await s.open()
+    try:
+        assert s.migrations_applied == [2]
+        assert (await s.get_webhook("wh_old"))["url"] == "http://127.0.0.1:9/"
+    finally:
+        await s.close()
+    con = duckdb.connect(str(path))
+    reset = con.execute("SELECT health_reset_at FROM webhooks").fetchone()
+    con.close()
+    assert reset is not None and reset[0] is not None

@@ -641,28 +641,6 @@ def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
             [o.outcome for o in outcomes],
         ],
     )
-    # The latest outcome per webhook decides whether it is failing (for auto-disable).
-    latest: dict[str, Outcome] = {}
-    for o in outcomes:
-        if o.webhook_id not in latest or o.attempted_at >= latest[o.webhook_id].attempted_at:
-            latest[o.webhook_id] = o
-    healthy = [w for w, o in latest.items() if o.status is Status.DELIVERED]
-    failing = [(w, o.attempted_at) for w, o in latest.items() if o.status is not Status.DELIVERED]
-    if healthy:
-        con.execute(
-            "UPDATE webhooks SET failing_since = NULL "
-            "WHERE failing_since IS NOT NULL AND webhook_id IN (SELECT unnest(?::VARCHAR[]))",
-            [healthy],
-        )
-    if failing:
-        con.execute(
-            """
-            UPDATE webhooks AS w SET failing_since = f.since
-            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::TIMESTAMP[]) AS since) f
-            WHERE w.webhook_id = f.webhook_id AND w.failing_since IS NULL
-            """,
-            [[f[0] for f in failing], [f[1] for f in failing]],
-        )
     gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
     if gone:
         con.execute(
@@ -721,10 +699,10 @@ def _create_webhook(
         con.execute(
             """
             INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
-                                  created_at, updated_at)
-            VALUES (?, ?, ?, ?, true, ?, ?, ?)
+                                  created_at, updated_at, health_reset_at)
+            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?)
             """,
-            [webhook_id, url, secret, event_types, description, now, now],
+            [webhook_id, url, secret, event_types, description, now, now, now],
         )
         created = _fetch_webhook(con, webhook_id, now)
         assert created is not None
@@ -790,7 +768,8 @@ def _update_webhook(
             sets.append("active = ?")
             params.append(patch.active)
             if patch.active and not was_active:
-                sets.append("disabled_reason = NULL, failing_since = NULL")
+                sets.append("disabled_reason = NULL, failing_since = NULL, health_reset_at = ?")
+                params.append(now)
             elif not patch.active and was_active:
                 sets.append("disabled_reason = 'disabled by an operator'")
         con.execute(
@@ -1041,9 +1020,34 @@ def _prune(con: Any, payloads: Sequence[tuple[datetime, datetime, int]]) -> list
 
 
 def _auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
+    """Refresh failing_since from the log, then deactivate webhooks failing for too long.
+
+    A webhook fails since its first attempt after its last delivered one (or after it was
+    created or last enabled). Computed here, once a tick, so that recording outcomes on
+    the hot path never touches the webhooks table.
+    """
     results = []
     for failing_before in payloads:
         now = utcnow()
+        con.execute(
+            """
+            UPDATE webhooks AS w SET failing_since = f.since
+            FROM (
+                SELECT w.webhook_id,
+                       (SELECT min(l.attempted_at) FROM webhook_deliveries l
+                        WHERE l.webhook_id = w.webhook_id
+                          AND l.attempted_at >= coalesce(w.health_reset_at, w.created_at)
+                          AND l.attempted_at > coalesce(
+                              (SELECT max(ok.attempted_at) FROM webhook_deliveries ok
+                               WHERE ok.webhook_id = w.webhook_id
+                                 AND ok.outcome = 'delivered'),
+                              '-infinity'::TIMESTAMP)) AS since
+                FROM webhooks w WHERE w.active
+            ) f
+            WHERE w.webhook_id = f.webhook_id
+              AND w.failing_since IS DISTINCT FROM f.since
+            """
+        )
         rows = con.execute(
             """
             UPDATE webhooks SET active = false, updated_at = ?,

@@ -90,18 +90,20 @@ class Writer:
         self._thread.join(timeout)
 
     def _drain(self, first: _Op[Any]) -> tuple[list[_Op[Any]], bool]:
-        ops = [first]
-        stop = False
-        while len(ops) < MAX_OPS_PER_TRANSACTION:
+        more, stop = self._drain_more(1)
+        return [first, *more], stop
+
+    def _drain_more(self, have: int) -> tuple[list[_Op[Any]], bool]:
+        ops: list[_Op[Any]] = []
+        while have + len(ops) < MAX_OPS_PER_TRANSACTION:
             try:
                 op = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return ops, False
             if op is None:
-                stop = True
-                break
+                return ops, True
             ops.append(op)
-        return ops, stop
+        return ops, False
 
     def _run(self) -> None:
         last_idle = time.monotonic()

@@ -109,6 +109,7 @@ async def status(request: web.Request) -> web.Response:
             "disabled_webhooks": report.disabled_webhooks,
             "workers_busy": svc.pool.busy,
             "workers": svc.pool.size,
+            "writer": svc.store.stats(),
             **svc.extra,
         }
     )

@@ -119,6 +119,10 @@ class Store(Protocol):
         """The database is open and its writer is making progress (for the watchdog)."""
         ...
 
+    def stats(self) -> dict[str, int]:
+        """Counters of the storage engine (transactions, operations), for status."""
+        ...
+
     # start-up and upkeep
     async def rescue_orphans(self) -> int:
         """Return every row a dead process left inflight to pending, before any claim."""

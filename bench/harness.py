@@ -1,0 +1,635 @@
+"""Bench plumbing: the nginx sink, the daemon as a subprocess, the baseline, receivers, RSS.
+
+Everything listens on and talks to 127.0.0.1 only. Every process started here is stopped
+by its owner's ``close()`` (called from ``finally`` / ``ExitStack``), killed if it does not
+stop in time, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+PYTHON = sys.executable
+TOKEN = "bench-admin-token-" + os.urandom(8).hex()
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a process did not start, a deadline passed)."""
+
+
+# The daemon and the baseline import webhookd from here: a snapshot taken when the bench
+# starts (see snapshot_code), so that edits made to the tree while a scenario runs do not
+# mix two versions of the code in one set of figures. None: the working tree itself.
+CODE_DIR: Path | None = None
+
+
+def code_hash(root: Path) -> str:
+    """A short digest of webhookd/ under root (sources and SQL, not caches)."""
+    digest = hashlib.sha256()
+    package = root / "webhookd"
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def snapshot_code(existing: Path | None = None) -> Iterator[str]:
+    """Run every subprocess on a copy of webhookd/ taken now (or on `existing`, a directory
+    that holds a webhookd/ package, e.g. an older copy to compare with); yields its hash."""
+    global CODE_DIR
+    if existing is not None:
+        if not (existing / "webhookd" / "__init__.py").is_file():
+            raise BenchError(f"{existing} holds no webhookd/ package")
+        CODE_DIR = existing.resolve()
+        try:
+            yield code_hash(CODE_DIR)
+        finally:
+            CODE_DIR = None
+        return
+    snap = Path(tempfile.mkdtemp(prefix="webhookd-bench-code-"))
+    try:
+        shutil.copytree(
+            REPO / "webhookd", snap / "webhookd", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        CODE_DIR = snap
+        yield code_hash(snap)
+    finally:
+        CODE_DIR = None
+        shutil.rmtree(snap, ignore_errors=True)
+
+
+def _code_env(env: dict[str, str]) -> dict[str, str]:
+    if CODE_DIR is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(CODE_DIR), env.get("PYTHONPATH", "")) if p
+        )
+    return env
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any] | None, deadline: float = 10.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"process exited {proc.returncode} before listening on {port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise BenchError(f"nothing listening on 127.0.0.1:{port} after {deadline}s")
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` if the bench dies without cleaning up (Linux)."""
+
+    def set_pdeathsig() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+def stop_process(
+    proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, grace: float = 10.0
+) -> int | None:
+    """Signal the process, wait up to `grace`, then kill it. Only this process, by its id."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (kB) and thread count of a live process, from /proc."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by a live process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread (by native thread id) of a live process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[int(tid)] = (int(stat[11]) + int(stat[12])) / ticks
+    return out
+
+
+_PYSPY_THREAD = re.compile(r'^Thread (?:0x[0-9a-fA-F]+|(\d+)) \((?:\w+)\): "(.*)"', re.M)
+
+
+def pyspy() -> str | None:
+    exe = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+    return exe if Path(exe).exists() else None
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name, from `py-spy dump` (empty without py-spy)."""
+    exe = pyspy()
+    if exe is None:
+        return {}
+    try:
+        out = subprocess.run(
+            [exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {int(m.group(1)): m.group(2) for m in _PYSPY_THREAD.finditer(out) if m.group(1)}
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, float]:
+    """p50 / p99 / max / mean in milliseconds of values given in seconds."""
+    if not values:
+        return {"count": 0}
+    return {
+        "count": len(values),
+        "p50_ms": round(percentile(values, 50) * 1000, 2),
+        "p90_ms": round(percentile(values, 90) * 1000, 2),
+        "p99_ms": round(percentile(values, 99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2),
+        "mean_ms": round(statistics.fmean(values) * 1000, 2),
+    }
+
+
+# -- events as the daemon stores them ---------------------------------------------------------
+
+
+def event_data(i: int) -> dict[str, Any]:
+    """The `data` of bench event i: makes a canonical body of about 200 bytes."""
+    return {
+        "invoice": f"in_{i:010d}",
+        "customer": "cus_" + format(i * 2654435761 % 16**12, "012x"),
+        "amount": 1000 + i % 9000,
+        "currency": "eur",
+        "paid": True,
+        "lines": 1 + i % 7,
+    }
+
+
+def canonical_body(event_id: str, event_type: str, data: Mapping[str, Any]) -> bytes:
+    """Byte for byte what the daemon stores and sends (webhookd.events builds it)."""
+    from webhookd.events import parse_event
+
+    raw = {"id": event_id, "type": event_type, "data": dict(data)}
+    return parse_event(raw, 0, datetime.now(UTC)).body
+
+
+# -- nginx, the sink ---------------------------------------------------------------------------
+
+NGINX_CONF = """\
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    # Bodies of webhooks are small: keep them in memory; `return` discards them.
+    client_body_buffer_size 64k;
+    client_max_body_size 1m;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 204; }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """An nginx of our own: own config, prefix and port in a temp dir; `return 204` to all."""
+
+    def __init__(self, workers: str | int = 1) -> None:
+        self.workers = workers
+        self.dir = Path(tempfile.mkdtemp(prefix="webhookd-bench-nginx-"))
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Nginx:
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(exe).exists():
+            raise BenchError("nginx is not installed: run `bash bench/setup.sh`")
+        (self.dir / "logs").mkdir(exist_ok=True)
+        self.port = free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(workers=self.workers, dir=self.dir, port=self.port))
+        self.proc = subprocess.Popen(
+            [exe, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "stderr.log").open("wb"),
+            preexec_fn=die_with_parent(signal.SIGTERM),  # nginx: fast shutdown, workers too
+        )
+        try:
+            wait_port(self.port, self.proc)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def pids(self) -> list[int]:
+        """The master and its workers (for CPU accounting)."""
+        if self.proc is None:
+            return []
+        pids = [self.proc.pid]
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            pids.extend(int(p) for p in children.split())
+        return pids
+
+    def close(self) -> None:
+        # SIGQUIT is nginx's graceful stop; the master takes its workers with it.
+        stop_process(self.proc, signal.SIGQUIT, grace=5.0)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- helper servers in their own processes (bench/receivers.py) --------------------------------
+
+
+class Receiver:
+    """bench/receivers.py in a subprocess: `timestamp` (records arrivals) or `blackhole`."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Receiver:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [PYTHON, str(BENCH / "receivers.py"), self.mode, str(self.port)],
+            stdout=subprocess.DEVNULL,
+            cwd=REPO,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+        try:
+            wait_port(self.port, self.proc)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        stop_process(self.proc, signal.SIGTERM, grace=5.0)
+        self.proc = None
+
+
+# -- the baseline: a bare uvloop + aiohttp loop in its own process ------------------------------
+
+
+def run_baseline(
+    urls: Sequence[str], posts: int, workers: int, *, timeout: float = 300.0
+) -> dict[str, Any]:
+    """Run bench/baseline.py in a subprocess; its JSON result (posts, seconds, per_second)."""
+    cmd = [
+        PYTHON,
+        str(BENCH / "baseline.py"),
+        "--posts",
+        str(posts),
+        "--workers",
+        str(workers),
+        *[arg for url in urls for arg in ("--url", url)],
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=_code_env(dict(os.environ)),
+        preexec_fn=die_with_parent(signal.SIGKILL),
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process(proc, signal.SIGKILL, grace=1.0)
+        raise BenchError(f"the baseline did not finish {posts} POSTs in {timeout}s") from None
+    finally:
+        stop_process(proc, signal.SIGKILL, grace=1.0)
+    if proc.returncode != 0:
+        raise BenchError(f"baseline failed ({proc.returncode}): {err.decode(errors='replace')}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    if result["errors"]:
+        raise BenchError(f"the baseline saw {result['errors']} failed POSTs: is the sink up?")
+    return result
+
+
+# -- the daemon ----------------------------------------------------------------------------------
+
+
+def daemon_sections(workdir: Path, **overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Bench settings: the defaults of webhookd except where the bench needs otherwise."""
+    token_file = workdir / "admin.token"
+    token_file.write_text(TOKEN + "\n")
+    sections: dict[str, dict[str, Any]] = {
+        "database": {"path": str(workdir / "webhookd.duckdb")},
+        "admin": {"listen": "127.0.0.1:0", "token_file": str(token_file)},
+        "delivery": {"allow_private_destinations": True},
+        # Delivered rows stay in the queue for the whole run (the scale scenario prefills them).
+        "retention": {"delivered_ttl": "1d"},
+        "shutdown": {"grace": "2s"},
+        "logging": {"format": "json", "level": "warning"},
+    }
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return sections
+
+
+@dataclass
+class DaemonProcess:
+    """`python -m webhookd run` as a subprocess, its stdout in a log file.
+
+    The admin port (listen = 127.0.0.1:0) is learnt from the "webhookd ready" log line, or,
+    at log levels above info where that line is not written, from the sd_notify STATUS the
+    daemon sends to a NOTIFY_SOCKET of ours.
+    """
+
+    workdir: Path
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    _notify: socket.socket | None = None
+    rss_samples_kb: list[int] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "webhookd.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "daemon.log"
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "webhookd.duckdb"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, deadline: float = 60.0) -> DaemonProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(to_toml(daemon_sections(self.workdir, **self.overrides)))
+        notify_path = self.workdir / "notify.sock"
+        with contextlib.suppress(FileNotFoundError):
+            notify_path.unlink()
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        self._notify.setblocking(False)
+        # The bench's settings come from its TOML file only: WEBHOOKD_* overrides in the
+        # environment are dropped, except WEBHOOKD_LINGER (a writer experiment knob).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("WEBHOOKD_") or k == "WEBHOOKD_LINGER"
+        }
+        env.update({"NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "0"})
+        env.pop("WATCHDOG_USEC", None)
+        _code_env(env)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "webhookd", "run", "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=CODE_DIR or REPO,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
+        try:
+            self.url = self._wait_ready(offset, deadline)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _wait_ready(self, offset: int, deadline: float) -> str:
+        assert self.proc is not None and self._notify is not None
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(100):  # the datagrams queued so far
+                    message = self._notify.recv(4096).decode(errors="replace")
+                    for field_ in message.splitlines():
+                        if field_.startswith("STATUS=serving on "):
+                            return "http://" + field_.removeprefix("STATUS=serving on ").strip()
+            for record in self.log_lines(offset):
+                if record.get("event") == "webhookd ready":
+                    return "http://" + str(record["listen"])
+            if self.proc.poll() is not None:
+                raise BenchError(f"daemon exited {self.proc.returncode}: {self.output(offset)}")
+            time.sleep(0.02)
+        raise BenchError(f"daemon not ready in {deadline}s: {self.output(offset)}")
+
+    def output(self, offset: int = 0) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[offset:]
+        except OSError:
+            return ""
+
+    def log_lines(self, offset: int = 0) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.output(offset).splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+        return lines
+
+    def sample_rss(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            rss = proc_status(self.proc.pid).get("VmRSS")
+            if rss:
+                self.rss_samples_kb.append(rss)
+
+    def memory(self) -> dict[str, float]:
+        """Peak (VmHWM) and current RSS of the live daemon, in MB."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        status = proc_status(self.proc.pid)
+        peak = max([status.get("VmHWM", 0), *self.rss_samples_kb])
+        return {
+            "rss_mb": round(status.get("VmRSS", 0) / 1024, 1),
+            "peak_rss_mb": round(peak / 1024, 1),
+            "threads": status.get("Threads", 0),
+        }
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        """SIGTERM (the daemon drains for shutdown.grace), kill after `grace`."""
+        code = stop_process(self.proc, signal.SIGTERM, grace=grace)
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+        return code
+
+    def close(self) -> None:
+        self.stop()
+        self.proc = None
+
+
+# -- the admin / ingest API ------------------------------------------------------------------------
+
+
+class Api:
+    """The daemon's API over one aiohttp session (127.0.0.1 only)."""
+
+    def __init__(self, base: str, *, connections: int = 32) -> None:
+        if not base.startswith(("http://127.0.0.1:", "http://localhost:")):
+            raise BenchError(f"refusing a non-loopback API address {base!r}")
+        self.base = base
+        self._headers = {"Authorization": f"Bearer {TOKEN}"}
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=120),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = dict(self._headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        async with self._session.request(
+            method, self.base + path, data=data, headers=headers
+        ) as resp:
+            text = await resp.text()
+            return resp.status, (json.loads(text) if text else None)
+
+    async def ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, payload = await self.request(method, path, body)
+        if not 200 <= status < 300:
+            raise BenchError(f"{method} {path}: {status} {payload}")
+        return payload
+
+    async def get_json(self, url: str) -> Any:
+        """GET a JSON document from another loopback server (a receiver)."""
+        if not url.startswith("http://127.0.0.1:"):
+            raise BenchError(f"refusing a non-loopback address {url!r}")
+        async with self._session.get(url) as resp:
+            return await resp.json()
+
+    async def create_webhook(self, url: str, event_types: list[str]) -> str:
+        created = await self.ok("POST", "/v1/webhooks", {"url": url, "event_types": event_types})
+        return str(created["webhook_id"])
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.ok("GET", "/v1/status")
+        return result
+
+
+async def wait_until(
+    predicate_coro: Any, *, deadline: float, interval: float = 0.05
+) -> tuple[float, Any]:
+    """Await predicate_coro() every `interval` until it returns (True, x); (time, x) or raise."""
+    end = time.monotonic() + deadline
+    last: Any = None
+    while time.monotonic() < end:
+        done, last = await predicate_coro()
+        if done:
+            return time.perf_counter(), last
+        await asyncio.sleep(interval)
+    raise BenchError(f"not done after {deadline}s; last: {last}")

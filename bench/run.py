@@ -1,0 +1,874 @@
+"""webhookd benchmarks.
+
+    python bench/run.py --scenario throughput|latency|scale|isolation [--quick] [--json FILE]
+                        [--repeat N] [--profile FILE]
+
+Each scenario prints a table and, as its LAST line, `NAME: key=value ...`. `--json FILE`
+writes the figures. Everything runs on 127.0.0.1: nginx as the sink (`bash bench/setup.sh`
+installs it), the daemon as a subprocess (`python -m webhookd run`), the baseline and the
+receivers as subprocesses. Targets:
+throughput ratio >= 0.8, latency p99 <= 25 ms, scale ratio >= 0.85 with RSS <= 250 MB,
+isolation >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import profile_top
+from harness import (
+    REPO,
+    Api,
+    BenchError,
+    DaemonProcess,
+    Nginx,
+    Receiver,
+    code_hash,
+    cpu_seconds,
+    die_with_parent,
+    event_data,
+    pyspy,
+    python_thread_names,
+    run_baseline,
+    snapshot_code,
+    stop_process,
+    summary_ms,
+    thread_cpu,
+)
+
+WORKERS = 64  # delivery.workers default: the baseline uses the same concurrency
+PER_WEBHOOK = 8  # delivery.per_webhook_concurrency default
+PROFILE_RATE = 250  # py-spy samples per second
+PROFILE_GIL = False  # --profile-gil: sample only the thread holding the GIL
+INGEST_BATCH = 500
+INGEST_CONCURRENCY = 4
+POLL = 0.05
+
+Figures = dict[str, Any]
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"webhookd-bench-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started(thing: Any) -> Iterator[Any]:
+    """thing.start() now, thing.close() whatever happens."""
+    try:
+        yield thing.start()
+    finally:
+        thing.close()
+
+
+def machine_load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
+
+
+def batches(n_events: int, n_types: int, tag: str) -> list[bytes]:
+    """Pre-encoded POST /v1/events bodies: INGEST_BATCH events each, types round-robin."""
+    out = []
+    for start in range(0, n_events, INGEST_BATCH):
+        events = [
+            {"id": f"evt_{tag}_{i:08d}", "type": f"t{i % n_types}", "data": event_data(i)}
+            for i in range(start, min(n_events, start + INGEST_BATCH))
+        ]
+        out.append(json.dumps(events).encode())
+    return out
+
+
+class Profiler:
+    """py-spy record attached to a pid; SIGINT makes it write its output and exit."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        exe = pyspy()
+        if exe is None:
+            raise BenchError("py-spy is not installed: .venv/bin/pip install py-spy")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--threads",
+                "--rate",
+                str(PROFILE_RATE),
+                "--output",
+                str(out),
+                "--nonblocking",
+                *(["--gil"] if PROFILE_GIL else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+        time.sleep(0.5)  # let it attach before the load starts
+        self.started = time.perf_counter()
+
+    def close(self) -> None:
+        seconds = time.perf_counter() - self.started
+        stop_process(self.proc, signal.SIGINT, grace=30.0)
+        if self.out.exists():
+            print(f"\n-- py-spy profile of the daemon ({seconds:.1f}s) in {self.out}:")
+            print(profile_top.summarise(self.out, 12, seconds=seconds, rate=PROFILE_RATE))
+
+
+async def deliver(
+    daemon: DaemonProcess,
+    api: Api,
+    bodies: Sequence[bytes],
+    done_count: Callable[[dict[str, Any]], int],
+    expected: int,
+    *,
+    deadline: float,
+    poll: float = POLL,
+) -> Figures:
+    """Ingest the pre-encoded batches and poll /v1/status until done_count reaches expected.
+
+    Time runs from the first ingest request sent to the status poll that shows the last
+    delivery; deliveries/s = (expected - already done) / that time. If the deadline passes
+    first, the figures are those of the deliveries done by then, marked complete = False.
+    """
+    before = done_count(await api.status())
+    target = expected - before
+    queue = list(bodies)
+    ingest_end = 0.0
+    status_ms: list[float] = []
+    names = python_thread_names(daemon.pid)
+    threads0 = thread_cpu(daemon.pid)
+    cpu0 = cpu_seconds(daemon.pid)
+    t0 = time.perf_counter()
+
+    async def producer() -> None:
+        nonlocal ingest_end
+        while queue:
+            body = queue.pop(0)
+            for _ in range(50):  # bounded: a 5xx is retried at most 50 times
+                status, payload = await api.request("POST", "/v1/events", raw=body)
+                if status == 202:
+                    break
+                if status < 500:
+                    raise BenchError(f"ingest answered {status}: {payload}")
+                await asyncio.sleep(0.05)
+            else:
+                raise BenchError("ingest kept failing")
+        ingest_end = max(ingest_end, time.perf_counter())
+
+    producers = [asyncio.create_task(producer()) for _ in range(INGEST_CONCURRENCY)]
+    end = time.monotonic() + deadline
+    last: dict[str, Any] = {}
+    finished = 0.0
+    try:
+        while time.monotonic() < end:
+            await asyncio.sleep(poll)
+            s0 = time.perf_counter()
+            last = await api.status()
+            status_ms.append((time.perf_counter() - s0) * 1000)
+            daemon.sample_rss()
+            if done_count(last) >= expected:
+                finished = time.perf_counter()
+                break
+            for task in producers:
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        else:
+            finished = time.perf_counter()
+            print(
+                f"  WARNING: only {done_count(last) - before} of {target} deliveries done "
+                f"after {deadline}s; figures are for those (status: {last.get('by_status')}, "
+                f"workers busy {last.get('workers_busy')})"
+            )
+        if done_count(last) >= expected:
+            await asyncio.gather(*producers)
+    finally:
+        for task in producers:
+            task.cancel()
+    complete = done_count(last) >= expected
+    done = target if complete else done_count(last) - before
+    cpu = cpu_seconds(daemon.pid) - cpu0
+    seconds = finished - t0
+    by_thread: dict[str, float] = {}
+    for tid, used in thread_cpu(daemon.pid).items():
+        if tid == daemon.pid:
+            label = "MainThread"
+        elif names:
+            label = names.get(tid, "native (DuckDB, libuv)")
+        else:
+            label = "other threads (install py-spy to name them)"
+        by_thread[label] = by_thread.get(label, 0.0) + used - threads0.get(tid, 0.0)
+    return {
+        "deliveries": done,
+        "expected": target,
+        "complete": complete,
+        "seconds": round(seconds, 3),
+        "per_second": round(done / seconds, 1),
+        "ingest_seconds": round(ingest_end - t0, 3) if ingest_end else None,
+        "daemon_cpu_s": round(cpu, 2),
+        "daemon_cpu_us_per_delivery": round(cpu / max(1, done) * 1e6, 1),
+        # Share of one core each thread kept busy: which thread is the bottleneck.
+        "thread_core_share": {
+            k: round(v / seconds, 2) for k, v in sorted(by_thread.items()) if v / seconds >= 0.01
+        },
+        "status_poll_ms_mean": round(statistics.fmean(status_ms), 1) if status_ms else None,
+        "by_status": {k: v for k, v in last.get("by_status", {}).items() if v},
+        "workers_busy_at_end": last.get("workers_busy"),
+        **daemon.memory(),
+    }
+
+
+def delivered(status: dict[str, Any]) -> int:
+    return int(status.get("by_status", {}).get("delivered", 0))
+
+
+def delivered_for(webhook_ids: Sequence[str]) -> Callable[[dict[str, Any]], int]:
+    def count(status: dict[str, Any]) -> int:
+        by_webhook = status.get("by_webhook", {})
+        return sum(int(by_webhook.get(w, {}).get("delivered", 0)) for w in webhook_ids)
+
+    return count
+
+
+async def daemon_run(
+    work: Path,
+    urls: Sequence[str],
+    n_events: int,
+    *,
+    tag: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    measure: Sequence[int] | None = None,
+    deadline: float = 300.0,
+    profile: Path | None = None,
+) -> Figures:
+    """A fresh daemon, one webhook per url (webhook i subscribes to type t{i}), n_events
+    round-robin over the types; measured until the webhooks at indexes `measure` (default
+    all) have delivered everything of theirs."""
+    daemon = DaemonProcess(work, overrides or {})
+    with started(daemon):
+        api = Api(daemon.url)
+        profiler: Profiler | None = None
+        try:
+            ids = [await api.create_webhook(url, [f"t{i}"]) for i, url in enumerate(urls)]
+            picked = list(range(len(urls))) if measure is None else list(measure)
+            expected_new = sum(
+                len(range(i, n_events, len(urls))) for i in picked
+            )  # events of type t{i}
+            count = delivered_for([ids[i] for i in picked])
+            bodies = batches(n_events, len(urls), tag)
+            if profile is not None:
+                profiler = Profiler(daemon.pid, profile)
+            already = count(await api.status())
+            result = await deliver(
+                daemon, api, bodies, count, already + expected_new, deadline=deadline
+            )
+            result["webhooks"] = len(urls)
+            result["events"] = n_events
+            return result
+        finally:
+            if profiler is not None:
+                profiler.close()
+            await api.close()
+
+
+def median_run(runs: list[Figures]) -> Figures:
+    ordered = sorted(runs, key=lambda r: r["per_second"])
+    chosen = dict(ordered[len(ordered) // 2])
+    if len(runs) > 1:
+        chosen["all_per_second"] = [r["per_second"] for r in runs]
+    return chosen
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n== {title}")
+    for n, row in enumerate(cells):
+        print(
+            "  "
+            + "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def last_line(name: str, figures: dict[str, Any]) -> str:
+    return f"{name}: " + " ".join(f"{k}={v}" for k, v in figures.items())
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+
+async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
+    n_events = 2_000 if args.quick else 20_000
+    repeat = args.repeat or (1 if args.quick else 3)
+    figures: Figures = {
+        "events": n_events,
+        "workers": WORKERS,
+        "repeat": repeat,
+        "load_before": machine_load(),
+    }
+    rows = []
+    with started(Nginx(args.nginx_workers)) as nginx:
+        for n_hooks in (1, 10):
+            urls = [f"{nginx.url}/hook/{i}" for i in range(n_hooks)]
+            base_runs, daemon_runs = [], []
+            for r in range(repeat):
+                base_runs.append(run_baseline(urls, n_events, WORKERS))
+                with workdir(f"tp{n_hooks}") as work:
+                    profile = None
+                    if args.profile and r == 0:
+                        profile = args.profile.with_name(
+                            f"{args.profile.stem}-{n_hooks}hook{args.profile.suffix}"
+                        )
+                    daemon_runs.append(
+                        await daemon_run(
+                            work, urls, n_events, tag=f"tp{n_hooks}r{r}", profile=profile
+                        )
+                    )
+            base = median_run(base_runs)
+            run = median_run(daemon_runs)
+            ratio = round(run["per_second"] / base["per_second"], 3)
+            figures[f"hooks{n_hooks}"] = {"daemon": run, "baseline": base, "ratio": ratio}
+            if n_hooks == 1:
+                # For reference: one webhook gets at most per_webhook_concurrency (8) slots.
+                capped = run_baseline(urls, n_events, PER_WEBHOOK)
+                figures["hooks1"]["baseline_per_webhook_cap"] = capped
+            rows.append(
+                [
+                    f"{n_hooks} webhook(s)",
+                    n_events,
+                    run["per_second"],
+                    base["per_second"],
+                    ratio,
+                    run["daemon_cpu_us_per_delivery"],
+                    base["cpu_us_per_post"],
+                    run["peak_rss_mb"],
+                ]
+            )
+        # One run at logging.level = info: one JSON line per attempt, as SPEC requires.
+        with workdir("tpinfo") as work:
+            urls = [f"{nginx.url}/hook/0"]
+            info = await daemon_run(
+                work, urls, n_events, tag="tpinfo", overrides={"logging": {"level": "info"}}
+            )
+            log_path = work / "daemon.log"
+            info["log_lines"] = sum(1 for _ in log_path.open("rb"))
+            info["log_mb"] = round(log_path.stat().st_size / 1e6, 2)
+        warn = figures["hooks1"]["daemon"]
+        info_cost = round(1 - info["per_second"] / warn["per_second"], 3)
+        figures["info_level"] = {**info, "slowdown_vs_warning": info_cost}
+        rows.append(
+            [
+                "1 webhook, log info",
+                n_events,
+                info["per_second"],
+                figures["hooks1"]["baseline"]["per_second"],
+                round(info["per_second"] / figures["hooks1"]["baseline"]["per_second"], 3),
+                info["daemon_cpu_us_per_delivery"],
+                figures["hooks1"]["baseline"]["cpu_us_per_post"],
+                info["peak_rss_mb"],
+            ]
+        )
+    table(
+        f"throughput: {n_events} events -> {n_events} deliveries (10 webhooks: each its own type "
+        f"t<i>, events round-robin), median of {repeat}, load {figures['load_before']}",
+        [
+            "case",
+            "deliveries",
+            "daemon/s",
+            "baseline/s",
+            "ratio",
+            "daemon cpu us/deliv",
+            "baseline cpu us/post",
+            "peak MB",
+        ],
+        rows,
+    )
+    capped = figures["hooks1"]["baseline_per_webhook_cap"]
+    print(
+        f"  baseline with {PER_WEBHOOK} concurrent POSTs (one webhook's cap): "
+        f"{capped['per_second']}/s; daemon 1 webhook / that: "
+        f"{round(figures['hooks1']['daemon']['per_second'] / capped['per_second'], 3)}"
+    )
+    for name, run in (
+        ("1 webhook", figures["hooks1"]["daemon"]),
+        ("10 webhooks", figures["hooks10"]["daemon"]),
+        ("1 webhook, info", info),
+    ):
+        shares = ", ".join(f"{k} {v}" for k, v in run["thread_core_share"].items())
+        print(f"  daemon threads, share of a core busy ({name}): {shares}")
+    print(
+        f"  logging.level=info: {info['log_lines']} lines, {info['log_mb']} MB; "
+        f"slowdown {info_cost:+.1%}, CPU/delivery "
+        f"{info['daemon_cpu_us_per_delivery']} us vs {warn['daemon_cpu_us_per_delivery']} us"
+    )
+    figures["load_after"] = machine_load()
+    line = last_line(
+        "throughput",
+        {
+            "deliveries": n_events,
+            "daemon_1": figures["hooks1"]["daemon"]["per_second"],
+            "baseline_1": figures["hooks1"]["baseline"]["per_second"],
+            "ratio_1": figures["hooks1"]["ratio"],
+            "daemon_10": figures["hooks10"]["daemon"]["per_second"],
+            "baseline_10": figures["hooks10"]["baseline"]["per_second"],
+            "ratio_10": figures["hooks10"]["ratio"],
+            "daemon_1_info": info["per_second"],
+            "info_slowdown": info_cost,
+            "target_ratio": 0.8,
+        },
+    )
+    return figures, line
+
+
+async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
+    rate = args.rate or (200 if args.quick else 500)
+    duration = args.duration or (5 if args.quick else 20)
+    n = rate * duration
+    cap = 1000  # at most this many ingest requests in flight: beyond it a send is skipped
+    sent: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    failed = skipped = 0
+    with workdir("lat") as work, started(Receiver("timestamp")) as receiver:
+        daemon = DaemonProcess(work)
+        with started(daemon):
+            api = Api(daemon.url, connections=256)
+            try:
+                await api.create_webhook(f"{receiver.url}/hook", ["t0"])
+                bodies = [
+                    json.dumps(
+                        {"id": f"evt_lat_{i:07d}", "type": "t0", "data": event_data(i)}
+                    ).encode()
+                    for i in range(n)
+                ]
+                inflight: set[asyncio.Task[None]] = set()
+                loop = asyncio.get_running_loop()
+
+                async def send(i: int) -> None:
+                    nonlocal failed
+                    event_id = f"evt_lat_{i:07d}"
+                    sent[event_id] = time.time()
+                    try:
+                        status, _ = await api.request("POST", "/v1/events", raw=bodies[i])
+                    except Exception:
+                        failed += 1
+                        return
+                    if status == 202:
+                        acked[event_id] = time.time()
+                    else:
+                        failed += 1
+
+                t0 = loop.time() + 0.1
+                for i in range(n):  # open loop: by the clock, not by the answers
+                    delay = t0 + i / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if len(inflight) >= cap:
+                        skipped += 1
+                        continue
+                    task = asyncio.create_task(send(i))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                offered_s = loop.time() - t0
+                if inflight:
+                    await asyncio.wait(list(inflight), timeout=60)
+                await_deadline = time.monotonic() + 60
+                while time.monotonic() < await_deadline:
+                    if delivered(await api.status()) >= len(acked):
+                        break
+                    await asyncio.sleep(0.1)
+                records = (await api.get_json(receiver.url + "/records"))["records"]
+            finally:
+                await api.close()
+    arrivals: dict[str, float] = {}
+    duplicates = 0
+    for event_id, t in records:
+        if event_id in arrivals:
+            duplicates += 1
+            arrivals[event_id] = min(arrivals[event_id], t)
+        else:
+            arrivals[event_id] = t
+    raw = [arrivals[e] - acked[e] for e in acked if e in arrivals]
+    negatives = sum(1 for v in raw if v < 0)
+    lat = [max(0.0, v) for v in raw]
+    e2e = [arrivals[e] - sent[e] for e in acked if e in arrivals]
+    ingest = [acked[e] - sent[e] for e in acked]
+    figures: Figures = {
+        "rate": rate,
+        "duration_s": duration,
+        "offered": n,
+        "offered_rate_achieved": round((n - skipped) / offered_s, 1),
+        "acked": len(acked),
+        "arrived": len(arrivals),
+        "missing": len([e for e in acked if e not in arrivals]),
+        "duplicates": duplicates,
+        "failed": failed,
+        "skipped": skipped,
+        "negative_latencies": negatives,
+        "latency": summary_ms(lat),
+        "end_to_end": summary_ms(e2e),
+        "ingest_202": summary_ms(ingest),
+        "load": machine_load(),
+    }
+    table(
+        f"latency: {n} events, one per request, open loop at {rate}/s for {duration}s "
+        f"(load {figures['load']})",
+        ["measure", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+        [
+            [name, f["count"], f.get("p50_ms"), f.get("p90_ms"), f.get("p99_ms"), f.get("max_ms")]
+            for name, f in (
+                ("202 -> arrival (latency)", figures["latency"]),
+                ("send -> arrival", figures["end_to_end"]),
+                ("send -> 202 (ingest)", figures["ingest_202"]),
+            )
+        ],
+    )
+    print(
+        f"  negative (arrival before the 202, counted as 0): {negatives}; "
+        f"missing {figures['missing']}, failed {failed}, skipped {skipped}"
+    )
+    line = last_line(
+        "latency",
+        {
+            "count": figures["latency"].get("count", 0),
+            "p50_ms": figures["latency"].get("p50_ms"),
+            "p99_ms": figures["latency"].get("p99_ms"),
+            "max_ms": figures["latency"].get("max_ms"),
+            "negatives": negatives,
+            "missing": figures["missing"],
+            "rate": rate,
+            "target_p99_ms": 25,
+        },
+    )
+    return figures, line
+
+
+def prefill(db: Path, webhook_id: str, rows: int) -> float:
+    """Write `rows` delivered rows into the queue and the log (and their events) directly.
+
+    The daemon must be stopped (DuckDB: one process per file). Returns seconds taken.
+    """
+    import duckdb
+
+    started_at = time.perf_counter()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    body = (
+        '\'{"data":{"amount":\' || (1000 + i % 9000) || \',"currency":"eur","customer":'
+        "\"cus_' || lpad(i::VARCHAR, 12, '0') || '\",\"invoice\":\"in_' || lpad(i::VARCHAR, 10, "
+        '\'0\') || \'","lines":3,"paid":true},"id":"evt_pre_\' || lpad(i::VARCHAR, 9, \'0\') || '
+        '\'","timestamp":"2026-01-01T00:00:00.000000Z","type":"t0"}\''
+    )
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("SET checkpoint_threshold = '1GB'")
+        con.execute("BEGIN TRANSACTION")
+        con.execute(
+            f"""
+            INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at,
+                                         ingested_at)
+            SELECT 'evt_pre_' || lpad(i::VARCHAR, 9, '0'), 't0',
+                   '{{"amount":' || (1000 + i % 9000) || '}}', ({body})::BLOB, $now, $now
+            FROM range({rows}) t(i)
+            """,
+            {"now": now},
+        )
+        con.execute(
+            f"""
+            INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts,
+                retry_base, next_attempt_at, lease_until, body, last_status_code, last_error,
+                last_attempt_at, created_at, updated_at)
+            SELECT $wid, 'evt_pre_' || lpad(i::VARCHAR, 9, '0'), 'delivered', 1, 0, NULL, NULL,
+                   ({body})::BLOB, 204, NULL, $now, $now, $now
+            FROM range({rows}) t(i)
+            """,
+            {"wid": webhook_id, "now": now},
+        )
+        con.execute(
+            f"""
+            INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at,
+                duration_ms, status_code, error, response_excerpt, outcome)
+            SELECT $wid, 'evt_pre_' || lpad(i::VARCHAR, 9, '0'), 1, $now, 1.5, 204, NULL, '',
+                   'delivered'
+            FROM range({rows}) t(i)
+            """,
+            {"wid": webhook_id, "now": now},
+        )
+        con.execute(
+            "UPDATE scanner_cursor SET seq = (SELECT max(seq) FROM pipeline_events), "
+            "updated_at = $now WHERE name = 'main'",
+            {"now": now},
+        )
+        con.execute("COMMIT")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return time.perf_counter() - started_at
+
+
+async def scale(args: argparse.Namespace) -> tuple[Figures, str]:
+    n_events = 2_000 if args.quick else 20_000
+    sizes = (10_000, 100_000) if args.quick else (10_000, 1_000_000)
+    figures: Figures = {"events": n_events, "load_before": machine_load()}
+    rows = []
+    with started(Nginx(args.nginx_workers)) as nginx:
+        url = f"{nginx.url}/hook/0"
+        for size in sizes:
+            with workdir(f"scale{size}") as work:
+                # First start: schema and the webhook; then prefill with the daemon stopped.
+                first = DaemonProcess(work)
+                with started(first):
+                    api = Api(first.url)
+                    try:
+                        webhook_id = await api.create_webhook(url, ["t0"])
+                    finally:
+                        await api.close()
+                seconds = prefill(first.db_path, webhook_id, size)
+                db_mb = round(first.db_path.stat().st_size / 1e6, 1)
+                daemon = DaemonProcess(work)
+                start0 = time.perf_counter()
+                with started(daemon):
+                    startup = time.perf_counter() - start0
+                    api = Api(daemon.url)
+                    try:
+                        base = delivered(await api.status())
+                        if base != size:
+                            raise BenchError(f"prefill: {base} delivered rows, expected {size}")
+                        run = await deliver(
+                            daemon,
+                            api,
+                            batches(n_events, 1, f"scale{size}"),
+                            delivered,
+                            size + n_events,
+                            deadline=120 if args.quick else 300,
+                        )
+                    finally:
+                        await api.close()
+                run.update(
+                    prefill_rows=size,
+                    prefill_s=round(seconds, 1),
+                    db_mb=db_mb,
+                    startup_s=round(startup, 2),
+                )
+                figures[f"rows{size}"] = run
+                rows.append(
+                    [
+                        f"{size:,} rows",
+                        n_events,
+                        run["per_second"],
+                        run["daemon_cpu_us_per_delivery"],
+                        run["status_poll_ms_mean"],
+                        run["peak_rss_mb"],
+                        db_mb,
+                        round(startup, 2),
+                    ]
+                )
+    small, big = (figures[f"rows{s}"] for s in sizes)
+    ratio = round(big["per_second"] / small["per_second"], 3)
+    figures["ratio"] = ratio
+    figures["load_after"] = machine_load()
+    table(
+        f"scale: {n_events} deliveries to 1 webhook with the queue and log prefilled "
+        f"(load {figures['load_before']})",
+        [
+            "prefill",
+            "deliveries",
+            "daemon/s",
+            "cpu us/deliv",
+            "status poll ms",
+            "peak MB",
+            "db MB",
+            "start s",
+        ],
+        rows,
+    )
+    line = last_line(
+        "scale",
+        {
+            "small_rows": sizes[0],
+            "small_per_s": small["per_second"],
+            "big_rows": sizes[1],
+            "big_per_s": big["per_second"],
+            "ratio": ratio,
+            "peak_rss_mb": big["peak_rss_mb"],
+            "target_ratio": 0.85,
+            "target_rss_mb": 250,
+        },
+    )
+    return figures, line
+
+
+async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
+    n_events = 2_000 if args.quick else 20_000
+    timeout = "2s" if args.quick else "5s"
+    overrides = {"delivery": {"timeout": timeout}}
+    healthy = list(range(5))
+    figures: Figures = {"events": n_events, "timeout": timeout, "load_before": machine_load()}
+    with started(Nginx(args.nginx_workers)) as nginx, started(Receiver("blackhole")) as hole:
+        good = [f"{nginx.url}/hook/{i}" for i in range(10)]
+        with workdir("iso-all") as work:
+            # All healthy, same size: 10 webhooks, every delivery counted.
+            all_healthy = await daemon_run(work, good, n_events, tag="isoall", overrides=overrides)
+        mixed_urls = good[:5] + [f"{hole.url}/hook/{i}" for i in range(5, 10)]
+
+        with workdir("iso-mixed") as work:
+            mixed = await daemon_run(
+                work,
+                mixed_urls,
+                n_events,
+                tag="isomix",
+                overrides=overrides,
+                measure=healthy,
+                # A stalled run is reported as such (complete=False), not waited out.
+                deadline=45 if args.quick else 120,
+            )
+    ratio = round(mixed["per_second"] / all_healthy["per_second"], 3)
+    figures.update(all_healthy=all_healthy, mixed=mixed, ratio=ratio)
+    table(
+        f"isolation: {n_events} events over 10 webhooks (own type each, round-robin); "
+        f"5 black holes, delivery.timeout {timeout} (load {figures['load_before']})",
+        ["run", "measured deliveries", "deliveries/s", "cpu us/deliv"],
+        [
+            [
+                "10 healthy (all counted)",
+                f"{all_healthy['deliveries']}/{all_healthy['expected']}",
+                all_healthy["per_second"],
+                all_healthy["daemon_cpu_us_per_delivery"],
+            ],
+            [
+                "5 healthy + 5 black holes (healthy counted)",
+                f"{mixed['deliveries']}/{mixed['expected']}",
+                mixed["per_second"],
+                mixed["daemon_cpu_us_per_delivery"],
+            ],
+        ],
+    )
+    line = last_line(
+        "isolation",
+        {
+            "healthy_per_s": mixed["per_second"],
+            "all_healthy_per_s": all_healthy["per_second"],
+            "ratio": ratio,
+            "timeout": timeout,
+            "complete": mixed["complete"] and all_healthy["complete"],
+            "target_ratio": 0.9,
+        },
+    )
+    return figures, line
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], Awaitable[tuple[Figures, str]]]] = {
+    "throughput": throughput,
+    "latency": latency,
+    "scale": scale,
+    "isolation": isolation,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), required=True)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="throughput: runs per case, the median is reported (default 1 quick, 3 full)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="throughput: py-spy record (raw, --threads) the first run of each case to "
+        "FILE-1hook.EXT and FILE-10hook.EXT, and print a summary (bench/profile_top.py)",
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread that holds the GIL (py-spy --gil)",
+    )
+    parser.add_argument("--rate", type=int, default=0, help="latency: events/s (200 / 500)")
+    parser.add_argument("--duration", type=int, default=0, help="latency: seconds (5 / 20)")
+    parser.add_argument(
+        "--code",
+        type=Path,
+        help="run the daemon from this directory's webhookd/ (a saved copy) instead",
+    )
+    parser.add_argument(
+        "--live-code",
+        action="store_true",
+        help="run the daemon from the working tree, not from a copy of webhookd/ taken at start",
+    )
+    parser.add_argument(
+        "--nginx-workers",
+        default="auto",
+        help="nginx worker_processes (auto: one per core; measured a little faster than 1 here)",
+    )
+    args = parser.parse_args()
+
+    def terminate(signum: int, _: object) -> None:
+        # Unwind normally so that every `finally` stops the processes it started.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    global PROFILE_GIL
+    PROFILE_GIL = args.profile_gil
+    started_at = time.perf_counter()
+    try:
+        import uvloop
+
+        run_loop: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover
+        run_loop = asyncio.run
+    with contextlib.ExitStack() as stack:
+        code = code_hash(REPO) if args.live_code else stack.enter_context(snapshot_code(args.code))
+        figures, line = run_loop(SCENARIOS[args.scenario](args))
+    figures["code"] = code
+    if args.code is None and code_hash(REPO) != code:
+        print(
+            f"  note: webhookd/ changed while this ran; the figures are for the code as it "
+            f"was at the start (digest {code})"
+        )
+    figures["scenario"] = args.scenario
+    figures["quick"] = args.quick
+    figures["wall_s"] = round(time.perf_counter() - started_at, 1)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"  ({args.scenario} took {figures['wall_s']}s)")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

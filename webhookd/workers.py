@@ -74,6 +74,8 @@ def _key(secret: str) -> bytes:
 
 
 MAX_PREFETCH = 32
+# A receiver that answered within this may have rows claimed ahead of its cap.
+FAST_ENOUGH_MS = 500.0
 
 
 def prefetch_depth(lease: float, timeout: float) -> int:
@@ -88,9 +90,10 @@ def prefetch_depth(lease: float, timeout: float) -> int:
 
 class WorkerPool:
     """Claims in batches, then runs attempts with two caps held in memory: `workers` in
-    all and `per_webhook` for each webhook. Rows claimed beyond a webhook's free slots
-    wait in its local queue, so one claim feeds many attempts; the store caps the rows a
-    webhook may hold at per_webhook x prefetch, so a slow webhook never hoards the batch.
+    all and `per_webhook` for each webhook. For a webhook that answers fast, rows are
+    claimed up to `prefetch` rounds ahead and wait in its local queue, so one claim feeds
+    many attempts; any other webhook holds one round at most, so a hanging receiver
+    never parks rows in memory that other webhooks' claims would wait behind.
     """
 
     def __init__(
@@ -119,7 +122,8 @@ class WorkerPool:
         self._policy = policy
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._attempts: dict[asyncio.Task[None], Claim] = {}
+        self._fast: dict[str, bool] = {}
+        self._attempts: dict[asyncio.Task[None], tuple[Claim, float]] = {}
         self._running: dict[str, int] = {}
         self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
         self._n_queued = 0
@@ -135,7 +139,8 @@ class WorkerPool:
         self._wake.set()
 
     def _room(self) -> int:
-        """Rows to claim now: refill when the ready buffer runs below one round of workers."""
+        """Rows to claim now: refill when the ready buffer runs below half a round of
+        workers, up to a claim batch beyond one round."""
         if self._n_queued > self.size // 2:
             return 0
         held = len(self._attempts) + self._n_queued
@@ -150,10 +155,11 @@ class WorkerPool:
                 room = self._room()
                 claims: list[Claim] = []
                 if room > 0:
+                    # Cleared before the claim: a wake-up during it is not lost.
                     self._wake.clear()
                     try:
                         claims = await self._store.claim(
-                            room, self._per_webhook * self.prefetch, self._lease
+                            room, self._per_webhook, self._lease, self._deep()
                         )
                     except Exception as exc:  # the next poll tries again
                         log.error("claim failed", error=str(exc))
@@ -167,12 +173,19 @@ class WorkerPool:
                 self._dispatch()
                 if claims and len(claims) == room:
                     continue  # more may be due right now
-                if self._room() == 0 or not claims:
+                if room == 0:
                     self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
             self.running = False
+
+    def _deep(self) -> dict[str, int]:
+        """Webhooks whose receiver answered fast last time may hold `prefetch` rounds of
+        rows (claims run ahead of their cap); any other holds one round, so rows never
+        wait in memory behind a receiver that hangs."""
+        deep = self._per_webhook * self.prefetch
+        return {w: deep for w, fast in self._fast.items() if fast}
 
     def _dispatch(self) -> None:
         """Start attempts round-robin over webhooks, within both caps."""
@@ -190,13 +203,14 @@ class WorkerPool:
                 del self._queued[webhook_id]
             self._running[webhook_id] = self._running.get(webhook_id, 0) + 1
             task = asyncio.create_task(self._attempt(claim))
-            self._attempts[task] = claim
+            self._attempts[task] = (claim, time.monotonic())
             task.add_done_callback(self._finished)
         self._metrics.workers_busy.set(len(self._attempts))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        claim = self._attempts.pop(task, None)
-        if claim is not None:
+        entry = self._attempts.pop(task, None)
+        if entry is not None:
+            claim = entry[0]
             left = self._running.get(claim.webhook_id, 1) - 1
             if left:
                 self._running[claim.webhook_id] = left
@@ -204,8 +218,7 @@ class WorkerPool:
                 self._running.pop(claim.webhook_id, None)
         if not self._stopping.is_set():
             self._dispatch()
-            if self._room():
-                self._wake.set()
+            self._wake.set()
 
     async def _attempt(self, claim: Claim) -> None:
         timestamp = int(time.time())
@@ -213,6 +226,9 @@ class WorkerPool:
             [_key(s) for s in claim.secrets], claim.event_id, timestamp, claim.body
         )
         result = await self._sender.post(claim.url, claim.body, headers)
+        self._fast[claim.webhook_id] = (
+            result.status_code is not None and result.duration_ms < FAST_ENOUGH_MS
+        )
         outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
         self._metrics.observe_attempt(outcome)
         log.info(
@@ -251,7 +267,7 @@ class WorkerPool:
     async def shutdown(self, grace: float) -> None:
         """Stop claiming; let attempts finish for `grace` seconds; release the rest."""
         self._stopping.set()
-        self._wake.set()
+        self.wake()
         if self._run_task is not None and not self._run_task.done():
             # It may be holding a fresh claim; it releases it before it returns.
             await asyncio.wait([self._run_task])
@@ -267,7 +283,10 @@ class WorkerPool:
             await asyncio.gather(*unfinished, return_exceptions=True)
         if self._pending_writes:
             await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
-        keys = [(c.webhook_id, c.event_id) for c in [*unfinished.values(), *never_started]]
+        keys = [
+            (c.webhook_id, c.event_id)
+            for c in [*(entry[0] for entry in unfinished.values()), *never_started]
+        ]
         if keys:
             released = await self._store.release(keys)
             log.info("released unfinished deliveries", count=released)

@@ -39,8 +39,10 @@ async def post_events(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_event", f"events[{len(events)}].occurred_at: out of the supported range"
         ) from None
+    # Wake the scanner and the workers now: their scan and claim then queue behind this
+    # ingest and, while the writer is busy, share one transaction with it.
+    svc.scanner.wake()
+    svc.pool.wake()
     result = await svc.store.ingest(events)
     svc.metrics.events_ingested.inc(result.inserted)
-    if result.inserted:
-        svc.scanner.wake()
     return web.json_response({"ids": result.ids}, status=202)

@@ -7,6 +7,7 @@ sharing one queue) implements the same Protocol.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -138,7 +139,17 @@ class Store(Protocol):
     # the data path
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
     async def scan(self, batch_size: int) -> ScanResult: ...
-    async def claim(self, limit: int, per_webhook: int, lease: float) -> list[Claim]: ...
+    async def claim(
+        self,
+        limit: int,
+        per_webhook: int,
+        lease: float,
+        caps: Mapping[str, int] | None = None,
+    ) -> list[Claim]:
+        """Up to `limit` due rows, oldest first, no webhook left holding more inflight rows
+        than its entry in `caps` (default `per_webhook`); they become inflight."""
+        ...
+
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
         """Queue an outcome for the next group commit; the future settles once durable."""
         ...

@@ -13,7 +13,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -44,9 +44,13 @@ Q = "webhook_delivery_queue"
 # An active webhook takes an event when it lists its type, or lists no type at all.
 MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
 
-# Outcomes first: they free per-webhook slots that a claim in the same transaction may use.
+# Order inside one transaction: outcomes free per-webhook slots, ingests add events, the
+# scan enqueues them, and a claim then sees all of it, so that an event posted while the
+# writer is busy can be committed, enqueued and claimed by a single commit.
 PRIORITY_OUTCOME = 0
 PRIORITY_DEFAULT = 1
+PRIORITY_SCAN = 2
+PRIORITY_CLAIM = 3
 
 
 def utcnow() -> datetime:
@@ -309,11 +313,19 @@ class DuckDBStore:
         return result
 
     async def scan(self, batch_size: int) -> ScanResult:
-        result: ScanResult = await self._write(_scan, batch_size)
+        result: ScanResult = await self._write(_scan, batch_size, PRIORITY_SCAN)
         return result
 
-    async def claim(self, limit: int, per_webhook: int, lease: float) -> list[Claim]:
-        result: list[Claim] = await self._write(_claim, (limit, per_webhook, lease))
+    async def claim(
+        self,
+        limit: int,
+        per_webhook: int,
+        lease: float,
+        caps: Mapping[str, int] | None = None,
+    ) -> list[Claim]:
+        result: list[Claim] = await self._write(
+            _claim, (limit, per_webhook, lease, dict(caps or {})), PRIORITY_CLAIM
+        )
         return result
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
@@ -526,7 +538,9 @@ def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
     return results
 
 
-def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Claim]]:
+def _claim(
+    con: Any, payloads: Sequence[tuple[int, int, float, dict[str, int]]]
+) -> list[list[Claim]]:
     """Due rows, oldest first, at most `per_webhook` held by any webhook, now inflight.
 
     Cost must not grow with the backlog or the delivered rows: a few simple statements
@@ -536,7 +550,7 @@ def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Cl
     (RETURNING on this table, which has a primary key, costs several times the update).
     """
     results: list[list[Claim]] = []
-    for limit, per_webhook, lease in payloads:
+    for limit, per_webhook, lease, caps in payloads:
         now = utcnow()
         held: dict[str, int] = dict(
             con.execute(
@@ -544,7 +558,7 @@ def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Cl
                 f"WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id"
             ).fetchall()
         )
-        full = [w for w, n in held.items() if n >= per_webhook]
+        full = [w for w, n in held.items() if n >= caps.get(w, per_webhook)]
         candidates = con.execute(
             f"""
             SELECT rowid, webhook_id, event_id, attempts, retry_base FROM {Q}
@@ -574,7 +588,7 @@ def _claim(con: Any, payloads: Sequence[tuple[int, int, float]]) -> list[list[Cl
         picked = []
         for row in candidates:
             webhook_id = row[1]
-            if webhook_id in strays or held.get(webhook_id, 0) >= per_webhook:
+            if webhook_id in strays or held.get(webhook_id, 0) >= caps.get(webhook_id, per_webhook):
                 continue
             held[webhook_id] = held.get(webhook_id, 0) + 1
             picked.append(row)

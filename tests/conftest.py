@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,31 @@ from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
 
 TOKEN = "test-admin-token-0123456789abcdef"
+LOCAL_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+@pytest.fixture(autouse=True)
+def no_dns_off_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests send nothing off the machine, not even a DNS query: names under .invalid
+    fail here as a resolver would answer (RFC 6761); any other name but localhost is a
+    bug in the test."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is None or name in LOCAL_NAMES:
+            return real(host, *args, **kwargs)
+        try:
+            ipaddress.ip_address(str(name).split("%")[0])
+        except ValueError:
+            if str(name).rstrip(".").endswith(".invalid"):
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+            raise AssertionError(f"a test tried to resolve {name!r}") from None
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -65,6 +65,7 @@ def decide(claim: Claim, result: AttemptResult, policy: RetryPolicy, now: dateti
         response_excerpt=result.response_excerpt,
         outcome=label,
         deactivate_webhook=classified.verdict is Verdict.GONE,
+        claimed_until=claim.claimed_until,
     )
 
 

@@ -54,6 +54,9 @@ class Claim:
     url: str
     secrets: tuple[str, ...]  # every secret that signs now (two during rotation)
     body: bytes
+    # The lease this claim set: its outcome applies only while the row still holds it, so
+    # a late outcome of an earlier, rescued claim cannot overwrite a newer claim.
+    claimed_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Outcome:
     response_excerpt: str
     outcome: str  # log label: delivered, retry, dead, gone
     deactivate_webhook: bool = False  # 410: the receiver asked to stop
+    claimed_until: datetime | None = None  # the claim's lease (see Claim)
 
 
 @dataclass(frozen=True, slots=True)

@@ -601,12 +601,13 @@ def _claim(
                 [rowids],
             ).fetchall()
         )
+        lease_until = now + timedelta(seconds=lease)
         con.execute(
             f"""
             UPDATE {Q} SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
             WHERE rowid IN (SELECT unnest(?::BIGINT[]))
             """,
-            [now + timedelta(seconds=lease), now, rowids],
+            [lease_until, now, rowids],
         )
         claims = []
         for rowid, webhook_id, event_id, attempts, base in picked:
@@ -621,6 +622,7 @@ def _claim(
                     url,
                     secrets,
                     bytes(bodies[rowid]),
+                    lease_until,
                 )
             )
         results.append(claims)
@@ -638,6 +640,7 @@ def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
         [o.status_code for o in outcomes],
         [o.error for o in outcomes],
         [o.attempted_at for o in outcomes],
+        [o.claimed_until for o in outcomes],
     ]
     con.execute(
         f"""
@@ -649,9 +652,11 @@ def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
                      unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS attempt,
                      unnest(?::TIMESTAMP[]) AS next_attempt_at,
                      unnest(?::INTEGER[]) AS status_code, unnest(?::VARCHAR[]) AS error,
-                     unnest(?::TIMESTAMP[]) AS attempted_at) o
+                     unnest(?::TIMESTAMP[]) AS attempted_at,
+                     unnest(?::TIMESTAMP[]) AS claimed_until) o
         WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
           AND q.status = '{Status.INFLIGHT}'
+          AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
         """,
         [now, *columns],
     )

@@ -1,0 +1,123 @@
+"""A slow or dead webhook holds only its own slots: the others keep being delivered.
+
+Four "black hole" receivers accept the connection, read the request and never answer;
+two healthy receivers answer 204. With `per_webhook_concurrency = 2` the black holes can
+hold at most 8 of the 16 workers, so every healthy delivery must arrive while the black
+holes still hold their very first attempts: none of them has timed out, been recorded
+or been retried yet. The proof is structural, not a stopwatch: the test waits for
+whichever comes first, the last healthy delivery or a black hole's first hang-up (its
+first attempt ending, at the 5 s timeout), and only the first order passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Api, make_settings, running
+from tests.receivers import RawServer, Recorder, read_request
+
+BLACK_HOLES = 4
+HEALTHY = 2
+EVENTS = 50
+PER_WEBHOOK = 2
+TEST_DEADLINE = 60.0  # only so that a broken daemon fails the test instead of hanging it
+
+
+class BlackHole:
+    """Counts the connections it holds open now and the most it held at once; `ended` is
+    set when the daemon first hangs up on it (an attempt ended: a timeout)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.peak = 0
+        self.ended = asyncio.Event()
+        self.server = RawServer(self.handle)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            await read_request(reader)
+            await reader.read()  # silent until the client hangs up
+        finally:
+            self.open -= 1
+            self.ended.set()
+
+
+async def test_black_holes_do_not_delay_healthy_webhooks(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        delivery={
+            "workers": 16,
+            "per_webhook_concurrency": PER_WEBHOOK,
+            "timeout": "5s",
+            "lease": "30s",
+            "max_attempts": 2,
+        },
+        shutdown={"grace": "1s"},
+    )
+    holes = [BlackHole() for _ in range(BLACK_HOLES)]
+    healthy = [Recorder(status=204) for _ in range(HEALTHY)]
+    for server in [h.server for h in holes] + healthy:
+        await server.start()
+    try:
+        async with running(settings) as d, Api(d.url) as api:
+            hole_ids = [
+                (await api.create_webhook(h.server.url + "/hole"))["webhook_id"] for h in holes
+            ]
+            for rx in healthy:
+                await api.create_webhook(rx.url_for("/ok"))
+            started = time.monotonic()
+            ids = await api.emit([{"type": "load", "data": {"n": i}} for i in range(EVENTS)])
+            assert len(ids) == EVENTS
+            arrived = asyncio.ensure_future(
+                asyncio.gather(
+                    *(rx.wait_for_requests(EVENTS, deadline=TEST_DEADLINE) for rx in healthy)
+                )
+            )
+            hung_up = [asyncio.ensure_future(h.ended.wait()) for h in holes]
+            waiters: list[asyncio.Future[Any]] = [arrived, *hung_up]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            elapsed = time.monotonic() - started
+            for waiter in hung_up:
+                waiter.cancel()
+            got = sum(len(rx.requests) for rx in healthy)
+            if not arrived.done():
+                arrived.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await arrived  # retrieved, so nothing is logged when it is collected
+            assert not arrived.cancelled(), (
+                f"a black hole's attempt ended (timed out) after {elapsed:.1f}s while only "
+                f"{got} of {HEALTHY * EVENTS} healthy deliveries had arrived"
+            )
+            arrived.result()
+            # The moment the last healthy delivery arrived: every black hole still holds its
+            # first two attempts and has seen no other connection (no timeout, no retry).
+            snapshot = [(h.server.connections, h.open, h.peak) for h in holes]
+            print(
+                f"\nisolation: {HEALTHY * EVENTS} healthy deliveries arrived in {elapsed:.3f}s "
+                f"while {BLACK_HOLES} black holes held {sum(h.open for h in holes)} attempts "
+                f"(delivery.timeout 5s)"
+            )
+            assert snapshot == [(PER_WEBHOOK, PER_WEBHOOK, PER_WEBHOOK)] * BLACK_HOLES, snapshot
+            for wid in hole_ids:
+                # Claimed rows may wait in the daemon's memory beyond the two attempts running;
+                # none has an outcome yet.
+                rows = await api.deliveries(webhook_id=wid)
+                assert len(rows) == EVENTS
+                assert {row["status"] for row in rows} <= {"inflight", "pending"}
+                assert all(row["attempts"] == 0 for row in rows)
+            await api.wait_status({"delivered": HEALTHY * EVENTS}, status="delivered")
+            for rx in healthy:
+                assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(ids)
+            # Hang up on the daemon so that its shutdown does not wait for the timeouts.
+            for h in holes:
+                await h.server.close()
+        assert all(h.peak <= PER_WEBHOOK for h in holes), [h.peak for h in holes]
+    finally:
+        for server in [h.server for h in holes] + healthy:
+            await server.close()

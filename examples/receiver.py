@@ -1,6 +1,6 @@
 """A tiny webhook receiver for trying webhookd locally: prints what arrives, answers 204.
 
-    python3 examples/receiver.py 9000
+python3 examples/receiver.py 9000
 """
 
 import sys

@@ -7,6 +7,7 @@ raw asyncio servers (receivers.RawServer). No connection leaves the loopback.
 from __future__ import annotations
 
 import ssl
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -361,11 +362,17 @@ async def test_body_trickled_past_the_timeout_keeps_the_status_and_a_partial_exc
 
 async def test_huge_streaming_response_is_not_read_past_the_cap(make_sender: MakeSender) -> None:
     sender = await make_sender(max_response_bytes=4096)
-    total = 200 * 1024 * 1024
+    total = 2 * 1024 * 1024 * 1024  # 2 GiB offered; only the cap is ever read
     streamed = Streamed()
-    async with RawServer(endless(total, streamed)) as server:
-        result = await post(sender, server.url)
-        await server.wait_handled()
+    tracemalloc.start()
+    try:
+        async with RawServer(endless(total, streamed)) as server:
+            result = await post(sender, server.url)
+            await server.wait_handled()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024  # memory stays flat: the body is never buffered
     assert result.status_code == 200
     assert result.response_excerpt == "a" * 4096
     assert streamed.client_gone.is_set()

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from tests.conftest import Api, make_settings, running
 from tests.receivers import RawServer, Recorder, read_request
 
@@ -121,3 +123,49 @@ async def test_black_holes_do_not_delay_healthy_webhooks(tmp_path: Path) -> None
     finally:
         for server in [h.server for h in holes] + healthy:
             await server.close()
+
+
+async def test_a_fast_receiver_that_starts_hanging_does_not_stall_others(
+    tmp_path: Path,
+) -> None:
+    """Rows claimed ahead for a receiver that was fast must not hold up other webhooks'
+    claims once that receiver stops answering."""
+    answered = 0
+    hang = asyncio.Event()  # never set: requests past the first 20 hang until the end
+
+    async def flaky(request: web.Request) -> web.Response:
+        nonlocal answered
+        await request.read()
+        if answered >= 20:
+            await hang.wait()
+        answered += 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/flaky", flaky)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    flaky_url = f"http://127.0.0.1:{runner.addresses[0][1]}/flaky"
+    settings = make_settings(
+        tmp_path,
+        delivery={"workers": 8, "per_webhook_concurrency": 2, "timeout": "10s", "lease": "5m"},
+    )
+    try:
+        async with Recorder(status=204) as healthy, running(settings) as d, Api(d.url) as api:
+            await api.create_webhook(flaky_url, event_types=["flaky"])
+            await api.create_webhook(healthy.url_for("/ok"), event_types=["ok"])
+            await api.emit([{"type": "flaky", "data": {"i": i}} for i in range(300)])
+            end = time.monotonic() + 15
+            while answered < 20:
+                assert time.monotonic() < end, "the flaky receiver never got its 20 requests"
+                await asyncio.sleep(0.01)
+            # The flaky receiver now hangs with rows claimed ahead for it in memory.
+            await api.emit([{"type": "ok", "data": {"i": i}} for i in range(30)])
+            # All healthy deliveries arrive while the hung attempts (10 s timeout) still hang.
+            await healthy.wait_for_requests(30, deadline=8)
+            assert answered == 20
+    finally:
+        hang.set()
+        await runner.cleanup()

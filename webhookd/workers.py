@@ -77,6 +77,8 @@ def _key(secret: str) -> bytes:
 MAX_PREFETCH = 32
 # A receiver that answered within this may have rows claimed ahead of its cap.
 FAST_ENOUGH_MS = 500.0
+# Memory bound on rows claimed but not started, whatever the receivers do.
+MAX_QUEUED_PER_WORKER = 64
 
 
 def prefetch_depth(lease: float, timeout: float) -> int:
@@ -140,12 +142,34 @@ class WorkerPool:
         self._wake.set()
 
     def _room(self) -> int:
-        """Rows to claim now: refill when the ready buffer runs below half a round of
-        workers, up to a claim batch beyond one round."""
-        if self._n_queued > self.size // 2:
+        """Rows to claim now: refill when the rows ready to start run below half a round
+        of workers, up to a claim batch beyond one round. Rows stuck behind a receiver
+        that stopped answering are not ready: counting them would stop claims for every
+        other webhook until that receiver's attempts time out."""
+        if self._n_queued >= MAX_QUEUED_PER_WORKER * self.size:
             return 0
-        held = len(self._attempts) + self._n_queued
+        ready = self._n_queued
+        if ready > self.size // 2:
+            ready -= self._stuck()
+            if ready > self.size // 2:
+                return 0
+        held = len(self._attempts) + ready
         return max(0, min(self._claim_batch, self.size + self._claim_batch - held))
+
+    def _stuck(self) -> int:
+        """Rows queued for webhooks with every slot busy and a slow receiver."""
+        now = time.monotonic()
+        slow = {
+            claim.webhook_id
+            for claim, started in self._attempts.values()
+            if now - started > FAST_ENOUGH_MS / 1000
+        }
+        return sum(
+            len(waiting)
+            for webhook_id, waiting in self._queued.items()
+            if self._running.get(webhook_id, 0) >= self._per_webhook
+            and (webhook_id in slow or not self._fast.get(webhook_id, False))
+        )
 
     async def run(self) -> None:
         """Claim while there is room; sleep until woken or the next poll otherwise."""

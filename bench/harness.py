@@ -479,12 +479,8 @@ class DaemonProcess:
         self._notify.bind(str(notify_path))
         self._notify.setblocking(False)
         # The bench's settings come from its TOML file only: WEBHOOKD_* overrides in the
-        # environment are dropped, except WEBHOOKD_LINGER (a writer experiment knob).
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("WEBHOOKD_") or k == "WEBHOOKD_LINGER"
-        }
+        # environment are dropped.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKD_")}
         env.update({"NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "0"})
         env.pop("WATCHDOG_USEC", None)
         _code_env(env)

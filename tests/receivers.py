@@ -290,7 +290,13 @@ class Streamed:
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def trickle(body: bytes, interval: float, streamed: Streamed) -> Handler:
+def trickle(
+    body: bytes,
+    interval: float,
+    streamed: Streamed,
+    status: int = 200,
+    reason: str = "OK",
+) -> Handler:
     """Headers plus the first body byte at once, then one byte every ``interval`` s.
 
     ``interval`` paces the misbehaviour; it is not used to synchronise anything.
@@ -298,7 +304,7 @@ def trickle(body: bytes, interval: float, streamed: Streamed) -> Handler:
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(response_head(200, content_length=len(body)) + body[:1])
+        writer.write(response_head(status, reason, content_length=len(body)) + body[:1])
         await writer.drain()
         streamed.sent = 1
         try:

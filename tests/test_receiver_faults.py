@@ -33,10 +33,9 @@ from tests.receivers import (
     Streamed,
     endless,
     never_answer,
-    read_request,
     reset_after_status_line,
     reset_before_status,
-    response_head,
+    trickle,
     unused_port,
 )
 
@@ -145,36 +144,13 @@ async def test_receiver_that_never_answers_times_out(tmp_path: Path) -> None:
     assert server.connections == 2
 
 
-def trickle_with_status(status: int, reason: str, body: bytes, streamed: Streamed) -> Handler:
-    """Complete headers and the first body byte, then one byte every 20 ms (for 20 s)."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(response_head(status, reason, content_length=len(body)) + body[:1])
-        await writer.drain()
-        streamed.sent = 1
-        try:
-            for i in range(1, len(body)):
-                await asyncio.sleep(0.02)  # paces the misbehaviour; synchronises nothing
-                if writer.transport.is_closing() or reader.at_eof():
-                    break
-                writer.write(body[i : i + 1])
-                await writer.drain()
-                streamed.sent += 1
-        except OSError:
-            pass
-        streamed.client_gone.set()
-
-    return handler
-
-
 BODY_TOO_SLOW = b"0123456789" * 100  # 20 s at one byte every 20 ms, timeout is 0.5 s
 
 
 async def test_body_trickled_past_the_timeout_keeps_a_2xx_status(tmp_path: Path) -> None:
     streamed = Streamed()
     delivery = {**TWO_TRIES, "timeout": "500ms"}
-    async with RawServer(trickle_with_status(200, "OK", BODY_TOO_SLOW, streamed)) as server:
+    async with RawServer(trickle(BODY_TOO_SLOW, 0.02, streamed)) as server:
         row, log, _ = await deliver_one(tmp_path, server.url + "/h", delivery)
         await asyncio.wait_for(streamed.client_gone.wait(), DEADLINE)
     # The status line and headers arrived in time: the status decides, and it is 2xx.
@@ -189,7 +165,7 @@ async def test_body_trickled_past_the_timeout_keeps_a_2xx_status(tmp_path: Path)
 async def test_body_trickled_past_the_timeout_keeps_a_5xx_status(tmp_path: Path) -> None:
     streamed = Streamed()
     delivery = {**TWO_TRIES, "timeout": "500ms"}
-    handler = trickle_with_status(500, "Internal Server Error", BODY_TOO_SLOW, streamed)
+    handler = trickle(BODY_TOO_SLOW, 0.02, streamed, 500, "Internal Server Error")
     async with RawServer(handler) as server:
         row, log, _ = await deliver_one(tmp_path, server.url + "/h", delivery)
     assert_retried_then_dead(row, log, 500, "HTTP 500 Internal Server Error")

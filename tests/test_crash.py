@@ -7,6 +7,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import duckdb
@@ -51,6 +52,23 @@ class CountingReceiver:
         await self._runner.cleanup()
 
 
+def start_daemon(tmp_path: Path, started: list, **overrides: Any) -> DaemonProcess:  # type: ignore[type-arg]
+    """A daemon subprocess on tmp_path's database, killed at teardown by the fixture."""
+    proc = DaemonProcess(write_config(tmp_path, **overrides), tmp_path / "daemon.log")
+    started.append(proc)
+    return proc.start()
+
+
+def query(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Read the database file the daemon left, after it exited."""
+    con = duckdb.connect(str(tmp_path / "webhookd.duckdb"), read_only=True)
+    try:
+        rows: list[tuple[Any, ...]] = con.execute(sql).fetchall()
+        return rows
+    finally:
+        con.close()
+
+
 async def _wait_for(predicate, deadline: float, what: str) -> None:  # type: ignore[no-untyped-def]
     end = time.monotonic() + deadline
     while not predicate():
@@ -61,13 +79,11 @@ async def _wait_for(predicate, deadline: float, what: str) -> None:  # type: ign
 
 async def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path, daemon_process: list) -> None:  # type: ignore[type-arg]
     kills, batches, batch_size, n_hooks = 5, 30, 20, 3
-    config = write_config(
+    proc = start_daemon(
         tmp_path,
+        daemon_process,
         delivery={"workers": 16, "retry_schedule": ["200ms"], "max_attempts": 50},
     )
-    proc = DaemonProcess(config, tmp_path / "daemon.log")
-    daemon_process.append(proc)
-    proc.start()
     accepted: list[str] = []
     async with CountingReceiver(latency=0.02) as rx:
         async with Api(proc.url) as api:
@@ -125,14 +141,12 @@ async def test_sigterm_drains_in_flight_attempts_and_exits_0(
     tmp_path: Path,
     daemon_process: list,  # type: ignore[type-arg]
 ) -> None:
-    config = write_config(
+    proc = start_daemon(
         tmp_path,
+        daemon_process,
         delivery={"workers": 4, "per_webhook_concurrency": 4},
         shutdown={"grace": "10s"},
     )
-    proc = DaemonProcess(config, tmp_path / "daemon.log")
-    daemon_process.append(proc)
-    proc.start()
     async with CountingReceiver() as rx:
         rx.hold = asyncio.Event()
         async with Api(proc.url) as api:
@@ -144,30 +158,22 @@ async def test_sigterm_drains_in_flight_attempts_and_exits_0(
         rx.hold.set()  # the in-flight attempts finish inside the grace period
         code = await asyncio.to_thread(proc.wait, 30)
     assert code == 0
-    con = duckdb.connect(str(tmp_path / "webhookd.duckdb"), read_only=True)
-    rows = dict(
-        con.execute(
-            "SELECT status, count(*) FROM webhook_delivery_queue GROUP BY status"
-        ).fetchall()
-    )
-    logged = con.execute("SELECT count(*) FROM webhook_deliveries").fetchone()
-    con.close()
+    rows = dict(query(tmp_path, "SELECT status, count(*) FROM webhook_delivery_queue GROUP BY ALL"))
+    logged = query(tmp_path, "SELECT count(*) FROM webhook_deliveries")
     assert rows == {"delivered": 4, "pending": 6}
-    assert logged == (4,)
+    assert logged == [(4,)]
 
 
 async def test_sigterm_after_grace_releases_what_did_not_finish(
     tmp_path: Path,
     daemon_process: list,  # type: ignore[type-arg]
 ) -> None:
-    config = write_config(
+    proc = start_daemon(
         tmp_path,
+        daemon_process,
         delivery={"workers": 4, "timeout": "30s", "lease": "1m"},
         shutdown={"grace": "500ms"},
     )
-    proc = DaemonProcess(config, tmp_path / "daemon.log")
-    daemon_process.append(proc)
-    proc.start()
     async with CountingReceiver() as rx:
         rx.hold = asyncio.Event()  # never set: the receiver never answers
         async with Api(proc.url) as api:
@@ -178,11 +184,7 @@ async def test_sigterm_after_grace_releases_what_did_not_finish(
         code = await asyncio.to_thread(proc.wait, 30)
         rx.hold.set()
     assert code == 0
-    con = duckdb.connect(str(tmp_path / "webhookd.duckdb"), read_only=True)
-    rows = con.execute(
-        "SELECT status, attempts, lease_until FROM webhook_delivery_queue"
-    ).fetchall()
-    con.close()
+    rows = query(tmp_path, "SELECT status, attempts, lease_until FROM webhook_delivery_queue")
     assert rows and all(r == ("pending", 0, None) for r in rows), rows
 
 
@@ -190,14 +192,12 @@ async def test_second_signal_exits_at_once_and_the_next_start_rescues(
     tmp_path: Path,
     daemon_process: list,  # type: ignore[type-arg]
 ) -> None:
-    config = write_config(
+    proc = start_daemon(
         tmp_path,
+        daemon_process,
         delivery={"workers": 2, "timeout": "30s", "lease": "1m"},
         shutdown={"grace": "30s"},
     )
-    proc = DaemonProcess(config, tmp_path / "daemon.log")
-    daemon_process.append(proc)
-    proc.start()
     async with CountingReceiver() as rx:
         rx.hold = asyncio.Event()
         async with Api(proc.url) as api:

@@ -174,29 +174,122 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by a live process (all its threads)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+# -- a process and its descendants (the daemon starts the store server as a child) ----------
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds per thread (by native thread id) of a live process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[int(tid)] = (int(stat[11]) + int(stat[12])) / ticks
+def descendants(pid: int) -> list[int]:
+    """Live descendants of pid (children, their children, ...), parents before children.
+
+    Read from /proc/<pid>/task/<tid>/children (a child is listed under the thread that
+    started it); processes that vanish while being read are skipped. [] if pid is gone.
+    """
+    out: list[int] = []
+    seen = {pid}
+    todo = [pid]
+    while todo:
+        parent = todo.pop(0)
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                children = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in seen:
+                    seen.add(child)
+                    out.append(child)
+                    todo.append(child)
     return out
 
 
-_PYSPY_THREAD = re.compile(r'^Thread (?:0x[0-9a-fA-F]+|(\d+)) \((?:\w+)\): "(.*)"', re.M)
+def process_tree(pid: int) -> list[int]:
+    """pid followed by its live descendants."""
+    return [pid, *descendants(pid)]
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+# What a descendant's threads are labelled with ("store:MainThread"), by a word of its
+# command line; other descendants get "pid<N>".
+PROCESS_LABELS = {"webhookd.store.server": "store"}
+
+
+def process_label(pid: int, args: Sequence[str] | None = None) -> str:
+    """A short name for a descendant of the daemon, from its command line."""
+    text = " ".join(cmdline(pid) if args is None else args)
+    for key, label in PROCESS_LABELS.items():
+        if key in text:
+            return label
+    return f"pid{pid}"
+
+
+def _stat_fields(path: str) -> list[str]:
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+    """User + system CPU seconds used so far by a live process (all its threads).
+
+    With tree (the default) also by its live descendants, and by the children that any of
+    them has already reaped (cutime + cstime): a child that exits and is waited for keeps
+    counting, in its parent's figures. tree=False: pid's own threads only.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in process_tree(pid) if tree else [pid]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = _stat_fields(f"/proc/{proc}/stat")
+            total += int(fields[11]) + int(fields[12])
+            if tree:
+                total += int(fields[13]) + int(fields[14])
+    return total / ticks
+
+
+def thread_cpu(pid: int, *, tree: bool = True) -> dict[int, float]:
+    """CPU seconds per thread (by native thread id) of a live process and, with tree (the
+    default), of its live descendants: thread ids are unique across processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for proc in process_tree(pid) if tree else [pid]:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{proc}/task"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = _stat_fields(f"/proc/{proc}/task/{tid}/stat")
+                    out[int(tid)] = (int(stat[11]) + int(stat[12])) / ticks
+    return out
+
+
+def thread_owners(pid: int) -> dict[int, int]:
+    """Native thread id -> the pid of its process, for pid and its live descendants."""
+    out: dict[int, int] = {}
+    for proc in process_tree(pid):
+        with contextlib.suppress(OSError):
+            out.update((int(tid), proc) for tid in os.listdir(f"/proc/{proc}/task"))
+    return out
+
+
+def tree_rss_kb(pid: int) -> tuple[int, int, int]:
+    """(summed VmRSS in kB, largest single VmHWM in kB, summed thread count) of pid and its
+    live descendants. Shared pages (libpython, ...) count once per process, as in `ps`."""
+    rss = hwm = threads = 0
+    for proc in process_tree(pid):
+        status = proc_status(proc)
+        rss += status.get("VmRSS", 0)
+        hwm = max(hwm, status.get("VmHWM", 0))
+        threads += status.get("Threads", 0)
+    return rss, hwm, threads
+
+
+# `Thread 123 (active+gil): "name"`: the state may be idle, active, active+gil, ...
+_PYSPY_THREAD = re.compile(r'^Thread (?:0x[0-9a-fA-F]+|(\d+)) \([^)]*\): "(.*)"', re.M)
 
 
 def pyspy() -> str | None:
@@ -204,11 +297,7 @@ def pyspy() -> str | None:
     return exe if Path(exe).exists() else None
 
 
-def python_thread_names(pid: int) -> dict[int, str]:
-    """Native thread id -> Python thread name, from `py-spy dump` (empty without py-spy)."""
-    exe = pyspy()
-    if exe is None:
-        return {}
+def _pyspy_dump_names(exe: str, pid: int) -> dict[int, str]:
     try:
         out = subprocess.run(
             [exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20
@@ -216,6 +305,39 @@ def python_thread_names(pid: int) -> dict[int, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {int(m.group(1)): m.group(2) for m in _PYSPY_THREAD.finditer(out) if m.group(1)}
+
+
+def python_thread_names(pid: int, *, tree: bool = True) -> dict[int, str]:
+    """Native thread id -> Python thread name, from `py-spy dump` (empty without py-spy).
+
+    With tree (the default) each live descendant is dumped too and its threads are named
+    "<label>:<name>" (label from process_label: "store:MainThread", "store:webhookd-writer").
+    """
+    exe = pyspy()
+    if exe is None:
+        return {}
+    names = _pyspy_dump_names(exe, pid)
+    for child in descendants(pid) if tree else []:
+        label = process_label(child)
+        names.update(
+            (tid, f"{label}:{name}") for tid, name in _pyspy_dump_names(exe, child).items()
+        )
+    return names
+
+
+def thread_label(tid: int, pid: int, names: Mapping[int, str], owners: Mapping[int, int]) -> str:
+    """What to call thread tid of the process tree rooted at pid (the daemon): its Python
+    name (python_thread_names), else "MainThread" for a process's main thread, else a native
+    thread; threads of descendants are prefixed "<label>:" (process_label)."""
+    if tid in names:
+        return names[tid]
+    owner = owners.get(tid, pid)
+    prefix = "" if owner == pid else process_label(owner) + ":"
+    if tid == owner:
+        return prefix + "MainThread"
+    if names:
+        return prefix + "native (DuckDB, libuv)"
+    return prefix + "other threads (install py-spy to name them)"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -533,21 +655,29 @@ class DaemonProcess:
         return lines
 
     def sample_rss(self) -> None:
+        """Record the RSS of the daemon plus its live descendants (the store server) now."""
         if self.proc is not None and self.proc.poll() is None:
-            rss = proc_status(self.proc.pid).get("VmRSS")
+            rss, _, _ = tree_rss_kb(self.proc.pid)
             if rss:
                 self.rss_samples_kb.append(rss)
 
     def memory(self) -> dict[str, float]:
-        """Peak (VmHWM) and current RSS of the live daemon, in MB."""
+        """Current and peak RSS of the live daemon plus its descendants, in MB.
+
+        The peak is the largest sum over the processes seen by sample_rss (or now), but no
+        less than the VmHWM of any one of them (a lower bound of the true peak of the sum).
+        """
         if self.proc is None or self.proc.poll() is not None:
             return {}
-        status = proc_status(self.proc.pid)
-        peak = max([status.get("VmHWM", 0), *self.rss_samples_kb])
+        rss, hwm, threads = tree_rss_kb(self.proc.pid)
+        own = proc_status(self.proc.pid).get("VmRSS", 0)
+        peak = max([rss, hwm, *self.rss_samples_kb])
         return {
-            "rss_mb": round(status.get("VmRSS", 0) / 1024, 1),
+            "rss_mb": round(rss / 1024, 1),
             "peak_rss_mb": round(peak / 1024, 1),
-            "threads": status.get("Threads", 0),
+            "children_rss_mb": round((rss - own) / 1024, 1),
+            "processes": 1 + len(descendants(self.proc.pid)),
+            "threads": threads,
         }
 
     def stop(self, grace: float = 20.0) -> int | None:

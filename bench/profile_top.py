@@ -5,6 +5,11 @@
 Prints samples per thread, then per thread the top frames by self time (the frame on top of
 the stack) and by inclusive time (anywhere on the stack), as a share of that thread's samples.
 py-spy records only threads that are running (not idle) unless --idle was given.
+
+With `record --subprocesses` each stack starts with `process <pid>:"<cmdline>"` frames, the
+recorded process then the chain of descendants down to the sampled one; threads of the
+recorded process (the daemon) keep their names, those of a descendant are named
+"<label>:<name>" ("store:MainThread" for webhookd.store.server, "pid<N>:..." otherwise).
 """
 
 from __future__ import annotations
@@ -14,7 +19,17 @@ import collections
 import re
 from pathlib import Path
 
-_THREAD = re.compile(r"^thread \(\d+\): (?P<name>[^;]+)")
+# A cmdline may hold ';' and '"': a process frame ends where the next one or the thread
+# frame starts. Without --threads there is no thread frame (all samples are thread "?"),
+# and a process frame then ends at its first '";'.
+_PREFIX = re.compile(
+    r'^(?P<procs>(?:process \d+:".*?";)*?)'
+    r"thread \((?P<tid>\d+|0x[0-9a-fA-F]+)\)(?:: (?P<name>[^;]*))?(?:;|$)"
+)
+_PREFIX_NO_THREAD = re.compile(r'^(?P<procs>(?:process \d+:"(?:[^"]|"(?!;))*";)*)')
+_PROCESS = re.compile(r'process (?P<pid>\d+):"(?P<cmd>.*?)";(?=process \d+:"|$)')
+# Descendants by a word of their command line (as bench/harness.py PROCESS_LABELS).
+_PROCESS_LABELS = {"webhookd.store.server": "store"}
 _LOCATION = re.compile(r" \((?P<file>[^:()]+):\d+\)$")
 
 
@@ -42,22 +57,48 @@ _ACTIVITIES = [
 ]
 
 
+def _process_label(pid: str, cmd: str) -> str:
+    for key, label in _PROCESS_LABELS.items():
+        if key in cmd:
+            return label
+    return f"pid{pid}"
+
+
+def parse_line(line: str) -> tuple[str, list[str], int] | None:
+    """A raw line -> (thread, frames below the process and thread frames, samples)."""
+    stack, _, count_text = line.rpartition(" ")
+    if not stack or not count_text.isdigit():
+        return None
+    match = _PREFIX.match(stack)
+    thread = "?"
+    if match is not None:
+        thread = (match.group("name") or f"thread {match.group('tid')}").strip()
+    if match is None:
+        match = _PREFIX_NO_THREAD.match(stack)
+        assert match is not None  # it matches the empty string
+    procs = list(_PROCESS.finditer(match.group("procs")))
+    if len(procs) > 1:  # a descendant of the recorded process
+        thread = f"{_process_label(procs[-1]['pid'], procs[-1]['cmd'])}:{thread}"
+    rest = stack[match.end() :]
+    return thread, rest.split(";") if rest else [], int(count_text)
+
+
 def main_thread_activities(path: Path) -> list[tuple[str, float]]:
+    """What the daemon's MainThread (not a descendant's) spent its samples on."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        frames = stack.split(";")
-        if not count_text.isdigit() or "MainThread" not in frames[0]:
+        parsed = parse_line(line)
+        if parsed is None or parsed[0] != "MainThread":
             continue
-        n = int(count_text)
+        _, frames, n = parsed
         total += n
         for label, key in _ACTIVITIES:
-            if any(key in f for f in frames[1:]):
+            if any(key in f for f in frames):
                 counts[label] += n
                 break
         else:
-            last = frames[-1]
+            last = frames[-1] if frames else ""
             counts["event loop itself (uvloop C)" if "Runner.run" in last else "other"] += n
     return [(label, 100 * c / max(1, total)) for label, c in counts.most_common()]
 
@@ -69,14 +110,11 @@ def summarise(
     self_time: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
+        parsed = parse_line(line)
+        if parsed is None:
             continue
-        count = int(count_text)
-        frames = stack.split(";")
-        match = _THREAD.match(frames[0])
-        thread = match.group("name") if match else "?"
-        names = [_frame(f, lines) for f in frames[1:]] or ["(no frame)"]
+        thread, frames, count = parsed
+        names = [_frame(f, lines) for f in frames] or ["(no frame)"]
         per_thread[thread] += count
         self_time[thread][names[-1]] += count
         for name in set(names):

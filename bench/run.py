@@ -51,6 +51,8 @@ from harness import (
     stop_process,
     summary_ms,
     thread_cpu,
+    thread_label,
+    thread_owners,
 )
 
 WORKERS = 64  # delivery.workers default: the baseline uses the same concurrency
@@ -103,7 +105,8 @@ def batches(n_events: int, n_types: int, tag: str) -> list[bytes]:
 
 
 class Profiler:
-    """py-spy record attached to a pid; SIGINT makes it write its output and exit."""
+    """py-spy record attached to a pid and its subprocesses (the store server); SIGINT
+    makes it write its output and exit."""
 
     def __init__(self, pid: int, out: Path) -> None:
         exe = pyspy()
@@ -116,6 +119,7 @@ class Profiler:
                 "record",
                 "--pid",
                 str(pid),
+                "--subprocesses",
                 "--format",
                 "raw",
                 "--threads",
@@ -162,9 +166,11 @@ async def deliver(
     queue = list(bodies)
     ingest_end = 0.0
     status_ms: list[float] = []
+    # The daemon and its descendants (the store server): their threads are "store:<name>".
     names = python_thread_names(daemon.pid)
     threads0 = thread_cpu(daemon.pid)
-    cpu0 = cpu_seconds(daemon.pid)
+    cpu0 = cpu_seconds(daemon.pid)  # the daemon and its descendants
+    own_cpu0 = cpu_seconds(daemon.pid, tree=False)
     t0 = time.perf_counter()
 
     async def producer() -> None:
@@ -214,15 +220,12 @@ async def deliver(
     complete = done_count(last) >= expected
     done = target if complete else done_count(last) - before
     cpu = cpu_seconds(daemon.pid) - cpu0
+    own_cpu = cpu_seconds(daemon.pid, tree=False) - own_cpu0
     seconds = finished - t0
     by_thread: dict[str, float] = {}
+    owners = thread_owners(daemon.pid)
     for tid, used in thread_cpu(daemon.pid).items():
-        if tid == daemon.pid:
-            label = "MainThread"
-        elif names:
-            label = names.get(tid, "native (DuckDB, libuv)")
-        else:
-            label = "other threads (install py-spy to name them)"
+        label = thread_label(tid, daemon.pid, names, owners)
         by_thread[label] = by_thread.get(label, 0.0) + used - threads0.get(tid, 0.0)
     return {
         "deliveries": done,
@@ -231,7 +234,8 @@ async def deliver(
         "seconds": round(seconds, 3),
         "per_second": round(done / seconds, 1),
         "ingest_seconds": round(ingest_end - t0, 3) if ingest_end else None,
-        "daemon_cpu_s": round(cpu, 2),
+        "daemon_cpu_s": round(cpu, 2),  # with its descendants (the store server)
+        "children_cpu_s": round(cpu - own_cpu, 2),
         "daemon_cpu_us_per_delivery": round(cpu / max(1, done) * 1e6, 1),
         # Share of one core each thread kept busy: which thread is the bottleneck.
         "thread_core_share": {

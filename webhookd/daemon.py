@@ -20,7 +20,7 @@ from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.signing import USER_AGENT
 from webhookd.store.base import StoreUnavailable
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.remote import RemoteStore
 from webhookd.upkeep import AutoDisabler, LeaseRescuer, Periodic, Pruner
 from webhookd.workers import RetryPolicy, WorkerPool
 
@@ -87,10 +87,12 @@ class Daemon:
             for problem in exc.problems:
                 log.error("configuration error", problem=problem)
             return EXIT_CONFIG
-        store = DuckDBStore(
+        store = RemoteStore(
             s.database.path,
             memory_limit=s.database.memory_limit,
             checkpoint_interval=s.database.checkpoint_interval,
+            log_format=s.logging.format,
+            log_level=s.logging.level,
         )
         metrics = Metrics()
         sender = Sender(
@@ -179,6 +181,9 @@ class Daemon:
             asyncio.create_task(pool.run(), name="workers"),
             *(asyncio.create_task(u.run(), name=u.name) for u in upkeep),
         ]
+        # The database process dying is a crash of the daemon: stop, and exit non-zero.
+        lost = asyncio.create_task(store.lost.wait(), name="database process")
+        tasks.append(lost)
         watchdog = asyncio.create_task(
             self.notifier.run_watchdog(lambda: store.healthy() and all(not t.done() for t in tasks))
         )
@@ -197,6 +202,8 @@ class Daemon:
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in tasks if t.done()]
+        if lost.done():
+            log.error("the database process exited; stopping")
         for task in crashed:
             if not task.cancelled() and task.exception() is not None:
                 log.error(
@@ -215,6 +222,7 @@ class Daemon:
         await pool.shutdown(s.shutdown.grace)
         watchdog.cancel()
         stop_wait.cancel()
+        lost.cancel()
         await asyncio.gather(*tasks, watchdog, stop_wait, return_exceptions=True)
         await sender.close()
         await store.close()

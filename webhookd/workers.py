@@ -74,9 +74,12 @@ def _key(secret: str) -> bytes:
     return signing.secret_key(secret)
 
 
-MAX_PREFETCH = 32
+MAX_PREFETCH = 128
 # A receiver that answered within this may have rows claimed ahead of its cap.
 FAST_ENOUGH_MS = 500.0
+# Seconds over which the start rate is counted, and the weight of each new figure.
+RATE_WINDOW = 0.1
+SMOOTHING = 0.3
 # Memory bound on rows claimed but not started, whatever the receivers do.
 MAX_QUEUED_PER_WORKER = 64
 
@@ -131,6 +134,12 @@ class WorkerPool:
         self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
         self._n_queued = 0
         self._pending_writes: set[asyncio.Future[None]] = set()
+        # Smoothed figures for the low water mark: attempts started per second and
+        # seconds from asking for a claim to having it.
+        self._start_rate = 0.0
+        self._claim_seconds = 0.0
+        self._rate_since = time.monotonic()
+        self._rate_count = 0
         self._run_task: asyncio.Task[None] | None = None
         self.running = False
 
@@ -141,17 +150,23 @@ class WorkerPool:
     def wake(self, _: int = 0) -> None:
         self._wake.set()
 
+    def _low_water(self) -> int:
+        """Refill below this many ready rows: what the workers start while a claim is on
+        its way (twice, for a margin), and never less than half a round of workers."""
+        return max(self.size // 2, int(2 * self._start_rate * self._claim_seconds))
+
     def _room(self) -> int:
-        """Rows to claim now: refill when the rows ready to start run below half a round
-        of workers, up to a claim batch beyond one round. Rows stuck behind a receiver
+        """Rows to claim now: refill when the rows ready to start run below the low
+        water mark, up to a claim batch beyond one round. Rows stuck behind a receiver
         that stopped answering are not ready: counting them would stop claims for every
         other webhook until that receiver's attempts time out."""
         if self._n_queued >= MAX_QUEUED_PER_WORKER * self.size:
             return 0
         ready = self._n_queued
-        if ready > self.size // 2:
+        low = self._low_water()
+        if ready > low:
             ready -= self._stuck()
-            if ready > self.size // 2:
+            if ready > low:
                 return 0
         held = len(self._attempts) + ready
         return max(0, min(self._claim_batch, self.size + self._claim_batch - held))
@@ -182,12 +197,17 @@ class WorkerPool:
                 if room > 0:
                     # Cleared before the claim: a wake-up during it is not lost.
                     self._wake.clear()
+                    asked = time.monotonic()
                     try:
                         claims = await self._store.claim(
                             room, self._per_webhook, self._lease, self._deep()
                         )
                     except Exception as exc:  # the next poll tries again
                         log.error("claim failed", error=str(exc))
+                    else:
+                        self._claim_seconds += (
+                            time.monotonic() - asked - self._claim_seconds
+                        ) * SMOOTHING
                 if self._stopping.is_set():
                     if claims:
                         await self._store.release([(c.webhook_id, c.event_id) for c in claims])
@@ -230,7 +250,13 @@ class WorkerPool:
             task = asyncio.create_task(self._attempt(claim))
             self._attempts[task] = (claim, time.monotonic())
             task.add_done_callback(self._finished)
+            self._rate_count += 1
         self._metrics.workers_busy.set(len(self._attempts))
+        now = time.monotonic()
+        if now - self._rate_since >= RATE_WINDOW:
+            rate = self._rate_count / (now - self._rate_since)
+            self._start_rate += (rate - self._start_rate) * SMOOTHING
+            self._rate_since, self._rate_count = now, 0
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         entry = self._attempts.pop(task, None)

@@ -31,6 +31,9 @@ class EventConflict(Exception):
         super().__init__(f"event id(s) already used with other content: {', '.join(event_ids)}")
         self.event_ids = event_ids
 
+    def __reduce__(self) -> tuple[type[EventConflict], tuple[list[str]]]:
+        return EventConflict, (self.event_ids,)
+
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:

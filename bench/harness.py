@@ -746,6 +746,34 @@ class Api:
         result: dict[str, Any] = await self.ok("GET", "/v1/status")
         return result
 
+    async def metrics_text(self) -> str:
+        """GET /metrics (Prometheus text exposition, same bearer token): the raw text."""
+        async with self._session.get(self.base + "/metrics", headers=self._headers) as resp:
+            text = await resp.text()
+            if not 200 <= resp.status < 300:
+                raise BenchError(f"GET /metrics: {resp.status} {text[:200]}")
+            return text
+
+    async def delivered_attempts(self) -> float | None:
+        """The daemon's in-memory count of successful attempts: the sum of the samples
+        webhookd_attempts_total{outcome="delivered"} of GET /metrics (over every
+        status_class). None if the daemon exposes no such counter."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total: float | None = None
+        for family in text_string_to_metric_families(await self.metrics_text()):
+            # The parser names a counter's family without "_total"; accept either.
+            if family.name not in ("webhookd_attempts", "webhookd_attempts_total"):
+                continue
+            total = total or 0.0
+            for sample in family.samples:
+                if (
+                    sample.name == "webhookd_attempts_total"
+                    and sample.labels.get("outcome") == "delivered"
+                ):
+                    total += sample.value
+        return total
+
 
 async def wait_until(
     predicate_coro: Any, *, deadline: float, interval: float = 0.05

@@ -382,3 +382,39 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     reset = con.execute("SELECT health_reset_at FROM webhooks").fetchone()
     con.close()
     assert reset is not None and reset[0] is not None
+
+
+async def test_replay_of_an_event_not_yet_scanned_leaves_the_scanner_going(
+    store: DuckDBStore,
+) -> None:
+    wh = await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t"), ("e3", "t")))
+    # Before any scan: e2 gets enqueued, as due as a replay makes it, by the scan it forces.
+    assert await store.replay("e2", None) == 0
+    later = await store.scan(500)
+    assert (later.events, later.enqueued) == (1, 1)  # e3: e1 and e2 were scanned by the replay
+    assert await statuses(store) == {(wh, e): "pending" for e in ("e1", "e2", "e3")}
+
+
+async def test_a_queue_row_ahead_of_the_cursor_does_not_stop_the_scan(
+    store: DuckDBStore,
+) -> None:
+    """Nothing in webhookd enqueues ahead of the scanner; if something ever did, the scan
+    must skip that row rather than fail for ever."""
+    wh = await hook(store)
+    await store.ingest(events(("e1", "t"), ("e2", "t")))
+
+    def sneak(con: object, payloads: list[None]) -> list[None]:
+        con.execute(  # type: ignore[attr-defined]
+            "INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, "
+            "retry_base, next_attempt_at, body, created_at, updated_at) "
+            "SELECT ?, 'e2', 'pending', 0, 0, now(), body, now(), now() "
+            "FROM pipeline_events WHERE event_id = 'e2'",
+            [wh],
+        )
+        return [None for _ in payloads]
+
+    await store._write(sneak, None)
+    result = await store.scan(500)
+    assert (result.events, result.enqueued) == (2, 1)
+    assert await statuses(store) == {(wh, "e1"): "pending", (wh, "e2"): "pending"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from webhookd.states import Status
@@ -58,14 +60,27 @@ class Metrics:
         )
         for status in Status:
             self.queue_depth.labels(status=str(status))
+        self._attempt_counters: dict[tuple[str, int | None], Counter] = {}
+        self._status_at = float("-inf")
 
     def observe_attempt(self, outcome: Outcome) -> None:
-        self.attempts.labels(outcome.outcome, status_class(outcome.status_code)).inc()
+        key = (outcome.outcome, outcome.status_code)
+        counter = self._attempt_counters.get(key)
+        if counter is None:
+            # labels() hashes and locks on every call: once per (outcome, code) is enough.
+            counter = self.attempts.labels(outcome.outcome, status_class(outcome.status_code))
+            self._attempt_counters[key] = counter
+        counter.inc()
         self.latency.observe(outcome.duration_ms / 1000.0)
         if outcome.status is Status.DEAD:
             self.dead.inc()
 
+    def status_age(self) -> float:
+        """Seconds since the queue figures were last taken."""
+        return time.monotonic() - self._status_at
+
     def observe_status(self, report: StatusReport) -> None:
+        self._status_at = time.monotonic()
         for status in Status:
             self.queue_depth.labels(status=str(status)).set(report.by_status.get(str(status), 0))
         self.oldest_due_age.set(report.oldest_due_age_seconds or 0.0)

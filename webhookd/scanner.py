@@ -15,6 +15,9 @@ from webhookd.store.base import ScanResult, Store
 
 log = logs.get("webhookd.scanner")
 
+# How long a scan made after a wake-up may wait to share a transaction.
+WOKEN_RIDE = 0.002
+
 
 class Scanner:
     def __init__(
@@ -43,21 +46,26 @@ class Scanner:
         self._wake.set()
 
     async def run(self) -> None:
+        """Scan without pause: each scan rides with the next transaction (Store.scan's
+        `ride`), so events are enqueued in the commit that ingests them; after a wake-up
+        (an ingest committed) the scan rides only briefly; with no other work it runs
+        alone every poll interval."""
         self.running = True
         try:
             while not self._stopping.is_set():
+                ride = WOKEN_RIDE if self._wake.is_set() else self._poll_interval
                 self._wake.clear()
                 try:
-                    result = await self._store.scan(self._batch_size)
+                    result = await self._store.scan(self._batch_size, ride=ride)
                 except Exception as exc:
                     log.error("scan failed", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
                 else:
                     self.last = result
                     if result.enqueued:
                         self._on_enqueued(result.enqueued)
                     if result.events >= self._batch_size:
-                        continue  # a backlog: keep going without waiting
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                        self._wake.set()  # a backlog: the next batch now
         finally:
             self.running = False

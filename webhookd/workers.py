@@ -77,6 +77,8 @@ def _key(secret: str) -> bytes:
 MAX_PREFETCH = 128
 # A receiver that answered within this may have rows claimed ahead of its cap.
 FAST_ENOUGH_MS = 500.0
+# How long a claim made after a wake-up may wait to share a transaction.
+WOKEN_RIDE = 0.002
 # Seconds over which the start rate is counted, and the weight of each new figure.
 RATE_WINDOW = 0.1
 SMOOTHING = 0.3
@@ -187,24 +189,41 @@ class WorkerPool:
         )
 
     async def run(self) -> None:
-        """Claim while there is room; sleep until woken or the next poll otherwise."""
+        """Claim while there is room; sleep until woken or the next poll otherwise.
+
+        A claim rides with the next transaction (Store.claim's `ride`): with the ingest
+        and scan of new events, which it then claims in the same commit, or with
+        outcomes. After a wake-up (rows enqueued, a slot freed) it rides only briefly.
+        """
         self.running = True
         self._run_task = asyncio.current_task()
         try:
             while not self._stopping.is_set():
                 room = self._room()
-                claims: list[Claim] = []
-                if room > 0:
-                    # Cleared before the claim: a wake-up during it is not lost.
+                if room == 0:
                     self._wake.clear()
-                    asked = time.monotonic()
-                    try:
-                        claims = await self._store.claim(
-                            room, self._per_webhook, self._lease, self._deep()
-                        )
-                    except Exception as exc:  # the next poll tries again
-                        log.error("claim failed", error=str(exc))
-                    else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                    continue
+                # Cleared before the claim: a wake-up during it is not lost.
+                woken = self._wake.is_set()
+                self._wake.clear()
+                asked = time.monotonic()
+                claims: list[Claim] = []
+                try:
+                    claims = await self._store.claim(
+                        room,
+                        self._per_webhook,
+                        self._lease,
+                        self._deep(),
+                        ride=WOKEN_RIDE if woken else self._poll_interval,
+                    )
+                except Exception as exc:  # the next poll tries again
+                    log.error("claim failed", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+                else:
+                    if woken:
                         self._claim_seconds += (
                             time.monotonic() - asked - self._claim_seconds
                         ) * SMOOTHING
@@ -216,12 +235,6 @@ class WorkerPool:
                     self._queued.setdefault(claim.webhook_id, deque()).append(claim)
                 self._n_queued += len(claims)
                 self._dispatch()
-                if claims and len(claims) == room:
-                    continue  # more may be due right now
-                if room == 0:
-                    self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
             self.running = False
 

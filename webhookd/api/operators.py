@@ -135,9 +135,15 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+STATUS_MAX_AGE = 1.0
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     svc = services(request)
-    svc.metrics.observe_status(await svc.store.status())
+    # The queue figures cost a pass over the queue: scrapes (or anything polling this)
+    # share one pass a second; the counters beside them are always current.
+    if svc.metrics.status_age() >= STATUS_MAX_AGE:
+        svc.metrics.observe_status(await svc.store.status())
     svc.metrics.workers_busy.set(svc.pool.busy)
     return web.Response(body=svc.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

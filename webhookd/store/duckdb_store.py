@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from webhookd import logs
 from webhookd.events import NewEvent, same_content
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
@@ -40,6 +41,8 @@ from webhookd.store.base import (
 )
 from webhookd.store.writer import Writer
 
+log = logs.get("webhookd.store")
+
 Q = "webhook_delivery_queue"
 # An active webhook takes an event when it lists its type, or lists no type at all.
 MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
@@ -47,6 +50,7 @@ MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, 
 # Order inside one transaction: outcomes free per-webhook slots, ingests add events, the
 # scan enqueues them, and a claim then sees all of it, so that an event posted while the
 # writer is busy can be committed, enqueued and claimed by a single commit.
+CURSOR = "SELECT seq FROM scanner_cursor WHERE name = 'main'"
 PRIORITY_OUTCOME = 0
 PRIORITY_DEFAULT = 1
 PRIORITY_SCAN = 2
@@ -261,10 +265,12 @@ class DuckDBStore:
             con.execute("CHECKPOINT")
             self._last_checkpoint = time.monotonic()
 
-    async def _write(self, fn: Any, payload: Any, priority: int = PRIORITY_DEFAULT) -> Any:
+    async def _write(
+        self, fn: Any, payload: Any, priority: int = PRIORITY_DEFAULT, ride: float = 0.0
+    ) -> Any:
         if self._writer is None:
             raise StoreUnavailable("the database is closed")
-        return await self._writer.call(fn, payload, priority=priority)
+        return await self._writer.call(fn, payload, priority=priority, ride=ride)
 
     async def _read(self, fn: Any, *args: Any) -> Any:
         con = self._reader_con
@@ -312,8 +318,14 @@ class DuckDBStore:
         assert isinstance(result, IngestResult)
         return result
 
-    async def scan(self, batch_size: int) -> ScanResult:
-        result: ScanResult = await self._write(_scan, batch_size, PRIORITY_SCAN)
+    async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
+        try:
+            result: ScanResult = await self._write(_scan, batch_size, PRIORITY_SCAN, ride)
+        except duckdb.ConstraintException:
+            # A row the scan would insert exists: should never happen (see _scan_once),
+            # but must not stop the scanner for good.
+            log.warning("scan met an existing queue row; scanning with ON CONFLICT")
+            result = await self._write(_scan_carefully, batch_size, PRIORITY_SCAN)
         return result
 
     async def claim(
@@ -322,9 +334,11 @@ class DuckDBStore:
         per_webhook: int,
         lease: float,
         caps: Mapping[str, int] | None = None,
+        *,
+        ride: float = 0.0,
     ) -> list[Claim]:
         result: list[Claim] = await self._write(
-            _claim, (limit, per_webhook, lease, dict(caps or {})), PRIORITY_CLAIM
+            _claim, (limit, per_webhook, lease, dict(caps or {})), PRIORITY_CLAIM, ride
         )
         return result
 
@@ -504,38 +518,46 @@ def _ingest(con: Any, payloads: Sequence[list[NewEvent]]) -> list[IngestResult |
 
 
 def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
-    results: list[ScanResult] = []
-    for batch_size in payloads:
-        (cursor,) = con.execute("SELECT seq FROM scanner_cursor WHERE name = 'main'").fetchone()
-        row = con.execute(
-            "SELECT count(*), max(seq) FROM (SELECT seq FROM pipeline_events "
-            "WHERE seq > ? ORDER BY seq LIMIT ?)",
-            [cursor, batch_size],
-        ).fetchone()
-        n_events, high = row
-        if not n_events:
-            results.append(ScanResult(0, 0, cursor))
-            continue
-        now = utcnow()
-        # Idempotent: a (webhook, event) pair already queued is left as it is.
-        enqueued = con.execute(
-            f"""
-            INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                             next_attempt_at, body, created_at, updated_at)
-            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
-            FROM pipeline_events e
-            JOIN webhooks w ON {MATCHES}
-            WHERE e.seq > ? AND e.seq <= ?
-            ON CONFLICT DO NOTHING
-            RETURNING 1
-            """,
-            [now, now, now, cursor, high],
-        ).fetchall()
-        con.execute(
-            "UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main'", [high, now]
-        )
-        results.append(ScanResult(n_events, len(enqueued), high))
-    return results
+    return [_scan_once(con, batch_size, careful=False) for batch_size in payloads]
+
+
+def _scan_carefully(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
+    return [_scan_once(con, batch_size, careful=True) for batch_size in payloads]
+
+
+def _scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = None) -> ScanResult:
+    """Enqueue the events after the cursor (at most `batch_size`, none after `upto`) and
+    advance the cursor, in the caller's transaction.
+
+    A (webhook, event) row can only exist already if something enqueued an event the
+    cursor had not passed; replay scans first so that nothing does. So the insert needs
+    no ON CONFLICT, which costs DuckDB a few milliseconds a statement however few the
+    rows: `careful` adds it back for the retry after a conflict (see DuckDBStore.scan).
+    """
+    cursor, n_events, high = con.execute(
+        f"SELECT ({CURSOR}), count(*), max(seq) FROM (SELECT seq FROM pipeline_events "
+        f"WHERE seq > ({CURSOR}) AND seq <= ? ORDER BY seq LIMIT ?)",
+        [upto if upto is not None else 2**62, batch_size],
+    ).fetchone()
+    if not n_events:
+        return ScanResult(0, 0, cursor)
+    now = utcnow()
+    (enqueued,) = con.execute(
+        f"""
+        INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
+                         next_attempt_at, body, created_at, updated_at)
+        SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
+        FROM pipeline_events e
+        JOIN webhooks w ON {MATCHES}
+        WHERE e.seq > ? AND e.seq <= ?
+        {"ON CONFLICT DO NOTHING" if careful else ""}
+        """,
+        [now, now, now, cursor, high],
+    ).fetchone()
+    con.execute(
+        "UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main'", [high, now]
+    )
+    return ScanResult(n_events, int(enqueued), high)
 
 
 def _claim(
@@ -963,11 +985,15 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
     for event_id, webhook_id in payloads:
         now = utcnow()
         event = con.execute(
-            "SELECT event_type FROM pipeline_events WHERE event_id = ?", [event_id]
+            "SELECT event_type, seq FROM pipeline_events WHERE event_id = ?", [event_id]
         ).fetchone()
         if event is None:
             results.append(NotFound(f"no event {event_id!r}"))
             continue
+        # An event the scanner has not reached yet: scan up to it first, so that the rows
+        # inserted below are never the scanner's to insert again.
+        while _scan_once(con, 10_000, careful=True, upto=event[1]).cursor < event[1]:
+            pass
         if webhook_id is not None:
             hook = con.execute(
                 "SELECT 1 FROM webhooks WHERE webhook_id = ?", [webhook_id]

@@ -273,8 +273,8 @@ class RemoteStore:
         result: IngestResult = await self._call("ingest", events)
         return result
 
-    async def scan(self, batch_size: int) -> ScanResult:
-        result: ScanResult = await self._call("scan", batch_size)
+    async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
+        result: ScanResult = await self._call("scan", batch_size, ride)
         return result
 
     async def claim(
@@ -283,8 +283,12 @@ class RemoteStore:
         per_webhook: int,
         lease: float,
         caps: Mapping[str, int] | None = None,
+        *,
+        ride: float = 0.0,
     ) -> list[Claim]:
-        result: list[Claim] = await self._call("claim", limit, per_webhook, lease, dict(caps or {}))
+        result: list[Claim] = await self._call(
+            "claim", limit, per_webhook, lease, dict(caps or {}), ride
+        )
         return result
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:

@@ -30,6 +30,8 @@ from webhookd.store.remote import Outbox, read_frame
 
 PR_SET_PDEATHSIG = 1
 LOCK_WAIT = 2.0
+# Calls whose last argument is the `ride` keyword (see Store.claim).
+RIDERS = frozenset({"scan", "claim"})
 
 
 def _die_with(parent: int) -> None:
@@ -97,6 +99,9 @@ class Server:
             await self._store.close()
             self.closed.set()
             return None
+        if name in RIDERS:
+            *positional, ride = args
+            return await getattr(self._store, name)(*positional, ride=ride)
         return await getattr(self._store, name)(*args)
 
 

@@ -37,6 +37,9 @@ class _Op(Generic[P]):
     payload: P
     future: asyncio.Future[Any]
     priority: int
+    # A rider waits, until this monotonic time at most, for other work to share its
+    # transaction; 0.0 for an operation that wants a transaction now.
+    ride_until: float = 0.0
 
 
 class WriterClosed(Exception):
@@ -58,6 +61,7 @@ class Writer:
         self._queue: queue.SimpleQueue[_Op[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
+        self._riders: list[_Op[Any]] = []
         self.transactions = 0
         self.operations = 0
         self.last_progress = time.monotonic()
@@ -71,16 +75,25 @@ class Writer:
             return False
         return self._queue.empty() or time.monotonic() - self.last_progress < stall
 
-    def submit(self, fn: BatchFn, payload: Any, *, priority: int = 1) -> asyncio.Future[Any]:
-        """Queue one operation; lower priority values run first within a transaction."""
+    def submit(
+        self, fn: BatchFn, payload: Any, *, priority: int = 1, ride: float = 0.0
+    ) -> asyncio.Future[Any]:
+        """Queue one operation; lower priority values run first within a transaction.
+
+        With `ride` > 0 the operation starts no transaction of its own for up to that many
+        seconds: it joins the next one that other work starts. A poll (a scan, a claim)
+        that finds nothing then costs no commit, and one that rides with an ingest sees
+        that ingest's events in the same transaction.
+        """
         if self._closed:
             raise WriterClosed("the database writer is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, payload, future, priority))
+        until = time.monotonic() + ride if ride > 0 else 0.0
+        self._queue.put(_Op(fn, payload, future, priority, until))
         return future
 
-    async def call(self, fn: BatchFn, payload: Any, *, priority: int = 1) -> Any:
-        return await self.submit(fn, payload, priority=priority)
+    async def call(self, fn: BatchFn, payload: Any, *, priority: int = 1, ride: float = 0.0) -> Any:
+        return await self.submit(fn, payload, priority=priority, ride=ride)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish everything queued, then end the thread."""
@@ -105,21 +118,42 @@ class Writer:
             ops.append(op)
         return ops, False
 
+    def _wait_for_work(self) -> float | None:
+        """How long to block for the next operation: until the first rider is due, or
+        the next upkeep, or for ever."""
+        waits = []
+        if self._riders:
+            waits.append(max(0.0, min(op.ride_until for op in self._riders) - time.monotonic()))
+        if self._idle is not None:
+            waits.append(self._idle_every)
+        return min(waits) if waits else None
+
     def _run(self) -> None:
         last_idle = time.monotonic()
         while True:
             try:
-                first = self._queue.get(timeout=self._idle_every if self._idle else None)
+                first = self._queue.get(timeout=self._wait_for_work())
             except queue.Empty:
-                first = None
-                if self._idle is not None:
+                now = time.monotonic()
+                if any(op.ride_until <= now for op in self._riders):
+                    riders, self._riders = self._riders, []
+                    self._execute(riders)
+                elif self._idle is not None:
                     self._run_idle(busy=False)
                     last_idle = time.monotonic()
                 continue
             if first is None:
+                riders, self._riders = self._riders, []
+                if riders:
+                    self._execute(riders)
                 return
             self.last_progress = time.monotonic()
             ops, stop = self._drain(first)
+            if not stop and all(op.ride_until for op in ops):
+                self._riders += ops
+                continue
+            ops += self._riders
+            self._riders = []
             self._execute(ops)
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
                 # Under constant load the queue never empties; upkeep must still run.

@@ -418,3 +418,21 @@ async def test_a_queue_row_ahead_of_the_cursor_does_not_stop_the_scan(
     result = await store.scan(500)
     assert (result.events, result.enqueued) == (2, 1)
     assert await statuses(store) == {(wh, "e1"): "pending", (wh, "e2"): "pending"}
+
+
+async def test_a_re_post_in_a_busy_transaction_fails_nothing_else(store: DuckDBStore) -> None:
+    """Ingests trust the primary key; an id already stored fails their shared transaction,
+    and each is then retried on its own: the re-post is accepted, the conflict refused,
+    the new event stored."""
+    await hook(store)
+    (first,) = events(("e1", "t"))
+    await store.ingest([first])
+    again = store.ingest([first])
+    clash = store.ingest([replace(first, payload='{"n":99}')])
+    fresh = store.ingest(events(("e2", "t")))
+    results = await asyncio.gather(again, clash, fresh, return_exceptions=True)
+    assert results[0].inserted == 0  # type: ignore[union-attr]
+    assert isinstance(results[1], EventConflict) and results[1].event_ids == ["e1"]
+    assert results[2].inserted == 1  # type: ignore[union-attr]
+    scanned = await store.scan(500)
+    assert (scanned.events, scanned.enqueued) == (2, 2)

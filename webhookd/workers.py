@@ -77,6 +77,7 @@ def _key(secret: str) -> bytes:
 MAX_PREFETCH = 128
 # A receiver that answered within this may have rows claimed ahead of its cap.
 FAST_ENOUGH_MS = 500.0
+CLAIMERS = 2
 # How long a claim made after a wake-up may wait to share a transaction.
 WOKEN_RIDE = 0.002
 # Seconds over which the start rate is counted, and the weight of each new figure.
@@ -138,6 +139,7 @@ class WorkerPool:
         self._pending_writes: set[asyncio.Future[None]] = set()
         # Smoothed figures for the low water mark: attempts started per second and
         # seconds from asking for a claim to having it.
+        self._asking = 0  # rows asked for by claims not yet answered
         self._start_rate = 0.0
         self._claim_seconds = 0.0
         self._rate_since = time.monotonic()
@@ -170,7 +172,7 @@ class WorkerPool:
             ready -= self._stuck()
             if ready > low:
                 return 0
-        held = len(self._attempts) + ready
+        held = len(self._attempts) + ready + self._asking
         return max(0, min(self._claim_batch, self.size + self._claim_batch - held))
 
     def _stuck(self) -> int:
@@ -194,49 +196,58 @@ class WorkerPool:
         A claim rides with the next transaction (Store.claim's `ride`): with the ingest
         and scan of new events, which it then claims in the same commit, or with
         outcomes. After a wake-up (rows enqueued, a slot freed) it rides only briefly.
+        Two claimers keep two claims waiting: the writer takes one per transaction, so
+        the one after a transaction that took a claim still has one while that claim's
+        answer travels back and the next is asked.
         """
         self.running = True
         self._run_task = asyncio.current_task()
         try:
-            while not self._stopping.is_set():
-                room = self._room()
-                if room == 0:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-                    continue
-                # Cleared before the claim: a wake-up during it is not lost.
-                woken = self._wake.is_set()
-                self._wake.clear()
-                asked = time.monotonic()
-                claims: list[Claim] = []
-                try:
-                    claims = await self._store.claim(
-                        room,
-                        self._per_webhook,
-                        self._lease,
-                        self._deep(),
-                        ride=WOKEN_RIDE if woken else self._poll_interval,
-                    )
-                except Exception as exc:  # the next poll tries again
-                    log.error("claim failed", error=str(exc))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
-                else:
-                    if woken:
-                        self._claim_seconds += (
-                            time.monotonic() - asked - self._claim_seconds
-                        ) * SMOOTHING
-                if self._stopping.is_set():
-                    if claims:
-                        await self._store.release([(c.webhook_id, c.event_id) for c in claims])
-                    break
-                for claim in claims:
-                    self._queued.setdefault(claim.webhook_id, deque()).append(claim)
-                self._n_queued += len(claims)
-                self._dispatch()
+            await asyncio.gather(*(self._claimer() for _ in range(CLAIMERS)))
         finally:
             self.running = False
+
+    async def _claimer(self) -> None:
+        while not self._stopping.is_set():
+            room = self._room()
+            if room == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                continue
+            # Cleared before the claim: a wake-up during it is not lost.
+            woken = self._wake.is_set()
+            self._wake.clear()
+            asked = time.monotonic()
+            claims: list[Claim] = []
+            self._asking += room
+            try:
+                claims = await self._store.claim(
+                    room,
+                    self._per_webhook,
+                    self._lease,
+                    self._deep(),
+                    ride=WOKEN_RIDE if woken else self._poll_interval,
+                )
+            except Exception as exc:  # the next poll tries again
+                log.error("claim failed", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
+            else:
+                if woken:
+                    self._claim_seconds += (
+                        time.monotonic() - asked - self._claim_seconds
+                    ) * SMOOTHING
+            finally:
+                self._asking -= room
+            if self._stopping.is_set():
+                if claims:
+                    await self._store.release([(c.webhook_id, c.event_id) for c in claims])
+                return
+            for claim in claims:
+                self._queued.setdefault(claim.webhook_id, deque()).append(claim)
+            self._n_queued += len(claims)
+            self._dispatch()
 
     def _deep(self) -> dict[str, int]:
         """Webhooks whose receiver answered fast last time may hold `prefetch` rounds of

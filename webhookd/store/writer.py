@@ -135,9 +135,10 @@ class Writer:
                 first = self._queue.get(timeout=self._wait_for_work())
             except queue.Empty:
                 now = time.monotonic()
-                if any(op.ride_until <= now for op in self._riders):
-                    riders, self._riders = self._riders, []
-                    self._execute(riders)
+                due = [op for op in self._riders if op.ride_until <= now]
+                if due:
+                    self._riders = [op for op in self._riders if op.ride_until > now]
+                    self._execute(due)
                 elif self._idle is not None:
                     self._run_idle(busy=False)
                     last_idle = time.monotonic()
@@ -152,8 +153,7 @@ class Writer:
             if not stop and all(op.ride_until for op in ops):
                 self._riders += ops
                 continue
-            ops += self._riders
-            self._riders = []
+            ops += self._boarding(everyone=stop)
             self._execute(ops)
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
                 # Under constant load the queue never empties; upkeep must still run.
@@ -161,6 +161,25 @@ class Writer:
                 last_idle = time.monotonic()
             if stop:
                 return
+
+    def _boarding(self, *, everyone: bool) -> list[_Op[Any]]:
+        """The riders that join the transaction starting now: one of each kind, so that
+        a caller keeping two riders waiting (see WorkerPool) has one left for the
+        transaction after this one, while the first is being asked again."""
+        if everyone:
+            boarding, self._riders = self._riders, []
+            return boarding
+        kinds: set[int] = set()
+        boarding = []
+        waiting = []
+        for rider in self._riders:
+            if id(rider.fn) in kinds:
+                waiting.append(rider)
+            else:
+                kinds.add(id(rider.fn))
+                boarding.append(rider)
+        self._riders = waiting
+        return boarding
 
     def _run_idle(self, *, busy: bool) -> None:
         """Upkeep between transactions (checkpoints), told whether work is waiting."""

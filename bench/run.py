@@ -9,6 +9,13 @@ installs it), the daemon as a subprocess (`python -m webhookd run`), the baselin
 receivers as subprocesses. Targets:
 throughput ratio >= 0.8, latency p99 <= 25 ms, scale ratio >= 0.85 with RSS <= 250 MB,
 isolation >= 0.9.
+
+Single runs swing by 20-30 % on a shared machine, so `throughput`, `scale` and `isolation`
+run each case `--repeat N` times (default 3, 1 with --quick) and report medians. `scale`
+and `isolation` interleave their two cases (A, B, A, B, ...), take the ratio B/A of each
+repetition and report the median of those as `ratio` (the per-repetition ones as `ratios`).
+`scale` prefills each database once and starts every run from a copy of it; its peak RSS
+is the largest over the runs of the big case.
 """
 
 from __future__ import annotations
@@ -376,7 +383,7 @@ def last_line(name: str, figures: dict[str, Any]) -> str:
 
 async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
     n_events = 2_000 if args.quick else 20_000
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = repeats(args)
     figures: Figures = {
         "events": n_events,
         "workers": WORKERS,
@@ -681,84 +688,137 @@ def prefill(db: Path, webhook_id: str, rows: int) -> float:
     return time.perf_counter() - started_at
 
 
+def repeats(args: argparse.Namespace) -> int:
+    """--repeat, or its default: 1 with --quick, 3 otherwise."""
+    return args.repeat or (1 if args.quick else 3)
+
+
+def pair_ratios(a_runs: Sequence[Figures], b_runs: Sequence[Figures]) -> list[float]:
+    """B/A of each repetition (the runs interleaved A, B, A, B, ...)."""
+    return [
+        round(b["per_second"] / a["per_second"], 3) for a, b in zip(a_runs, b_runs, strict=True)
+    ]
+
+
+def csv(values: Sequence[Any]) -> str:
+    """A list as one key=value token: comma-separated, no spaces."""
+    return ",".join(str(v) for v in values)
+
+
+def copy_database(src: Path, dst: Path) -> None:
+    """Copy a (stopped) daemon's database file, and its .wal if any, to dst."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    wal = src.with_name(src.name + ".wal")
+    if wal.exists():
+        shutil.copyfile(wal, dst.with_name(dst.name + ".wal"))
+
+
 async def scale(args: argparse.Namespace) -> tuple[Figures, str]:
     n_events = 2_000 if args.quick else 20_000
     sizes = (10_000, 100_000) if args.quick else (10_000, 1_000_000)
-    figures: Figures = {"events": n_events, "load_before": machine_load()}
-    rows = []
-    with started(Nginx(args.nginx_workers)) as nginx:
+    repeat = repeats(args)
+    figures: Figures = {"events": n_events, "repeat": repeat, "load_before": machine_load()}
+    runs: dict[int, list[Figures]] = {size: [] for size in sizes}
+    with started(Nginx(args.nginx_workers)) as nginx, contextlib.ExitStack() as stack:
         url = f"{nginx.url}/hook/0"
+        # Prefill each size once; every run starts from a copy of that database, so the
+        # deliveries of one run do not pile up into the next.
+        prefilled: dict[int, tuple[Path, dict[str, Any]]] = {}
         for size in sizes:
-            with workdir(f"scale{size}") as work:
-                # First start: schema and the webhook; then prefill with the daemon stopped.
-                first = DaemonProcess(work)
-                with started(first):
-                    api = Api(first.url)
-                    try:
-                        webhook_id = await api.create_webhook(url, ["t0"])
-                    finally:
-                        await api.close()
-                seconds = prefill(first.db_path, webhook_id, size)
-                db_mb = round(first.db_path.stat().st_size / 1e6, 1)
-                daemon = DaemonProcess(work)
-                start0 = time.perf_counter()
-                with started(daemon):
-                    startup = time.perf_counter() - start0
-                    api = Api(daemon.url)
-                    try:
-                        base = delivered(await api.status())
-                        if base != size:
-                            raise BenchError(f"prefill: {base} delivered rows, expected {size}")
-                        run = await deliver(
-                            daemon,
-                            api,
-                            batches(n_events, 1, f"scale{size}"),
-                            delivered,
-                            size + n_events,
-                            deadline=120 if args.quick else 300,
-                        )
-                    finally:
-                        await api.close()
-                run.update(
-                    prefill_rows=size,
-                    prefill_s=round(seconds, 1),
-                    db_mb=db_mb,
-                    startup_s=round(startup, 2),
-                )
-                figures[f"rows{size}"] = run
-                rows.append(
-                    [
-                        f"{size:,} rows",
-                        n_events,
-                        run["per_second"],
-                        run["daemon_cpu_us_per_delivery"],
-                        run["status_poll_ms_mean"],
-                        run["metrics_poll_ms_mean"],
-                        run["peak_rss_mb"],
-                        db_mb,
-                        round(startup, 2),
-                    ]
-                )
+            work = stack.enter_context(workdir(f"scale{size}-prefill"))
+            # First start: schema and the webhook; then prefill with the daemon stopped.
+            first = DaemonProcess(work)
+            with started(first):
+                api = Api(first.url)
+                try:
+                    webhook_id = await api.create_webhook(url, ["t0"])
+                finally:
+                    await api.close()
+            seconds = prefill(first.db_path, webhook_id, size)
+            prefilled[size] = (
+                first.db_path,
+                {
+                    "prefill_rows": size,
+                    "prefill_s": round(seconds, 1),
+                    "db_mb": round(first.db_path.stat().st_size / 1e6, 1),
+                },
+            )
+        bodies = {size: batches(n_events, 1, f"scale{size}") for size in sizes}
+        for r in range(repeat):
+            for size in sizes:  # interleaved: small, big, small, big, ...
+                db, info = prefilled[size]
+                with workdir(f"scale{size}r{r}") as work:
+                    daemon = DaemonProcess(work)
+                    copy_database(db, daemon.db_path)
+                    start0 = time.perf_counter()
+                    with started(daemon):
+                        startup = time.perf_counter() - start0
+                        api = Api(daemon.url)
+                        try:
+                            base = delivered(await api.status())
+                            if base != size:
+                                raise BenchError(f"prefill: {base} delivered rows, expected {size}")
+                            run = await deliver(
+                                daemon,
+                                api,
+                                bodies[size],
+                                delivered,
+                                size + n_events,
+                                deadline=120 if args.quick else 300,
+                            )
+                        finally:
+                            await api.close()
+                run.update(info, startup_s=round(startup, 2), rep=r)
+                runs[size].append(run)
+    small_runs, big_runs = (runs[s] for s in sizes)
+    ratios = pair_ratios(small_runs, big_runs)
+    ratio = round(statistics.median(ratios), 3)
+    peak_rss = max(run.get("peak_rss_mb", 0.0) for run in big_runs)
+    rows = []
+    for size in sizes:
+        med = median_run(runs[size])
+        figures[f"rows{size}"] = med
+        figures[f"rows{size}_runs"] = runs[size]
+        rows.append(
+            [
+                f"{size:,} rows",
+                n_events,
+                med["per_second"],
+                csv(r["per_second"] for r in runs[size]),
+                med["daemon_cpu_us_per_delivery"],
+                med["status_poll_ms_mean"],
+                med["metrics_poll_ms_mean"],
+                max(r.get("peak_rss_mb", 0.0) for r in runs[size]),
+                med["db_mb"],
+                med["startup_s"],
+            ]
+        )
     small, big = (figures[f"rows{s}"] for s in sizes)
-    ratio = round(big["per_second"] / small["per_second"], 3)
-    figures["ratio"] = ratio
-    figures["load_after"] = machine_load()
+    figures.update(ratios=ratios, ratio=ratio, peak_rss_mb=peak_rss, load_after=machine_load())
     table(
-        f"scale: {n_events} deliveries to 1 webhook with the queue and log prefilled "
-        f"(load {figures['load_before']})",
+        f"scale: {n_events} deliveries to 1 webhook with the queue and log prefilled, "
+        f"median of {repeat} (load {figures['load_before']})",
         [
             "prefill",
             "deliveries",
             "daemon/s",
+            "runs/s",
             "cpu us/deliv",
             "status poll ms",
             "metrics poll ms",
-            "peak MB",
+            "peak MB (max)",
             "db MB",
             "start s",
         ],
         rows,
     )
+    print(
+        f"  {sizes[1]:,} / {sizes[0]:,} rows, run by run: {', '.join(map(str, ratios))}; "
+        f"median {ratio} (target >= 0.85); peak RSS {peak_rss} MB (target <= 250 MB)"
+    )
+    if not all(r["complete"] for r in small_runs + big_runs):
+        print("  WARNING: some runs did not complete before their deadline")
     line = last_line(
         "scale",
         {
@@ -767,9 +827,11 @@ async def scale(args: argparse.Namespace) -> tuple[Figures, str]:
             "big_rows": sizes[1],
             "big_per_s": big["per_second"],
             "ratio": ratio,
-            "peak_rss_mb": big["peak_rss_mb"],
+            "peak_rss_mb": peak_rss,
             "target_ratio": 0.85,
             "target_rss_mb": 250,
+            "repeat": repeat,
+            "ratios": csv(ratios),
         },
     )
     return figures, line
@@ -780,46 +842,76 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
     timeout = "2s" if args.quick else "5s"
     overrides = {"delivery": {"timeout": timeout}}
     healthy = list(range(5))
-    figures: Figures = {"events": n_events, "timeout": timeout, "load_before": machine_load()}
+    repeat = repeats(args)
+    figures: Figures = {
+        "events": n_events,
+        "timeout": timeout,
+        "repeat": repeat,
+        "load_before": machine_load(),
+    }
+    all_runs: list[Figures] = []
+    mixed_runs: list[Figures] = []
     with started(Nginx(args.nginx_workers)) as nginx, started(Receiver("blackhole")) as hole:
         good = [f"{nginx.url}/hook/{i}" for i in range(10)]
-        with workdir("iso-all") as work:
-            # All healthy, same size: 10 webhooks, every delivery counted.
-            all_healthy = await daemon_run(work, good, n_events, tag="isoall", overrides=overrides)
         mixed_urls = good[:5] + [f"{hole.url}/hook/{i}" for i in range(5, 10)]
-
-        with workdir("iso-mixed") as work:
-            mixed = await daemon_run(
-                work,
-                mixed_urls,
-                n_events,
-                tag="isomix",
-                overrides=overrides,
-                measure=healthy,
-                # A stalled run is reported as such (complete=False), not waited out.
-                deadline=45 if args.quick else 120,
-            )
-    ratio = round(mixed["per_second"] / all_healthy["per_second"], 3)
-    figures.update(all_healthy=all_healthy, mixed=mixed, ratio=ratio)
+        for r in range(repeat):  # interleaved: all healthy, mixed, all healthy, mixed, ...
+            with workdir(f"iso-all-r{r}") as work:
+                # All healthy, same size: 10 webhooks, every delivery counted.
+                all_runs.append(
+                    await daemon_run(work, good, n_events, tag=f"isoall{r}", overrides=overrides)
+                )
+            with workdir(f"iso-mixed-r{r}") as work:
+                mixed_runs.append(
+                    await daemon_run(
+                        work,
+                        mixed_urls,
+                        n_events,
+                        tag=f"isomix{r}",
+                        overrides=overrides,
+                        measure=healthy,
+                        # A stalled run is reported as such (complete=False), not waited out.
+                        deadline=45 if args.quick else 120,
+                    )
+                )
+    ratios = pair_ratios(all_runs, mixed_runs)
+    ratio = round(statistics.median(ratios), 3)
+    all_healthy, mixed = median_run(all_runs), median_run(mixed_runs)
+    complete = all(r["complete"] for r in all_runs + mixed_runs)
+    figures.update(
+        all_healthy=all_healthy,
+        mixed=mixed,
+        all_healthy_runs=all_runs,
+        mixed_runs=mixed_runs,
+        ratios=ratios,
+        ratio=ratio,
+        complete=complete,
+        load_after=machine_load(),
+    )
     table(
         f"isolation: {n_events} events over 10 webhooks (own type each, round-robin); "
-        f"5 black holes, delivery.timeout {timeout} (load {figures['load_before']})",
-        ["run", "measured deliveries", "deliveries/s", "cpu us/deliv"],
+        f"5 black holes, delivery.timeout {timeout}, median of {repeat} "
+        f"(load {figures['load_before']})",
+        ["run", "measured deliveries", "deliveries/s", "runs/s", "cpu us/deliv"],
         [
             [
-                "10 healthy (all counted)",
-                f"{all_healthy['deliveries']}/{all_healthy['expected']}",
-                all_healthy["per_second"],
-                all_healthy["daemon_cpu_us_per_delivery"],
-            ],
-            [
-                "5 healthy + 5 black holes (healthy counted)",
-                f"{mixed['deliveries']}/{mixed['expected']}",
-                mixed["per_second"],
-                mixed["daemon_cpu_us_per_delivery"],
-            ],
+                name,
+                f"{med['deliveries']}/{med['expected']}",
+                med["per_second"],
+                csv(r["per_second"] for r in case_runs),
+                med["daemon_cpu_us_per_delivery"],
+            ]
+            for name, med, case_runs in (
+                ("10 healthy (all counted)", all_healthy, all_runs),
+                ("5 healthy + 5 black holes (healthy counted)", mixed, mixed_runs),
+            )
         ],
     )
+    print(
+        f"  mixed / all healthy, run by run: {', '.join(map(str, ratios))}; "
+        f"median {ratio} (target >= 0.9)"
+    )
+    if not complete:
+        print("  WARNING: some runs did not complete before their deadline")
     line = last_line(
         "isolation",
         {
@@ -827,8 +919,10 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
             "all_healthy_per_s": all_healthy["per_second"],
             "ratio": ratio,
             "timeout": timeout,
-            "complete": mixed["complete"] and all_healthy["complete"],
+            "complete": complete,
             "target_ratio": 0.9,
+            "repeat": repeat,
+            "ratios": csv(ratios),
         },
     )
     return figures, line
@@ -853,7 +947,8 @@ def main() -> int:
         "--repeat",
         type=int,
         default=0,
-        help="throughput: runs per case, the median is reported (default 1 quick, 3 full)",
+        help="throughput, scale, isolation: runs per case, interleaved; medians are reported "
+        "(scale, isolation: the median of the per-repetition ratios) (default 1 quick, 3 full)",
     )
     parser.add_argument(
         "--profile",

@@ -436,3 +436,45 @@ async def test_a_re_post_in_a_busy_transaction_fails_nothing_else(store: DuckDBS
     assert results[2].inserted == 1  # type: ignore[union-attr]
     scanned = await store.scan(500)
     assert (scanned.events, scanned.enqueued) == (2, 2)
+
+
+def _noted(con: object, payloads: list[str]) -> list[str]:
+    return list(payloads)
+
+
+def _other(con: object, payloads: list[str]) -> list[str]:
+    return list(payloads)
+
+
+async def test_a_rider_waits_for_other_work_and_shares_its_transaction(
+    store: DuckDBStore,
+) -> None:
+    writer = store._writer
+    assert writer is not None
+    before = writer.transactions
+    rider = writer.submit(_noted, "poll", ride=60.0)
+    await asyncio.sleep(0)  # let the writer see it; it must not start a transaction
+    assert not rider.done()
+    assert await writer.submit(_other, "work") == "work"
+    assert await rider == "poll"
+    assert writer.transactions == before + 1  # one commit for both
+
+
+async def test_a_rider_alone_runs_when_its_time_is_up(store: DuckDBStore) -> None:
+    writer = store._writer
+    assert writer is not None
+    assert await writer.submit(_noted, "poll", ride=0.05) == "poll"
+
+
+async def test_a_transaction_takes_one_rider_of_each_kind(store: DuckDBStore) -> None:
+    """Two claims wait; a transaction takes one, so the next transaction has the other."""
+    writer = store._writer
+    assert writer is not None
+    first = writer.submit(_noted, "claim 1", ride=60.0)
+    second = writer.submit(_noted, "claim 2", ride=60.0)
+    scan = writer.submit(_other, "scan", ride=60.0)
+    await writer.submit(_other, "ingest 1")
+    assert first.done() and scan.done()
+    assert not second.done()
+    await writer.submit(_other, "ingest 2")
+    assert await second == "claim 2"

@@ -73,7 +73,11 @@ class Server:
     def handle(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
         # record() queues at once, so an outcome is never overtaken by a later call
         if name == "record":
-            future: asyncio.Future[Any] = self._store.record(*args)
+            try:
+                future: asyncio.Future[Any] = self._store.record(*args)
+            except Exception as exc:  # the store is closed: say so, keep serving
+                self._outbox.put((call_id, False, _portable(exc)))
+                return
         else:
             future = asyncio.ensure_future(self._call(name, args))
         future.add_done_callback(partial(self._reply, call_id))

@@ -150,11 +150,11 @@ class Writer:
                 return
             self.last_progress = time.monotonic()
             ops, stop = self._drain(first)
-            if not stop and all(op.ride_until for op in ops):
-                self._riders += ops
+            self._riders += [op for op in ops if op.ride_until]
+            work = [op for op in ops if not op.ride_until]
+            if not work and not stop:
                 continue
-            ops += self._boarding(everyone=stop)
-            self._execute(ops)
+            self._execute(work + self._boarding(everyone=stop))
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
                 # Under constant load the queue never empties; upkeep must still run.
                 self._run_idle(busy=True)
@@ -188,6 +188,8 @@ class Writer:
             self._idle(self._con, busy)
 
     def _execute(self, ops: list[_Op[Any]]) -> None:
+        if not ops:
+            return
         groups: dict[tuple[int, int], list[_Op[Any]]] = {}
         for op in sorted(ops, key=lambda o: o.priority):
             groups.setdefault((op.priority, id(op.fn)), []).append(op)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -356,6 +356,24 @@ def median_run(runs: list[Figures]) -> Figures:
     if len(runs) > 1:
         chosen["all_per_second"] = [r["per_second"] for r in runs]
     return chosen
+
+
+def repeats(args: argparse.Namespace) -> int:
+    """--repeat, or its default: 1 with --quick, 3 otherwise."""
+    return args.repeat or (1 if args.quick else 3)
+
+
+def pair_ratios(a_runs: Sequence[Figures], b_runs: Sequence[Figures]) -> list[float]:
+    """B/A of each repetition (the runs interleaved A, B, A, B, ...)."""
+    return [
+        round(b["per_second"] / a["per_second"], 3) if a["per_second"] else 0.0
+        for a, b in zip(a_runs, b_runs, strict=True)
+    ]
+
+
+def csv(values: Iterable[Any]) -> str:
+    """A list as one key=value token: comma-separated, no spaces."""
+    return ",".join(str(v) for v in values)
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -686,23 +704,6 @@ def prefill(db: Path, webhook_id: str, rows: int) -> float:
     finally:
         con.close()
     return time.perf_counter() - started_at
-
-
-def repeats(args: argparse.Namespace) -> int:
-    """--repeat, or its default: 1 with --quick, 3 otherwise."""
-    return args.repeat or (1 if args.quick else 3)
-
-
-def pair_ratios(a_runs: Sequence[Figures], b_runs: Sequence[Figures]) -> list[float]:
-    """B/A of each repetition (the runs interleaved A, B, A, B, ...)."""
-    return [
-        round(b["per_second"] / a["per_second"], 3) for a, b in zip(a_runs, b_runs, strict=True)
-    ]
-
-
-def csv(values: Sequence[Any]) -> str:
-    """A list as one key=value token: comma-separated, no spaces."""
-    return ",".join(str(v) for v in values)
 
 
 def copy_database(src: Path, dst: Path) -> None:

@@ -73,11 +73,19 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
     if "data" not in raw:
         raise EventError(f"events[{index}].data: required")
     occurred_at = _parse_time(raw["occurred_at"], index) if "occurred_at" in raw else now
-    data = raw["data"]
-    body = canonical_json(
-        {"id": event_id, "type": event_type, "timestamp": _timestamp(occurred_at), "data": data}
-    ).encode("utf-8")
-    return NewEvent(event_id, event_type, canonical_json(data), occurred_at, body)
+    payload = canonical_json(raw["data"])
+    return NewEvent(
+        event_id, event_type, payload, occurred_at, body(event_id, event_type, occurred_at, payload)
+    )
+
+
+def body(event_id: str, event_type: str, occurred_at: datetime, payload: str) -> bytes:
+    """canonical_json({"id", "type", "timestamp", "data"}), with `data` already encoded:
+    the keys in sorted order around it, so that `data` is encoded once, not twice."""
+    head = canonical_json(
+        {"id": event_id, "timestamp": _timestamp(occurred_at), "type": event_type}
+    )
+    return f'{{"data":{payload},{head[1:]}'.encode()
 
 
 def same_content(stored_type: str, stored_payload: str, event: NewEvent) -> bool:

@@ -77,7 +77,6 @@ def _key(secret: str) -> bytes:
 MAX_PREFETCH = 128
 # A receiver that answered within this may have rows claimed ahead of its cap.
 FAST_ENOUGH_MS = 500.0
-CLAIMERS = 2
 # How long a claim made after a wake-up may wait to share a transaction.
 WOKEN_RIDE = 0.002
 # Seconds over which the start rate is counted, and the weight of each new figure.
@@ -198,16 +197,18 @@ class WorkerPool:
         outcomes. After a wake-up (rows enqueued, a slot freed) it rides only briefly.
         Two claimers keep two claims waiting: the writer takes one per transaction, so
         the one after a transaction that took a claim still has one while that claim's
-        answer travels back and the next is asked.
+        answer travels back and the next is asked. The second waits for transactions
+        that ingest events only: under a backlog, where no events come in, it costs
+        nothing.
         """
         self.running = True
         self._run_task = asyncio.current_task()
         try:
-            await asyncio.gather(*(self._claimer() for _ in range(CLAIMERS)))
+            await asyncio.gather(self._claimer(), self._claimer(with_new_events=True))
         finally:
             self.running = False
 
-    async def _claimer(self) -> None:
+    async def _claimer(self, *, with_new_events: bool = False) -> None:
         while not self._stopping.is_set():
             room = self._room()
             if room == 0:
@@ -220,7 +221,10 @@ class WorkerPool:
             self._wake.clear()
             asked = time.monotonic()
             claims: list[Claim] = []
-            self._asking += room
+            # What the claimer waiting for new events asks is not counted: under a backlog
+            # it would hold back the other claimer's room for nothing.
+            asking = 0 if with_new_events else room
+            self._asking += asking
             try:
                 claims = await self._store.claim(
                     room,
@@ -228,6 +232,7 @@ class WorkerPool:
                     self._lease,
                     self._deep(),
                     ride=WOKEN_RIDE if woken else self._poll_interval,
+                    with_new_events=with_new_events,
                 )
             except Exception as exc:  # the next poll tries again
                 log.error("claim failed", error=str(exc))
@@ -239,7 +244,7 @@ class WorkerPool:
                         time.monotonic() - asked - self._claim_seconds
                     ) * SMOOTHING
             finally:
-                self._asking -= room
+                self._asking -= asking
             if self._stopping.is_set():
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])

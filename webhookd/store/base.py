@@ -166,13 +166,15 @@ class Store(Protocol):
         caps: Mapping[str, int] | None = None,
         *,
         ride: float = 0.0,
+        with_new_events: bool = False,
     ) -> list[Claim]:
         """Up to `limit` due rows, oldest first, no webhook left holding more inflight rows
         than its entry in `caps` (default `per_webhook`); they become inflight.
 
         With `ride` > 0 the claim may wait up to that long for other work to commit with:
         a poller's claim then costs no transaction of its own, and rides with the ingest
-        and scan of new events, so they are claimed in the commit that accepts them."""
+        and scan of new events, so they are claimed in the commit that accepts them. With
+        `with_new_events` it rides only with transactions that ingest events."""
         ...
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:

@@ -266,11 +266,18 @@ class DuckDBStore:
             self._last_checkpoint = time.monotonic()
 
     async def _write(
-        self, fn: Any, payload: Any, priority: int = PRIORITY_DEFAULT, ride: float = 0.0
+        self,
+        fn: Any,
+        payload: Any,
+        priority: int = PRIORITY_DEFAULT,
+        ride: float = 0.0,
+        rides_with: frozenset[Any] | None = None,
     ) -> Any:
         if self._writer is None:
             raise StoreUnavailable("the database is closed")
-        return await self._writer.call(fn, payload, priority=priority, ride=ride)
+        return await self._writer.call(
+            fn, payload, priority=priority, ride=ride, rides_with=rides_with
+        )
 
     async def _read(self, fn: Any, *args: Any) -> Any:
         con = self._reader_con
@@ -324,7 +331,8 @@ class DuckDBStore:
 
     async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
         try:
-            result: ScanResult = await self._write(_scan, batch_size, PRIORITY_SCAN, ride)
+            # Only ingests bring events to scan: a waiting scan joins their transactions.
+            result: ScanResult = await self._write(_scan, batch_size, PRIORITY_SCAN, ride, INGESTS)
         except duckdb.ConstraintException:
             # A row the scan would insert exists: should never happen (see _scan_once),
             # but must not stop the scanner for good.
@@ -340,9 +348,14 @@ class DuckDBStore:
         caps: Mapping[str, int] | None = None,
         *,
         ride: float = 0.0,
+        with_new_events: bool = False,
     ) -> list[Claim]:
         result: list[Claim] = await self._write(
-            _claim, (limit, per_webhook, lease, dict(caps or {})), PRIORITY_CLAIM, ride
+            _claim,
+            (limit, per_webhook, lease, dict(caps or {})),
+            PRIORITY_CLAIM,
+            ride,
+            INGESTS if with_new_events else None,
         )
         return result
 
@@ -536,6 +549,9 @@ def _ingest_new(
             ],
         )
     return results
+
+
+INGESTS = frozenset({_ingest, _ingest_carefully})
 
 
 def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:

@@ -274,7 +274,7 @@ class RemoteStore:
         return result
 
     async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
-        result: ScanResult = await self._call("scan", batch_size, ride)
+        result: ScanResult = await self._call("scan", batch_size, ride, False)
         return result
 
     async def claim(
@@ -285,9 +285,10 @@ class RemoteStore:
         caps: Mapping[str, int] | None = None,
         *,
         ride: float = 0.0,
+        with_new_events: bool = False,
     ) -> list[Claim]:
         result: list[Claim] = await self._call(
-            "claim", limit, per_webhook, lease, dict(caps or {}), ride
+            "claim", limit, per_webhook, lease, dict(caps or {}), ride, with_new_events
         )
         return result
 

@@ -30,8 +30,6 @@ from webhookd.store.remote import Outbox, read_frame
 
 PR_SET_PDEATHSIG = 1
 LOCK_WAIT = 2.0
-# Calls whose last argument is the `ride` keyword (see Store.claim).
-RIDERS = frozenset({"scan", "claim"})
 
 
 def _die_with(parent: int) -> None:
@@ -103,9 +101,12 @@ class Server:
             await self._store.close()
             self.closed.set()
             return None
-        if name in RIDERS:
-            *positional, ride = args
-            return await getattr(self._store, name)(*positional, ride=ride)
+        if name == "claim":
+            *positional, ride, with_new_events = args
+            return await self._store.claim(*positional, ride=ride, with_new_events=with_new_events)
+        if name == "scan":
+            (batch_size, ride, _) = args
+            return await self._store.scan(batch_size, ride=ride)
         return await getattr(self._store, name)(*args)
 
 

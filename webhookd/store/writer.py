@@ -40,6 +40,8 @@ class _Op(Generic[P]):
     # A rider waits, until this monotonic time at most, for other work to share its
     # transaction; 0.0 for an operation that wants a transaction now.
     ride_until: float = 0.0
+    # The work a rider waits for (batch functions); None: any.
+    rides_with: frozenset[BatchFn] | None = None
 
 
 class WriterClosed(Exception):
@@ -76,24 +78,39 @@ class Writer:
         return self._queue.empty() or time.monotonic() - self.last_progress < stall
 
     def submit(
-        self, fn: BatchFn, payload: Any, *, priority: int = 1, ride: float = 0.0
+        self,
+        fn: BatchFn,
+        payload: Any,
+        *,
+        priority: int = 1,
+        ride: float = 0.0,
+        rides_with: frozenset[BatchFn] | None = None,
     ) -> asyncio.Future[Any]:
         """Queue one operation; lower priority values run first within a transaction.
 
         With `ride` > 0 the operation starts no transaction of its own for up to that many
         seconds: it joins the next one that other work starts. A poll (a scan, a claim)
         that finds nothing then costs no commit, and one that rides with an ingest sees
-        that ingest's events in the same transaction.
+        that ingest's events in the same transaction. With `rides_with`, it joins only a
+        transaction doing one of those batch functions (or runs alone when its time is up).
         """
         if self._closed:
             raise WriterClosed("the database writer is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         until = time.monotonic() + ride if ride > 0 else 0.0
-        self._queue.put(_Op(fn, payload, future, priority, until))
+        self._queue.put(_Op(fn, payload, future, priority, until, rides_with))
         return future
 
-    async def call(self, fn: BatchFn, payload: Any, *, priority: int = 1, ride: float = 0.0) -> Any:
-        return await self.submit(fn, payload, priority=priority, ride=ride)
+    async def call(
+        self,
+        fn: BatchFn,
+        payload: Any,
+        *,
+        priority: int = 1,
+        ride: float = 0.0,
+        rides_with: frozenset[BatchFn] | None = None,
+    ) -> Any:
+        return await self.submit(fn, payload, priority=priority, ride=ride, rides_with=rides_with)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish everything queued, then end the thread."""
@@ -154,7 +171,7 @@ class Writer:
             work = [op for op in ops if not op.ride_until]
             if not work and not stop:
                 continue
-            self._execute(work + self._boarding(everyone=stop))
+            self._execute(work + self._boarding(work, everyone=stop))
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
                 # Under constant load the queue never empties; upkeep must still run.
                 self._run_idle(busy=True)
@@ -162,18 +179,22 @@ class Writer:
             if stop:
                 return
 
-    def _boarding(self, *, everyone: bool) -> list[_Op[Any]]:
-        """The riders that join the transaction starting now: one of each kind, so that
-        a caller keeping two riders waiting (see WorkerPool) has one left for the
-        transaction after this one, while the first is being asked again."""
+    def _boarding(self, work: list[_Op[Any]], *, everyone: bool) -> list[_Op[Any]]:
+        """The riders that join a transaction doing `work`: one of each kind, so that a
+        caller keeping two riders waiting (see WorkerPool) has one left for the
+        transaction after this one, while the first is being asked again; and only those
+        that wait for such work."""
         if everyone:
             boarding, self._riders = self._riders, []
             return boarding
+        fns = {op.fn for op in work}
         kinds: set[int] = set()
         boarding = []
         waiting = []
         for rider in self._riders:
-            if id(rider.fn) in kinds:
+            if id(rider.fn) in kinds or (
+                rider.rides_with is not None and rider.rides_with.isdisjoint(fns)
+            ):
                 waiting.append(rider)
             else:
                 kinds.add(id(rider.fn))

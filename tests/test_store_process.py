@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import Api, DaemonProcess
 from tests.test_crash import CountingReceiver, _wait_for, query, start_daemon
+from webhookd.events import NewEvent
 from webhookd.states import Status
 from webhookd.store.base import (
     Claim,
@@ -150,6 +151,7 @@ NOW = datetime(2026, 11, 27, 12, 0, 0)
             "wh_1", "evt_1", 2, Status.PENDING, NOW, NOW, 1.5, 503, "HTTP 503", "busy", "retry"
         ),
         Page([{"id": "wh_1"}], "cursor"),
+        NewEvent("evt_1", "t", '{"a":1}', NOW, b'{"data":{"a":1}}'),
         StatusReport({"pending": 1}, {"wh_1": {"pending": 1}}, 1.0, 2, 3, 4, 5, {"wh_2": None}),
     ],
 )

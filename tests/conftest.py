@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import tomli_w
 
 from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
@@ -52,25 +53,8 @@ def no_dns_off_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
+    return tomli_w.dumps(sections)
 
 
 def config_sections(tmp_path: Path, **overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -275,7 +275,7 @@ class DuckDBStore:
     ) -> Any:
         if self._writer is None:
             raise StoreUnavailable("the database is closed")
-        return await self._writer.call(
+        return await self._writer.submit(
             fn, payload, priority=priority, ride=ride, rides_with=rides_with
         )
 

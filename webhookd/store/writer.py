@@ -101,17 +101,6 @@ class Writer:
         self._queue.put(_Op(fn, payload, future, priority, until, rides_with))
         return future
 
-    async def call(
-        self,
-        fn: BatchFn,
-        payload: Any,
-        *,
-        priority: int = 1,
-        ride: float = 0.0,
-        rides_with: frozenset[BatchFn] | None = None,
-    ) -> Any:
-        return await self.submit(fn, payload, priority=priority, ride=ride, rides_with=rides_with)
-
     def stop(self, timeout: float | None = None) -> None:
         """Finish everything queued, then end the thread."""
         if not self._closed:

@@ -389,8 +389,8 @@ async def test_replay_of_an_event_not_yet_scanned_leaves_the_scanner_going(
 ) -> None:
     wh = await hook(store)
     await store.ingest(events(("e1", "t"), ("e2", "t"), ("e3", "t")))
-    # Before any scan: e2 gets enqueued, as due as a replay makes it, by the scan it forces.
-    assert await store.replay("e2", None) == 0
+    # Before any scan: the scan the replay forces enqueues e2, due now, and it counts.
+    assert await store.replay("e2", None) == 1
     later = await store.scan(500)
     assert (later.events, later.enqueued) == (1, 1)  # e3: e1 and e2 were scanned by the replay
     assert await statuses(store) == {(wh, e): "pending" for e in ("e1", "e2", "e3")}

@@ -1029,8 +1029,10 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
             continue
         # An event the scanner has not reached yet: scan up to it first, so that the rows
         # inserted below are never the scanner's to insert again.
-        while _scan_once(con, 10_000, careful=True, upto=event[1]).cursor < event[1]:
-            pass
+        scanned = _scan_once(con, 10_000, careful=True, upto=event[1])
+        forced = scanned.events > 0
+        while scanned.cursor < event[1]:
+            scanned = _scan_once(con, 10_000, careful=True, upto=event[1])
         if webhook_id is not None:
             hook = con.execute(
                 "SELECT 1 FROM webhooks WHERE webhook_id = ?", [webhook_id]
@@ -1042,6 +1044,19 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
         else:
             match = MATCHES
             params = []
+        where, where_params = "event_id = ?", [event_id]
+        if webhook_id is not None:
+            where += " AND webhook_id = ?"
+            where_params.append(webhook_id)
+        # The rows that scan enqueued are due now, as a replay would make them: they count.
+        fresh = (
+            con.execute(
+                f"SELECT count(*) FROM {Q} WHERE {where} AND status = '{Status.PENDING}'",
+                where_params,
+            ).fetchone()[0]
+            if forced
+            else 0
+        )
         # Rows pruned after delivery come back from the event source.
         inserted = con.execute(
             f"""
@@ -1055,13 +1070,9 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
             """,
             [now, now, now, *params, event_id],
         ).fetchall()
-        where, where_params = "event_id = ?", [event_id]
-        if webhook_id is not None:
-            where += " AND webhook_id = ?"
-            where_params.append(webhook_id)
         again = _set_due(con, Event.REPLAY, where, where_params, now)
         reparked = _park_inactive(con, [r[0] for r in inserted], now)
-        results.append(again + len(inserted) - reparked)
+        results.append(fresh + again + len(inserted) - reparked)
     return results
 
 

@@ -46,7 +46,29 @@ class Reply:
     body: bytes = b""
 
 
-class Recorder:
+class Served:
+    """An async context manager around `start` and `close`."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Recorder(Served):
     """An aiohttp receiver recording every request on any path and method.
 
     ``reply`` (changeable between requests) is what every request gets, unless a
@@ -124,23 +146,11 @@ class Recorder:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class RawServer:
+class RawServer(Served):
     """A bare TCP server on 127.0.0.1 that runs ``handler`` for each connection.
 
     ``connections`` counts accepted connections; ``handled`` is set when a handler
@@ -187,18 +197,6 @@ class RawServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 # --- building blocks for RawServer handlers ---------------------------------------

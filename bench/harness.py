@@ -237,6 +237,35 @@ def cpu_seconds(pid: int, *, tree: bool = True) -> float:
     return total / ticks
 
 
+class MachineCpu:
+    """Cores kept busy, machine-wide, between start and stop (/proc/stat): whether a run
+    was limited by the machine's CPU rather than by waiting."""
+
+    def __init__(self, sink_pids: Sequence[int] = ()) -> None:
+        self._sink_pids = list(sink_pids)
+        self._start = self._read()
+        self._sink0 = self._sink()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    def _sink(self) -> float:
+        return sum(cpu_seconds(pid, tree=False) for pid in self._sink_pids)
+
+    def stop(self, requests: int) -> dict[str, float]:
+        busy, total = (b - a for a, b in zip(self._start, self._read(), strict=True))
+        cores = os.cpu_count() or 1
+        figures = {"machine_cores_busy": round(busy / max(1, total) * cores, 2)}
+        if self._sink_pids:
+            figures["sink_cpu_us_per_post"] = round(
+                (self._sink() - self._sink0) / max(1, requests) * 1e6, 1
+            )
+        return figures
+
+
 def thread_cpu(pid: int, *, tree: bool = True) -> dict[int, float]:
     """CPU seconds per thread (by native thread id) of a live process and, with tree (the
     default), of its live descendants: thread ids are unique across processes."""
@@ -486,9 +515,15 @@ class Receiver:
 
 
 def run_baseline(
-    urls: Sequence[str], posts: int, workers: int, *, timeout: float = 300.0
+    urls: Sequence[str],
+    posts: int,
+    workers: int,
+    *,
+    timeout: float = 300.0,
+    sink_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Run bench/baseline.py in a subprocess; its JSON result (posts, seconds, per_second)."""
+    """Run bench/baseline.py in a subprocess; its JSON result (posts, seconds, per_second),
+    with the cores the machine kept busy meanwhile and the sink's CPU per POST."""
     cmd = [
         PYTHON,
         str(BENCH / "baseline.py"),
@@ -498,6 +533,7 @@ def run_baseline(
         str(workers),
         *[arg for url in urls for arg in ("--url", url)],
     ]
+    machine = MachineCpu(sink_pids)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -508,6 +544,7 @@ def run_baseline(
     )
     try:
         out, err = proc.communicate(timeout=timeout)
+        cpu = machine.stop(posts)
     except subprocess.TimeoutExpired:
         stop_process(proc, signal.SIGKILL, grace=1.0)
         raise BenchError(f"the baseline did not finish {posts} POSTs in {timeout}s") from None
@@ -518,6 +555,8 @@ def run_baseline(
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     if result["errors"]:
         raise BenchError(f"the baseline saw {result['errors']} failed POSTs: is the sink up?")
+    # Includes the subprocess's start-up and request building, so a little low.
+    result.update(cpu)
     return result
 
 

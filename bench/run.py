@@ -45,6 +45,7 @@ from harness import (
     Api,
     BenchError,
     DaemonProcess,
+    MachineCpu,
     Nginx,
     Receiver,
     code_hash,
@@ -161,6 +162,7 @@ async def deliver(
     *,
     deadline: float,
     poll: float = POLL,
+    sink_pids: Sequence[int] = (),
 ) -> Figures:
     """Ingest the pre-encoded batches and wait until done_count(/v1/status) reaches expected.
 
@@ -193,6 +195,7 @@ async def deliver(
     threads0 = thread_cpu(daemon.pid)
     cpu0 = cpu_seconds(daemon.pid)  # the daemon and its descendants
     own_cpu0 = cpu_seconds(daemon.pid, tree=False)
+    machine = MachineCpu(sink_pids)
     t0 = time.perf_counter()
 
     async def producer() -> None:
@@ -263,6 +266,7 @@ async def deliver(
     done = target if complete else min(target, done_count(last) - before)
     cpu = cpu_seconds(daemon.pid) - cpu0
     own_cpu = cpu_seconds(daemon.pid, tree=False) - own_cpu0
+    machine_figures = machine.stop(done)
     seconds = finished - t0
     by_thread: dict[str, float] = {}
     owners = thread_owners(daemon.pid)
@@ -293,6 +297,7 @@ async def deliver(
         "status_phase_s": round(finished - gate_opened, 3) if gate_opened else None,
         "by_status": {k: v for k, v in last.get("by_status", {}).items() if v},
         "workers_busy_at_end": last.get("workers_busy"),
+        **machine_figures,
         **daemon.memory(),
     }
 
@@ -319,6 +324,7 @@ async def daemon_run(
     measure: Sequence[int] | None = None,
     deadline: float = 300.0,
     profile: Path | None = None,
+    sink_pids: Sequence[int] = (),
 ) -> Figures:
     """A fresh daemon, one webhook per url (webhook i subscribes to type t{i}), n_events
     round-robin over the types; measured until the webhooks at indexes `measure` (default
@@ -339,7 +345,13 @@ async def daemon_run(
                 profiler = Profiler(daemon.pid, profile)
             already = count(await api.status())
             result = await deliver(
-                daemon, api, bodies, count, already + expected_new, deadline=deadline
+                daemon,
+                api,
+                bodies,
+                count,
+                already + expected_new,
+                deadline=deadline,
+                sink_pids=sink_pids,
             )
             result["webhooks"] = len(urls)
             result["events"] = n_events
@@ -414,7 +426,7 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
             urls = [f"{nginx.url}/hook/{i}" for i in range(n_hooks)]
             base_runs, daemon_runs = [], []
             for r in range(repeat):
-                base_runs.append(run_baseline(urls, n_events, WORKERS))
+                base_runs.append(run_baseline(urls, n_events, WORKERS, sink_pids=nginx.pids()))
                 with workdir(f"tp{n_hooks}") as work:
                     profile = None
                     if args.profile and r == 0:
@@ -423,7 +435,12 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
                         )
                     daemon_runs.append(
                         await daemon_run(
-                            work, urls, n_events, tag=f"tp{n_hooks}r{r}", profile=profile
+                            work,
+                            urls,
+                            n_events,
+                            tag=f"tp{n_hooks}r{r}",
+                            profile=profile,
+                            sink_pids=nginx.pids(),
                         )
                     )
             base = median_run(base_runs)
@@ -498,6 +515,17 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
     ):
         shares = ", ".join(f"{k} {v}" for k, v in run["thread_core_share"].items())
         print(f"  daemon threads, share of a core busy ({name}): {shares}")
+    # Whether the machine, not waiting, sets the pace: when both runs keep every core
+    # busy, the ratio of throughputs is the inverse ratio of CPU spent per delivery.
+    cores = os.cpu_count()
+    for name, key in (("1 webhook", "hooks1"), ("10 webhooks", "hooks10")):
+        base, run = figures[key]["baseline"], figures[key]["daemon"]
+        print(
+            f"  machine ({name}), cores busy of {cores}: baseline "
+            f"{base.get('machine_cores_busy')}, daemon {run.get('machine_cores_busy')}; "
+            f"nginx CPU per POST: baseline {base.get('sink_cpu_us_per_post')} us, "
+            f"daemon {run.get('sink_cpu_us_per_post')} us"
+        )
     print(
         f"  logging.level=info: {info['log_lines']} lines, {info['log_mb']} MB; "
         f"slowdown {info_cost:+.1%}, CPU/delivery "

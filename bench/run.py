@@ -445,7 +445,7 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
                     )
             base = median_run(base_runs)
             run = median_run(daemon_runs)
-            ratio = round(run["per_second"] / base["per_second"], 3)
+            ratio = round(run["per_second"] / base["per_second"], 3) if base["per_second"] else 0.0
             figures[f"hooks{n_hooks}"] = {"daemon": run, "baseline": base, "ratio": ratio}
             if n_hooks == 1:
                 # For reference: one webhook gets at most per_webhook_concurrency (8) slots.
@@ -473,7 +473,10 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
             info["log_lines"] = sum(1 for _ in log_path.open("rb"))
             info["log_mb"] = round(log_path.stat().st_size / 1e6, 2)
         warn = figures["hooks1"]["daemon"]
-        info_cost = round(1 - info["per_second"] / warn["per_second"], 3)
+        # A run that delivered nothing has no rate to compare with (it is reported as such).
+        info_cost = (
+            round(1 - info["per_second"] / warn["per_second"], 3) if warn["per_second"] else 0.0
+        )
         figures["info_level"] = {**info, "slowdown_vs_warning": info_cost}
         rows.append(
             [

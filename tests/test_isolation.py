@@ -169,3 +169,130 @@ async def test_a_fast_receiver_that_starts_hanging_does_not_stall_others(
     finally:
         hang.set()
         await runner.cleanup()
+
+
+class Hanger:
+    """Never answers; keeps when each connection opened and closed (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.spans: list[list[float]] = []  # [opened, closed or inf]
+        self.server = RawServer(self.handle)
+        self.changed = asyncio.Condition()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        span = [time.monotonic(), float("inf")]
+        self.spans.append(span)
+        async with self.changed:
+            self.changed.notify_all()
+        try:
+            await read_request(reader)
+            await reader.read()  # silent until the client hangs up
+        finally:
+            span[1] = time.monotonic()
+
+    async def wait_for_connections(self, count: int, deadline: float) -> None:
+        async with asyncio.timeout(deadline), self.changed:
+            await self.changed.wait_for(lambda: len(self.spans) >= count)
+
+
+def most_open_at_once(spans: list[list[float]]) -> int:
+    edges = sorted([(s[0], 1) for s in spans] + [(s[1], -1) for s in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_a_receiver_that_never_answers_gets_one_attempt_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Its first round runs at the webhook's full share; once an attempt got no answer,
+    the next ones go one at a time, so that a hanging receiver holds one worker."""
+    settings = make_settings(
+        tmp_path,
+        delivery={
+            "workers": 16,
+            "per_webhook_concurrency": 4,
+            "timeout": "1s",
+            "lease": "30s",
+            "max_attempts": 3,
+            "retry_schedule": ["100ms"],
+            "jitter": 0,
+        },
+        shutdown={"grace": "1s"},
+    )
+    hanger = Hanger()
+    await hanger.server.start()
+    try:
+        async with running(settings) as d, Api(d.url) as api:
+            await api.create_webhook(hanger.server.url + "/hole")
+            await api.emit([{"type": "load", "data": {"n": i}} for i in range(12)])
+            await hanger.wait_for_connections(4 + 3, deadline=TEST_DEADLINE)
+            spans = [list(s) for s in hanger.spans]
+            await hanger.server.close()
+        first_round, later = spans[:4], spans[4:]
+        first_hang_up = min(s[1] for s in first_round)
+        assert most_open_at_once(first_round) == 4
+        assert all(s[0] >= first_hang_up for s in later), spans
+        assert most_open_at_once(later) == 1, spans
+    finally:
+        await hanger.server.close()
+
+
+async def test_a_receiver_that_answers_again_gets_its_share_back(tmp_path: Path) -> None:
+    silent = True
+    release = asyncio.Event()  # the hung first requests are never answered
+    open_now = 0
+    two_at_once = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal open_now
+        await request.read()
+        if silent:
+            await release.wait()
+        open_now += 1
+        if open_now >= 2:
+            two_at_once.set()
+        try:
+            # A short wait for company; one at a time, each request still gets its answer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(two_at_once.wait(), 0.5)
+        finally:
+            open_now -= 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/back", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/back"
+    settings = make_settings(
+        tmp_path,
+        delivery={
+            "workers": 8,
+            "per_webhook_concurrency": 4,
+            "timeout": "1s",
+            "lease": "30s",
+            "retry_schedule": ["100ms"],
+            "jitter": 0,
+        },
+        shutdown={"grace": "1s"},
+    )
+    try:
+        async with running(settings) as d, Api(d.url) as api:
+            await api.create_webhook(url)
+            await api.emit([{"type": "load", "data": {"n": i}} for i in range(20)])
+            # The first round times out unanswered; from then on the receiver answers.
+            end = time.monotonic() + TEST_DEADLINE
+            while sum(row["attempts"] for row in await api.deliveries()) < 4:
+                assert time.monotonic() < end, "the first round never timed out"
+                await asyncio.sleep(0.02)
+            silent = False
+            await asyncio.wait_for(two_at_once.wait(), 15)
+            await api.wait_status({"delivered": 20}, status="delivered", deadline=TEST_DEADLINE)
+    finally:
+        release.set()
+        await runner.cleanup()

@@ -2,7 +2,9 @@
 
 One claimer task keeps up to `delivery.workers` attempts in flight, at most
 `delivery.per_webhook_concurrency` of them to one webhook, so that a slow receiver holds
-at most its own slots. Outcomes are submitted to the writer without waiting for the
+at most its own slots; a webhook whose last attempt got no answer at all (a timeout, a
+refused or reset connection) gets one attempt at a time until one is answered, so that
+receivers that hang hold one slot each, not the pool. Outcomes are submitted to the writer without waiting for the
 commit; the claim that follows is queued behind them, so a slot is never reused
 before its outcome is durable in the same or an earlier transaction.
 """
@@ -131,6 +133,7 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._fast: dict[str, bool] = {}
+        self._silent: set[str] = set()  # last attempt got no answer: one at a time
         self._attempts: dict[asyncio.Task[None], tuple[Claim, float]] = {}
         self._running: dict[str, int] = {}
         self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
@@ -174,6 +177,11 @@ class WorkerPool:
         held = len(self._attempts) + ready + self._asking
         return max(0, min(self._claim_batch, self.size + self._claim_batch - held))
 
+    def _cap(self, webhook_id: str) -> int:
+        """Attempts a webhook may have running at once: its share, or one while its
+        receiver does not answer (as a circuit breaker half-open: one probe at a time)."""
+        return 1 if webhook_id in self._silent else self._per_webhook
+
     def _stuck(self) -> int:
         """Rows queued for webhooks with every slot busy and a slow receiver."""
         now = time.monotonic()
@@ -185,7 +193,7 @@ class WorkerPool:
         return sum(
             len(waiting)
             for webhook_id, waiting in self._queued.items()
-            if self._running.get(webhook_id, 0) >= self._per_webhook
+            if self._running.get(webhook_id, 0) >= self._cap(webhook_id)
             and (webhook_id in slow or not self._fast.get(webhook_id, False))
         )
 
@@ -255,11 +263,14 @@ class WorkerPool:
             self._dispatch()
 
     def _deep(self) -> dict[str, int]:
-        """Webhooks whose receiver answered fast last time may hold `prefetch` rounds of
-        rows (claims run ahead of their cap); any other holds one round, so rows never
-        wait in memory behind a receiver that hangs."""
+        """Rows each webhook may hold claimed, where that differs from one round: those
+        whose receiver answered fast last time `prefetch` rounds (claims run ahead of their
+        cap), those whose receiver did not answer one row, so that rows never wait in
+        memory behind a receiver that hangs and stay visible as pending."""
         deep = self._per_webhook * self.prefetch
-        return {w: deep for w, fast in self._fast.items() if fast}
+        caps = {w: deep for w, fast in self._fast.items() if fast}
+        caps.update((w, 1) for w in self._silent)
+        return caps
 
     def _dispatch(self) -> None:
         """Start attempts round-robin over webhooks, within both caps."""
@@ -267,7 +278,7 @@ class WorkerPool:
         while self._queued and len(self._attempts) < self.size and skipped < len(self._queued):
             webhook_id, waiting = next(iter(self._queued.items()))
             self._queued.move_to_end(webhook_id)
-            if self._running.get(webhook_id, 0) >= self._per_webhook:
+            if self._running.get(webhook_id, 0) >= self._cap(webhook_id):
                 skipped += 1
                 continue
             skipped = 0
@@ -309,6 +320,10 @@ class WorkerPool:
         self._fast[claim.webhook_id] = (
             result.status_code is not None and result.duration_ms < FAST_ENOUGH_MS
         )
+        if result.status_code is None:
+            self._silent.add(claim.webhook_id)
+        else:
+            self._silent.discard(claim.webhook_id)
         outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
         self._metrics.observe_attempt(outcome)
         log.info(

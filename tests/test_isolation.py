@@ -296,3 +296,58 @@ async def test_a_receiver_that_answers_again_gets_its_share_back(tmp_path: Path)
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_rows_claimed_ahead_go_back_to_pending_when_the_receiver_stops_answering(
+    tmp_path: Path,
+) -> None:
+    """A fast receiver has rows claimed ahead for it in memory. Once it stops answering it
+    gets one attempt at a time, so those rows would wait a timeout each, past their lease:
+    they are given back and show as pending."""
+    answered = 0
+    hang = asyncio.Event()  # never set: requests past the first 20 hang until the end
+
+    async def flaky(request: web.Request) -> web.Response:
+        nonlocal answered
+        await request.read()
+        if answered >= 20:
+            await hang.wait()
+        answered += 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/flaky", flaky)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    settings = make_settings(
+        tmp_path,
+        delivery={
+            "workers": 8,
+            "per_webhook_concurrency": 2,
+            "timeout": "1s",
+            "lease": "5m",
+            "retry_schedule": ["1h"],
+        },
+        shutdown={"grace": "1s"},
+    )
+    try:
+        async with running(settings) as d, Api(d.url) as api:
+            await api.create_webhook(f"http://127.0.0.1:{runner.addresses[0][1]}/flaky")
+            await api.emit([{"type": "load", "data": {"i": i}} for i in range(300)])
+            end = time.monotonic() + 15
+            while True:
+                counts: dict[str, int] = {}
+                for row in await api.deliveries():
+                    counts[row["status"]] = counts.get(row["status"], 0) + 1
+                # 20 delivered, 2 hung attempts retried in an hour, the rest pending and at
+                # most one attempt inflight.
+                if counts.get("inflight", 0) <= 1 and counts.get("delivered") == 20:
+                    break
+                assert time.monotonic() < end, counts
+                await asyncio.sleep(0.05)
+            assert counts.get("pending", 0) >= 300 - 20 - 1, counts
+    finally:
+        hang.set()
+        await runner.cleanup()

@@ -4,9 +4,10 @@ One claimer task keeps up to `delivery.workers` attempts in flight, at most
 `delivery.per_webhook_concurrency` of them to one webhook, so that a slow receiver holds
 at most its own slots; a webhook whose last attempt got no answer at all (a timeout, a
 refused or reset connection) gets one attempt at a time until one is answered, so that
-receivers that hang hold one slot each, not the pool. Outcomes are submitted to the writer without waiting for the
-commit; the claim that follows is queued behind them, so a slot is never reused
-before its outcome is durable in the same or an earlier transaction.
+receivers that hang hold one slot each, not the pool (and the rows claimed ahead for one
+go back to pending). Outcomes are submitted to the writer without waiting for the commit;
+the claim that follows is queued behind them, so a slot is never reused before its
+outcome is durable in the same or an earlier transaction.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class WorkerPool:
         self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
         self._n_queued = 0
         self._pending_writes: set[asyncio.Future[None]] = set()
+        self._releases: set[asyncio.Task[int]] = set()
         # Smoothed figures for the low water mark: attempts started per second and
         # seconds from asking for a claim to having it.
         self._asking = 0  # rows asked for by claims not yet answered
@@ -257,6 +259,11 @@ class WorkerPool:
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])
                 return
+            extra = self._beyond_cap(claims)
+            if extra:
+                self._give_back(extra)
+                given = {id(c) for c in extra}
+                claims = [c for c in claims if id(c) not in given]
             for claim in claims:
                 self._queued.setdefault(claim.webhook_id, deque()).append(claim)
             self._n_queued += len(claims)
@@ -321,7 +328,9 @@ class WorkerPool:
             result.status_code is not None and result.duration_ms < FAST_ENOUGH_MS
         )
         if result.status_code is None:
-            self._silent.add(claim.webhook_id)
+            if claim.webhook_id not in self._silent:
+                self._silent.add(claim.webhook_id)
+                self._release_queued(claim.webhook_id)
         else:
             self._silent.discard(claim.webhook_id)
         outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
@@ -344,6 +353,46 @@ class WorkerPool:
         write = self._store.record(outcome)
         self._pending_writes.add(write)
         write.add_done_callback(functools.partial(self._written, outcome))
+
+    def _release_queued(self, webhook_id: str) -> None:
+        """Give back the rows claimed ahead for a webhook that stopped answering: one at
+        a time they would wait up to a timeout each, longer than their lease, and as
+        `pending` they show what they are."""
+        waiting = self._queued.pop(webhook_id, None)
+        if waiting:
+            self._n_queued -= len(waiting)
+            self._give_back(list(waiting))
+
+    def _beyond_cap(self, claims: list[Claim]) -> list[Claim]:
+        """Of fresh claims, those for silent webhooks beyond their one attempt: a claim
+        asked before the webhook fell silent came back with a full share."""
+        extra = []
+        allowed: dict[str, int] = {}
+        for claim in claims:
+            w = claim.webhook_id
+            if w in self._silent:
+                if w not in allowed:
+                    have = self._running.get(w, 0) + len(self._queued.get(w, ()))
+                    allowed[w] = max(0, self._cap(w) - have)
+                if allowed[w] == 0:
+                    extra.append(claim)
+                else:
+                    allowed[w] -= 1
+        return extra
+
+    def _give_back(self, claims: list[Claim]) -> None:
+        """Release claimed rows to pending. If that fails they stay inflight, and the
+        lease rescuer re-drives them."""
+        task = asyncio.create_task(
+            self._store.release([(c.webhook_id, c.event_id) for c in claims])
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[int]) -> None:
+        self._releases.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("giving back claimed rows failed", error=str(task.exception()))
 
     def _written(self, outcome: Outcome, write: asyncio.Future[None]) -> None:
         self._pending_writes.discard(write)
@@ -376,8 +425,10 @@ class WorkerPool:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
-        if self._pending_writes:
-            await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
+        if self._pending_writes or self._releases:
+            await asyncio.gather(
+                *list(self._pending_writes), *list(self._releases), return_exceptions=True
+            )
         keys = [
             (c.webhook_id, c.event_id)
             for c in [*(entry[0] for entry in unfinished.values()), *never_started]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -125,50 +126,67 @@ async def test_black_holes_do_not_delay_healthy_webhooks(tmp_path: Path) -> None
             await server.close()
 
 
+@contextlib.asynccontextmanager
+async def serving(handler: Any, path: str) -> AsyncIterator[str]:
+    """An aiohttp receiver on loopback running `handler` for POST `path`; yields its URL."""
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}{path}"
+    finally:
+        await runner.cleanup()
+
+
+class AnswersThenHangs:
+    """Answers 204 to its first `answers` requests, then never answers (until `hang` is set)."""
+
+    def __init__(self, answers: int) -> None:
+        self.answers = answers
+        self.answered = 0
+        self.hang = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        if self.answered >= self.answers:
+            await self.hang.wait()
+        self.answered += 1
+        return web.Response(status=204)
+
+
 async def test_a_fast_receiver_that_starts_hanging_does_not_stall_others(
     tmp_path: Path,
 ) -> None:
     """Rows claimed ahead for a receiver that was fast must not hold up other webhooks'
     claims once that receiver stops answering."""
-    answered = 0
-    hang = asyncio.Event()  # never set: requests past the first 20 hang until the end
-
-    async def flaky(request: web.Request) -> web.Response:
-        nonlocal answered
-        await request.read()
-        if answered >= 20:
-            await hang.wait()
-        answered += 1
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/flaky", flaky)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    flaky_url = f"http://127.0.0.1:{runner.addresses[0][1]}/flaky"
+    flaky = AnswersThenHangs(20)  # requests past the first 20 hang until the end
     settings = make_settings(
         tmp_path,
         delivery={"workers": 8, "per_webhook_concurrency": 2, "timeout": "10s", "lease": "5m"},
     )
     try:
-        async with Recorder(status=204) as healthy, running(settings) as d, Api(d.url) as api:
+        async with (
+            serving(flaky.handle, "/flaky") as flaky_url,
+            Recorder(status=204) as healthy,
+            running(settings) as d,
+            Api(d.url) as api,
+        ):
             await api.create_webhook(flaky_url, event_types=["flaky"])
             await api.create_webhook(healthy.url_for("/ok"), event_types=["ok"])
             await api.emit([{"type": "flaky", "data": {"i": i}} for i in range(300)])
             end = time.monotonic() + 15
-            while answered < 20:
+            while flaky.answered < 20:
                 assert time.monotonic() < end, "the flaky receiver never got its 20 requests"
                 await asyncio.sleep(0.01)
             # The flaky receiver now hangs with rows claimed ahead for it in memory.
             await api.emit([{"type": "ok", "data": {"i": i}} for i in range(30)])
             # All healthy deliveries arrive while the hung attempts (10 s timeout) still hang.
             await healthy.wait_for_requests(30, deadline=8)
-            assert answered == 20
+            assert flaky.answered == 20
     finally:
-        hang.set()
-        await runner.cleanup()
+        flaky.hang.set()
 
 
 class Hanger:
@@ -262,13 +280,6 @@ async def test_a_receiver_that_answers_again_gets_its_share_back(tmp_path: Path)
             open_now -= 1
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/back", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/back"
     settings = make_settings(
         tmp_path,
         delivery={
@@ -282,7 +293,11 @@ async def test_a_receiver_that_answers_again_gets_its_share_back(tmp_path: Path)
         shutdown={"grace": "1s"},
     )
     try:
-        async with running(settings) as d, Api(d.url) as api:
+        async with (
+            serving(handler, "/back") as url,
+            running(settings) as d,
+            Api(d.url) as api,
+        ):
             await api.create_webhook(url)
             await api.emit([{"type": "load", "data": {"n": i}} for i in range(20)])
             # The first round times out unanswered; from then on the receiver answers.
@@ -295,7 +310,6 @@ async def test_a_receiver_that_answers_again_gets_its_share_back(tmp_path: Path)
             await api.wait_status({"delivered": 20}, status="delivered", deadline=TEST_DEADLINE)
     finally:
         release.set()
-        await runner.cleanup()
 
 
 async def test_rows_claimed_ahead_go_back_to_pending_when_the_receiver_stops_answering(
@@ -304,23 +318,7 @@ async def test_rows_claimed_ahead_go_back_to_pending_when_the_receiver_stops_ans
     """A fast receiver has rows claimed ahead for it in memory. Once it stops answering it
     gets one attempt at a time, so those rows would wait a timeout each, past their lease:
     they are given back and show as pending."""
-    answered = 0
-    hang = asyncio.Event()  # never set: requests past the first 20 hang until the end
-
-    async def flaky(request: web.Request) -> web.Response:
-        nonlocal answered
-        await request.read()
-        if answered >= 20:
-            await hang.wait()
-        answered += 1
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/flaky", flaky)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    flaky = AnswersThenHangs(20)
     settings = make_settings(
         tmp_path,
         delivery={
@@ -333,8 +331,12 @@ async def test_rows_claimed_ahead_go_back_to_pending_when_the_receiver_stops_ans
         shutdown={"grace": "1s"},
     )
     try:
-        async with running(settings) as d, Api(d.url) as api:
-            await api.create_webhook(f"http://127.0.0.1:{runner.addresses[0][1]}/flaky")
+        async with (
+            serving(flaky.handle, "/flaky") as url,
+            running(settings) as d,
+            Api(d.url) as api,
+        ):
+            await api.create_webhook(url)
             await api.emit([{"type": "load", "data": {"i": i}} for i in range(300)])
             end = time.monotonic() + 15
             while True:
@@ -349,5 +351,4 @@ async def test_rows_claimed_ahead_go_back_to_pending_when_the_receiver_stops_ans
                 await asyncio.sleep(0.05)
             assert counts.get("pending", 0) >= 300 - 20 - 1, counts
     finally:
-        hang.set()
-        await runner.cleanup()
+        flaky.hang.set()

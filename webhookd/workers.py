@@ -259,11 +259,9 @@ class WorkerPool:
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])
                 return
-            extra = self._beyond_cap(claims)
+            claims, extra = self._within_cap(claims)
             if extra:
                 self._give_back(extra)
-                given = {id(c) for c in extra}
-                claims = [c for c in claims if id(c) not in given]
             for claim in claims:
                 self._queued.setdefault(claim.webhook_id, deque()).append(claim)
             self._n_queued += len(claims)
@@ -363,10 +361,11 @@ class WorkerPool:
             self._n_queued -= len(waiting)
             self._give_back(list(waiting))
 
-    def _beyond_cap(self, claims: list[Claim]) -> list[Claim]:
-        """Of fresh claims, those for silent webhooks beyond their one attempt: a claim
-        asked before the webhook fell silent came back with a full share."""
-        extra = []
+    def _within_cap(self, claims: list[Claim]) -> tuple[list[Claim], list[Claim]]:
+        """Fresh claims split into those to keep and those beyond a silent webhook's one
+        attempt: a claim asked before the webhook fell silent came back with a full share."""
+        kept: list[Claim] = []
+        extra: list[Claim] = []
         allowed: dict[str, int] = {}
         for claim in claims:
             w = claim.webhook_id
@@ -376,9 +375,10 @@ class WorkerPool:
                     allowed[w] = max(0, self._cap(w) - have)
                 if allowed[w] == 0:
                     extra.append(claim)
-                else:
-                    allowed[w] -= 1
-        return extra
+                    continue
+                allowed[w] -= 1
+            kept.append(claim)
+        return kept, extra
 
     def _give_back(self, claims: list[Claim]) -> None:
         """Release claimed rows to pending. If that fails they stay inflight, and the

@@ -11,13 +11,11 @@ import contextlib
 from collections.abc import Callable
 
 from webhookd import logs
-from webhookd.store.base import ScanResult, Store
+from webhookd.store.base import ScanResult, Store, sleep_until_work
 
 log = logs.get("webhookd.scanner")
 
 SCANNERS = 2
-# How long a scan made after a wake-up may wait to share a transaction.
-WOKEN_RIDE = 0.002
 
 
 class Scanner:
@@ -44,32 +42,29 @@ class Scanner:
 
     async def _scanner(self) -> None:
         while not self._stopping.is_set():
-            ride = WOKEN_RIDE if self._wake.is_set() else self._poll_interval
             self._wake.clear()
             try:
-                result = await self._store.scan(self._batch_size, ride=ride)
+                result = await self._store.scan(self._batch_size)
             except Exception as exc:
                 log.error("scan failed", error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
-            else:
-                self.last = result
-                if result.enqueued:
-                    self._on_enqueued(result.enqueued)
-                if result.events >= self._batch_size:
-                    self._wake.set()  # a backlog: the next batch now
+                continue
+            self.last = result
+            if result.enqueued:
+                self._on_enqueued(result.enqueued)
+            if result.events < self._batch_size:  # no backlog: wait for new events
+                await sleep_until_work(self._store, "events", self._wake, self._poll_interval)
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
 
     async def run(self) -> None:
-        """Scan without pause: each scan rides with the next transaction (Store.scan's
-        `ride`), so events are enqueued in the commit that ingests them; after a wake-up
-        (an ingest committed) the scan rides only briefly; with no other work it runs
-        alone every poll interval. Two scans wait at a time, for the reason two claims
-        do (see WorkerPool.run); the cursor makes a second scan of the same events
-        impossible."""
+        """Scan, and when the scan found no backlog, sleep until an ingest of this daemon
+        wakes it, the store reports new events, or the poll interval passes. Two scans
+        are asked at a time, for the reason two claims are (see WorkerPool.run); the
+        cursor makes a second scan of the same events impossible."""
         self.running = True
         try:
             await asyncio.gather(*(self._scanner() for _ in range(SCANNERS)))

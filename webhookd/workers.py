@@ -25,7 +25,7 @@ from webhookd import backoff, logs, signing
 from webhookd.metrics import Metrics
 from webhookd.sender import AttemptResult, Sender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
-from webhookd.store.base import Claim, Outcome, Store
+from webhookd.store.base import Claim, Outcome, Store, sleep_until_work
 
 log = logs.get("webhookd.delivery")
 
@@ -80,8 +80,6 @@ def _key(secret: str) -> bytes:
 MAX_PREFETCH = 128
 # A receiver that answered within this may have rows claimed ahead of its cap.
 FAST_ENOUGH_MS = 500.0
-# How long a claim made after a wake-up may wait to share a transaction.
-WOKEN_RIDE = 0.002
 # Seconds over which the start rate is counted, and the weight of each new figure.
 RATE_WINDOW = 0.1
 SMOOTHING = 0.3
@@ -202,23 +200,20 @@ class WorkerPool:
     async def run(self) -> None:
         """Claim while there is room; sleep until woken or the next poll otherwise.
 
-        A claim rides with the next transaction (Store.claim's `ride`): with the ingest
-        and scan of new events, which it then claims in the same commit, or with
-        outcomes. After a wake-up (rows enqueued, a slot freed) it rides only briefly.
-        Two claimers keep two claims waiting: the writer takes one per transaction, so
-        the one after a transaction that took a claim still has one while that claim's
-        answer travels back and the next is asked. The second waits for transactions
-        that ingest events only: under a backlog, where no events come in, it costs
-        nothing.
+        Two claimers keep two claims asked: an engine that groups work into transactions
+        (DuckDB) answers one claim per transaction, so the one after a transaction that
+        took a claim still has one while that claim's answer travels back and the next is
+        asked. A claim that brings fewer rows than asked for sleeps until this daemon
+        frees a slot or enqueues rows, the store reports new rows, or the poll interval.
         """
         self.running = True
         self._run_task = asyncio.current_task()
         try:
-            await asyncio.gather(self._claimer(), self._claimer(with_new_events=True))
+            await asyncio.gather(self._claimer(), self._claimer(follower=True))
         finally:
             self.running = False
 
-    async def _claimer(self, *, with_new_events: bool = False) -> None:
+    async def _claimer(self, *, follower: bool = False) -> None:
         while not self._stopping.is_set():
             room = self._room()
             if room == 0:
@@ -233,17 +228,10 @@ class WorkerPool:
             claims: list[Claim] = []
             # What the claimer waiting for new events asks is not counted: under a backlog
             # it would hold back the other claimer's room for nothing.
-            asking = 0 if with_new_events else room
+            asking = 0 if follower else room
             self._asking += asking
             try:
-                claims = await self._store.claim(
-                    room,
-                    self._per_webhook,
-                    self._lease,
-                    self._deep(),
-                    ride=WOKEN_RIDE if woken else self._poll_interval,
-                    with_new_events=with_new_events,
-                )
+                claims = await self._store.claim(room, self._per_webhook, self._lease, self._deep())
             except Exception as exc:  # the next poll tries again
                 log.error("claim failed", error=str(exc))
                 with contextlib.suppress(TimeoutError):
@@ -255,6 +243,9 @@ class WorkerPool:
                     ) * SMOOTHING
             finally:
                 self._asking -= asking
+            if len(claims) < room and not self._stopping.is_set():
+                # Nothing more is due now.
+                await sleep_until_work(self._store, "deliveries", self._wake, self._poll_interval)
             if self._stopping.is_set():
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])

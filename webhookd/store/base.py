@@ -1,7 +1,9 @@
-"""The storage interface the scanner, workers and API use; no database specifics here.
+"""The storage interface the scanner, workers, upkeep and API use; no database specifics.
 
-A PostgreSQL implementation (claims with FOR UPDATE SKIP LOCKED, several daemons
-sharing one queue) implements the same Protocol.
+Two engines implement it: DuckDB (store/duckdb_store.py, run in a child process by
+store/remote.py), one daemon on one file; and PostgreSQL (store/postgres/), several
+daemons on one queue. tests/test_store.py and tests/test_queue_properties.py are the
+conformance suite both pass.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from webhookd.events import NewEvent
 from webhookd.states import Status
@@ -126,13 +128,32 @@ class StatusReport:
     disabled_webhooks: dict[str, str | None] = field(default_factory=dict)
 
 
+Channel = Literal["events", "deliveries"]
+
+
 class Store(Protocol):
-    """Every operation is atomic; writes are durable once the awaitable returns."""
+    """What the scanner, workers, upkeep and API need of a database; one engine each.
+
+    Every operation is atomic; writes are durable once the awaitable returns. An engine
+    never paces its callers by holding a call: a loop that finds nothing sleeps in
+    `wait_for_work` (DuckDB may still group a waiting call with the next transaction;
+    that is its own business, and its `wait_for_work` then returns at once).
+    """
+
+    engine: str  # "duckdb" or "postgresql", for logs and status only
+    # Set when the engine is gone for good (DuckDB's database process died): the daemon
+    # stops. An engine that reconnects by itself (PostgreSQL) never sets it.
+    lost: asyncio.Event
+    migrations_applied: list[int]
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     def healthy(self) -> bool:
-        """The database is open and its writer is making progress (for the watchdog)."""
+        """The engine is making progress (for the watchdog): not stuck, not dead."""
+        ...
+
+    def available(self) -> bool:
+        """The database answers now (for /readyz); False while it is unreachable."""
         ...
 
     def stats(self) -> dict[str, int]:
@@ -141,21 +162,32 @@ class Store(Protocol):
 
     # start-up and upkeep
     async def rescue_orphans(self) -> int:
-        """Return every row a dead process left inflight to pending, before any claim."""
+        """At start-up, before any claim: return to pending the rows this engine knows a
+        dead process left inflight. DuckDB: every inflight row (the file lock proves their
+        owner is gone). PostgreSQL: none (other daemons' rows are alive; a dead daemon's
+        rows come back through `rescue_expired`)."""
         ...
 
-    async def rescue_expired(self, now: datetime) -> int: ...
+    async def rescue_expired(self, now: datetime) -> int:
+        """Re-drive inflight rows whose lease ran out (or whose daemon is known dead)."""
+        ...
+
     async def prune(
         self, delivered_before: datetime, log_before: datetime, batch: int
     ) -> Pruned: ...
     async def auto_disable(self, failing_before: datetime) -> list[str]: ...
     async def checkpoint(self) -> None: ...
+    async def lead(self) -> bool:
+        """Whether this daemon should run upkeep now: always for an engine with one owner;
+        for a shared database, true on one elected daemon at a time."""
+        ...
 
     # the data path
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
-    async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
-        """Enqueue the next events after the cursor. With `ride` > 0 the scan may wait up to
-        that long to share a transaction with other work (see claim)."""
+    async def scan(self, batch_size: int) -> ScanResult:
+        """Enqueue the next events after the cursor, at most `batch_size` of them, and
+        advance the cursor in the same transaction. Never skips an event, whatever order
+        producers' transactions commit in."""
         ...
 
     async def claim(
@@ -164,17 +196,16 @@ class Store(Protocol):
         per_webhook: int,
         lease: float,
         caps: Mapping[str, int] | None = None,
-        *,
-        ride: float = 0.0,
-        with_new_events: bool = False,
     ) -> list[Claim]:
         """Up to `limit` due rows, oldest first, no webhook left holding more inflight rows
-        than its entry in `caps` (default `per_webhook`); they become inflight.
+        than its entry in `caps` (default `per_webhook`); they become inflight with a lease
+        of `lease` seconds, claimed by this daemon. On a database shared by several daemons
+        the caps count every daemon's inflight rows, and no cap exceeds `per_webhook`."""
+        ...
 
-        With `ride` > 0 the claim may wait up to that long for other work to commit with:
-        a poller's claim then costs no transaction of its own, and rides with the ingest
-        and scan of new events, so they are claimed in the commit that accepts them. With
-        `with_new_events` it rides only with transactions that ingest events."""
+    async def wait_for_work(self, channel: Channel, within: float) -> None:
+        """Return when new work may be there on `channel` ("events": events to scan;
+        "deliveries": rows to claim), or after `within` seconds at most."""
         ...
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
@@ -207,3 +238,19 @@ class Store(Protocol):
     ) -> int: ...
     async def replay(self, event_id: str, webhook_id: str | None) -> int: ...
     async def status(self) -> StatusReport: ...
+
+
+async def sleep_until_work(
+    store: Store, channel: Channel, wake: asyncio.Event, within: float
+) -> None:
+    """Until `wake` is set (work from this daemon), the store reports work on `channel`
+    (from any daemon or producer), or `within` seconds have passed."""
+    if wake.is_set():
+        return
+    woken = asyncio.ensure_future(wake.wait())
+    work = asyncio.ensure_future(store.wait_for_work(channel, within))
+    try:
+        await asyncio.wait((woken, work), timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        work.cancel()

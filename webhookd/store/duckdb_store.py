@@ -9,8 +9,6 @@ never delays the commits of deliveries.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +37,18 @@ from webhookd.store.base import (
     StoreUnavailable,
     WebhookPatch,
 )
+from webhookd.store.records import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    WEBHOOK_COLUMNS,
+    attempt_row,
+    delivery_cursor,
+    delivery_row,
+    parse_delivery_cursor,
+    signing_secrets,
+    utcnow,
+    webhook_row,
+)
 from webhookd.store.writer import Writer
 
 log = logs.get("webhookd.store")
@@ -57,78 +67,8 @@ PRIORITY_SCAN = 2
 PRIORITY_CLAIM = 3
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat(timespec="microseconds") + "Z"
-
-
 def _in(statuses: Sequence[Status]) -> str:
     return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
-
-
-def _encode_cursor(parts: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> list[Any]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        parts = json.loads(base64.urlsafe_b64decode(padded))
-    except ValueError:
-        raise ValueError("invalid cursor") from None
-    if not isinstance(parts, list):
-        raise ValueError("invalid cursor")
-    return parts
-
-
-WEBHOOK_COLUMNS = (
-    "webhook_id, url, event_types, active, description, disabled_reason, failing_since, "
-    "previous_secret_expires_at, created_at, updated_at"
-)
-
-
-def _webhook_row(row: tuple[Any, ...], now: datetime) -> dict[str, Any]:
-    (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row
-    return {
-        "webhook_id": wid,
-        "url": url,
-        "event_types": list(types),
-        "active": active,
-        "description": desc,
-        "disabled_reason": reason,
-        "failing_since": iso(failing),
-        "previous_secret_expires_at": iso(prev_exp) if prev_exp and prev_exp > now else None,
-        "created_at": iso(created),
-        "updated_at": iso(updated),
-    }
-
-
-DELIVERY_COLUMNS = (
-    "webhook_id, event_id, status, attempts, next_attempt_at, lease_until, "
-    "last_status_code, last_error, last_attempt_at, created_at, updated_at"
-)
-
-
-def _delivery_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    wid, eid, status, attempts, nxt, lease, code, err, last, created, updated = row
-    return {
-        "webhook_id": wid,
-        "event_id": eid,
-        "status": status,
-        "attempts": attempts,
-        "next_attempt_at": iso(nxt),
-        "lease_until": iso(lease),
-        "last_status_code": code,
-        "last_error": err,
-        "last_attempt_at": iso(last),
-        "created_at": iso(created),
-        "updated_at": iso(updated),
-    }
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -679,7 +619,7 @@ def _claim(
         claims = []
         for _, webhook_id, event_id, attempts, base, body in picked:
             url, secret, prev, prev_exp = hooks[webhook_id]
-            secrets = (secret, prev) if prev and prev_exp and prev_exp > now else (secret,)
+            secrets = signing_secrets(secret, prev, prev_exp, now)
             claims.append(
                 Claim(
                     webhook_id,
@@ -792,7 +732,7 @@ def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] |
     row = con.execute(
         f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = ?", [webhook_id]
     ).fetchone()
-    return None if row is None else _webhook_row(row, now)
+    return None if row is None else webhook_row(row, now)
 
 
 def _create_webhook(
@@ -832,8 +772,7 @@ def _webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     url, secret, prev, prev_exp = row
-    keep_prev = prev and prev_exp and prev_exp > utcnow()
-    return url, ((secret, prev) if keep_prev else (secret,))
+    return url, signing_secrets(secret, prev, prev_exp, utcnow())
 
 
 def _list_webhooks(con: Any, limit: int, after: str | None) -> Page:
@@ -842,7 +781,7 @@ def _list_webhooks(con: Any, limit: int, after: str | None) -> Page:
         f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? ORDER BY webhook_id LIMIT ?",
         [after or "", limit + 1],
     ).fetchall()
-    items = [_webhook_row(r, now) for r in rows[:limit]]
+    items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
 
 
@@ -943,7 +882,7 @@ def _list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | No
         where.append("status = ?")
         params.append(str(filt.status))
     if after:
-        created, wid, eid = _decode_cursor(after)
+        created, wid, eid = parse_delivery_cursor(after)
         where.append("(created_at, webhook_id, event_id) < (?::TIMESTAMP, ?, ?)")
         params.extend([created, wid, eid])
     rows = con.execute(
@@ -951,41 +890,21 @@ def _list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | No
         "ORDER BY created_at DESC, webhook_id DESC, event_id DESC LIMIT ?",
         [*params, limit + 1],
     ).fetchall()
-    items = [_delivery_row(r) for r in rows[:limit]]
+    items = [delivery_row(r) for r in rows[:limit]]
     cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        cursor = _encode_cursor([last[9].isoformat(), last[0], last[1]])
+        cursor = delivery_cursor(last[9], last[0], last[1])
     return Page(items, cursor)
 
 
 def _list_attempts(con: Any, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
     rows = con.execute(
-        """
-        SELECT attempt_id, webhook_id, event_id, attempt, attempted_at, duration_ms, status_code,
-               error, response_excerpt, outcome
-        FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ?
-        ORDER BY attempt_id
-        """,
+        f"SELECT {ATTEMPT_COLUMNS} FROM webhook_deliveries "
+        "WHERE webhook_id = ? AND event_id = ? ORDER BY attempt_id",
         [webhook_id, event_id],
     ).fetchall()
-    keys = (
-        "attempt_id",
-        "webhook_id",
-        "event_id",
-        "attempt",
-        "attempted_at",
-        "duration_ms",
-        "status_code",
-        "error",
-        "response_excerpt",
-        "outcome",
-    )
-    items = []
-    for row in rows:
-        item = dict(zip(keys, row, strict=True))
-        item["attempted_at"] = iso(item["attempted_at"])
-        items.append(item)
+    items = [attempt_row(row) for row in rows]
     if not items:
         exists = con.execute(
             f"SELECT 1 FROM {Q} WHERE webhook_id = ? AND event_id = ?", [webhook_id, event_id]

@@ -31,6 +31,7 @@ from webhookd import logs
 from webhookd.events import NewEvent
 from webhookd.states import Status
 from webhookd.store.base import (
+    Channel,
     Claim,
     DeliveryFilter,
     IngestResult,
@@ -50,6 +51,8 @@ HEADER = 4
 STALL_SECONDS = 60.0
 # How long an outcome may wait for others to share its frame to the database process.
 LINGER = 0.002
+# How long a scan or claim asked after new work arrived may wait to share a transaction.
+WOKEN_RIDE = 0.002
 # This very interpreter, on Linux (see open()).
 SELF_EXE = "/proc/self/exe" if os.path.exists("/proc/self/exe") else None
 
@@ -112,6 +115,7 @@ class RemoteStore:
         checkpoint_interval: float = 30.0,
         log_format: str = "json",
         log_level: str = "info",
+        poll_interval: float = 0.25,
     ) -> None:
         self.path = Path(path)
         self._options = {
@@ -129,6 +133,13 @@ class RemoteStore:
         self._next_id = 0
         self._stats = (0, 0)
         self._closing = False
+        self._poll_interval = poll_interval
+        # Pacing (see scan and claim): whether something happened since the last scan or
+        # claim that they should not wait a whole poll interval to see.
+        self._scan_due = True
+        self._claim_due = True
+        self._claims_waiting = 0
+        self.engine = "duckdb"
         self.lost = asyncio.Event()
         self.migrations_applied: list[int] = []
 
@@ -270,11 +281,21 @@ class RemoteStore:
     # -- the data path ---------------------------------------------------------------
 
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
+        # A scan and a claim waiting in the writer join this ingest's transaction, so
+        # its events can be committed, enqueued and claimed by one commit.
+        self._scan_due = self._claim_due = True
         result: IngestResult = await self._call("ingest", events)
         return result
 
-    async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
+    async def scan(self, batch_size: int) -> ScanResult:
+        """A scan waits in the writer to share the next transaction that ingests events
+        (a poll that finds nothing then costs no commit of its own), up to the poll
+        interval, or only briefly when events were ingested since the last scan."""
+        ride = WOKEN_RIDE if self._scan_due else self._poll_interval
+        self._scan_due = False
         result: ScanResult = await self._call("scan", batch_size, ride, False)
+        if result.enqueued:
+            self._claim_due = True
         return result
 
     async def claim(
@@ -283,19 +304,41 @@ class RemoteStore:
         per_webhook: int,
         lease: float,
         caps: Mapping[str, int] | None = None,
-        *,
-        ride: float = 0.0,
-        with_new_events: bool = False,
     ) -> list[Claim]:
-        result: list[Claim] = await self._call(
-            "claim", limit, per_webhook, lease, dict(caps or {}), ride, with_new_events
-        )
+        """A claim waits in the writer to share the next transaction, as a scan does: with
+        the ingest and scan of new events, which it then claims in the same commit, or
+        with outcomes. A claim asked while another waits rides only with ingests: under
+        a backlog, where no events come in, it costs nothing, and the writer, which
+        boards one claim per transaction, has one left for the next."""
+        ride = WOKEN_RIDE if self._claim_due else self._poll_interval
+        self._claim_due = False
+        with_new_events = self._claims_waiting > 0
+        self._claims_waiting += 1
+        try:
+            result: list[Claim] = await self._call(
+                "claim", limit, per_webhook, lease, dict(caps or {}), ride, with_new_events
+            )
+        finally:
+            self._claims_waiting -= 1
         return result
 
+    async def wait_for_work(self, channel: Channel, within: float) -> None:
+        """At once: a scan or claim that found nothing has already waited in the writer
+        for the next transaction (see scan), so the caller may ask again now."""
+        await asyncio.sleep(0)
+
+    async def lead(self) -> bool:
+        return True  # one daemon owns the file
+
+    def available(self) -> bool:
+        return self._proc is not None and not self.lost.is_set()
+
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
+        self._claim_due = True  # a slot is free
         return self._submit("record", outcome, urgent=False)
 
     async def release(self, keys: list[tuple[str, str]]) -> int:
+        self._claim_due = True
         return int(await self._call("release", keys))
 
     # -- webhooks ----------------------------------------------------------------------
@@ -322,6 +365,7 @@ class RemoteStore:
 
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("update_webhook", webhook_id, patch)
+        self._claim_due = True  # enabling re-drives parked rows
         return result
 
     async def delete_webhook(self, webhook_id: str) -> None:
@@ -342,10 +386,14 @@ class RemoteStore:
         return result
 
     async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
-        return int(await self._call("redrive", status, webhook_id, since))
+        count = int(await self._call("redrive", status, webhook_id, since))
+        self._claim_due = True
+        return count
 
     async def replay(self, event_id: str, webhook_id: str | None) -> int:
-        return int(await self._call("replay", event_id, webhook_id))
+        count = int(await self._call("replay", event_id, webhook_id))
+        self._claim_due = True
+        return count
 
     async def status(self) -> StatusReport:
         result: StatusReport = await self._call("status")

@@ -1,0 +1,128 @@
+"""What every engine returns, in one shape: rows as the API shows them, page cursors, now.
+
+Both engines build their answers here, so a listing from PostgreSQL cannot drift from
+one from DuckDB. Times are naive UTC datetimes in the stores and ISO 8601 with a Z out.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """A datetime as the stores keep it: naive, in UTC."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return naive_utc(value).isoformat(timespec="microseconds") + "Z"
+
+
+def encode_cursor(parts: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, shape: Sequence[type]) -> list[Any]:
+    """The parts of a page cursor, checked against `shape` (a type per part)."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        parts = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+    if (
+        not isinstance(parts, list)
+        or len(parts) != len(shape)
+        or not all(isinstance(p, t) for p, t in zip(parts, shape, strict=True))
+    ):
+        raise ValueError("invalid cursor")
+    return parts
+
+
+def delivery_cursor(created_at: datetime, webhook_id: str, event_id: str) -> str:
+    return encode_cursor([naive_utc(created_at).isoformat(), webhook_id, event_id])
+
+
+def parse_delivery_cursor(cursor: str) -> tuple[datetime, str, str]:
+    created, webhook_id, event_id = decode_cursor(cursor, (str, str, str))
+    try:
+        return naive_utc(datetime.fromisoformat(created)), webhook_id, event_id
+    except ValueError:
+        raise ValueError("invalid cursor") from None
+
+
+WEBHOOK_COLUMNS = (
+    "webhook_id, url, event_types, active, description, disabled_reason, failing_since, "
+    "previous_secret_expires_at, created_at, updated_at"
+)
+
+
+def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
+    """A webhook as the API shows it (no secrets), from a row of WEBHOOK_COLUMNS."""
+    (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row
+    return {
+        "webhook_id": wid,
+        "url": url,
+        "event_types": list(types),
+        "active": active,
+        "description": desc,
+        "disabled_reason": reason,
+        "failing_since": iso(failing),
+        "previous_secret_expires_at": iso(prev_exp) if prev_exp and prev_exp > now else None,
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+
+
+DELIVERY_COLUMNS = (
+    "webhook_id, event_id, status, attempts, next_attempt_at, lease_until, "
+    "last_status_code, last_error, last_attempt_at, created_at, updated_at"
+)
+
+
+def delivery_row(row: Sequence[Any]) -> dict[str, Any]:
+    wid, eid, status, attempts, nxt, lease, code, err, last, created, updated = row
+    return {
+        "webhook_id": wid,
+        "event_id": eid,
+        "status": status,
+        "attempts": attempts,
+        "next_attempt_at": iso(nxt),
+        "lease_until": iso(lease),
+        "last_status_code": code,
+        "last_error": err,
+        "last_attempt_at": iso(last),
+        "created_at": iso(created),
+        "updated_at": iso(updated),
+    }
+
+
+ATTEMPT_COLUMNS = (
+    "attempt_id, webhook_id, event_id, attempt, attempted_at, duration_ms, status_code, "
+    "error, response_excerpt, outcome"
+)
+ATTEMPT_KEYS = tuple(name.strip() for name in ATTEMPT_COLUMNS.split(","))
+
+
+def attempt_row(row: Sequence[Any]) -> dict[str, Any]:
+    item = dict(zip(ATTEMPT_KEYS, row, strict=True))
+    item["attempted_at"] = iso(item["attempted_at"])
+    return item
+
+
+def signing_secrets(
+    secret: str, previous: str | None, previous_expires_at: datetime | None, now: datetime
+) -> tuple[str, ...]:
+    """Every secret that signs now: two while a rotation's grace lasts."""
+    if previous and previous_expires_at and previous_expires_at > now:
+        return (secret, previous)
+    return (secret,)

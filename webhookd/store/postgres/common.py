@@ -1,0 +1,48 @@
+"""Pieces every part of the PostgreSQL engine uses: states in SQL, parking, notifications."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from webhookd.states import Event, Status, sources
+
+Q = "webhook_delivery_queue"
+# An active webhook takes an event when it lists its type, or lists no type at all.
+MATCHES = "w.active AND (cardinality(w.event_types) = 0 OR e.event_type = ANY (w.event_types))"
+# The database's clock, as the tables keep time: UTC without a time zone.
+NOW = "(now() AT TIME ZONE 'UTC')"
+
+
+def in_states(statuses: Sequence[Status]) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
+
+
+def channel(schema: str, kind: str) -> str:
+    """The NOTIFY channel of one kind of work ("events", "deliveries") in one schema."""
+    return f"{schema}.{kind}"
+
+
+async def notify(con: Any, kind: str) -> None:
+    """Wake every daemon on this schema waiting for `kind` of work (sent at commit)."""
+    await con.execute(f"SELECT pg_notify(current_schema() || '.{kind}', '')")
+
+
+async def park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
+    """Pending rows of webhooks that are inactive or gone become parked (Event.DISABLE)."""
+    if not webhook_ids:
+        return 0
+    result: str = await con.execute(
+        f"""
+        UPDATE {Q} q SET status = '{Status.PARKED}', lease_until = NULL, claimed_by = NULL,
+            updated_at = $1
+        WHERE q.status IN {in_states(sources(Event.DISABLE))}
+          AND q.webhook_id = ANY ($2::text[])
+          AND NOT EXISTS (SELECT 1 FROM webhooks w
+                          WHERE w.webhook_id = q.webhook_id AND w.active)
+        """,
+        now,
+        list(set(webhook_ids)),
+    )
+    return int(result.split()[-1])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -27,11 +29,91 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password (and any password parameter) masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "**********"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:**********@{host}"
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1**********", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _check_url(url: str, key: str) -> str:
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"{key}: not a valid URL ({exc})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"{key}: must start with postgresql:// (the PostgreSQL engine)")
+    return url
+
+
 class DatabaseSettings(_Section):
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
     path: Path = Path("/var/lib/webhookd/webhookd.duckdb")
+    # PostgreSQL instead of the DuckDB file: several daemons may share one database.
+    url: SecretStr | None = None
+    url_file: Path | None = None
+    db_schema: str = Field(default="webhookd", alias="schema")
+    pool_size: int | None = Field(default=None, ge=2, le=1000)
+    # PostgreSQL: a daemon whose heartbeat is older than this is taken for dead, and the
+    # leader re-drives its inflight rows without waiting for their leases.
+    peer_timeout: Duration = 30.0
     # DuckDB's automatic checkpoint stalls a big commit; the writer checkpoints itself when idle.
     checkpoint_interval: Duration = 30.0
     memory_limit: str = "1GB"
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> DatabaseSettings:
+        if self.url is not None and self.url_file is not None:
+            raise ValueError("database.url, database.url_file: set one, not both")
+        if (self.url is not None or self.url_file is not None) and "path" in self.model_fields_set:
+            raise ValueError(
+                "database.path, database.url: set one (path selects DuckDB, url PostgreSQL)"
+            )
+        if self.url is not None:
+            _check_url(self.url.get_secret_value(), "database.url")
+        if not _SCHEMA_NAME.fullmatch(self.db_schema):
+            raise ValueError(
+                "database.schema: a lower-case SQL identifier (letters, digits, _), "
+                "at most 63 characters"
+            )
+        return self
+
+    @property
+    def engine(self) -> Literal["duckdb", "postgresql"]:
+        return "postgresql" if self.url is not None or self.url_file is not None else "duckdb"
+
+    def resolve_url(self) -> str:
+        """The PostgreSQL URL, from `url` or read from `url_file` (systemd LoadCredential)."""
+        if self.url is not None:
+            return self.url.get_secret_value().strip()
+        assert self.url_file is not None
+        try:
+            text = self.url_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                [f"database.url_file: cannot read {str(self.url_file)!r} ({exc.strerror})"]
+            ) from exc
+        try:
+            return _check_url(text, "database.url_file")
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
+
+    def pool(self, workers: int) -> int:
+        """Connections per daemon: outcomes, claims, scans and the API share them."""
+        return self.pool_size or max(4, min(20, workers // 8 + 2))
 
 
 class AdminSettings(_Section):
@@ -210,7 +292,17 @@ def load_settings(
 
 def redacted(settings: Settings) -> dict[str, Any]:
     """The resolved settings as check-config prints them: secrets masked, durations spelled."""
-    data = settings.model_dump(mode="json")
+    data = settings.model_dump(mode="json", by_alias=True)
     if settings.admin.token is not None:
         data["admin"]["token"] = "**********"
+    database = settings.database
+    data["database"] = {"engine": database.engine, **data["database"]}
+    if database.url is not None:
+        data["database"]["url"] = redact_url(database.url.get_secret_value())
+    if database.engine == "postgresql":
+        for key in ("path", "checkpoint_interval", "memory_limit", "stall_timeout"):
+            data["database"].pop(key, None)
+    else:
+        for key in ("url", "url_file", "schema", "pool_size", "peer_timeout"):
+            data["database"].pop(key, None)
     return data

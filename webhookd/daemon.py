@@ -20,7 +20,7 @@ from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.signing import USER_AGENT
 from webhookd.store.base import StoreUnavailable
-from webhookd.store.remote import RemoteStore
+from webhookd.store.engines import describe, make_store
 from webhookd.upkeep import AutoDisabler, LeaseRescuer, Periodic, Pruner
 from webhookd.workers import RetryPolicy, WorkerPool
 
@@ -87,13 +87,12 @@ class Daemon:
             for problem in exc.problems:
                 log.error("configuration error", problem=problem)
             return EXIT_CONFIG
-        store = RemoteStore(
-            s.database.path,
-            memory_limit=s.database.memory_limit,
-            checkpoint_interval=s.database.checkpoint_interval,
-            log_format=s.logging.format,
-            log_level=s.logging.level,
-        )
+        try:
+            store = make_store(s)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("configuration error", problem=problem)
+            return EXIT_CONFIG
         metrics = Metrics()
         sender = Sender(
             timeout=s.delivery.timeout,
@@ -124,7 +123,10 @@ class Daemon:
             on_enqueued=pool.wake,
         )
         upkeep: list[Periodic] = [
-            LeaseRescuer(store, max(1.0, s.delivery.lease / 2), pool.wake),
+            # On a shared database a dead daemon is found by its heartbeat: look often.
+            LeaseRescuer(
+                store, max(1.0, min(s.delivery.lease / 2, s.database.peer_timeout / 3)), pool.wake
+            ),
             Pruner(
                 store,
                 s.retention.prune_interval,
@@ -158,7 +160,12 @@ class Daemon:
             await runner.cleanup()
             return EXIT_CONFIG
         self.listening = listening
-        log.info("listening; opening the database", listen=listening)
+        log.info(
+            "listening; opening the database",
+            listen=listening,
+            engine=s.database.engine,
+            database=describe(s),
+        )
         try:
             await store.open()
         except StoreUnavailable as exc:
@@ -181,7 +188,8 @@ class Daemon:
             asyncio.create_task(pool.run(), name="workers"),
             *(asyncio.create_task(u.run(), name=u.name) for u in upkeep),
         ]
-        # The database process dying is a crash of the daemon: stop, and exit non-zero.
+        # The engine lost for good (DuckDB's database process died) is a crash of the
+        # daemon: stop, and exit non-zero. PostgreSQL reconnects instead.
         lost = asyncio.create_task(store.lost.wait(), name="database process")
         tasks.append(lost)
         watchdog = asyncio.create_task(
@@ -192,7 +200,8 @@ class Daemon:
             "webhookd ready",
             version=__version__,
             listen=listening,
-            database=str(s.database.path),
+            engine=s.database.engine,
+            database=describe(s),
             workers=s.delivery.workers,
             rescued=rescued,
         )

@@ -1,4 +1,5 @@
-"""Upkeep services, each small, each started and stopped the same way.
+"""Upkeep services, each small, each started and stopped the same way, each run on the
+elected daemon only when several share one database (Store.lead).
 
 - LeaseRescuer: rows whose lease ran out (a stuck or lost attempt) are re-driven.
 - Pruner: delivered queue rows and old log rows go, in small batches.
@@ -29,8 +30,9 @@ class Periodic:
 
     name = "periodic"
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, store: Store, interval: float) -> None:
         self.interval = interval
+        self._store = store
         self._stopping = asyncio.Event()
 
     async def tick(self) -> None:
@@ -46,7 +48,9 @@ class Periodic:
             if self._stopping.is_set():
                 return
             try:
-                await self.tick()
+                # On a shared database only the elected daemon does upkeep.
+                if await self._store.lead():
+                    await self.tick()
             except Exception as exc:
                 log.error(f"{self.name} failed", error=str(exc))
 
@@ -55,8 +59,7 @@ class LeaseRescuer(Periodic):
     name = "lease rescue"
 
     def __init__(self, store: Store, interval: float, on_rescued: Callable[[], None]) -> None:
-        super().__init__(interval)
-        self._store = store
+        super().__init__(store, interval)
         self._on_rescued = on_rescued
 
     async def tick(self) -> None:
@@ -72,8 +75,7 @@ class Pruner(Periodic):
     def __init__(
         self, store: Store, interval: float, delivered_ttl: float, log_ttl: float, batch: int
     ) -> None:
-        super().__init__(interval)
-        self._store = store
+        super().__init__(store, interval)
         self._delivered_ttl = delivered_ttl
         self._log_ttl = log_ttl
         self._batch = batch
@@ -100,8 +102,7 @@ class AutoDisabler(Periodic):
     name = "auto-disable"
 
     def __init__(self, store: Store, interval: float, after: float, metrics: Metrics) -> None:
-        super().__init__(interval)
-        self._store = store
+        super().__init__(store, interval)
         self._after = after
         self._metrics = metrics
 

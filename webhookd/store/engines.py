@@ -1,0 +1,40 @@
+"""The one place that picks the storage engine from the settings."""
+
+from __future__ import annotations
+
+from webhookd.config import Settings, redact_url
+from webhookd.store.base import Store
+from webhookd.store.remote import RemoteStore
+
+
+def make_store(settings: Settings) -> Store:
+    """DuckDB in a child process (database.path), or PostgreSQL (database.url or url_file).
+    Raises ConfigError when the URL file cannot be read."""
+    db = settings.database
+    if db.engine == "postgresql":
+        from webhookd.store.postgres import PostgresStore
+
+        return PostgresStore(
+            db.resolve_url(),
+            schema=db.db_schema,
+            pool_size=db.pool(settings.delivery.workers),
+            dead_after=db.peer_timeout,
+        )
+    return RemoteStore(
+        db.path,
+        memory_limit=db.memory_limit,
+        checkpoint_interval=db.checkpoint_interval,
+        log_format=settings.logging.format,
+        log_level=settings.logging.level,
+        poll_interval=settings.scanner.poll_interval,
+    )
+
+
+def describe(settings: Settings) -> str:
+    """Where the data lives, for logs: the file, or the URL without its password."""
+    db = settings.database
+    if db.engine == "duckdb":
+        return str(db.path)
+    if db.url is not None:
+        return f"{redact_url(db.url.get_secret_value())} schema {db.db_schema}"
+    return f"url from {db.url_file} schema {db.db_schema}"

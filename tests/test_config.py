@@ -106,7 +106,8 @@ def test_example_config_writes_out_every_setting() -> None:
     for section, model in Settings.model_fields.items():
         assert f"[{section}]" in lines, section
         section_model: Any = model.annotation
-        for key in section_model.model_fields:
+        for name, field in section_model.model_fields.items():
+            key = field.alias or name
             if (section, key) == ("admin", "token"):
                 continue  # never in a file: WEBHOOKD_ADMIN__TOKEN, documented in a comment
             written = [ln for ln in lines if ln.lstrip("# ").startswith(f"{key} = ")]
@@ -383,3 +384,80 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "does not exist" in result.stderr
     assert "missing.toml" in result.stderr
+
+
+# -- the PostgreSQL engine's keys ------------------------------------------------------
+
+
+def test_a_database_url_selects_postgresql(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[database]\nurl = "postgresql://app:hunter2@127.0.0.1:5432/app"\nschema = "hooks"\n',
+    )
+    settings = load_settings(path)
+    assert settings.database.engine == "postgresql"
+    assert settings.database.db_schema == "hooks"
+    assert settings.database.resolve_url() == "postgresql://app:hunter2@127.0.0.1:5432/app"
+    assert load_settings(write(tmp_path, "")).database.engine == "duckdb"
+
+
+def test_a_url_and_a_path_are_an_error_naming_both(tmp_path: Path) -> None:
+    problems = problems_of(
+        write(tmp_path, '[database]\nurl = "postgresql://h/db"\npath = "/tmp/x.duckdb"\n')
+    )
+    assert len(problems) == 1
+    assert "database.path" in problems[0] and "database.url" in problems[0]
+
+
+def test_a_url_and_a_url_file_are_an_error(tmp_path: Path) -> None:
+    problems = problems_of(
+        write(tmp_path, '[database]\nurl = "postgresql://h/db"\nurl_file = "/tmp/u"\n')
+    )
+    assert "database.url_file" in problems[0]
+
+
+@pytest.mark.parametrize("url", ["mysql://h/db", "http://h/db", "postgresql://h:99999/db"])
+def test_a_bad_database_url_names_the_key(tmp_path: Path, url: str) -> None:
+    problems = problems_of(write(tmp_path, f'[database]\nurl = "{url}"\n'))
+    assert problems[0].startswith("database.url:"), problems
+
+
+def test_a_bad_schema_name_names_the_key(tmp_path: Path) -> None:
+    problems = problems_of(
+        write(tmp_path, '[database]\nurl = "postgresql://h/db"\nschema = "a; DROP"\n')
+    )
+    assert problems[0].startswith("database.schema:"), problems
+
+
+def test_the_url_file_is_read_and_checked(tmp_path: Path) -> None:
+    url_file = tmp_path / "database-url"
+    url_file.write_text("postgresql://app:s3cret@127.0.0.1/app\n")
+    settings = load_settings(write(tmp_path, f'[database]\nurl_file = "{url_file}"\n'))
+    assert settings.database.resolve_url() == "postgresql://app:s3cret@127.0.0.1/app"
+    url_file.write_text("nonsense\n")
+    with pytest.raises(ConfigError) as caught:
+        settings.database.resolve_url()
+    assert caught.value.problems[0].startswith("database.url_file:")
+    url_file.unlink()
+    with pytest.raises(ConfigError) as caught:
+        settings.database.resolve_url()
+    assert caught.value.problems[0].startswith("database.url_file:")
+
+
+def test_check_config_shows_the_engine_and_hides_the_password(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text().replace(
+        f'path = "{tmp_path / "webhookd.duckdb"}"',
+        'url = "postgresql://app:hunter2@127.0.0.1:5432/app?password=hunter2"',
+    )
+    config.write_text(text)
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["database"]["engine"] == "postgresql"
+    assert printed["database"]["schema"] == "webhookd"
+    assert "127.0.0.1:5432/app" in printed["database"]["url"]
+    assert "path" not in printed["database"]
+    assert "hunter2" not in result.stdout + result.stderr
+    duck = json.loads(check_config(write_config(tmp_path)).stdout)
+    assert duck["database"]["engine"] == "duckdb"

@@ -151,3 +151,30 @@ def test_environment_names_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -
     settings = Settings()
     assert settings.logging.format == "json"
     assert str(settings.admin.token_file) == environment()["WEBHOOKD_ADMIN__TOKEN_FILE"]
+
+
+DROP_IN = UNIT.parent / "postgresql.conf"
+
+
+def test_starts_after_a_local_postgresql_without_pulling_it_in() -> None:
+    unit = [(k, v) for section, k, v in directives() if section == "Unit"]
+    assert "postgresql.service" in " ".join(v for k, v in unit if k == "After")
+    assert "postgresql.service" not in " ".join(v for k, v in unit if k in ("Wants", "Requires"))
+
+
+def test_postgresql_drop_in_passes_the_url_as_a_credential(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = {k: v for section, k, v in directives(DROP_IN) if section == "Service"}
+    name, _, source = values["LoadCredential"].partition(":")
+    assert source.startswith("/etc/webhookd/")
+    env_name, _, env_value = values["Environment"].partition("=")
+    assert env_name == "WEBHOOKD_DATABASE__URL_FILE"
+    assert env_value == f"/run/credentials/{UNIT.name}/{name}"
+    for variable in list(os.environ):
+        if variable.startswith("WEBHOOKD_"):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv(env_name, env_value)
+    settings = Settings()
+    assert settings.database.engine == "postgresql"
+    assert str(settings.database.url_file) == env_value

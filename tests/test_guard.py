@@ -14,12 +14,15 @@ import pytest
 from receivers import FakeResolver
 
 from webhookd.guard import (
+    MAX_URL_LENGTH,
     DestinationRefused,
     GuardedResolver,
     forbidden_reason,
+    host_problem,
     is_forbidden,
     validate_url,
 )
+from webhookd.sender import Sender
 
 FORBIDDEN = [
     ("127.0.0.1", "loopback"),
@@ -156,6 +159,105 @@ def test_validate_url_allows_private_ip_literals_when_allowed() -> None:
         "http://127.0.0.1:8080/hook"
     )
     assert validate_url("http://[::1]/hook", allow_private=True) == "http://[::1]/hook"
+
+
+# --- hosts: a valid IP literal or a valid DNS host name, nothing in between ----------
+
+# Hosts aiohttp took for IP literals (so no resolver, no guard): refused whatever
+# allow_private says, at registration and at send time.
+BAD_HOSTS = [
+    ("http://[::1%]/", "zone id"),
+    ("http://[fe80::1%25eth0]:8080/", "zone id"),
+    ("http://[v1.x]/", "not a valid IPv6 address"),
+    ("http://1.2.3.4.5/", "last label is a number"),
+    ("http://127.0.0.1../", "empty label"),
+    ("http://127.0.0.1./", "not a canonical IP address"),
+    ("http://a..example.com/", "empty label"),
+    ("http://.example.com/", "empty label"),
+    ("http://hooks.example.com../", "empty label"),
+    ("http://hooks.0x1f/", "last label is a number"),
+    ("http://-hooks.example.com/", "letters, digits and hyphens"),
+    ("http://hooks-.example.com/", "letters, digits and hyphens"),
+    ("http://hooks_in.example.com/", "letters, digits and hyphens"),
+    ("http://%68ooks.example.com/", "letters, digits and hyphens"),
+    ("http://" + "a" * 64 + ".example.com/", "over 63 characters"),
+    ("http://" + ".".join(["a" * 63] * 4) + "/", "longer than 253"),
+]
+
+
+@pytest.mark.parametrize("allow_private", [True, False])
+@pytest.mark.parametrize(("url", "message"), BAD_HOSTS)
+def test_validate_url_refuses_hosts_that_are_neither_ip_nor_host_name(
+    url: str, message: str, allow_private: bool
+) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        validate_url(url, allow_private=allow_private)
+    assert str(info.value).startswith("URL ")
+
+
+@pytest.mark.parametrize(
+    ("url", "normalised"),
+    [
+        ("https://example.com/x", "https://example.com/x"),
+        ("http://[2001:db8::1]:8080/", "http://[2001:db8::1]:8080/"),
+        ("https://xn--bcher-kva.example/", "https://xn--bcher-kva.example/"),
+        ("https://hooks.example.com./in", "https://hooks.example.com./in"),  # FQDN
+        ("https://a-b.c0.example/", "https://a-b.c0.example/"),
+        ("https://3com.example.com/", "https://3com.example.com/"),  # digits first: fine
+        ("https://123abc/", "https://123abc/"),  # a last label not all digits
+        ("https://" + "a" * 63 + ".example/", "https://" + "a" * 63 + ".example/"),
+        ("http://93.184.216.34/", "http://93.184.216.34/"),
+        ("http://[::ffff:93.184.216.34]/", "http://[::ffff:5db8:d822]/"),
+    ],
+)
+def test_validate_url_accepts_valid_hosts(url: str, normalised: str) -> None:
+    assert validate_url(url, allow_private=True) == normalised
+
+
+def test_a_host_name_of_253_characters_is_the_longest_accepted() -> None:
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    assert len(longest) == 253
+    assert host_problem(longest) is None
+    assert host_problem(longest + ".") is None  # the trailing dot does not count
+    assert host_problem(longest + "e") is not None
+
+
+def test_validate_url_has_a_length_limit() -> None:
+    fits = "https://example.com/" + "p" * (MAX_URL_LENGTH - len("https://example.com/"))
+    assert len(fits) == MAX_URL_LENGTH
+    assert validate_url(fits, allow_private=False) == fits
+    with pytest.raises(ValueError, match=f"longer than {MAX_URL_LENGTH} characters"):
+        validate_url(fits + "p", allow_private=False)
+
+
+def test_the_length_limit_holds_once_percent_encoded() -> None:
+    """Every "ä" takes six characters once normalised: the stored URL is what counts."""
+    with pytest.raises(ValueError, match=f"longer than {MAX_URL_LENGTH} characters"):
+        validate_url("https://example.com/" + "ä" * 400, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [url for url, _ in BAD_HOSTS] + ["https://example.com/" + "p" * MAX_URL_LENGTH],
+)
+async def test_a_url_stored_before_these_checks_is_a_failed_attempt_at_send_time(
+    url: str,
+) -> None:
+    """A webhook registered before hosts were checked keeps its URL: sending to it is a
+    failed attempt with a clear error, decided before any connection or DNS query (the
+    autouse fixture fails the test on any lookup of these names)."""
+    sender = Sender(
+        timeout=5, max_response_bytes=0, allow_private=True, pool_size=1, user_agent="t"
+    )
+    await sender.start()
+    try:
+        result = await sender.post(url, b"{}", {})
+    finally:
+        await sender.close()
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("invalid URL: URL "), result.error
+    assert not result.local_failure
 
 
 # --- DestinationRefused ------------------------------------------------------------

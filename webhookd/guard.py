@@ -5,11 +5,19 @@ metadata), shared (CGNAT), multicast, reserved and every other non-global
 address. The check runs twice:
 
 * when a webhook is created or changed, :func:`validate_url` refuses URLs that are
-  not plain ``http``/``https``, carry credentials, or name a forbidden IP literal;
+  not plain ``http``/``https``, carry credentials, are longer than
+  :data:`MAX_URL_LENGTH`, have a host that is neither a valid IP literal nor a valid
+  DNS host name (:func:`host_problem`), or name a forbidden IP literal;
 * at connect time, :class:`GuardedResolver` filters the addresses a host name
   resolves to, so the address actually connected to is the one checked (this is
   what defeats DNS rebinding). aiohttp does not call the resolver for IP-literal
   hosts, so the sender checks those itself with :func:`forbidden_reason`.
+
+Hosts are checked strictly (and again at send time, for URLs stored before the check
+existed) because aiohttp treats anything that does not look like a DNS name as an IP
+literal and skips the resolver: ``http://[::1%]/``, ``http://1.2.3.4.5/`` or
+``http://127.0.0.1../`` would otherwise be refused only by the luck of aiohttp's and
+the C library's own parsing.
 
 ``delivery.allow_private_destinations = true`` lifts all of this.
 """
@@ -20,16 +28,20 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 __all__ = [
+    "MAX_URL_LENGTH",
     "DestinationRefused",
     "GuardedResolver",
     "IPAddress",
+    "check_target",
     "forbidden_reason",
+    "host_problem",
     "is_forbidden",
     "validate_url",
 ]
@@ -57,6 +69,17 @@ _UNIQUE_LOCAL_V6 = ipaddress.IPv6Network("fc00::/7")
 # Legacy numeric host forms that inet_aton() maps onto an IPv4 address
 # ("2130706433", "127.1", "0x7f.0.0.1", "0177.0.0.1"). Not host names either.
 _NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?", re.I)
+
+# Longest webhook URL accepted, in characters (as given and once normalised).
+MAX_URL_LENGTH = 2048
+# A DNS host name (RFC 1035, RFC 1123): at most 253 characters without the trailing
+# dot, labels of 1-63 letters, digits and hyphens, no hyphen first or last. IDNA names
+# arrive here already in their ASCII (xn--) form.
+MAX_HOST_NAME_LENGTH = 253
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.I)
+# A last label that is a number (decimal or 0x-hex) makes a name an IPv4 address to URL
+# parsers and to inet_aton(), never a host name.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.I)
 
 
 _Refused = tuple[tuple[str, str], ...]  # (address, reason) pairs
@@ -161,15 +184,94 @@ def parse_ip(host: str) -> IPAddress | None:
         return None
 
 
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is neither a valid IP literal nor a valid DNS host name, or ``None``.
+
+    ``host`` is a URL's host as yarl gives it (``URL.raw_host``): IPv6 without its
+    brackets, a name in its ASCII (IDNA ``xn--``) form. Accepted: a canonical IPv4
+    address; an IPv6 address without a zone id (``%eth0`` names an interface of this
+    machine, meaningless for a remote receiver); a host name of labels of 1-63 letters,
+    digits and hyphens (not first or last), at most 253 characters, with at most one
+    trailing dot, whose last label is not a number. So ``1.2.3.4.5`` (a number last),
+    ``127.0.0.1..`` (an empty label) and ``2130706433`` (a legacy IPv4 form) are refused.
+    """
+    if not host:
+        return "URL has no host"
+    if ":" in host:
+        if "%" in host:
+            return f"URL host [{host}] has an IPv6 zone id (%...), which is not allowed"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"URL host [{host}] is not a valid IPv6 address"
+        return None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    if _NUMERIC_HOST.fullmatch(host):
+        return f"URL host {host!r} is not a canonical IP address or a host name"
+    name = host[:-1] if host.endswith(".") else host
+    if not name:
+        return f"URL host {host!r} is not a host name"
+    if len(name) > MAX_HOST_NAME_LENGTH:
+        return f"URL host is longer than {MAX_HOST_NAME_LENGTH} characters"
+    labels = name.split(".")
+    for label in labels:
+        if not label:
+            return f"URL host {host!r} is not a valid host name: it has an empty label"
+        if len(label) > 63:
+            return f"URL host {host!r} is not a valid host name: a label is over 63 characters"
+        if not _LABEL.fullmatch(label):
+            return (
+                f"URL host {host!r} is not a valid host name: labels are letters, digits "
+                "and hyphens, not starting or ending with a hyphen"
+            )
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return (
+            f"URL host {host!r} is not a canonical IP address or a host name "
+            "(its last label is a number)"
+        )
+    return None
+
+
+def _written_host_is_bracketed(url: str) -> bool:
+    """Whether the host as written is in brackets (yarl drops them from ``[v1.x]``)."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    return netloc.rpartition("@")[2].startswith("[")
+
+
+def check_target(url: str, parsed: URL) -> None:
+    """Raise ``ValueError`` if ``url`` (parsed as ``parsed``) is too long or its host is
+    not a valid IP literal or DNS host name; used at registration and at send time."""
+    if len(url) > MAX_URL_LENGTH or len(str(parsed)) > MAX_URL_LENGTH:
+        raise ValueError(f"URL is longer than {MAX_URL_LENGTH} characters")
+    host = parsed.raw_host or ""
+    problem = host_problem(host)
+    if problem is not None:
+        raise ValueError(problem)
+    if ":" not in host and _written_host_is_bracketed(url):
+        raise ValueError(f"URL host [{host}] is not a valid IPv6 address")
+
+
 def validate_url(url: str, *, allow_private: bool) -> str:
     """Check a webhook URL and return it normalised; raise ``ValueError`` if unusable.
 
     Refuses schemes other than ``http``/``https``, a missing host, credentials in
-    the URL, legacy numeric IPv4 forms, and (unless ``allow_private``) an IP-literal
-    host that is a forbidden address. Host names are checked at connect time.
+    the URL, a URL longer than :data:`MAX_URL_LENGTH`, a host that is neither a valid
+    IP literal nor a valid DNS host name (see :func:`host_problem`), and (unless
+    ``allow_private``) an IP-literal host that is a forbidden address. What a host
+    name resolves to is checked at connect time.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"URL is longer than {MAX_URL_LENGTH} characters")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise ValueError("URL must not contain white space or control characters")
     try:
@@ -188,10 +290,8 @@ def validate_url(url: str, *, allow_private: bool) -> str:
         or "@" in parsed.raw_authority
     ):
         raise ValueError("URL must not contain credentials (user:password@)")
-    host = parsed.raw_host
-    ip = parse_ip(host)
-    if ip is None and _NUMERIC_HOST.fullmatch(host):
-        raise ValueError(f"URL host {host!r} is not a canonical IP address or a host name")
+    check_target(url, parsed)
+    ip = parse_ip(parsed.raw_host)
     if ip is not None and not allow_private:
         reason = forbidden_reason(ip)
         if reason is not None:

@@ -7,6 +7,9 @@ turns every network or HTTP problem into an :class:`AttemptResult` with a clear
 error text; it raises only for programming errors (and cancellation). What the
 outcome *means* (delivered, retry, gone) is decided by the caller.
 
+A URL stored before webhookd checked hosts strictly (:func:`webhookd.guard.check_target`)
+is checked again here, and one that fails is a failed attempt with a clear error.
+
 Destination safety: unless ``allow_private``, host names are resolved through
 :class:`webhookd.guard.GuardedResolver` (checked at connect time, on the address
 actually connected to) and IP-literal hosts, which aiohttp never resolves, are
@@ -29,7 +32,13 @@ from functools import lru_cache
 import aiohttp
 from yarl import URL
 
-from webhookd.guard import DestinationRefused, GuardedResolver, forbidden_reason, parse_ip
+from webhookd.guard import (
+    DestinationRefused,
+    GuardedResolver,
+    check_target,
+    forbidden_reason,
+    parse_ip,
+)
 
 __all__ = ["AttemptResult", "Sender", "parse_retry_after"]
 
@@ -88,8 +97,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 @lru_cache(maxsize=8192)
 def _target(url: str) -> tuple[URL, str | None]:
-    """The parsed URL and, if its host is a forbidden IP literal, the refusal text."""
+    """The parsed URL and, if its host is a forbidden IP literal, the refusal text.
+
+    Raises ``ValueError`` for a URL that is not valid, too long, or whose host is
+    neither a valid IP literal nor a valid DNS host name (see guard.check_target)."""
     parsed = URL(url)
+    check_target(url, parsed)
     host = parsed.host
     ip = parse_ip(host) if host else None
     reason = forbidden_reason(ip) if ip is not None else None

@@ -17,8 +17,12 @@ CREATE TABLE pipeline_events (
     body         bytea,
     occurred_at  timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
     ingested_at  timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-    CONSTRAINT pipeline_events_event_id_printable CHECK (event_id ~ '^[!-~]{1,256}$'),
-    CONSTRAINT pipeline_events_event_type_printable CHECK (event_type ~ '^[!-~]{1,256}$')
+    -- 1 to 256 printable ASCII characters, no space (webhookd/events.py). Not {1,256}:
+    -- PostgreSQL's regular expressions allow a repetition count of 255 at most.
+    CONSTRAINT pipeline_events_event_id_printable
+        CHECK (event_id ~ '^[!-~]+$' AND length(event_id) <= 256),
+    CONSTRAINT pipeline_events_event_type_printable
+        CHECK (event_type ~ '^[!-~]+$' AND length(event_type) <= 256)
 );
 CREATE INDEX pipeline_events_xid_seq ON pipeline_events (xid, seq);
 

@@ -1,0 +1,129 @@
+"""The LISTEN connection: wakes the scanner and the workers when any daemon or producer
+commits work on this schema.
+
+A dedicated connection (not from the pool: a pooled one would be handed to other work)
+listens on the schema's channels and sets one asyncio.Event per kind of work. When it is
+lost (PostgreSQL restarted, the connection killed), it is opened again with backoff, and
+every event is set once it is back: anything may have happened meanwhile, and the
+callers' polling covers the time in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from webhookd import logs
+
+log = logs.get("webhookd.store")
+
+PING_TIMEOUT = 5.0
+
+
+class Listener:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        channels: Mapping[str, str],
+        on_state: Callable[[bool, BaseException | None], None],
+    ) -> None:
+        """`channels` maps each kind of work to its NOTIFY channel; `on_state` hears of
+        every loss (False, the error) and every (re)connection (True, None)."""
+        self._connect = connect
+        self._kinds = {channel: kind for kind, channel in channels.items()}
+        self.events = {kind: asyncio.Event() for kind in channels}
+        self._on_state = on_state
+        self._con: Any = None
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._con is not None and not self._con.is_closed()
+
+    async def start(self) -> None:
+        """Listen now (raising if the connection cannot be made), and keep listening."""
+        await self._open()
+        self._task = asyncio.create_task(self._supervise(), name="webhookd-pg-listen")
+
+    def done(self) -> bool:
+        """The supervising task ended, which it only does when closed."""
+        return self._task is not None and self._task.done()
+
+    async def _open(self) -> None:
+        con = await self._connect()
+        try:
+            for channel in self._kinds:
+                # asyncpg quotes the channel: ours hold a dot ("<schema>.events").
+                await con.add_listener(channel, self._notified)
+        except BaseException:
+            con.terminate()
+            raise
+        self._lost.clear()
+        con.add_termination_listener(self._terminated)
+        self._con = con
+        for event in self.events.values():
+            event.set()
+        self._on_state(True, None)
+
+    def _notified(self, con: Any, pid: int, channel: str, payload: str) -> None:
+        kind = self._kinds.get(channel)
+        if kind is not None:
+            self.events[kind].set()
+
+    def _terminated(self, con: Any) -> None:
+        if con is self._con:
+            self._lost.set()
+
+    async def ping(self) -> None:
+        """Use the connection once: a connection whose peer vanished without closing it
+        (a network partition) is only found out by using it."""
+        con = self._con
+        if con is None:
+            return
+        try:
+            await asyncio.wait_for(con.execute("SELECT 1"), PING_TIMEOUT)
+        except Exception as exc:
+            if con is self._con:
+                self._on_state(False, exc)
+                self._lost.set()
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            await self._lost.wait()
+            if self._closing:
+                return
+            old, self._con = self._con, None
+            if old is not None:
+                old.terminate()
+            self._on_state(False, ConnectionError("the LISTEN connection was lost"))
+            delay = 0.1
+            while not self._closing:
+                try:
+                    await self._open()
+                except Exception as exc:
+                    self._on_state(False, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                else:
+                    self.reconnects += 1
+                    log.info("listening for work again")
+                    break
+
+    async def close(self) -> None:
+        self._closing = True
+        self._lost.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        con, self._con = self._con, None
+        if con is not None:
+            try:
+                await asyncio.wait_for(con.close(), PING_TIMEOUT)
+            except Exception:
+                con.terminate()

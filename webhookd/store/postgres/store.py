@@ -1,0 +1,563 @@
+"""The PostgreSQL implementation of the Store: several daemons share one queue.
+
+Thin methods that run the named queries of sql/postgresql/queries.sql on a pooled
+asyncpg connection (the operators' and webhooks' operations live in admin.py); the
+pieces with a job of their own live beside this file: migrate.py (migrations, advisory
+lock keys), listen.py (LISTEN/NOTIFY), leader.py (upkeep election), outcomes.py (outcomes
+in batches), errors.py (error translation).
+
+Every call goes through `_call`, which turns a database that cannot be reached into
+StoreUnavailable (the API answers 503) and keeps `available()` and `healthy()` current.
+The pool reconnects by itself once PostgreSQL is back, so the store is never reopened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets as _random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+
+from webhookd import logs
+from webhookd.events import NewEvent, same_content
+from webhookd.events import body as event_body
+from webhookd.states import Status
+from webhookd.store.base import (
+    Channel,
+    Claim,
+    DeliveryFilter,
+    EventConflict,
+    IngestResult,
+    Outcome,
+    Page,
+    Pruned,
+    ScanResult,
+    StatusReport,
+    StoreUnavailable,
+    WebhookPatch,
+)
+from webhookd.store.postgres import admin
+from webhookd.store.postgres.common import channel, park_inactive
+from webhookd.store.postgres.errors import (
+    RETRYABLE,
+    is_unavailable,
+    open_error,
+    scrub,
+    unavailable,
+)
+from webhookd.store.postgres.leader import Leader
+from webhookd.store.postgres.listen import Listener
+from webhookd.store.postgres.migrate import CLAIM, LEADER, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.outcomes import OutcomeWriter
+from webhookd.store.postgres.queries import query
+from webhookd.store.records import naive_utc, signing_secrets
+
+log = logs.get("webhookd.store")
+
+T = TypeVar("T")
+Connection = Any  # asyncpg has no type stubs
+
+CONNECT_TIMEOUT = 10.0
+# A call outstanding this long means the engine is stuck (for the watchdog). A database
+# that is down is not stuck: calls fail fast and the pool reconnects.
+STUCK_AFTER = 60.0
+# Candidate rows a claim reads per row it may take: rows of webhooks with little room
+# left are skipped after the LIMIT (as on DuckDB).
+CANDIDATES_PER_ROW = 4
+CLOSE_TIMEOUT = 5.0
+
+
+class PostgresStore:
+    engine = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "webhookd",
+        pool_size: int = 10,
+        daemon_id: str | None = None,
+        dead_after: float = 30.0,
+        heartbeat_interval: float = 2.0,
+    ) -> None:
+        self._url = url
+        self.schema = schema
+        self._pool_size = max(2, pool_size)
+        self.daemon_id = daemon_id or f"{socket.gethostname()}:{os.getpid()}:{_random.token_hex(4)}"
+        self.dead_after = dead_after
+        self.heartbeat_interval = heartbeat_interval
+        # Never set: this engine reconnects by itself (see base.Store.lost).
+        self.lost = asyncio.Event()
+        self.migrations_applied: list[int] = []
+        self._pool: Any = None
+        self._closing = False
+        self._listener: Listener | None = None
+        self._leader: Leader | None = None
+        self._writer: OutcomeWriter | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._outstanding: dict[int, float] = {}
+        self._calls = 0
+        self._up = False
+        self._outage_reported = False
+        self._lease = 30.0  # the last claim's: how long an unwritten outcome is retried
+        self._cursor = 0
+        self._transactions = 0
+        self._operations = 0
+        self._scan_key = lock_key(schema, SCANNER)
+        self._claim_key = lock_key(schema, CLAIM)
+        self._server_settings = {"search_path": quote_ident(schema), "application_name": "webhookd"}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _connect(self) -> Connection:
+        """A connection of its own (LISTEN, the leader's lock), set up as the pool's are."""
+        return await asyncpg.connect(
+            self._url, server_settings=self._server_settings, timeout=CONNECT_TIMEOUT
+        )
+
+    async def open(self) -> None:
+        self._closing = False
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                server_settings=self._server_settings,
+                timeout=CONNECT_TIMEOUT,
+            )
+            async with self._pool.acquire() as con:
+                self.migrations_applied = await migrate(con, self.schema)
+                await self._beat(con)
+            self._listener = Listener(
+                self._connect,
+                {kind: channel(self.schema, kind) for kind in ("events", "deliveries")},
+                self._reachable,
+            )
+            await self._listener.start()
+        except Exception as exc:
+            await self._teardown()
+            raise open_error(exc, self._url, self.schema) from None
+        self._up = True
+        self._leader = Leader(self._connect, lock_key(self.schema, LEADER))
+        self._writer = OutcomeWriter(
+            self._write_outcomes,
+            retryable=lambda exc: isinstance(exc, (StoreUnavailable, *RETRYABLE)),
+            patience=lambda: self._lease,
+        )
+        self._writer.start()
+        self._heartbeat = asyncio.create_task(self._beating(), name="webhookd-pg-heartbeat")
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._writer is not None:
+            await self._writer.close(CLOSE_TIMEOUT)
+        # Best effort: a daemon that leaves says so; one that cannot is found dead later.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                async with self._pool.acquire() as con:
+                    await con.execute(query("unregister"), self.daemon_id)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._leader is not None:
+            await self._leader.close()
+            self._leader = None
+        pool, self._pool = self._pool, None
+        self._up = False
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except Exception:
+                pool.terminate()
+
+    def healthy(self) -> bool:
+        if self._pool is None:
+            return False
+        now = time.monotonic()
+        if any(now - started > STUCK_AFTER for started in self._outstanding.values()):
+            return False
+        tasks_ended = (
+            (self._heartbeat is not None and self._heartbeat.done())
+            or (self._writer is not None and self._writer.done())
+            or (self._listener is not None and self._listener.done())
+        )
+        return not tasks_ended
+
+    def available(self) -> bool:
+        return self._pool is not None and self._up
+
+    def stats(self) -> dict[str, int]:
+        return {"transactions": self._transactions, "operations": self._operations}
+
+    def _reachable(self, ok: bool, problem: BaseException | None) -> None:
+        """What the last call (or the LISTEN connection) found: the database answers, or not."""
+        if ok:
+            if not self._up and self._outage_reported:
+                log.info("the database answers again")
+            self._up = True
+            self._outage_reported = False
+            return
+        self._up = False
+        if not self._outage_reported and not self._closing:
+            self._outage_reported = True
+            detail = scrub(str(problem) or type(problem).__name__, self._url)
+            log.warning("the database is unavailable; reconnecting", error=detail)
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, operations: int = 1) -> T:
+        """Run `fn(connection, *args)` on a pooled connection, translating a database
+        that cannot be reached into StoreUnavailable."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("the database is closed")
+        self._calls += 1
+        token = self._calls
+        self._outstanding[token] = time.monotonic()
+        try:
+            async with pool.acquire() as con:
+                result = await fn(con, *args)
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._reachable(False, exc)
+                raise unavailable(exc, self._url) from None
+            self._reachable(True, None)  # it answered, with an error of another kind
+            if isinstance(exc, asyncpg.DiskFullError):
+                raise unavailable(exc, self._url) from None
+            raise
+        finally:
+            del self._outstanding[token]
+        self._reachable(True, None)
+        if operations:
+            self._transactions += 1
+            self._operations += operations
+        return result
+
+    async def _beat(self, con: Connection) -> None:
+        await con.execute(query("heartbeat"), self.daemon_id, socket.gethostname(), os.getpid())
+
+    async def _beating(self) -> None:
+        """Tell the other daemons this one lives; never fatal (errors logged once an outage)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._call(self._beat, operations=0)
+            except StoreUnavailable:
+                pass  # reported by _reachable, once
+            except Exception as exc:
+                log.warning("heartbeat failed", error=str(exc))
+            if self._listener is not None:
+                await self._listener.ping()
+
+    # -- start-up and upkeep -------------------------------------------------------------
+
+    async def rescue_orphans(self) -> int:
+        # Every inflight row may be another live daemon's: dead daemons' rows come back
+        # through rescue_expired (their heartbeat stops), on the leader.
+        return 0
+
+    async def rescue_expired(self, now: datetime) -> int:
+        forget_after = max(3600.0, 10 * self.dead_after)
+        row = await self._call(
+            _fetchrow,
+            query("rescue_expired"),
+            naive_utc(now),
+            float(self.dead_after),
+            forget_after,
+        )
+        return int(row["n"])
+
+    async def lead(self) -> bool:
+        leader = self._leader
+        return False if leader is None or self._closing else await leader.lead()
+
+    async def prune(self, delivered_before: datetime, log_before: datetime, batch: int) -> Pruned:
+        return await self._call(admin.prune, delivered_before, log_before, batch)
+
+    async def auto_disable(self, failing_before: datetime) -> list[str]:
+        return await self._call(admin.auto_disable, failing_before)
+
+    async def checkpoint(self) -> None:
+        return None  # PostgreSQL checkpoints by itself
+
+    # -- the data path -------------------------------------------------------------------------
+
+    async def ingest(self, events: list[NewEvent]) -> IngestResult:
+        if not events:
+            return IngestResult([], 0)
+        fresh: dict[str, NewEvent] = {}
+        conflicts: set[str] = set()
+        for event in events:
+            prior = fresh.get(event.event_id)
+            if prior is None:
+                fresh[event.event_id] = event
+            elif not same_content(prior.event_type, prior.payload, event):
+                conflicts.add(event.event_id)
+        if conflicts:
+            raise EventConflict(sorted(conflicts))
+        inserted = await self._call(self._ingest, list(fresh.values()), operations=len(events))
+        return IngestResult([e.event_id for e in events], inserted)
+
+    async def _ingest(self, con: Connection, events: list[NewEvent]) -> int:
+        ids = [e.event_id for e in events]
+        types = [e.event_type for e in events]
+        payloads = [e.payload for e in events]
+        async with con.transaction():
+            rows = await con.fetch(
+                query("ingest"),
+                ids,
+                types,
+                payloads,
+                [e.body for e in events],
+                [naive_utc(e.occurred_at) for e in events],
+            )
+            if len(rows) < len(events):
+                new = {r[0] for r in rows}
+                old = [i for i, event_id in enumerate(ids) if event_id not in new]
+                differing = await con.fetch(
+                    query("ingest_conflicts"),
+                    [ids[i] for i in old],
+                    [types[i] for i in old],
+                    [payloads[i] for i in old],
+                )
+                if differing:
+                    raise EventConflict(sorted(r[0] for r in differing))  # rolls back
+        return len(rows)
+
+    async def scan(self, batch_size: int) -> ScanResult:
+        return await self._call(self._scan, batch_size)
+
+    async def _scan(self, con: Connection, batch_size: int) -> ScanResult:
+        async with con.transaction():
+            if not await con.fetchval(query("scan_lock"), self._scan_key):
+                return ScanResult(0, 0, self._cursor)  # another daemon is scanning
+            rows = await con.fetch(query("scan_read"), batch_size)
+            if not rows:
+                raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
+            events = [r for r in rows if r["event_id"] is not None]
+            if not events:
+                self._cursor = rows[0]["cursor_seq"]
+                return ScanResult(0, 0, self._cursor)
+            built = [r for r in events if r["payload"] is not None]
+            last = events[-1]
+            enqueued = await con.fetchval(
+                query("scan_enqueue"),
+                [r["event_id"] for r in events],
+                last["xid"],
+                last["seq"],
+                [r["event_id"] for r in built],
+                [_build_body(r) for r in built],
+            )
+        self._cursor = last["seq"]
+        return ScanResult(len(events), int(enqueued), last["seq"])
+
+    async def claim(
+        self,
+        limit: int,
+        per_webhook: int,
+        lease: float,
+        caps: Mapping[str, int] | None = None,
+    ) -> list[Claim]:
+        if limit <= 0:
+            return []
+        self._lease = lease
+        wanted = dict(caps or {})
+        return await self._call(
+            self._claim,
+            limit,
+            per_webhook,
+            lease,
+            list(wanted),
+            [int(v) for v in wanted.values()],
+            operations=limit,
+        )
+
+    async def _claim(
+        self,
+        con: Connection,
+        limit: int,
+        per_webhook: int,
+        lease: float,
+        cap_ids: list[str],
+        cap_values: list[int],
+    ) -> list[Claim]:
+        async with con.transaction():
+            # Serialises claims across daemons (see claim_lock in queries.sql).
+            await con.execute(query("claim_lock"), self._claim_key)
+            rows = await con.fetch(
+                query("claim"),
+                limit,
+                per_webhook,
+                cap_ids,
+                cap_values,
+                limit * CANDIDATES_PER_ROW,
+                float(lease),
+                self.daemon_id,
+            )
+            strays = [r["webhook_id"] for r in rows if r["stray"]]
+            if strays:
+                # Pending rows of a webhook inactive or gone: parked, not left at the head.
+                await park_inactive(con, strays, rows[0]["now"])
+        claimed = sorted(
+            (r for r in rows if not r["stray"]),
+            key=lambda r: (r["next_attempt_at"], r["webhook_id"], r["event_id"]),
+        )
+        claims = []
+        for r in claimed:
+            attempt = r["attempts"] + 1
+            claims.append(
+                Claim(
+                    r["webhook_id"],
+                    r["event_id"],
+                    attempt,
+                    attempt - r["retry_base"],
+                    r["url"],
+                    signing_secrets(
+                        r["secret"],
+                        r["previous_secret"],
+                        r["previous_secret_expires_at"],
+                        r["now"],
+                    ),
+                    bytes(r["body"]),
+                    r["lease_until"],
+                )
+            )
+        return claims
+
+    async def wait_for_work(self, channel: Channel, within: float) -> None:
+        listener = self._listener
+        if listener is None:
+            await asyncio.sleep(within)
+            return
+        event = listener.events[channel]
+        if not event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), within)
+        event.clear()
+
+    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+        writer = self._writer
+        if writer is None or self._closing:
+            raise StoreUnavailable("the database is closed")
+        return writer.submit(outcome)
+
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
+        await self._call(self._record, outcomes, operations=len(outcomes))
+
+    async def _record(self, con: Connection, outcomes: list[Outcome]) -> None:
+        await con.fetchval(
+            query("record"),
+            [o.webhook_id for o in outcomes],
+            [o.event_id for o in outcomes],
+            [Status(o.status).value for o in outcomes],
+            [o.attempt for o in outcomes],
+            [_naive(o.next_attempt_at) for o in outcomes],
+            [naive_utc(o.attempted_at) for o in outcomes],
+            [float(o.duration_ms) for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.error for o in outcomes],
+            [o.response_excerpt for o in outcomes],
+            [o.outcome for o in outcomes],
+            [o.deactivate_webhook for o in outcomes],
+            [_naive(o.claimed_until) for o in outcomes],
+            [o.spent for o in outcomes],
+        )
+
+    async def release(self, keys: list[tuple[str, str]]) -> int:
+        if not keys:
+            return 0
+        row = await self._call(
+            _fetchrow,
+            query("release"),
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            self.daemon_id,
+            operations=len(keys),
+        )
+        return int(row["n"])
+
+    # -- webhooks (admin.py) -------------------------------------------------------------
+
+    async def create_webhook(
+        self, url: str, event_types: list[str], secret: str, description: str
+    ) -> dict[str, Any]:
+        return await self._call(admin.create_webhook, url, event_types, secret, description)
+
+    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+        return await self._call(admin.get_webhook, webhook_id)
+
+    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+        return await self._call(admin.get_webhook_secrets, webhook_id)
+
+    async def list_webhooks(self, limit: int, after: str | None) -> Page:
+        return await self._call(admin.list_webhooks, limit, after)
+
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
+        return await self._call(admin.update_webhook, webhook_id, patch)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._call(admin.delete_webhook, webhook_id)
+
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]:
+        return await self._call(admin.rotate_secret, webhook_id, secret, grace)
+
+    # -- operators (admin.py) ---------------------------------------------------------------
+
+    async def list_deliveries(self, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
+        return await self._call(admin.list_deliveries, filt, limit, after)
+
+    async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
+        return await self._call(admin.list_attempts, webhook_id, event_id)
+
+    async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
+        return await self._call(admin.redrive, status, webhook_id, since)
+
+    async def replay(self, event_id: str, webhook_id: str | None) -> int:
+        return await self._call(admin.replay, event_id, webhook_id)
+
+    async def status(self) -> StatusReport:
+        return await self._call(admin.status)
+
+
+async def _fetchrow(con: Connection, sql: str, *args: Any) -> Any:
+    return await con.fetchrow(sql, *args)
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    return None if value is None else naive_utc(value)
+
+
+def _build_body(row: Any) -> bytes:
+    """The canonical body of an event a producer wrote in SQL, as the API would have built
+    it (admin.build_body: replay builds the same bytes). A payload canonical JSON cannot
+    carry (a number beyond a double's range) is sent as PostgreSQL prints it: still JSON."""
+    event_id, event_type, occurred_at, payload = (
+        row["event_id"],
+        row["event_type"],
+        row["occurred_at"],
+        row["payload"],
+    )
+    try:
+        return admin.build_body(event_id, event_type, occurred_at, payload)
+    except (ValueError, RecursionError) as exc:
+        log.warning(
+            "an event's data has no canonical JSON form; sending it as stored",
+            event_id=event_id,
+            error=str(exc),
+        )
+        return event_body(event_id, event_type, occurred_at.replace(tzinfo=UTC), payload)

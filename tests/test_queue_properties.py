@@ -1,13 +1,16 @@
 """The delivery queue under random interleavings of everything that touches it.
 
 A Hypothesis state machine drives a real DuckDBStore on a temporary file through
-ingest + scan, claims, outcomes, lease expiry, restarts (claims held in memory become
-void), release, webhook deactivate / enable / delete, redrive and replay, and keeps a
-model of what every row must be. After each step the database, read through the
-store's public API, is checked against the model and against the queue's invariants:
+ingest + scan, claims, outcomes, lease expiry, late outcomes (a worker whose lease ran
+out reports after all), restarts (claims held in memory become void), release, webhook
+deactivate / enable / delete, redrive and replay, and keeps a model of what every row
+must be. After each step the database, read through the store's public API, is checked
+against the model and against the queue's invariants:
 
 * no (webhook, event) pair ever enqueued goes missing (nothing prunes here);
-* `attempts` never decreases and equals the number of log rows of its pair;
+* `attempts` never decreases and equals the number of log rows of its pair, not counting
+  the rows of late outcomes: a late outcome changes nothing in the queue, but its attempt
+  was made, and the log keeps it;
 * a delivered row stays delivered unless replayed;
 * a row is `inflight` exactly when it has a lease, and exactly when a live claim holds it;
 * no row of an inactive or deleted webhook is `pending`.
@@ -116,7 +119,8 @@ class Row:
     base: int = 0  # attempts spent before the last enable / redrive / replay
     due: str | None = "now"  # "now", "later", or None when not pending
     code: int | None = None
-    log: int = 0
+    log: int = 0  # log rows of outcomes that applied
+    late: list[int] = field(default_factory=list)  # attempt numbers of late outcomes' log rows
 
 
 @dataclass
@@ -145,6 +149,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.events: dict[str, str] = {}  # event id -> type, in ingest order
         self.rows: dict[Key, Row] = {}
         self.held: dict[Key, Held] = {}
+        # Claims whose lease ran out while their worker still holds them: it may report yet.
+        self.expired: list[Claim] = []
         self.replayed: set[Key] = set()
         self.seen = Seen()
 
@@ -318,7 +324,50 @@ class QueueMachine(RuleBasedStateMachine):
         rescued = self.run(self.store.rescue_expired(utcnow() + timedelta(minutes=1)))
         expired = [k for k, h in self.held.items() if h.lease == SHORT_LEASE]
         assert rescued == len(expired)
+        # Their workers are still at it, and will report late (see late_outcome).
+        self.expired.extend(self.held[k].claim for k in expired)
         self.back_to_pending(expired)
+
+    @precondition(lambda self: self.expired)
+    @rule(index=st.integers(0, 99), kind=st.sampled_from(sorted(KINDS)))
+    def late_outcome(self, index: int, kind: str) -> None:
+        """A worker whose lease ran out reports after all: by now its row is pending, taken
+        by a newer claim, or finished. The outcome must change nothing in the queue. Its
+        log row is written (the attempt was made). A 410 still deactivates the webhook:
+        the endpoint asked to stop, whichever claim heard it."""
+        claim = self.expired.pop(index % len(self.expired))
+
+        async def report() -> None:  # record() queues on the running loop
+            await self.store.record(make_outcome(claim, kind))
+
+        self.run(report())
+        key = (claim.webhook_id, claim.event_id)
+        self.rows[key].late.append(claim.attempt)
+        if KINDS[kind][3]:
+            self.hooks[key[0]].active = False
+            self.park_pending_of_inactive()
+
+    @rule(
+        limit=st.integers(1, 10),
+        cap=st.integers(1, 3),
+        picks=PICKS,
+        kind=st.sampled_from(sorted(KINDS)),
+    )
+    def expire_claim_again_and_report_late(
+        self, limit: int, cap: int, picks: list[tuple[int, str]], kind: str
+    ) -> None:
+        """The case the lease fence exists for, in one step: claims outlive their leases,
+        their rows are claimed again, and one of the first workers reports late while its
+        row is inflight under the newer claim."""
+        self.claim(limit, cap, SHORT_LEASE)
+        self.expire_leases()
+        self.claim(limit, cap, LONG_LEASE)
+        if self.expired:
+            superseded = [c for c in self.expired if (c.webhook_id, c.event_id) in self.held]
+            index = picks[0][0]
+            if superseded:
+                index = self.expired.index(superseded[index % len(superseded)])
+            self.late_outcome(index, kind)
 
     @rule()
     def restart(self) -> None:
@@ -330,6 +379,7 @@ class QueueMachine(RuleBasedStateMachine):
         rescued = self.run(self.store.rescue_orphans())
         assert rescued == len(self.held)
         self.back_to_pending(list(self.held))
+        self.expired.clear()  # their workers died with the process: no late outcomes
 
     @rule(picks=st.lists(st.integers(0, 99), max_size=4))
     def release(self, picks: list[int]) -> None:
@@ -450,12 +500,18 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def attempts_equal_the_log(self) -> None:
         async def logs() -> dict[Key, list[dict[str, Any]]]:
-            return {k: await self.store.list_attempts(*k) for k in self.rows if self.rows[k].log}
+            return {
+                k: await self.store.list_attempts(*k)
+                for k, row in self.rows.items()
+                if row.log or row.late
+            }
 
         for key, log in self.run(logs()).items():
             row = self.rows[key]
-            assert len(log) == row.log == row.attempts, (key, log, row)
-            assert [a["attempt"] for a in log] == list(range(1, row.log + 1))
+            assert row.log == row.attempts, (key, row)
+            assert len(log) == row.log + len(row.late), (key, log, row)
+            expected = sorted([*range(1, row.log + 1), *row.late])
+            assert sorted(a["attempt"] for a in log) == expected, (key, log, row)
 
 
 MACHINE_SETTINGS = settings(

@@ -1,8 +1,28 @@
-"""Events as producers post them, validated, and the canonical body built once per event."""
+"""Events as producers post them, validated, and the canonical body built once per event.
+
+What an event id and an event type may contain is decided here, at ingest, because a
+value that cannot travel must never be stored: the id is the ``webhook-id`` header of
+every attempt, and an id aiohttp refuses to put in a header (a newline, NUL, ESC, DEL)
+would fail every attempt for ever (issue 15). Both are **1 to 256 printable ASCII
+characters, 0x21-0x7E**: letters, digits and punctuation, no space, no control
+character, nothing beyond ASCII.
+
+* Ids: exactly what an HTTP header value carries safely and unchanged. A space is legal
+  inside a header value but not at its ends (receivers strip it), and bytes above 0x7E
+  are "obs-text" that receivers may reject or decode differently: the id must reach
+  every receiver byte for byte, since they deduplicate on it.
+* Types travel only in the body (JSON can carry anything), but the same rule applies,
+  as the contract says: types are matched byte for byte against subscriptions, so
+  non-ASCII would let look-alike or differently normalised spellings (NFC "é" versus
+  NFD "e" + accent) silently fail to match; and a type is shown in logs, the CLI and
+  query strings, where spaces and control characters are ambiguous or dangerous.
+  Conventional types ("invoice.paid", "user/created", "v2:order_shipped") all fit.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import secrets as _random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +30,8 @@ from typing import Any
 
 MAX_ID_LENGTH = 256
 MAX_TYPE_LENGTH = 256
+# Printable ASCII but space: what ids and types are made of (see the module docstring).
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
 class EventError(ValueError):
@@ -60,20 +82,44 @@ def _parse_time(value: Any, index: int) -> datetime:
         raise EventError(f"events[{index}].occurred_at: out of the supported range") from None
 
 
+def token_problem(value: Any, max_length: int) -> str | None:
+    """Why ``value`` is not a valid event id or type, or ``None`` if it is one: a string
+    of 1 to ``max_length`` printable ASCII characters (0x21-0x7E)."""
+    rule = f"a string of 1 to {max_length} printable ASCII characters (no spaces)"
+    if value is None:
+        return f"required, {rule}"
+    if not isinstance(value, str):
+        return f"not a string; {rule}"
+    if not value:
+        return f"empty; {rule}"
+    if len(value) > max_length:
+        return f"{len(value)} characters; {rule}"
+    if not _PRINTABLE.fullmatch(value):
+        bad = next(ch for ch in value if not "\x21" <= ch <= "\x7e")
+        what = "a space" if bad == " " else f"the character {bad!a} (U+{ord(bad):04X})"
+        return f"{what} at position {value.index(bad)} is not allowed; {rule}"
+    return None
+
+
+def _token(value: Any, where: str, max_length: int) -> str:
+    problem = token_problem(value, max_length)
+    if problem is not None or not isinstance(value, str):
+        raise EventError(f"{where}: {problem}")
+    return value
+
+
 def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
     if not isinstance(raw, dict):
         raise EventError(f"events[{index}]: expected an object")
     unknown = set(raw) - {"id", "type", "data", "occurred_at"}
     if unknown:
         raise EventError(f"events[{index}]: unknown field(s) {', '.join(sorted(unknown))}")
-    event_type = raw.get("type")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > MAX_TYPE_LENGTH:
-        raise EventError(f"events[{index}].type: required, a non-empty string")
+    event_type = _token(raw.get("type"), f"events[{index}].type", MAX_TYPE_LENGTH)
     event_id = raw.get("id")
     if event_id is None:
         event_id = new_event_id()
-    elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
-        raise EventError(f"events[{index}].id: a non-empty string of at most {MAX_ID_LENGTH}")
+    else:
+        event_id = _token(event_id, f"events[{index}].id", MAX_ID_LENGTH)
     if "data" not in raw:
         raise EventError(f"events[{index}].data: required")
     occurred_at = _parse_time(raw["occurred_at"], index) if "occurred_at" in raw else now

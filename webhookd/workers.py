@@ -37,6 +37,12 @@ class RetryPolicy:
     jitter: float
 
 
+# When deciding an attempt's outcome itself fails, a failure retried after this long.
+FALLBACK_RETRY_DELAY = 60.0
+# Longest exception text kept in an internal error.
+MAX_INTERNAL_ERROR = 500
+
+
 def decide(claim: Claim, result: AttemptResult, policy: RetryPolicy, now: datetime) -> Outcome:
     """The outcome of one attempt: the row's next state and when to try again."""
     classified = classify(result.status_code)
@@ -70,6 +76,40 @@ def decide(claim: Claim, result: AttemptResult, policy: RetryPolicy, now: dateti
         deactivate_webhook=classified.verdict is Verdict.GONE,
         claimed_until=claim.claimed_until,
     )
+
+
+def internal_error(exc: Exception, duration_ms: float) -> AttemptResult:
+    """A failed attempt for an exception raised inside webhookd while attempting (a bug,
+    or a stored value that cannot be sent): recorded and retried like any failure."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) > MAX_INTERNAL_ERROR:
+        text = text[: MAX_INTERNAL_ERROR - 3] + "..."
+    return AttemptResult(None, f"internal error: {text}", duration_ms, "", None)
+
+
+def decide_failure(
+    claim: Claim, result: AttemptResult, policy: RetryPolicy, now: datetime
+) -> Outcome:
+    """`decide` for a failure that must get an outcome even if `decide` raises: then a
+    retry after FALLBACK_RETRY_DELAY, or dead once the budget is used."""
+    try:
+        return decide(claim, result, policy, now)
+    except Exception:
+        exhausted = claim.budget_attempt >= policy.max_attempts
+        return Outcome(
+            webhook_id=claim.webhook_id,
+            event_id=claim.event_id,
+            attempt=claim.attempt,
+            status=Status.DEAD if exhausted else Status.PENDING,
+            next_attempt_at=None if exhausted else now + timedelta(seconds=FALLBACK_RETRY_DELAY),
+            attempted_at=now,
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            error=result.error,
+            response_excerpt=result.response_excerpt,
+            outcome="dead" if exhausted else "retry",
+            claimed_until=claim.claimed_until,
+        )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -308,21 +348,33 @@ class WorkerPool:
             self._wake.set()
 
     async def _attempt(self, claim: Claim) -> None:
-        timestamp = int(time.time())
-        headers = signing.headers(
-            [_key(s) for s in claim.secrets], claim.event_id, timestamp, claim.body
-        )
-        result = await self._sender.post(claim.url, claim.body, headers)
-        self._fast[claim.webhook_id] = (
-            result.status_code is not None and result.duration_ms < FAST_ENOUGH_MS
-        )
-        if result.status_code is None:
-            if claim.webhook_id not in self._silent:
-                self._silent.add(claim.webhook_id)
-                self._release_queued(claim.webhook_id)
-        else:
-            self._silent.discard(claim.webhook_id)
-        outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
+        """Sign, POST, decide and record one attempt. Whatever goes wrong inside (a bug,
+        a stored id no header can carry), the attempt ends with an outcome: a failure
+        with an `internal error: ...` text, counted and retried like any other.
+        Cancellation (shutdown) propagates: the pool releases those rows."""
+        started = time.perf_counter()
+        internal = False
+        try:
+            timestamp = int(time.time())
+            headers = signing.headers(
+                [_key(s) for s in claim.secrets], claim.event_id, timestamp, claim.body
+            )
+            result = await self._sender.post(claim.url, claim.body, headers)
+            outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
+        except Exception as exc:
+            internal = True
+            result = internal_error(exc, (time.perf_counter() - started) * 1000.0)
+            now = datetime.now(UTC).replace(tzinfo=None)
+            outcome = decide_failure(claim, result, self._policy, now)
+            log.error(
+                "internal error during an attempt",
+                webhook_id=claim.webhook_id,
+                event_id=claim.event_id,
+                attempt=claim.attempt,
+                error=result.error,
+            )
+        if not internal:
+            self._heard_from(claim.webhook_id, result)
         self._metrics.observe_attempt(outcome)
         log.info(
             "attempt",
@@ -339,9 +391,26 @@ class WorkerPool:
                 "webhook deactivated: the endpoint answered 410 Gone",
                 webhook_id=claim.webhook_id,
             )
-        write = self._store.record(outcome)
+        try:
+            write = self._store.record(outcome)
+        except Exception as exc:  # the row stays inflight; its lease re-drives it
+            self._written_failed(outcome, exc)
+            return
         self._pending_writes.add(write)
         write.add_done_callback(functools.partial(self._written, outcome))
+
+    def _heard_from(self, webhook_id: str, result: AttemptResult) -> None:
+        """What an attempt that reached the network says of its receiver (fast, or silent:
+        one attempt at a time); an internal error says nothing of it."""
+        self._fast[webhook_id] = (
+            result.status_code is not None and result.duration_ms < FAST_ENOUGH_MS
+        )
+        if result.status_code is None:
+            if webhook_id not in self._silent:
+                self._silent.add(webhook_id)
+                self._release_queued(webhook_id)
+        else:
+            self._silent.discard(webhook_id)
 
     def _release_queued(self, webhook_id: str) -> None:
         """Give back the rows claimed ahead for a webhook that stopped answering: one at
@@ -391,13 +460,16 @@ class WorkerPool:
             return
         exc = write.exception()
         if exc is not None:
-            # The row stays inflight; the lease rescuer re-drives it. Nothing is lost.
-            log.error(
-                "recording an outcome failed; the lease will re-drive it",
-                webhook_id=outcome.webhook_id,
-                event_id=outcome.event_id,
-                error=str(exc),
-            )
+            self._written_failed(outcome, exc)
+
+    def _written_failed(self, outcome: Outcome, exc: BaseException) -> None:
+        # The row stays inflight; the lease rescuer re-drives it. Nothing is lost.
+        log.error(
+            "recording an outcome failed; the lease will re-drive it",
+            webhook_id=outcome.webhook_id,
+            event_id=outcome.event_id,
+            error=str(exc),
+        )
 
     async def shutdown(self, grace: float) -> None:
         """Stop claiming; let attempts finish for `grace` seconds; release the rest."""

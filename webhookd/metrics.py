@@ -33,6 +33,12 @@ class Metrics:
             registry=r,
         )
         self.dead = Counter("webhookd_dead", "Deliveries that used every attempt", registry=r)
+        self.local_failures = Counter(
+            "webhookd_local_failures",
+            "Attempts not made for want of the daemon's own resources (file descriptors, "
+            "buffers, memory): the rows wait, no attempt is counted",
+            registry=r,
+        )
         self.events_ingested = Counter(
             "webhookd_events_ingested", "Events accepted through the API", registry=r
         )

@@ -7,6 +7,10 @@ turns every network or HTTP problem into an :class:`AttemptResult` with a clear
 error text; it raises only for programming errors (and cancellation). What the
 outcome *means* (delivered, retry, gone) is decided by the caller.
 
+A failure of the daemon's own resources (no file descriptor, no buffer space, no
+memory for a socket: EMFILE, ENFILE, ENOBUFS, ENOMEM) is not the receiver's: the
+result says so (``local_failure``), and the caller does not count it as an attempt.
+
 A URL stored before webhookd checked hosts strictly (:func:`webhookd.guard.check_target`)
 is checked again here, and one that fails is a failed attempt with a clear error.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import re
 import ssl
 import time
@@ -48,6 +53,8 @@ RETRY_AFTER_MAX = float(2**31)
 
 _DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+# The daemon's own resources ran out: not the receiver's fault.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,9 @@ class AttemptResult:
     """At most ``max_response_bytes`` of the body, decoded as UTF-8 (errors replaced)."""
     retry_after: float | None
     """Seconds from ``Retry-After`` (delta-seconds or HTTP-date), or ``None``."""
+    local_failure: bool = False
+    """The daemon's own resources failed (see :data:`LOCAL_ERRNOS`): nothing reached the
+    receiver, and the attempt must not count against it."""
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -135,6 +145,30 @@ def _is_reset(exc: OSError) -> bool:
     return isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError) or (
         exc.errno in _RESET_ERRNOS
     )
+
+
+def local_errno(exc: BaseException) -> int | None:
+    """The errno of :data:`LOCAL_ERRNOS` behind ``exc`` (itself, the OSError aiohttp
+    wraps in a ClientConnectorError, or its cause), or ``None``."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
+            return current.errno
+        if isinstance(current, aiohttp.ClientConnectorError):
+            todo.append(current.os_error)
+        todo.append(current.__cause__)
+    return None
+
+
+def local_error(number: int) -> str:
+    """The error text of a local failure, e.g. "local resource exhausted: Too many open
+    files (EMFILE)"."""
+    return f"local resource exhausted: {os.strerror(number)} ({errno.errorcode[number]})"
 
 
 def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
@@ -253,6 +287,11 @@ class Sender:
         try:
             resp = await session.post(target, data=body, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError, SSLError
+            local = local_errno(exc)
+            if local is not None:
+                return AttemptResult(
+                    None, local_error(local), _elapsed_ms(started), "", None, local_failure=True
+                )
             return AttemptResult(
                 None, describe_error(exc, self._timeout), _elapsed_ms(started), "", None
             )

@@ -37,6 +37,10 @@ class RetryPolicy:
     jitter: float
 
 
+# A local failure (the daemon's own resources ran out) puts the row back this many seconds
+# ahead, give or take LOCAL_RETRY_JITTER of it: soon, but not in a hot loop.
+LOCAL_RETRY_DELAY = 2.0
+LOCAL_RETRY_JITTER = 0.5
 # When deciding an attempt's outcome itself fails, a failure retried after this long.
 FALLBACK_RETRY_DELAY = 60.0
 # Longest exception text kept in an internal error.
@@ -44,7 +48,27 @@ MAX_INTERNAL_ERROR = 500
 
 
 def decide(claim: Claim, result: AttemptResult, policy: RetryPolicy, now: datetime) -> Outcome:
-    """The outcome of one attempt: the row's next state and when to try again."""
+    """The outcome of one attempt: the row's next state and when to try again.
+
+    A local failure (``result.local_failure``) is not an attempt: the row goes back to
+    pending a few seconds ahead with the same attempt number next time (not spent)."""
+    if result.local_failure:
+        delay = backoff.jittered(LOCAL_RETRY_DELAY, LOCAL_RETRY_JITTER)
+        return Outcome(
+            webhook_id=claim.webhook_id,
+            event_id=claim.event_id,
+            attempt=claim.attempt,
+            status=transition(Status.INFLIGHT, Event.RELEASE),
+            next_attempt_at=now + timedelta(seconds=delay),
+            attempted_at=now,
+            duration_ms=result.duration_ms,
+            status_code=None,
+            error=result.error,
+            response_excerpt="",
+            outcome="local_failure",
+            claimed_until=claim.claimed_until,
+            spent=False,
+        )
     classified = classify(result.status_code)
     event = outcome_event(classified.verdict, claim.budget_attempt, policy.max_attempts)
     status = transition(Status.INFLIGHT, event)
@@ -173,6 +197,7 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._fast: dict[str, bool] = {}
         self._silent: set[str] = set()  # last attempt got no answer: one at a time
+        self._resources_short = False  # the last attempt failed for want of local resources
         self._attempts: dict[asyncio.Task[None], tuple[Claim, float]] = {}
         self._running: dict[str, int] = {}
         self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
@@ -373,19 +398,22 @@ class WorkerPool:
                 attempt=claim.attempt,
                 error=result.error,
             )
-        if not internal:
-            self._heard_from(claim.webhook_id, result)
-        self._metrics.observe_attempt(outcome)
-        log.info(
-            "attempt",
-            webhook_id=claim.webhook_id,
-            event_id=claim.event_id,
-            attempt=claim.attempt,
-            status_code=result.status_code,
-            duration_ms=round(result.duration_ms, 1),
-            outcome=outcome.outcome,
-            error=result.error,
-        )
+        if result.local_failure:
+            self._short_of_resources(claim, result)
+        else:
+            if not internal:
+                self._heard_from(claim.webhook_id, result)
+            self._metrics.observe_attempt(outcome)
+            log.info(
+                "attempt",
+                webhook_id=claim.webhook_id,
+                event_id=claim.event_id,
+                attempt=claim.attempt,
+                status_code=result.status_code,
+                duration_ms=round(result.duration_ms, 1),
+                outcome=outcome.outcome,
+                error=result.error,
+            )
         if outcome.deactivate_webhook:
             log.warning(
                 "webhook deactivated: the endpoint answered 410 Gone",
@@ -401,7 +429,10 @@ class WorkerPool:
 
     def _heard_from(self, webhook_id: str, result: AttemptResult) -> None:
         """What an attempt that reached the network says of its receiver (fast, or silent:
-        one attempt at a time); an internal error says nothing of it."""
+        one attempt at a time), and that the daemon's own resources work again."""
+        if self._resources_short:
+            self._resources_short = False
+            log.warning("local resources work again; deliveries resume")
         self._fast[webhook_id] = (
             result.status_code is not None and result.duration_ms < FAST_ENOUGH_MS
         )
@@ -411,6 +442,26 @@ class WorkerPool:
                 self._release_queued(webhook_id)
         else:
             self._silent.discard(webhook_id)
+
+    def _short_of_resources(self, claim: Claim, result: AttemptResult) -> None:
+        """A local failure says nothing of the receiver: counted apart, logged once per
+        episode (until an attempt gets through again), the row put back unspent."""
+        self._metrics.local_failures.inc()
+        if not self._resources_short:
+            self._resources_short = True
+            log.error(
+                "out of local resources: deliveries wait without spending attempts",
+                webhook_id=claim.webhook_id,
+                event_id=claim.event_id,
+                error=result.error,
+            )
+        log.debug(
+            "attempt not made",
+            webhook_id=claim.webhook_id,
+            event_id=claim.event_id,
+            attempt=claim.attempt,
+            error=result.error,
+        )
 
     def _release_queued(self, webhook_id: str) -> None:
         """Give back the rows claimed ahead for a webhook that stopped answering: one at

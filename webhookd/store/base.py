@@ -81,9 +81,14 @@ class Outcome:
     status_code: int | None
     error: str | None
     response_excerpt: str
-    outcome: str  # log label: delivered, retry, dead, gone
+    outcome: str  # log label: delivered, retry, dead, gone, local_failure
     deactivate_webhook: bool = False  # 410: the receiver asked to stop
     claimed_until: datetime | None = None  # the claim's lease (see Claim)
+    # False when the daemon's own resources failed (out of file descriptors, ...) and
+    # nothing reached the receiver: the row goes back to `status` (pending) at
+    # `next_attempt_at` with `error`, its attempts unchanged and no row in the log, so
+    # that it counts toward neither `dead` nor auto-disable.
+    spent: bool = True
 
     def __reduce__(self) -> tuple[type[Outcome], tuple[Any, ...]]:
         return Outcome, tuple(getattr(self, name) for name in self.__slots__)

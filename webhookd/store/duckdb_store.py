@@ -637,6 +637,11 @@ def _claim(
 
 
 def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
+    """Apply outcomes in one UPDATE and log the attempts made in one INSERT.
+
+    An outcome that was not spent (the daemon's own resources failed, Outcome.spent)
+    sets the row's state, next attempt and error but keeps its attempt count and last
+    attempt time, and writes no log row: the log is what auto-disable reads."""
     now = utcnow()
     columns = [
         [o.webhook_id for o in outcomes],
@@ -648,45 +653,52 @@ def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
         [o.error for o in outcomes],
         [o.attempted_at for o in outcomes],
         [o.claimed_until for o in outcomes],
+        [o.spent for o in outcomes],
     ]
     con.execute(
         f"""
-        UPDATE {Q} AS q SET status = o.status, attempts = o.attempt,
+        UPDATE {Q} AS q SET status = o.status,
+            attempts = CASE WHEN o.spent THEN o.attempt ELSE q.attempts END,
             next_attempt_at = o.next_attempt_at, lease_until = NULL,
             last_status_code = o.status_code, last_error = o.error,
-            last_attempt_at = o.attempted_at, updated_at = ?
+            last_attempt_at = CASE WHEN o.spent THEN o.attempted_at ELSE q.last_attempt_at END,
+            updated_at = ?
         FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id,
                      unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS attempt,
                      unnest(?::TIMESTAMP[]) AS next_attempt_at,
                      unnest(?::INTEGER[]) AS status_code, unnest(?::VARCHAR[]) AS error,
                      unnest(?::TIMESTAMP[]) AS attempted_at,
-                     unnest(?::TIMESTAMP[]) AS claimed_until) o
+                     unnest(?::TIMESTAMP[]) AS claimed_until,
+                     unnest(?::BOOLEAN[]) AS spent) o
         WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
           AND q.status = '{Status.INFLIGHT}'
           AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
         """,
         [now, *columns],
     )
-    con.execute(
-        """
-        INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at, duration_ms,
-                                        status_code, error, response_excerpt, outcome)
-        SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
-               unnest(?::TIMESTAMP[]), unnest(?::DOUBLE[]), unnest(?::INTEGER[]),
-               unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])
-        """,
-        [
-            columns[0],
-            columns[1],
-            columns[3],
-            columns[7],
-            [o.duration_ms for o in outcomes],
-            columns[5],
-            columns[6],
-            [o.response_excerpt for o in outcomes],
-            [o.outcome for o in outcomes],
-        ],
-    )
+    made = [o for o in outcomes if o.spent]
+    if made:
+        con.execute(
+            """
+            INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at,
+                                            duration_ms, status_code, error,
+                                            response_excerpt, outcome)
+            SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
+                   unnest(?::TIMESTAMP[]), unnest(?::DOUBLE[]), unnest(?::INTEGER[]),
+                   unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])
+            """,
+            [
+                [o.webhook_id for o in made],
+                [o.event_id for o in made],
+                [o.attempt for o in made],
+                [o.attempted_at for o in made],
+                [o.duration_ms for o in made],
+                [o.status_code for o in made],
+                [o.error for o in made],
+                [o.response_excerpt for o in made],
+                [o.outcome for o in made],
+            ],
+        )
     gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
     if gone:
         con.execute(

@@ -4,6 +4,8 @@ grace, retention."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import socket
 import time
@@ -55,6 +57,78 @@ async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, daemon_process:
         assert any(m.startswith("STOPPING=1") for m in stopping)
         assert await asyncio.to_thread(proc.wait, 30) == 0
     finally:
+        sock.close()
+
+
+def database_process(daemon_pid: int, deadline: float = 10.0) -> int:
+    """The pid of the daemon's database child (`python -m webhookd.store.server`)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == daemon_pid and b"webhookd.store.server" in cmdline:
+                return int(entry.name)
+        time.sleep(0.01)
+    raise AssertionError(f"no database process under pid {daemon_pid}")
+
+
+def _silence(sock: socket.socket, quiet: float, deadline: float) -> list[str]:
+    """Read datagrams until none arrives for `quiet` seconds; what arrived meanwhile."""
+    got: list[str] = []
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        sock.settimeout(quiet)
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            return got
+    raise AssertionError(f"the notify socket never fell silent for {quiet}s: {got[-5:]}")
+
+
+async def test_watchdog_pings_stop_while_the_database_process_does_not_answer(
+    tmp_path: Path, daemon_process: list[Any]
+) -> None:
+    """The database process stops answering (SIGSTOP): once a call has waited
+    `database.stall_timeout`, the daemon is unhealthy and withholds WATCHDOG=1, so that
+    systemd restarts it. SIGCONT: the calls are answered, and the pings come back."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    proc = DaemonProcess(
+        write_config(tmp_path, database={"stall_timeout": "1s"}),
+        tmp_path / "daemon.log",
+        # A ping every 100 ms while healthy.
+        env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"},
+    )
+    daemon_process.append(proc)
+    child: int | None = None
+    try:
+        proc.start()
+        assert proc.proc is not None
+        await asyncio.to_thread(_recv_until, sock, "WATCHDOG=1", 10)
+        child = database_process(proc.proc.pid)
+        os.kill(child, signal.SIGSTOP)
+        # The scanner always has a call out to the database process; pings go on until it
+        # has waited a second, then stop. Ten ping intervals without one: they stopped (a
+        # health check that ignored the database would ping on through them).
+        await asyncio.to_thread(_silence, sock, 1.0, 30)
+        assert proc.proc.poll() is None  # stuck is not dead: systemd's call, not ours
+        os.kill(child, signal.SIGCONT)
+        await asyncio.to_thread(_recv_until, sock, "WATCHDOG=1", 10)
+        await asyncio.to_thread(_recv_until, sock, "WATCHDOG=1", 10)  # and on
+        proc.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
         sock.close()
 
 

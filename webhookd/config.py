@@ -73,6 +73,9 @@ class DatabaseSettings(_Section):
     # DuckDB's automatic checkpoint stalls a big commit; the writer checkpoints itself when idle.
     checkpoint_interval: Duration = 30.0
     memory_limit: str = "1GB"
+    # DuckDB: a call the database process leaves unanswered this long makes the daemon
+    # unhealthy, and the systemd watchdog pings stop.
+    stall_timeout: Duration = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _one_engine(self) -> DatabaseSettings:

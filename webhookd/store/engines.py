@@ -27,6 +27,7 @@ def make_store(settings: Settings) -> Store:
         log_format=settings.logging.format,
         log_level=settings.logging.level,
         poll_interval=settings.scanner.poll_interval,
+        stall_timeout=db.stall_timeout,
     )
 
 

@@ -47,7 +47,8 @@ from webhookd.store.base import (
 log = logs.get("webhookd.store")
 
 HEADER = 4
-# A call unanswered for this long means the child's writer is stuck: the watchdog's cue.
+# A call unanswered for this long means the child's writer is stuck: the watchdog's cue
+# (the default of `database.stall_timeout`).
 STALL_SECONDS = 60.0
 # How long an outcome may wait for others to share its frame to the database process.
 LINGER = 0.002
@@ -116,6 +117,7 @@ class RemoteStore:
         log_format: str = "json",
         log_level: str = "info",
         poll_interval: float = 0.25,
+        stall_timeout: float = STALL_SECONDS,
     ) -> None:
         self.path = Path(path)
         self._options = {
@@ -134,6 +136,7 @@ class RemoteStore:
         self._stats = (0, 0)
         self._closing = False
         self._poll_interval = poll_interval
+        self._stall_timeout = stall_timeout
         # Pacing (see scan and claim): whether something happened since the last scan or
         # claim that they should not wait a whole poll interval to see.
         self._scan_due = True
@@ -249,7 +252,7 @@ class RemoteStore:
         if self._proc is None or self._proc.poll() is not None or self.lost.is_set():
             return False
         oldest = next(iter(self._pending.values()), None)
-        return oldest is None or time.monotonic() - oldest[1] < STALL_SECONDS
+        return oldest is None or time.monotonic() - oldest[1] < self._stall_timeout
 
     def stats(self) -> dict[str, int]:
         transactions, operations = self._stats

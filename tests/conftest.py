@@ -21,8 +21,12 @@ import aiohttp
 import pytest
 import tomli_w
 
+from tests.pg import PgCluster, drop_schema, fresh_schema, pg_cluster
 from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
+from webhookd.store.base import Store
+from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.postgres import PostgresStore
 
 TOKEN = "test-admin-token-0123456789abcdef"
 LOCAL_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
@@ -52,6 +56,48 @@ def no_dns_off_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The storage engines every conformance test runs on (see `store` below).
+ENGINES = ("duckdb", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL server for the session (or WEBHOOKD_TEST_POSTGRES_URL's)."""
+    with pg_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_schema(pg: PgCluster) -> Iterator[str]:
+    """A schema of this test's own on the session's server, dropped afterwards."""
+    schema = fresh_schema()
+    yield schema
+    asyncio.run(drop_schema(pg.url, schema))
+
+
+def open_store(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A store of `engine`, in this process, on a fresh file or schema."""
+    if engine == "duckdb":
+        return DuckDBStore(tmp_path / "q.duckdb")
+    cluster: PgCluster = request.getfixturevalue("pg")
+    schema: str = request.getfixturevalue("pg_schema")
+    return PostgresStore(cluster.url, schema=schema, pool_size=4)
+
+
+@pytest.fixture(params=ENGINES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The conformance suite's store: each test that takes it runs on every engine."""
+    s = open_store(request.param, request, tmp_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """For daemon-level tests that run on every engine: pass it to write_config."""
+    return str(request.param)
+
 
 def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return tomli_w.dumps(sections)
@@ -78,6 +124,8 @@ def config_sections(tmp_path: Path, **overrides: Mapping[str, Any]) -> dict[str,
     }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)
+    if "url" in sections["database"] or "url_file" in sections["database"]:
+        sections["database"].pop("path", None)  # PostgreSQL: a path too is an error
     return sections
 
 

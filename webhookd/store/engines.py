@@ -19,6 +19,8 @@ def make_store(settings: Settings) -> Store:
             schema=db.db_schema,
             pool_size=db.pool(settings.delivery.workers),
             dead_after=db.peer_timeout,
+            # Several beats per timeout, so one late beat never looks like a death.
+            heartbeat_interval=max(0.2, min(2.0, db.peer_timeout / 6)),
         )
     return RemoteStore(
         db.path,

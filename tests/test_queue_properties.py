@@ -1,6 +1,7 @@
 """The delivery queue under random interleavings of everything that touches it.
 
-A Hypothesis state machine drives a real DuckDBStore on a temporary file through
+A Hypothesis state machine drives a real store, on every engine (a DuckDB file, a
+PostgreSQL schema), through
 ingest + scan, claims, outcomes, lease expiry, late outcomes (a worker whose lease ran
 out reports after all), restarts (claims held in memory become void), release, webhook
 deactivate / enable / delete, redrive and replay, and keeps a model of what every row
@@ -40,11 +41,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.pg import PgCluster, drop_schema, fresh_schema
 from webhookd.events import NewEvent, parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
-from webhookd.store.base import Claim, DeliveryFilter, NotFound, Outcome, WebhookPatch
-from webhookd.store.duckdb_store import DuckDBStore, utcnow
+from webhookd.store.base import Claim, DeliveryFilter, NotFound, Outcome, Store, WebhookPatch
+from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.postgres import PostgresStore
+from webhookd.store.records import utcnow
 
 T = TypeVar("T")
 Key = tuple[str, str]
@@ -143,7 +147,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="webhookd-queue-"))
         self.path = self.dir / "queue.duckdb"
-        self.store = DuckDBStore(self.path, checkpoint_interval=3600.0)
+        self.schema = fresh_schema()
+        self.store = self.new_store()
         self.run(self.store.open())
         self.hooks: dict[str, Hook] = {}
         self.events: dict[str, str] = {}  # event id -> type, in ingest order
@@ -154,12 +159,25 @@ class QueueMachine(RuleBasedStateMachine):
         self.replayed: set[Key] = set()
         self.seen = Seen()
 
+    # Which engine the machine drives: set by the test before it runs the machine.
+    engine = "duckdb"
+    pg: PgCluster | None = None
+
+    def new_store(self) -> Store:
+        """A store on this machine's database: the same file or schema at every restart."""
+        if self.engine == "duckdb":
+            return DuckDBStore(self.path, checkpoint_interval=3600.0)
+        assert self.pg is not None
+        return PostgresStore(self.pg.url, schema=self.schema, pool_size=3)
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
         try:
             self.run(self.store.close())
+            if self.pg is not None:
+                self.run(drop_schema(self.pg.url, self.schema))
         finally:
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -371,12 +389,15 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        """The process dies and a new one opens the file: every claim is void."""
+        """The process dies and a new one opens the database: every claim is void. DuckDB
+        rescues them at start-up (the file lock proves their owner gone); on PostgreSQL the
+        next rescue finds their daemon gone (it left the daemons table)."""
         self.run(self.store.close())
-        self.store = DuckDBStore(self.path, checkpoint_interval=3600.0)
+        self.store = self.new_store()
         self.run(self.store.open())
         assert self.store.migrations_applied == []
         rescued = self.run(self.store.rescue_orphans())
+        rescued += self.run(self.store.rescue_expired(utcnow()))
         assert rescued == len(self.held)
         self.back_to_pending(list(self.held))
         self.expired.clear()  # their workers died with the process: no late outcomes
@@ -522,7 +543,14 @@ MACHINE_SETTINGS = settings(
 )
 
 
-def test_queue_invariants_hold_under_random_interleavings() -> None:
+@pytest.fixture
+def machine_engine(engine: str, request: pytest.FixtureRequest) -> str:
+    QueueMachine.engine = engine
+    QueueMachine.pg = request.getfixturevalue("pg") if engine == "postgresql" else None
+    return engine
+
+
+def test_queue_invariants_hold_under_random_interleavings(machine_engine: str) -> None:
     # Garbage left by earlier tests may log a traceback from a finalizer, and Python
     # 3.11's traceback formatting calls ast.parse: nested inside Hypothesis's own parse of
     # this module (for its database key), CPython 3.11.7 fails with "SystemError: AST
@@ -534,27 +562,22 @@ def test_queue_invariants_hold_under_random_interleavings() -> None:
 # --- found while writing the machine ----------------------------------------------------
 
 
-async def test_a_late_outcome_does_not_overwrite_a_newer_claim(tmp_path: Path) -> None:
-    store = DuckDBStore(tmp_path / "late.duckdb")
-    await store.open()
-    try:
-        created = await store.create_webhook("http://127.0.0.1:9/h", [], new_secret(), "")
-        wid = created["webhook_id"]
-        await store.ingest([make_event("e1", "a")])
-        await store.scan(10)
-        (first,) = await store.claim(10, 8, SHORT_LEASE)
-        assert await store.rescue_expired(utcnow() + timedelta(minutes=1)) == 1
-        (second,) = await store.claim(10, 8, SHORT_LEASE)
-        # The first worker comes back late: its attempt failed, retry now.
-        await store.record(make_outcome(first, "retry_now"))
-        (row,) = (await store.list_deliveries(DeliveryFilter(), 10, None)).items
-        still_held = row["status"] == Status.INFLIGHT and row["lease_until"] is not None
-        # ... so the row must not be claimable again while the second attempt is in flight,
-        assert still_held and await store.claim(10, 8, SHORT_LEASE) == [], row
-        # and the second worker's success must be what the row ends with.
-        await store.record(make_outcome(second, "delivered"))
-        (row,) = (await store.list_deliveries(DeliveryFilter(), 10, None)).items
-        assert (row["status"], row["last_status_code"]) == ("delivered", 204), row
-        assert wid == row["webhook_id"]
-    finally:
-        await store.close()
+async def test_a_late_outcome_does_not_overwrite_a_newer_claim(store: Store) -> None:
+    created = await store.create_webhook("http://127.0.0.1:9/h", [], new_secret(), "")
+    wid = created["webhook_id"]
+    await store.ingest([make_event("e1", "a")])
+    await store.scan(10)
+    (first,) = await store.claim(10, 8, SHORT_LEASE)
+    assert await store.rescue_expired(utcnow() + timedelta(minutes=1)) == 1
+    (second,) = await store.claim(10, 8, SHORT_LEASE)
+    # The first worker comes back late: its attempt failed, retry now.
+    await store.record(make_outcome(first, "retry_now"))
+    (row,) = (await store.list_deliveries(DeliveryFilter(), 10, None)).items
+    still_held = row["status"] == Status.INFLIGHT and row["lease_until"] is not None
+    # ... so the row must not be claimable again while the second attempt is in flight,
+    assert still_held and await store.claim(10, 8, SHORT_LEASE) == [], row
+    # and the second worker's success must be what the row ends with.
+    await store.record(make_outcome(second, "delivered"))
+    (row,) = (await store.list_deliveries(DeliveryFilter(), 10, None)).items
+    assert (row["status"], row["last_status_code"]) == ("delivered", 204), row
+    assert wid == row["webhook_id"]

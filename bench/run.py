@@ -2,6 +2,7 @@
 
     python bench/run.py --scenario throughput|latency|scale|isolation [--quick] [--json FILE]
                         [--repeat N] [--profile FILE]
+                        [--engine duckdb|postgresql] [--daemons N]
 
 Each scenario prints a table and, as its LAST line, `NAME: key=value ...`. `--json FILE`
 writes the figures. Everything runs on 127.0.0.1: nginx as the sink (`bash bench/setup.sh`
@@ -16,6 +17,20 @@ and `isolation` interleave their two cases (A, B, A, B, ...), take the ratio B/A
 repetition and report the median of those as `ratio` (the per-repetition ones as `ratios`).
 `scale` prefills each database once and starts every run from a copy of it; its peak RSS
 is the largest over the runs of the big case.
+
+Engines. DuckDB is the default (one daemon, its own file per run). `--engine postgresql`
+(throughput and latency) runs the daemons on PostgreSQL: the bench starts one throwaway
+server per invocation (tests/pg.py: initdb in a temp dir, 127.0.0.1, fsync on, since
+durability is what is measured; WEBHOOKD_TEST_POSTGRES_URL's server instead if set), gives
+every run a fresh schema (dropped after it, then a CHECKPOINT) and stops the server at the
+end, also on Ctrl-C or SIGTERM. `--daemons N` starts N daemons with the same settings on that
+schema (each its own admin port and log); the producer's ingest requests go round-robin over
+their APIs and the status is polled from the first. CPU per delivery is then that of all N
+daemons' process trees plus, printed apart and summed, that of the PostgreSQL server (every
+postgres process, from /proc; with the share of a core each kind of process kept busy and
+commits / WAL per delivery). The baseline stays one bare loop with WORKERS concurrency, whatever
+the engine or the number of daemons, so that ratios compare across engines and N. Each
+scenario's last line carries `engine=` and `daemons=`.
 """
 
 from __future__ import annotations
@@ -32,7 +47,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +63,7 @@ from harness import (
     DaemonProcess,
     MachineCpu,
     Nginx,
+    Postgres,
     Receiver,
     code_hash,
     cpu_seconds,
@@ -55,6 +72,7 @@ from harness import (
     pyspy,
     python_thread_names,
     run_baseline,
+    runqueue_seconds,
     snapshot_code,
     stop_process,
     summary_ms,
@@ -72,6 +90,23 @@ INGEST_CONCURRENCY = 4
 POLL = 0.05
 
 Figures = dict[str, Any]
+
+
+@dataclass
+class Engine:
+    """Where the daemons of a run keep their data (--engine, --daemons).
+
+    duckdb: one daemon, its own file in the run's work directory. postgresql: `daemons`
+    daemons with the same settings on a fresh schema of the bench's own server (`pg`),
+    started once per bench invocation.
+    """
+
+    name: str = "duckdb"
+    daemons: int = 1
+    pg: Postgres | None = None
+
+
+ENGINE = Engine()
 
 
 # -- shared pieces -----------------------------------------------------------------------------
@@ -154,8 +189,8 @@ class Profiler:
 
 
 async def deliver(
-    daemon: DaemonProcess,
-    api: Api,
+    daemon: DaemonProcess | Sequence[DaemonProcess],
+    api: Api | Sequence[Api],
     bodies: Sequence[bytes],
     done_count: Callable[[dict[str, Any]], int],
     expected: int,
@@ -163,8 +198,15 @@ async def deliver(
     deadline: float,
     poll: float = POLL,
     sink_pids: Sequence[int] = (),
+    db: Postgres | None = None,
 ) -> Figures:
     """Ingest the pre-encoded batches and wait until done_count(/v1/status) reaches expected.
+
+    Several daemons (on one PostgreSQL schema): batch i goes to the API of daemon i mod N
+    (round-robin), /v1/status is asked of the first, the delivered-attempts counter is the
+    sum of all of theirs, and CPU and memory are summed over their process trees. With `db`
+    the server's CPU (every postgres process) is measured too: `db_cpu_us_per_delivery`,
+    and `total_cpu_us_per_delivery` = daemons' + database's.
 
     /v1/status runs GROUP BY queries over the whole queue (tens of ms of database CPU on a
     big one), too dear to ask 20 times a second while measuring. So every `poll` seconds
@@ -179,9 +221,17 @@ async def deliver(
     time. If the deadline passes first, the figures are those of the deliveries done by
     then (a last status poll), marked complete = False.
     """
+    group = [daemon] if isinstance(daemon, DaemonProcess) else list(daemon)
+    apis = [api] if isinstance(api, Api) else list(api)
+    api = apis[0]  # status polls
     before = done_count(await api.status())
     target = expected - before
-    delivered0 = await api.delivered_attempts()
+
+    async def attempts_delivered() -> float | None:
+        counts = [await a.delivered_attempts() for a in apis]
+        return None if any(c is None for c in counts) else sum(c or 0.0 for c in counts)
+
+    delivered0 = await attempts_delivered()
     if delivered0 is None:
         print("  note: no webhookd_attempts counter in /metrics: polling /v1/status throughout")
     gate_open = delivered0 is None  # poll /v1/status from now on
@@ -191,19 +241,42 @@ async def deliver(
     metrics_ms: list[float] = []
     gate_opened = 0.0
     # The daemon and its descendants (the store server): their threads are "store:<name>".
-    names = python_thread_names(daemon.pid)
-    threads0 = thread_cpu(daemon.pid)
-    cpu0 = cpu_seconds(daemon.pid)  # the daemon and its descendants
-    own_cpu0 = cpu_seconds(daemon.pid, tree=False)
+    # Several daemons: each one's threads are prefixed "d<i>:".
+    names = [python_thread_names(d.pid) for d in group]
+    threads0 = [thread_cpu(d.pid) for d in group]
+
+    def group_cpu(tree: bool = True) -> float:
+        return sum(cpu_seconds(d.pid, tree=tree) for d in group)
+
+    def sample_rss() -> None:
+        for d in group:
+            d.sample_rss()
+
+    cpu0 = group_cpu()  # the daemons and their descendants
+    own_cpu0 = group_cpu(tree=False)
+    db_cpu0 = db.cpu_seconds() if db is not None else None
+    db_kinds0 = db.cpu_by_process() if db is not None else {}
+    db_stats0 = await db.stats() if db is not None else {}
+    # Time runnable but waiting for a CPU: the daemons, the server, this process (ingest).
+    queued0 = (
+        sum(runqueue_seconds(d.pid) for d in group),
+        db.runqueue_seconds() if db is not None else None,
+        runqueue_seconds(os.getpid()),
+    )
+    watching = asyncio.Event()
+    watch = asyncio.create_task(db.watch(watching)) if db is not None else None
     machine = MachineCpu(sink_pids)
     t0 = time.perf_counter()
+    sent = 0
 
     async def producer() -> None:
-        nonlocal ingest_end
+        nonlocal ingest_end, sent
         while queue:
             body = queue.pop(0)
+            target_api = apis[sent % len(apis)]  # round-robin over the daemons
+            sent += 1
             for _ in range(50):  # bounded: a 5xx is retried at most 50 times
-                status, payload = await api.request("POST", "/v1/events", raw=body)
+                status, payload = await target_api.request("POST", "/v1/events", raw=body)
                 if status == 202:
                     break
                 if status < 500:
@@ -232,9 +305,9 @@ async def deliver(
                     raise task.exception()  # type: ignore[misc]
             if not gate_open:
                 m0 = time.perf_counter()
-                count = await api.delivered_attempts()
+                count = await attempts_delivered()
                 metrics_ms.append((time.perf_counter() - m0) * 1000)
-                daemon.sample_rss()
+                sample_rss()
                 if count is not None and delivered0 is not None and count - delivered0 < target:
                     continue
                 # Every delivery has had its successful attempt (more than that with
@@ -242,7 +315,7 @@ async def deliver(
                 gate_open = True
                 gate_opened = time.perf_counter()
             last = await poll_status()
-            daemon.sample_rss()
+            sample_rss()
             if done_count(last) >= expected:
                 finished = time.perf_counter()
                 break
@@ -250,7 +323,7 @@ async def deliver(
             timed_out = True
             finished = time.perf_counter()
             last = await poll_status()  # what was done by the deadline
-            daemon.sample_rss()
+            sample_rss()
             gate = "" if gate_open else "; the delivered-attempts counter had not got there"
             print(
                 f"  WARNING: {done_count(last) - before} of {target} deliveries done "
@@ -262,17 +335,59 @@ async def deliver(
     finally:
         for task in producers:
             task.cancel()
+        watching.set()
+        activity: dict[str, Any] = {}
+        if watch is not None:
+            with contextlib.suppress(Exception):  # a diagnostic: never fails the run
+                activity = await watch
     complete = not timed_out
     done = target if complete else min(target, done_count(last) - before)
-    cpu = cpu_seconds(daemon.pid) - cpu0
-    own_cpu = cpu_seconds(daemon.pid, tree=False) - own_cpu0
+    cpu = group_cpu() - cpu0
+    own_cpu = group_cpu(tree=False) - own_cpu0
+    db_cpu = db.cpu_seconds() if db is not None else None
+    db_kinds = db.cpu_by_process() if db is not None else {}
+    db_stats = await db.stats() if db is not None else {}
+    queued = (
+        sum(runqueue_seconds(d.pid) for d in group),
+        db.runqueue_seconds() if db is not None else None,
+        runqueue_seconds(os.getpid()),
+    )
     machine_figures = machine.stop(done)
     seconds = finished - t0
     by_thread: dict[str, float] = {}
-    owners = thread_owners(daemon.pid)
-    for tid, used in thread_cpu(daemon.pid).items():
-        label = thread_label(tid, daemon.pid, names, owners)
-        by_thread[label] = by_thread.get(label, 0.0) + used - threads0.get(tid, 0.0)
+    for i, d in enumerate(group):
+        owners = thread_owners(d.pid)
+        prefix = f"d{i}:" if len(group) > 1 else ""
+        for tid, used in thread_cpu(d.pid).items():
+            label = prefix + thread_label(tid, d.pid, names[i], owners)
+            by_thread[label] = by_thread.get(label, 0.0) + used - threads0[i].get(tid, 0.0)
+    extra: Figures = {}
+    if len(group) > 1 or db is not None:
+        extra["daemons"] = len(group)
+    if db is not None:
+        per = 1e6 / max(1, done)
+        used = None if db_cpu is None or db_cpu0 is None else db_cpu - db_cpu0
+        extra["db_cpu_s"] = None if used is None else round(used, 2)
+        extra["db_cpu_us_per_delivery"] = None if used is None else round(used * per, 1)
+        extra["total_cpu_us_per_delivery"] = None if used is None else round((cpu + used) * per, 1)
+        # Share of one core each kind of postgres process kept busy.
+        extra["db_core_share"] = {
+            k: round((v - db_kinds0.get(k, 0.0)) / seconds, 2)
+            for k, v in sorted(db_kinds.items())
+            if (v - db_kinds0.get(k, 0.0)) / seconds >= 0.01
+        }
+        # Seconds runnable but waiting for a CPU during the run (other processes had it).
+        extra["cpu_wait_s"] = {
+            name: None if a is None or b is None else round(b - a, 2)
+            for name, a, b in zip(("daemons", "db", "bench"), queued0, queued, strict=True)
+        }
+        # The daemons' connections: the mean number in each state (pg_stat_activity).
+        extra["db_connections"] = activity.get("connections", {})
+        extra["db_per_delivery"] = {
+            key: round((db_stats[key] - db_stats0.get(key, 0.0)) / max(1, done), 3)
+            for key in ("commits", "wal_records", "wal_bytes", "wal_write", "wal_sync")
+            if key in db_stats
+        }
     return {
         "deliveries": done,
         "expected": target,
@@ -298,8 +413,21 @@ async def deliver(
         "by_status": {k: v for k, v in last.get("by_status", {}).items() if v},
         "workers_busy_at_end": last.get("workers_busy"),
         **machine_figures,
-        **daemon.memory(),
+        **(group[0].memory() if len(group) == 1 else group_memory(group)),
+        **extra,
     }
+
+
+def group_memory(group: Sequence[DaemonProcess]) -> Figures:
+    """Memory of several daemons: sums over them (peak: the sum of each one's peak, an upper
+    bound of the peak of the sum), and each one's peak."""
+    each = [d.memory() for d in group]
+    out: Figures = {
+        key: round(sum(m.get(key, 0) for m in each), 1)
+        for key in ("rss_mb", "peak_rss_mb", "children_rss_mb", "processes", "threads")
+    }
+    out["peak_rss_mb_each"] = [m.get("peak_rss_mb") for m in each]
+    return out
 
 
 def delivered(status: dict[str, Any]) -> int:
@@ -326,13 +454,13 @@ async def daemon_run(
     profile: Path | None = None,
     sink_pids: Sequence[int] = (),
 ) -> Figures:
-    """A fresh daemon, one webhook per url (webhook i subscribes to type t{i}), n_events
-    round-robin over the types; measured until the webhooks at indexes `measure` (default
-    all) have delivered everything of theirs."""
-    daemon = DaemonProcess(work, overrides or {})
-    with started(daemon):
-        api = Api(daemon.url)
-        profiler: Profiler | None = None
+    """A fresh daemon (ENGINE.daemons of them on PostgreSQL), one webhook per url (webhook i
+    subscribes to type t{i}), n_events round-robin over the types; measured until the
+    webhooks at indexes `measure` (default all) have delivered everything of theirs."""
+    async with daemon_group(work, overrides) as group:
+        apis = [Api(d.url) for d in group]
+        api = apis[0]
+        profilers: list[Profiler] = []
         try:
             ids = [await api.create_webhook(url, [f"t{i}"]) for i, url in enumerate(urls)]
             picked = list(range(len(urls))) if measure is None else list(measure)
@@ -342,24 +470,56 @@ async def daemon_run(
             count = delivered_for([ids[i] for i in picked])
             bodies = batches(n_events, len(urls), tag)
             if profile is not None:
-                profiler = Profiler(daemon.pid, profile)
+                for i, d in enumerate(group):
+                    out = profile
+                    if len(group) > 1:
+                        out = profile.with_name(f"{profile.stem}-d{i}{profile.suffix}")
+                    profilers.append(Profiler(d.pid, out))
             already = count(await api.status())
             result = await deliver(
-                daemon,
-                api,
+                group,
+                apis,
                 bodies,
                 count,
                 already + expected_new,
                 deadline=deadline,
                 sink_pids=sink_pids,
+                db=ENGINE.pg,
             )
             result["webhooks"] = len(urls)
             result["events"] = n_events
             return result
         finally:
-            if profiler is not None:
+            for profiler in profilers:
                 profiler.close()
-            await api.close()
+            for a in apis:
+                await a.close()
+
+
+@contextlib.asynccontextmanager
+async def daemon_group(
+    work: Path, overrides: dict[str, dict[str, Any]] | None = None
+) -> AsyncIterator[list[DaemonProcess]]:
+    """ENGINE.daemons started daemons with the same settings (`overrides`), stopped at the
+    end. PostgreSQL: on a fresh schema, dropped afterwards; several daemons each have their
+    own work directory (work/daemon<i>: config, log, admin port read from the log)."""
+    sections = {k: dict(v) for k, v in (overrides or {}).items()}
+    pg = ENGINE.pg
+    schema = None
+    if pg is not None:
+        schema = pg.new_schema()
+        sections.setdefault("database", {}).update(url=pg.url, schema=schema)
+    n = ENGINE.daemons
+    group = [DaemonProcess(work if n == 1 else work / f"daemon{i}", sections) for i in range(n)]
+    try:
+        with contextlib.ExitStack() as stack:
+            for d in group:  # one after the other: the first one migrates the schema
+                stack.enter_context(started(d))
+            yield group
+    finally:
+        if pg is not None and schema is not None:
+            with contextlib.suppress(Exception):
+                await pg.drop_schema(schema)
 
 
 def median_run(runs: list[Figures]) -> Figures:
@@ -408,6 +568,27 @@ def last_line(name: str, figures: dict[str, Any]) -> str:
     return f"{name}: " + " ".join(f"{k}={v}" for k, v in figures.items())
 
 
+def connections(run: Figures, top: int = 8) -> str:
+    """The commonest states of the daemons' database connections (pg_stat_activity)."""
+    items = list(run.get("db_connections", {}).items())
+    return ", ".join(f"[{k}] {v}" for k, v in items[:top] if v >= 0.05) or "-"
+
+
+def engine_keys(figures: Figures) -> Figures:
+    """engine= and daemons= for a scenario's last line; on PostgreSQL also the CPU per
+    delivery of the daemons, of the database server and both (the medians of the 10-webhook
+    case for throughput)."""
+    keys: Figures = {"engine": ENGINE.name, "daemons": ENGINE.daemons}
+    run = figures.get("hooks10", {}).get("daemon")
+    if ENGINE.pg is not None and run is not None:
+        keys.update(
+            daemon_cpu_us_10=run["daemon_cpu_us_per_delivery"],
+            db_cpu_us_10=run.get("db_cpu_us_per_delivery"),
+            total_cpu_us_10=run.get("total_cpu_us_per_delivery"),
+        )
+    return keys
+
+
 # -- scenarios -----------------------------------------------------------------------------------
 
 
@@ -420,6 +601,9 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
         "repeat": repeat,
         "load_before": machine_load(),
     }
+    pg = ENGINE.pg
+    if pg is not None:
+        figures.update(engine=ENGINE.name, daemons=ENGINE.daemons)
     rows = []
     with started(Nginx(args.nginx_workers)) as nginx:
         for n_hooks in (1, 10):
@@ -451,60 +635,123 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
                 # For reference: one webhook gets at most per_webhook_concurrency (8) slots.
                 capped = run_baseline(urls, n_events, PER_WEBHOOK)
                 figures["hooks1"]["baseline_per_webhook_cap"] = capped
-            rows.append(
-                [
-                    f"{n_hooks} webhook(s)",
-                    n_events,
-                    run["per_second"],
-                    base["per_second"],
-                    ratio,
-                    run["daemon_cpu_us_per_delivery"],
-                    base["cpu_us_per_post"],
-                    run["peak_rss_mb"],
-                ]
-            )
+            if pg is None:
+                rows.append(
+                    [
+                        f"{n_hooks} webhook(s)",
+                        n_events,
+                        run["per_second"],
+                        base["per_second"],
+                        ratio,
+                        run["daemon_cpu_us_per_delivery"],
+                        base["cpu_us_per_post"],
+                        run["peak_rss_mb"],
+                    ]
+                )
+            else:
+                rows.append(
+                    [
+                        f"{n_hooks} webhook(s)",
+                        n_events,
+                        run["per_second"],
+                        csv(r["per_second"] for r in daemon_runs),
+                        base["per_second"],
+                        csv(r["per_second"] for r in base_runs),
+                        ratio,
+                        run["daemon_cpu_us_per_delivery"],
+                        run["db_cpu_us_per_delivery"],
+                        run["total_cpu_us_per_delivery"],
+                        base["cpu_us_per_post"],
+                        run["peak_rss_mb"],
+                    ]
+                )
         # One run at logging.level = info: one JSON line per attempt, as SPEC requires.
         with workdir("tpinfo") as work:
             urls = [f"{nginx.url}/hook/0"]
             info = await daemon_run(
                 work, urls, n_events, tag="tpinfo", overrides={"logging": {"level": "info"}}
             )
-            log_path = work / "daemon.log"
-            info["log_lines"] = sum(1 for _ in log_path.open("rb"))
-            info["log_mb"] = round(log_path.stat().st_size / 1e6, 2)
+            # work/daemon.log, or work/daemon<i>/daemon.log with several daemons.
+            log_paths = sorted(work.rglob("daemon.log"))
+            info["log_lines"] = sum(1 for path in log_paths for _ in path.open("rb"))
+            info["log_mb"] = round(sum(path.stat().st_size for path in log_paths) / 1e6, 2)
         warn = figures["hooks1"]["daemon"]
         # A run that delivered nothing has no rate to compare with (it is reported as such).
         info_cost = (
             round(1 - info["per_second"] / warn["per_second"], 3) if warn["per_second"] else 0.0
         )
         figures["info_level"] = {**info, "slowdown_vs_warning": info_cost}
-        rows.append(
+        base1 = figures["hooks1"]["baseline"]
+        info_ratio = round(info["per_second"] / base1["per_second"], 3)
+        if pg is None:
+            rows.append(
+                [
+                    "1 webhook, log info",
+                    n_events,
+                    info["per_second"],
+                    base1["per_second"],
+                    info_ratio,
+                    info["daemon_cpu_us_per_delivery"],
+                    base1["cpu_us_per_post"],
+                    info["peak_rss_mb"],
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    "1 webhook, log info",
+                    n_events,
+                    info["per_second"],
+                    "-",
+                    base1["per_second"],
+                    "-",
+                    info_ratio,
+                    info["daemon_cpu_us_per_delivery"],
+                    info["db_cpu_us_per_delivery"],
+                    info["total_cpu_us_per_delivery"],
+                    base1["cpu_us_per_post"],
+                    info["peak_rss_mb"],
+                ]
+            )
+    if pg is None:
+        table(
+            f"throughput: {n_events} events -> {n_events} deliveries (10 webhooks: each its own "
+            f"type t<i>, events round-robin), median of {repeat}, load {figures['load_before']}",
             [
-                "1 webhook, log info",
-                n_events,
-                info["per_second"],
-                figures["hooks1"]["baseline"]["per_second"],
-                round(info["per_second"] / figures["hooks1"]["baseline"]["per_second"], 3),
-                info["daemon_cpu_us_per_delivery"],
-                figures["hooks1"]["baseline"]["cpu_us_per_post"],
-                info["peak_rss_mb"],
-            ]
+                "case",
+                "deliveries",
+                "daemon/s",
+                "baseline/s",
+                "ratio",
+                "daemon cpu us/deliv",
+                "baseline cpu us/post",
+                "peak MB",
+            ],
+            rows,
         )
-    table(
-        f"throughput: {n_events} events -> {n_events} deliveries (10 webhooks: each its own type "
-        f"t<i>, events round-robin), median of {repeat}, load {figures['load_before']}",
-        [
-            "case",
-            "deliveries",
-            "daemon/s",
-            "baseline/s",
-            "ratio",
-            "daemon cpu us/deliv",
-            "baseline cpu us/post",
-            "peak MB",
-        ],
-        rows,
-    )
+    else:
+        daemons = f"{ENGINE.daemons} daemon{'s' if ENGINE.daemons > 1 else ''}"
+        table(
+            f"throughput on PostgreSQL, {daemons} on one schema: {n_events} events -> "
+            f"{n_events} deliveries (10 webhooks: each its own type t<i>, events round-robin; "
+            f"ingest round-robin over the daemons), median of {repeat}, "
+            f"load {figures['load_before']}",
+            [
+                "case",
+                "deliveries",
+                "daemons/s",
+                "runs/s",
+                "baseline/s",
+                "baseline runs/s",
+                "ratio",
+                "daemons cpu us/deliv",
+                "db cpu us/deliv",
+                "total cpu us/deliv",
+                "baseline cpu us/post",
+                "peak MB (all)",
+            ],
+            rows,
+        )
     capped = figures["hooks1"]["baseline_per_webhook_cap"]
     print(
         f"  baseline with {PER_WEBHOOK} concurrent POSTs (one webhook's cap): "
@@ -518,6 +765,14 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
     ):
         shares = ", ".join(f"{k} {v}" for k, v in run["thread_core_share"].items())
         print(f"  daemon threads, share of a core busy ({name}): {shares}")
+        if pg is not None:
+            shares = ", ".join(f"{k} {v}" for k, v in run["db_core_share"].items())
+            per = ", ".join(f"{k} {v}" for k, v in run["db_per_delivery"].items())
+            print(f"  postgres processes, share of a core busy ({name}): {shares}")
+            print(f"  database work per delivery ({name}): {per}")
+            print(f"  daemons' connections, mean number by state ({name}): {connections(run)}")
+            waits = ", ".join(f"{k} {v}s" for k, v in run["cpu_wait_s"].items())
+            print(f"  runnable but waiting for a CPU ({name}, run of {run['seconds']}s): {waits}")
     # Whether the machine, not waiting, sets the pace: when both runs keep every core
     # busy, the ratio of throughputs is the inverse ratio of CPU spent per delivery.
     cores = os.cpu_count()
@@ -548,6 +803,7 @@ async def throughput(args: argparse.Namespace) -> tuple[Figures, str]:
             "daemon_1_info": info["per_second"],
             "info_slowdown": info_cost,
             "target_ratio": 0.8,
+            **engine_keys(figures),
         },
     )
     return figures, line
@@ -562,11 +818,26 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
     acked: dict[str, float] = {}
     failed = skipped = 0
     with workdir("lat") as work, started(Receiver("timestamp")) as receiver:
-        daemon = DaemonProcess(work)
-        with started(daemon):
-            api = Api(daemon.url, connections=256)
+        async with daemon_group(work) as group:
+            # Several daemons: the sends go round-robin over their APIs (256 connections in
+            # all), the status is asked of the first.
+            apis = [Api(d.url, connections=max(1, 256 // len(group))) for d in group]
+            api = apis[0]
             try:
                 await api.create_webhook(f"{receiver.url}/hook", ["t0"])
+                # Idle first: one event at a time to a daemon with nothing else to do,
+                # send -> 202; the next leaves 20 ms after a 202, once its delivery is done.
+                idle_n = 50 if args.quick else 200
+                idle: list[float] = []
+                for i in range(idle_n):
+                    raw = json.dumps(
+                        {"id": f"evt_idle_{i:05d}", "type": "t0", "data": event_data(i)}
+                    ).encode()
+                    t_send = time.perf_counter()
+                    status, _ = await api.request("POST", "/v1/events", raw=raw)
+                    if status == 202:
+                        idle.append(time.perf_counter() - t_send)
+                    await asyncio.sleep(0.02)
                 bodies = [
                     json.dumps(
                         {"id": f"evt_lat_{i:07d}", "type": "t0", "data": event_data(i)}
@@ -575,13 +846,33 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
                 ]
                 inflight: set[asyncio.Task[None]] = set()
                 loop = asyncio.get_running_loop()
+                pg = ENGINE.pg
+                profilers: list[Profiler] = []
+                if args.profile is not None:
+                    for i, d in enumerate(group):
+                        out = args.profile
+                        if len(group) > 1:
+                            out = out.with_name(f"{out.stem}-d{i}{out.suffix}")
+                        profilers.append(Profiler(d.pid, out))
+                watching = asyncio.Event()
+                watch = asyncio.create_task(pg.watch(watching)) if pg is not None else None
+                db_cpu0 = pg.cpu_seconds() if pg is not None else None
+                cpu0 = sum(cpu_seconds(d.pid) for d in group)
+                queued0 = (
+                    sum(runqueue_seconds(d.pid) for d in group),
+                    pg.runqueue_seconds() if pg is not None else None,
+                    runqueue_seconds(os.getpid()),
+                )
+                wall0 = time.perf_counter()
 
                 async def send(i: int) -> None:
                     nonlocal failed
                     event_id = f"evt_lat_{i:07d}"
                     sent[event_id] = time.time()
                     try:
-                        status, _ = await api.request("POST", "/v1/events", raw=bodies[i])
+                        status, _ = await apis[i % len(apis)].request(
+                            "POST", "/v1/events", raw=bodies[i]
+                        )
                     except Exception:
                         failed += 1
                         return
@@ -606,12 +897,28 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
                     await asyncio.wait(list(inflight), timeout=60)
                 await_deadline = time.monotonic() + 60
                 while time.monotonic() < await_deadline:
-                    if delivered(await api.status()) >= len(acked):
+                    if delivered(await api.status()) >= len(acked) + len(idle):
                         break
                     await asyncio.sleep(0.1)
+                watching.set()
+                activity: dict[str, Any] = {}
+                if watch is not None:
+                    with contextlib.suppress(Exception):  # a diagnostic: never fails the run
+                        activity = await watch
+                for profiler in profilers:
+                    profiler.close()
+                cpu = sum(cpu_seconds(d.pid) for d in group) - cpu0
+                db_cpu = pg.cpu_seconds() if pg is not None else None
+                queued = (
+                    sum(runqueue_seconds(d.pid) for d in group),
+                    pg.runqueue_seconds() if pg is not None else None,
+                    runqueue_seconds(os.getpid()),
+                )
+                wall = time.perf_counter() - wall0
                 records = (await api.get_json(receiver.url + "/records"))["records"]
             finally:
-                await api.close()
+                for a in apis:
+                    await a.close()
     arrivals: dict[str, float] = {}
     duplicates = 0
     for event_id, t in records:
@@ -640,8 +947,35 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
         "latency": summary_ms(lat),
         "end_to_end": summary_ms(e2e),
         "ingest_202": summary_ms(ingest),
+        "idle_202": summary_ms(idle),
         "load": machine_load(),
     }
+    if ENGINE.pg is not None:
+        events = max(1, len(acked))
+        figures.update(
+            engine=ENGINE.name,
+            daemons=ENGINE.daemons,
+            daemon_cpu_us_per_event=round(cpu / events * 1e6, 1),
+            db_cpu_us_per_event=(
+                None
+                if db_cpu is None or db_cpu0 is None
+                else round((db_cpu - db_cpu0) / events * 1e6, 1)
+            ),
+            db_connections=activity.get("connections", {}),
+            wall_s=round(wall, 1),
+            cpu_wait_s={
+                name: None if a is None or b is None else round(b - a, 2)
+                for name, a, b in zip(("daemons", "db", "bench"), queued0, queued, strict=True)
+            },
+        )
+    # Where the latencies fall: a wake-up that waits for the scanner's or the workers' poll
+    # (scanner.poll_interval 250 ms by default) shows as a bump at 25 ms and beyond.
+    edges = (5, 10, 25, 50, 100, 250)
+    buckets: dict[str, int] = {}
+    for lo, hi in zip((0, *edges), (*edges, None), strict=True):
+        name = f"{lo}-{hi}ms" if hi is not None else f">={lo}ms"
+        buckets[name] = sum(1 for v in lat if v * 1000 >= lo and (hi is None or v * 1000 < hi))
+    figures["latency_buckets"] = buckets
     table(
         f"latency: {n} events, one per request, open loop at {rate}/s for {duration}s "
         f"(load {figures['load']})",
@@ -655,10 +989,29 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
             )
         ],
     )
+    idle_202 = figures["idle_202"]
+    print(
+        f"  idle: {idle_202.get('count', 0)} events one at a time, send -> 202: "
+        f"p50 {idle_202.get('p50_ms')} ms, p99 {idle_202.get('p99_ms')} ms, "
+        f"max {idle_202.get('max_ms')} ms"
+    )
     print(
         f"  negative (arrival before the 202, counted as 0): {negatives}; "
         f"missing {figures['missing']}, failed {failed}, skipped {skipped}"
     )
+    total = max(1, len(lat))
+    print(
+        "  202 -> arrival by bucket: "
+        + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in buckets.items())
+    )
+    if ENGINE.pg is not None:
+        print(
+            f"  CPU per event (whole run): daemons {figures['daemon_cpu_us_per_event']} us, "
+            f"database {figures['db_cpu_us_per_event']} us"
+        )
+        print(f"  daemons' connections, mean number by state: {connections(figures)}")
+        waits = ", ".join(f"{k} {v}s" for k, v in figures["cpu_wait_s"].items())
+        print(f"  runnable but waiting for a CPU (run of {figures['wall_s']}s): {waits}")
     line = last_line(
         "latency",
         {
@@ -670,6 +1023,13 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
             "missing": figures["missing"],
             "rate": rate,
             "target_p99_ms": 25,
+            "idle_202_p50_ms": idle_202.get("p50_ms"),
+            "idle_202_p99_ms": idle_202.get("p99_ms"),
+            "send_202_p50_ms": figures["ingest_202"].get("p50_ms"),
+            "send_202_p99_ms": figures["ingest_202"].get("p99_ms"),
+            "send_arrival_p50_ms": figures["end_to_end"].get("p50_ms"),
+            "send_arrival_p99_ms": figures["end_to_end"].get("p99_ms"),
+            **engine_keys(figures),
         },
     )
     return figures, line
@@ -864,6 +1224,7 @@ async def scale(args: argparse.Namespace) -> tuple[Figures, str]:
             "target_rss_mb": 250,
             "repeat": repeat,
             "ratios": csv(ratios),
+            **engine_keys(figures),
         },
     )
     return figures, line
@@ -955,6 +1316,7 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
             "target_ratio": 0.9,
             "repeat": repeat,
             "ratios": csv(ratios),
+            **engine_keys(figures),
         },
     )
     return figures, line
@@ -986,7 +1348,8 @@ def main() -> int:
         "--profile",
         type=Path,
         help="throughput: py-spy record (raw, --threads) the first run of each case to "
-        "FILE-1hook.EXT and FILE-10hook.EXT, and print a summary (bench/profile_top.py)",
+        "FILE-1hook.EXT and FILE-10hook.EXT, and print a summary (bench/profile_top.py); "
+        "latency: the whole run to FILE; with several daemons, each to ...-d<i>.EXT",
     )
     parser.add_argument(
         "--profile-gil",
@@ -1006,11 +1369,38 @@ def main() -> int:
         help="run the daemon from the working tree, not from a copy of webhookd/ taken at start",
     )
     parser.add_argument(
+        "--engine",
+        choices=("duckdb", "postgresql"),
+        default="duckdb",
+        help="storage engine of the daemons (default duckdb). postgresql: throughput and "
+        "latency only; the bench starts its own throwaway server (tests/pg.py; or the one of "
+        "WEBHOOKD_TEST_POSTGRES_URL) once, a fresh schema per run, and stops it at the end",
+    )
+    parser.add_argument(
+        "--daemons",
+        type=int,
+        default=1,
+        help="daemon processes sharing one PostgreSQL schema (--engine postgresql only; "
+        "default 1): ingest goes round-robin over their APIs",
+    )
+    parser.add_argument(
         "--nginx-workers",
         default="auto",
         help="nginx worker_processes (auto: one per core; measured a little faster than 1 here)",
     )
     args = parser.parse_args()
+    if args.daemons < 1:
+        parser.error("--daemons: at least 1")
+    if args.engine == "duckdb" and args.daemons > 1:
+        parser.error(
+            f"--daemons {args.daemons} needs --engine postgresql: a DuckDB file is opened by "
+            "one process only, so several daemons cannot share a queue on it"
+        )
+    if args.engine == "postgresql" and args.scenario not in ("throughput", "latency"):
+        parser.error(
+            f"--engine postgresql: the {args.scenario} scenario runs on DuckDB only "
+            "(throughput and latency run on both engines)"
+        )
 
     def terminate(signum: int, _: object) -> None:
         # Unwind normally so that every `finally` stops the processes it started.
@@ -1028,6 +1418,13 @@ def main() -> int:
         run_loop = asyncio.run
     with contextlib.ExitStack() as stack:
         code = code_hash(REPO) if args.live_code else stack.enter_context(snapshot_code(args.code))
+        ENGINE.name, ENGINE.daemons = args.engine, args.daemons
+        if args.engine == "postgresql":
+            # Stopped when the stack unwinds: at the end, on an error, Ctrl-C or SIGTERM.
+            ENGINE.pg = stack.enter_context(started(Postgres()))
+            where = "external, WEBHOOKD_TEST_POSTGRES_URL" if ENGINE.pg.external else "own"
+            cpu = "" if ENGINE.pg.postmaster else "; its CPU cannot be read here"
+            print(f"  PostgreSQL server ({where}) on {ENGINE.pg.url}{cpu}")
         figures, line = run_loop(SCENARIOS[args.scenario](args))
     figures["code"] = code
     if args.code is None and code_hash(REPO) != code:
@@ -1037,6 +1434,8 @@ def main() -> int:
         )
     figures["scenario"] = args.scenario
     figures["quick"] = args.quick
+    figures["engine"] = args.engine
+    figures["daemons"] = args.daemons
     figures["wall_s"] = round(time.perf_counter() - started_at, 1)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

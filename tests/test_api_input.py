@@ -82,6 +82,11 @@ MALFORMED = {
     "Infinity": b'{"type": "a", "data": [Infinity]}',
     "nested too deeply": b'{"type": "a", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     "lone surrogate": b'{"type": "a", "data": "\\ud800"}',
+    "number beyond a float": b'{"type": "a", "data": 1e999999}',
+    "negative number beyond a float": b'{"type": "a", "data": [-2e400]}',
+    "duplicate key": b'{"type": "a", "type": "b", "data": 1}',
+    "duplicate nested key": b'{"type": "a", "data": {"n": 1, "n": 2}}',
+    "duplicate key in a list member": b'[{"type": "a", "data": 1, "data": 2}]',
 }
 
 
@@ -93,6 +98,35 @@ async def test_malformed_json_is_400_and_the_daemon_keeps_serving(api: Api, raw:
     ids = await api.emit({**GOOD_EVENT, "id": "evt_after_bad_json"})
     assert ids == ["evt_after_bad_json"]
     assert (await api.ok("GET", "/healthz")) == {"status": "ok"}
+
+
+DUPLICATES = {
+    "top level": (b'{"type": "a", "data": 1, "type": "a"}', '"type"'),
+    "nested": (b'{"type": "a", "data": {"k": {"n": 1, "n": 1}}}', '"n"'),
+    "escaped spelling of the same key": (
+        b'{"type": "a", "data": {"\\u00e9": 1, "\xc3\xa9": 2}}',
+        "\\u00e9",
+    ),
+}
+
+
+@pytest.mark.parametrize(("raw", "key"), DUPLICATES.values(), ids=DUPLICATES.keys())
+async def test_a_repeated_key_is_400_naming_it(api: Api, raw: bytes, key: str) -> None:
+    """Parsers disagree on which of two equal keys wins; none is stored."""
+    got = await api.request("POST", "/v1/events", raw=raw)
+    assert_error(got, 400, "invalid_json", key, "once")
+    webhook = b'{"url": "https://example.com/a", "url": "https://example.com/b"}'
+    got = await api.request("POST", "/v1/webhooks", raw=webhook)
+    assert_error(got, 400, "invalid_json", '"url"')
+    assert (await api.ok("GET", "/v1/webhooks"))["items"] == []
+
+
+async def test_a_number_beyond_a_float_is_named(api: Api) -> None:
+    raw = b'{"type": "a", "data": {"amount": 1e999999}}'
+    assert_error(await api.request("POST", "/v1/events", raw=raw), 400, "invalid_json", "1e999999")
+    # Large but finite numbers are numbers.
+    ok = b'{"id": "evt_big_number", "type": "a", "data": 1.7e308}'
+    assert await api.request("POST", "/v1/events", raw=ok) == (202, {"ids": ["evt_big_number"]})
 
 
 async def test_surrogate_pair_is_one_character_and_accepted(api: Api) -> None:
@@ -248,6 +282,7 @@ BAD_URLS: dict[str, tuple[Any, str]] = {
     "empty": ("", "empty"),
     "not a string": (5, "url"),
     "missing": (None, "url"),
+    "longer than 2048 characters": ("https://example.com/" + "a" * 2029, "2048"),
 }
 
 
@@ -343,6 +378,20 @@ BAD_ADMIN_REQUESTS: dict[str, tuple[str, str, Any, str, str]] = {
     "deliveries bad cursor": (
         "GET",
         "/v1/deliveries?cursor=%%%",
+        None,
+        "invalid_request",
+        "cursor",
+    ),
+    "deliveries cursor of wrong types": (
+        "GET",
+        "/v1/deliveries?cursor=WzEsMiwzXQ",
+        None,
+        "invalid_request",
+        "cursor",
+    ),
+    "webhooks cursor not an id": (
+        "GET",
+        "/v1/webhooks?cursor=%00%E2%80%AE",
         None,
         "invalid_request",
         "cursor",

@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -246,5 +247,94 @@ async def test_secrets_appear_only_in_create_and_rotate_answers(
         for where, text in places
         for name, forms in forbidden.items()
         if any(form in text for form in forms)
+    ]
+    assert leaks == []
+
+
+# -- malformed requests carrying the token -------------------------------------------------
+
+
+def raw_exchange(host: str, port: int, raw: bytes) -> bytes:
+    """Send raw bytes (a client library would refuse to), read until the daemon closes."""
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+        sock.sendall(raw)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def malformed_requests(token: bytes) -> dict[str, bytes]:
+    auth = b"Authorization: Bearer " + token
+    get = b"GET /v1/status HTTP/1.1\r\nHost: webhookd\r\n"
+    return {
+        "bare LF ending the Authorization line": get + auth + b"\nX-After: 1\r\n\r\n",
+        "bare LF in a later header": get + auth + b"\r\nX-A: b\nX-C: d\r\n\r\n",
+        "control character after the token": get + auth + b"\x01\r\n\r\n",
+        "NUL after the token": get + auth + b"\x00x\r\n\r\n",
+        "space before the colon": get + b"Authorization : Bearer " + token + b"\r\n\r\n",
+        "header line too long": get + auth + b"x" * 10_000 + b"\r\n\r\n",
+        "request line too long": b"GET /v1/status?t="
+        + token
+        + b"x" * 10_000
+        + b" HTTP/1.1\r\n\r\n",
+        "token in the request line": b"GET /" + token + b"\x7f HTTP/1.1\r\n" + auth + b"\r\n\r\n",
+        "bad chunked body": (
+            b"POST /v1/events HTTP/1.1\r\nHost: webhookd\r\n"
+            + auth
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\nzz"
+            + token
+            + b"\r\n"
+        ),
+        "two Content-Lengths": (
+            b"POST /v1/events HTTP/1.1\r\nHost: webhookd\r\n"
+            + auth
+            + b"\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}"
+        ),
+    }
+
+
+async def test_malformed_requests_never_echo_or_log_the_token(
+    tmp_path: Path, daemon_process: list[DaemonProcess]
+) -> None:
+    """aiohttp answered a header block broken after `Authorization` with the raw lines,
+    token included, and printed them with a traceback to stderr."""
+    admin_token = "adm_" + secrets.token_urlsafe(32)
+    wrong = "wrong_" + secrets.token_urlsafe(24)
+    sections = config_sections(tmp_path, logging={"format": "json", "level": "debug"})
+    config = tmp_path / "webhookd.toml"
+    config.write_text(to_toml(sections))
+    log_path = tmp_path / "daemon.log"
+    daemon = DaemonProcess(config, log_path, env={"WEBHOOKD_ADMIN__TOKEN": admin_token})
+    daemon_process.append(daemon)
+    await asyncio.to_thread(daemon.start)
+    host, _, port = daemon.url.removeprefix("http://").rpartition(":")
+    answers: list[tuple[str, bytes]] = []
+    for token in (admin_token, wrong):
+        for name, raw in malformed_requests(token.encode()).items():
+            assert token.encode() in raw  # the positive control: the token is sent
+            answer = await asyncio.to_thread(raw_exchange, host, int(port), raw)
+            answers.append((name, answer))
+            status = int(answer.split(b" ", 2)[1])
+            assert 400 <= status < 500, (name, answer)
+            error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+            assert set(error) == {"code", "message"}, (name, answer)
+    async with Transcript(daemon.url, admin_token) as api:
+        await api.ok("GET", "/readyz")  # still serving
+    assert await asyncio.to_thread(daemon.stop) == 0
+
+    printed = log_path.read_text(errors="replace")
+    assert any('"refused a malformed HTTP request"' in line for line in printed.splitlines())
+    raw_lines = [line for line in printed.splitlines() if not line.startswith("{")]
+    assert raw_lines == []  # stderr too: nothing bypassed the JSON logs
+    assert "Traceback" not in printed
+    leaks = [
+        f"{what} in {where}"
+        for what, token in (("admin token", admin_token), ("wrong token", wrong))
+        for where, text in [("daemon output", printed.encode()), *answers]
+        if token.encode() in text
     ]
     assert leaks == []

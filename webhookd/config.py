@@ -125,6 +125,14 @@ class AdminSettings(_Section):
     token: SecretStr | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_batch_events: int = Field(default=1000, ge=1)
+    # Slow or silent clients: a request head (line and headers) must arrive within
+    # header_timeout, a body within body_timeout; a kept-alive connection idle for
+    # idle_timeout is closed.
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    body_timeout: Duration = Field(default=30.0, gt=0)
+    idle_timeout: Duration = Field(default=60.0, gt=0)
+    # Open API connections; unset: half of RLIMIT_NOFILE, the rest kept for the workers.
+    max_connections: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _listen_form(self) -> AdminSettings:

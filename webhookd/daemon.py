@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import ssl
@@ -12,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import __version__, logs
-from webhookd.api import Services, build_app
+from webhookd.api import ApiSite, Services, build_app, runner_options
 from webhookd.config import ConfigError, Settings
 from webhookd.metrics import Metrics
 from webhookd.notify import Notifier
@@ -40,24 +39,10 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def _listen(runner: web.AppRunner, settings: Settings) -> str:
-    address = settings.admin.address()
-    site: web.BaseSite
-    if isinstance(address, str):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(address)
-        site = web.UnixSite(runner, address)
-        await site.start()
-        os.chmod(address, 0o660)
-        return f"unix:{address}"
-    host, port = address
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # ApiSite, not TCPSite/UnixSite: deadlines for slow clients and a connection cap.
+    site = ApiSite(runner, settings.admin)
     await site.start()
-    server = site._server  # the bound port, for port 0 in tests
-    sockets = getattr(server, "sockets", None) or []
-    if sockets:
-        bound = sockets[0].getsockname()
-        return f"{bound[0]}:{bound[1]}"
-    return f"{host}:{port}"
+    return site.listening
 
 
 class Daemon:
@@ -151,7 +136,7 @@ class Daemon:
             token=token,
         )
         # Listen first: while migrations and the start-up rescue run, /readyz says so.
-        runner = web.AppRunner(build_app(svc), access_log=None, handle_signals=False)
+        runner = web.AppRunner(build_app(svc), **runner_options(s.admin))
         await runner.setup()
         try:
             listening = await _listen(runner, s)

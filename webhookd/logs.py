@@ -1,8 +1,16 @@
-"""Structured logs: JSON lines on stdout (journald keeps them) or a console renderer."""
+"""Structured logs: JSON lines on stdout (journald keeps them) or a console renderer.
+
+Everything the process logs goes through one pipeline: structlog's own loggers and, bridged
+into it, the standard library's (aiohttp, asyncio, warnings), so nothing reaches stderr raw.
+On the way, values under secret keys are masked, secrets registered with `never_log` are
+cut out of every line, and, for the console, control and bidi characters are escaped.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -11,21 +19,111 @@ import structlog
 
 # Keys whose values are never written, whatever a caller passes by mistake.
 _SECRET_KEYS = frozenset({"secret", "secrets", "token", "authorization", "body", "password"})
+REDACTED = "[redacted]"
+
+# Characters that act on a terminal instead of showing: C0 controls, DEL, C1 controls (an
+# ESC or CSI starts a sequence that can retitle or rewrite the terminal), the bidi controls
+# that reorder what is read (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069), and lone
+# surrogates (not encodable: printing one fails).
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: control and bidi characters as \\xNN / \\uNNNN."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _printable_lines(text: str) -> str:
+    """As `printable`, keeping line breaks (a traceback's layout)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+_secrets: set[str] = set()
+
+
+def never_log(secret: str) -> None:
+    """Cut `secret` out of every line logged from now on, wherever it turns up."""
+    if secret:
+        _secrets.add(secret)
+        # As JSON writes it, if it holds a quote, a backslash or a non-ASCII character.
+        _secrets.add(json.dumps(secret)[1:-1])
 
 
 def _drop_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in _SECRET_KEYS.intersection(event_dict):
-        event_dict[key] = "[redacted]"
+        event_dict[key] = REDACTED
     return event_dict
 
 
+def _cut_secrets(_: Any, __: str, line: Any) -> Any:
+    """The last step, on the rendered line: registered secrets never leave."""
+    if isinstance(line, str):
+        for secret in _secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+    return line
+
+
+def _escape_for_terminal(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # The console renderer writes strings as they are (other values through repr(), which
+    # escapes); a stored id holding ESC or U+202E must not act on the operator's terminal.
+    escaped: dict[str, Any] = {}
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            value = _printable_lines(value) if key in ("exception", "stack") else printable(value)
+        escaped[printable(key)] = value
+    return escaped
+
+
+class _Bridge(logging.Handler):
+    """Standard-library records (aiohttp, asyncio, warnings) into the structlog pipeline."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None:
+                if record.name.startswith("aiohttp"):
+                    # aiohttp's errors about a malformed request quote its raw bytes (header
+                    # lines, a bearer token with them): the error's type is enough.
+                    fields["error"] = type(exc).__name__
+                else:
+                    fields["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # pragma: no cover - logging must never raise into its caller
+            self.handleError(record)
+
+
+def _bridge_stdlib_logging(level: int) -> None:
+    # Without a handler, a record at WARNING or above goes to stderr through logging's
+    # last resort: aiohttp's server logger printed a malformed request's header lines
+    # there, a bearer token with them.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _Bridge):
+            root.removeHandler(handler)
+    root.addHandler(_Bridge())
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
 def configure(fmt: str = "json", level: str = "info") -> None:
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    renderer: list[Any] = (
+        [structlog.processors.JSONRenderer()]  # ensure_ascii: every control character escaped
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else [_escape_for_terminal, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
     )
     structlog.configure(
         processors=[
@@ -34,14 +132,14 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _drop_secrets,
             structlog.processors.format_exc_info,
-            renderer,
+            *renderer,
+            _cut_secrets,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+    _bridge_stdlib_logging(numeric)
 
 
 def get(name: str) -> Any:

@@ -3,92 +3,27 @@
 from __future__ import annotations
 
 import hmac
-import json
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
 from webhookd import logs
-from webhookd.config import Settings
-from webhookd.metrics import Metrics
-from webhookd.scanner import Scanner
-from webhookd.sender import Sender
-from webhookd.store.base import EventConflict, NotFound, Store, StoreUnavailable
-from webhookd.workers import WorkerPool
+from webhookd.api import ingest, operators, webhooks
+from webhookd.api.common import (
+    SERVICES,
+    ApiError,
+    ClientGone,
+    Services,
+    error_response,
+    services,
+)
+from webhookd.store.base import EventConflict, NotFound, StoreUnavailable
 
 log = logs.get("webhookd.api")
 
-SERVICES: web.AppKey[Services] = web.AppKey("services")
 PUBLIC_ROUTES = frozenset({"/healthz"})
 # Answered while the daemon starts (migrations, start-up rescue); all else waits for ready.
 STARTUP_ROUTES = frozenset({"/healthz", "/readyz"})
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: Store
-    scanner: Scanner
-    pool: WorkerPool
-    sender: Sender
-    metrics: Metrics
-    token: str
-    ready: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def services(request: web.Request) -> Services:
-    return request.app[SERVICES]
-
-
-# A \uXXXX escape of a UTF-16 surrogate: valid JSON syntax, but alone it is no character.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-def _no_constants(name: str) -> Any:
-    # json.loads accepts NaN and Infinity; they are not JSON, and would reach subscribers.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()  # raises 413 past client_max_size
-    if not raw:
-        raise ApiError(400, "invalid_json", "the request body is empty; send JSON")
-    try:
-        value = json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
-    if _SURROGATE_ESCAPE.search(raw):
-        # Paired surrogates decode to one character; a lone one cannot be stored or sent.
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(
-                400,
-                "invalid_json",
-                "the request body has a lone UTF-16 surrogate (\\uD800-\\uDFFF)",
-            ) from None
-        except RecursionError:
-            raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
-    return value
-
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,7 +33,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if exc.close:
+            response.force_close()
+        return response
+    except ClientGone:
+        # Nobody is left to answer; not the daemon's problem either.
+        log.debug("client closed the connection mid-request", method=request.method)
+        response = error_response(400, "client_gone", "the connection closed mid-request")
+        response.force_close()
+        return response
     except NotFound as exc:
         return error_response(404, "not_found", str(exc))
     except EventConflict as exc:
@@ -118,17 +62,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal", "internal error; the daemon's log has the details")
 
 
+def _token_matches(header: str, expected: str) -> bool:
+    scheme, _, presented = header.partition(" ")
+    # Header values arrive decoded with surrogateescape: bytes that are not UTF-8 (anyone
+    # can send them) compare as bytes instead of failing to encode.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode("utf-8", "surrogateescape"),
+        expected.encode("utf-8", "surrogateescape"),
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_ROUTES:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    expected = services(request).token
-    ok = scheme.lower() == "bearer" and hmac.compare_digest(
-        presented.strip().encode(), expected.encode()
-    )
-    if not ok:
+    if not _token_matches(request.headers.get("Authorization", ""), services(request).token):
         return web.json_response(
             {"error": {"code": "unauthorized", "message": "a valid bearer token is required"}},
             status=401,
@@ -146,14 +94,17 @@ async def startup_middleware(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
-def build_app(svc: Services) -> web.Application:
-    from webhookd.api import ingest, operators, webhooks
+async def _keep_token_out_of_logs(app: web.Application) -> None:
+    logs.never_log(app[SERVICES].token)
 
+
+def build_app(svc: Services) -> web.Application:
     app = web.Application(
         client_max_size=svc.settings.admin.max_body_bytes,
         middlewares=[errors_middleware, auth_middleware, startup_middleware],
     )
     app[SERVICES] = svc
+    app.on_startup.append(_keep_token_out_of_logs)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(webhooks.routes)
     app.router.add_routes(operators.routes)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from webhookd.api.app import ApiError, read_json, services
+from webhookd.api.common import ApiError, read_json, services
 from webhookd.events import EventError, NewEvent, parse_event
 
 routes = web.RouteTableDef()

@@ -8,8 +8,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from webhookd.api.app import ApiError, read_json, services
-from webhookd.api.webhooks import _limit, _object
+from webhookd.api.common import (
+    ApiError,
+    delivery_cursor,
+    json_object,
+    limit,
+    read_json,
+    services,
+)
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter
 
@@ -53,12 +59,9 @@ async def deliveries(request: web.Request) -> web.Response:
         event_id=q.get("event_id") or None,
         status=_status(q["status"]) if q.get("status") else None,
     )
-    try:
-        page = await services(request).store.list_deliveries(
-            filt, _limit(request), q.get("cursor") or None
-        )
-    except ValueError as exc:
-        raise ApiError(400, "invalid_request", f"cursor: {exc}") from None
+    page = await services(request).store.list_deliveries(
+        filt, limit(request), delivery_cursor(request)
+    )
     return web.json_response({"items": page.items, "next": page.next})
 
 
@@ -72,7 +75,7 @@ async def attempts(request: web.Request) -> web.Response:
 
 @routes.post("/v1/redrive")
 async def redrive(request: web.Request) -> web.Response:
-    body = _object(await read_json(request), {"webhook_id", "status", "since"})
+    body = json_object(await read_json(request), {"webhook_id", "status", "since"})
     status = _status(body.get("status"), (Status.DEAD, Status.PARKED))
     since = _time(body["since"], "since") if body.get("since") is not None else None
     svc = services(request)
@@ -83,7 +86,7 @@ async def redrive(request: web.Request) -> web.Response:
 
 @routes.post("/v1/replay")
 async def replay(request: web.Request) -> web.Response:
-    body = _object(await read_json(request), {"event_id", "webhook_id"})
+    body = json_object(await read_json(request), {"event_id", "webhook_id"})
     event_id = _optional_str(body, "event_id")
     if not event_id:
         raise ApiError(400, "invalid_request", "event_id: required")
@@ -124,7 +127,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     svc = services(request)
     checks = {
-        "database": svc.ready,
+        "database": svc.ready and svc.store.available(),
         "scanner": svc.scanner.running,
         "workers": svc.pool.running,
     }

@@ -10,7 +10,14 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import guard, signing
-from webhookd.api.app import ApiError, read_json, services
+from webhookd.api.common import (
+    ApiError,
+    json_object,
+    limit,
+    read_json,
+    services,
+    webhook_cursor,
+)
 from webhookd.events import canonical_json, new_event_id
 from webhookd.store.base import WebhookPatch
 
@@ -20,15 +27,6 @@ MAX_DESCRIPTION = 1024
 MAX_EVENT_TYPES = 256
 TEST_ATTEMPTS = 3
 TEST_BACKOFF = (0.5, 1.0)
-
-
-def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "expected a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise ApiError(400, "invalid_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    return body
 
 
 def _url(request: web.Request, value: Any) -> str:
@@ -63,16 +61,9 @@ def _description(value: Any) -> str:
     return value
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
-        raise ApiError(400, "invalid_request", "limit: a whole number from 1 to 1000")
-    return int(raw)
-
-
 @routes.post("/v1/webhooks")
 async def create(request: web.Request) -> web.Response:
-    body = _object(await read_json(request), {"url", "event_types", "secret", "description"})
+    body = json_object(await read_json(request), {"url", "event_types", "secret", "description"})
     url = _url(request, body.get("url"))
     secret = body.get("secret")
     if secret is None:
@@ -93,9 +84,7 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get("/v1/webhooks")
 async def list_all(request: web.Request) -> web.Response:
-    page = await services(request).store.list_webhooks(
-        _limit(request), request.query.get("cursor") or None
-    )
+    page = await services(request).store.list_webhooks(limit(request), webhook_cursor(request))
     return web.json_response({"items": page.items, "next": page.next})
 
 
@@ -107,7 +96,7 @@ async def show(request: web.Request) -> web.Response:
 
 @routes.patch("/v1/webhooks/{webhook_id}")
 async def change(request: web.Request) -> web.Response:
-    body = _object(await read_json(request), {"url", "event_types", "active", "description"})
+    body = json_object(await read_json(request), {"url", "event_types", "active", "description"})
     active = body.get("active")
     if active is not None and not isinstance(active, bool):
         raise ApiError(400, "invalid_request", "active: true or false")

@@ -1,0 +1,224 @@
+"""What the route modules share: the services, the error shape, JSON bodies, paging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+from webhookd.config import Settings
+from webhookd.durations import format_duration
+from webhookd.metrics import Metrics
+from webhookd.scanner import Scanner
+from webhookd.sender import Sender
+from webhookd.store.base import Store
+from webhookd.store.records import parse_delivery_cursor
+from webhookd.workers import WorkerPool
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    scanner: Scanner
+    pool: WorkerPool
+    sender: Sender
+    metrics: Metrics
+    token: str
+    ready: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+
+MAX_LIMIT = 1000
+# A cursor this API gives out is far shorter; anything longer is not one of them.
+MAX_CURSOR = 2048
+# A webhook id as the stores make them ("wh_" and hex); the listing's cursor is one.
+_WEBHOOK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}")
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+class ApiError(Exception):
+    """An answer in the documented error shape; `close` ends the connection after it."""
+
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.close = close
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request had arrived."""
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+# -- JSON bodies ----------------------------------------------------------------------------
+
+# A \uXXXX escape of a UTF-16 surrogate: valid JSON syntax, but alone it is no character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class _Refused(ValueError):
+    """Valid JSON syntax that the API does not take; the message says what and why."""
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A piece of the request quoted in an error message: JSON-escaped and short."""
+    quoted = json.dumps(text)
+    return quoted if len(quoted) <= limit else quoted[: limit - 4] + '..."'
+
+
+def _no_constants(name: str) -> Any:
+    # json.loads accepts NaN and Infinity; they are not JSON, and would reach subscribers.
+    raise _Refused(f"the request body is not valid JSON: {name} is not a JSON value")
+
+
+def _finite(literal: str) -> float:
+    # 1e999999 is valid JSON syntax, but Python reads it as infinity (not JSON either).
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Refused(
+            f"the request body has the number {_shown(literal)[1:-1]}, beyond the range of "
+            "a 64-bit float; send a smaller number or a string"
+        )
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two equal keys wins: a receiver could read another value
+    # than the one webhookd stored, so a repeated key is refused.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(
+                    f"the request body repeats the key {_shown(key)} in one object; "
+                    "each key may appear once"
+                )
+            seen.add(key)
+    return obj
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within `admin.body_timeout` and `admin.max_body_bytes` (413)."""
+    timeout = services(request).settings.admin.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within admin.body_timeout "
+            f"({format_duration(timeout)})",
+            close=True,
+        ) from None
+    except RequestPayloadError:
+        # Its text quotes the bytes received; they are not repeated to anyone.
+        raise ApiError(
+            400,
+            "invalid_request",
+            "the request body does not match its framing (Content-Length or chunked encoding)",
+            close=True,
+        ) from None
+    except ConnectionError:
+        raise ClientGone from None
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await read_body(request)
+    if not raw:
+        raise ApiError(400, "invalid_json", "the request body is empty; send JSON")
+    try:
+        value = json.loads(
+            raw,
+            parse_constant=_no_constants,
+            parse_float=_finite,
+            object_pairs_hook=_unique_keys,
+        )
+    except _Refused as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        # Paired surrogates decode to one character; a lone one cannot be stored or sent.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(
+                400,
+                "invalid_json",
+                "the request body has a lone UTF-16 surrogate (\\uD800-\\uDFFF)",
+            ) from None
+        except RecursionError:
+            raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    return value
+
+
+def json_object(body: Any, allowed: set[str]) -> dict[str, Any]:
+    """`body` as a JSON object holding no field but `allowed`."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "expected a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        names = ", ".join(_shown(name)[1:-1] for name in sorted(unknown))
+        raise ApiError(400, "invalid_request", f"unknown field(s): {names}")
+    return body
+
+
+# -- paging ---------------------------------------------------------------------------------
+
+
+def limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "100")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_request", f"limit: a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _bad_cursor() -> ApiError:
+    return ApiError(
+        400,
+        "invalid_request",
+        "cursor: not one this listing gave out; pass `next` from the previous page as is",
+    )
+
+
+def delivery_cursor(request: web.Request) -> str | None:
+    """The `cursor` of /v1/deliveries, checked: [created_at, webhook_id, event_id]."""
+    raw = request.query.get("cursor") or None
+    if raw is None:
+        return None
+    if len(raw) > MAX_CURSOR:
+        raise _bad_cursor()
+    try:
+        parse_delivery_cursor(raw)
+    except (ValueError, RecursionError):
+        raise _bad_cursor() from None
+    return raw
+
+
+def webhook_cursor(request: web.Request) -> str | None:
+    """The `cursor` of /v1/webhooks: the last webhook id of the previous page."""
+    raw = request.query.get("cursor") or None
+    if raw is not None and not _WEBHOOK_ID.fullmatch(raw):
+        raise _bad_cursor()
+    return raw

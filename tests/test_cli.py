@@ -201,6 +201,36 @@ async def test_webhooks_commands_human_and_json(start_daemon: StartDaemon) -> No
     assert (await cli.json("webhooks", "list"))["items"] == []
 
 
+# An OSC retitling the terminal, a CSI clearing it, DEL, a C1 CSI, a right-to-left override.
+NASTY = "x\x1b]0;owned\x07\x1b[2J\x7f\x9b31m\u202egnp.exe"
+ESCAPED = "x\\x1b]0;owned\\x07\\x1b[2J\\x7f\\x9b31m\\u202egnp.exe"
+UNSAFE = ("\x1b", "\x07", "\x7f", "\x9b", "\u202e")
+
+
+async def test_stored_strings_are_escaped_for_humans_and_exact_in_json(
+    start_daemon: StartDaemon,
+) -> None:
+    cli = start_daemon()
+    created = await add_webhook(
+        cli, "http://127.0.0.1:9/hook", "--event-type", NASTY, "--description", NASTY
+    )
+    assert created["event_types"] == [NASTY] and created["description"] == NASTY
+    wid = created["webhook_id"]
+    human = [
+        await cli.ok("webhooks", "list"),
+        await cli.ok("webhooks", "show", wid),
+        await cli.ok("webhooks", "disable", wid),
+    ]
+    for ran in human:
+        assert not any(char in ran.out + ran.err for char in UNSAFE), ran
+    assert ESCAPED in table(human[0].out)[1][3]
+    assert fields(human[1].out)["description"] == ESCAPED
+    assert fields(human[1].out)["event_types"] == ESCAPED
+    exact = await cli.json("webhooks", "list")
+    assert exact["items"][0]["event_types"] == [NASTY]
+    assert (await cli.json("webhooks", "show", wid))["description"] == NASTY
+
+
 async def test_webhooks_add_refused_by_the_api(start_daemon: StartDaemon) -> None:
     cli = start_daemon()
     ran = await cli("webhooks", "add", "ftp://127.0.0.1/x")

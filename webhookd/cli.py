@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from webhookd import __version__
 from webhookd.config import ConfigError, Settings, load_settings, redacted
+from webhookd.logs import printable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -27,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _load(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"webhookd: {problem}", file=sys.stderr)
+            print(f"webhookd: {printable(problem)}", file=sys.stderr)
         return EXIT_USAGE
     return daemon.run(settings)
 
@@ -46,7 +47,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             problems.extend(exc.problems)
     if problems:
         for problem in problems:
-            print(f"webhookd: {problem}", file=sys.stderr)
+            print(f"webhookd: {printable(problem)}", file=sys.stderr)
         print(f"webhookd: {len(problems)} problem(s) in the configuration", file=sys.stderr)
         return EXIT_USAGE
     assert settings is not None

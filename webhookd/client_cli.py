@@ -29,6 +29,7 @@ from webhookd.client import (
     segment,
 )
 from webhookd.durations import parse_duration
+from webhookd.logs import printable
 from webhookd.states import Status
 
 EXIT_OK = 0
@@ -72,6 +73,9 @@ Action = Callable[[Client, argparse.Namespace], Result]
 
 
 # --- output ------------------------------------------------------------------------------
+# Human output shows stored strings (ids, types, descriptions, errors) through
+# `printable`: an ESC or a bidi override in one must not act on the operator's terminal.
+# --json prints the API's JSON exactly.
 
 
 def _cell(value: Any, limit: int | None = MAX_CELL) -> str:
@@ -87,6 +91,7 @@ def _cell(value: Any, limit: int | None = MAX_CELL) -> str:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     else:
         text = " ".join(str(value).split()) if isinstance(value, str) else str(value)
+    text = printable(text)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
@@ -98,8 +103,9 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
         print("(none)")
         return
     cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
-    for line in [list(columns), *cells]:
+    header = [printable(col) for col in columns]
+    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(header)]
+    for line in [header, *cells]:
         print(
             "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
         )
@@ -107,7 +113,7 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
 
 def print_fields(obj: Mapping[str, Any], reveal: frozenset[str] = frozenset()) -> None:
     """`key: value` lines for one object; secrets only when explicitly revealed."""
-    shown = {k: v for k, v in obj.items() if k not in SECRET_KEYS or k in reveal}
+    shown = {printable(k): v for k, v in obj.items() if k not in SECRET_KEYS or k in reveal}
     width = max((len(k) for k in shown), default=0) + 1
     for key, value in shown.items():
         print(f"{key + ':':<{width}} {_cell(value, None)}")
@@ -119,7 +125,7 @@ def print_json(payload: Any) -> None:
 
 
 def note(message: str) -> None:
-    print(f"webhookd: {message}", file=sys.stderr)
+    print(f"webhookd: {printable(message)}", file=sys.stderr)
 
 
 def show_object(payload: Any) -> None:
@@ -163,16 +169,16 @@ def show_test(payload: Any) -> None:
 
 def show_ids(payload: Any) -> None:
     for event_id in payload["ids"]:
-        print(event_id)
+        print(printable(str(event_id)))
 
 
 def show_count(what: str, payload: Any) -> None:
     count = payload["count"]
-    print(f"{count} {'delivery' if count == 1 else 'deliveries'} {what}")
+    print(printable(f"{count} {'delivery' if count == 1 else 'deliveries'} {what}"))
 
 
 def show_line(line: str, payload: Any) -> None:
-    print(line)
+    print(printable(line))
 
 
 # --- argument types ----------------------------------------------------------------------

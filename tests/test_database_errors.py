@@ -3,6 +3,7 @@ in words an operator can act on (held by another process, not writable, not Duck
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, DaemonProcess, write_config
+from conftest import REPO, Api, DaemonProcess, write_config
+from receivers import Recorder
 
 RUN_DEADLINE = 60.0
 
@@ -92,6 +94,34 @@ def test_database_held_by_another_process(tmp_path: Path, holder: Path) -> None:
     assert str(holder) in problem
     assert "held by another process" in problem
     assert "webhookd ready" not in exited.output
+
+
+async def test_a_second_webhookd_on_the_same_file_exits_2_and_the_first_keeps_serving(
+    tmp_path: Path, daemon_process: list[DaemonProcess]
+) -> None:
+    first = DaemonProcess(write_config(tmp_path), tmp_path / "first.log")
+    daemon_process.append(first)
+    first.start()
+    database = tmp_path / "webhookd.duckdb"
+    elsewhere = tmp_path / "second"
+    elsewhere.mkdir()
+    exited = await asyncio.to_thread(run_daemon, config_with_database(elsewhere, database))
+    assert exited.code == 2, exited.output
+    problem = exited.problem()
+    assert problem.startswith("database.path:")
+    assert str(database) in problem
+    assert "held by another process" in problem
+    assert "webhookd ready" not in exited.output
+    # The first one never noticed: it answers, and delivers.
+    assert first.proc is not None and first.proc.poll() is None
+    async with Recorder(status=204) as receiver, Api(first.url) as api:
+        assert (await api.request("GET", "/readyz"))[0] == 200
+        await api.create_webhook(receiver.url_for("/after"))
+        (event_id,) = await api.emit({"type": "t", "data": {}})
+        (request,) = await receiver.wait_for_requests(1)
+        assert request.headers["webhook-id"] == event_id
+        await api.wait_status({"delivered": 1})
+    assert first.stop() == 0
 
 
 def test_database_is_free_again_once_the_holder_is_gone(

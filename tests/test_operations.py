@@ -9,17 +9,21 @@ import os
 import signal
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import Api, DaemonProcess, make_settings, running, write_config
 from tests.receivers import Recorder, Reply
-from webhookd.daemon import Daemon
+from webhookd.signing import new_secret
+from webhookd.store.base import WebhookPatch
 from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.records import utcnow
 
 
 def _recv_until(sock: socket.socket, wanted: str, deadline: float) -> list[str]:
@@ -132,42 +136,86 @@ async def test_watchdog_pings_stop_while_the_database_process_does_not_answer(
         sock.close()
 
 
-async def test_readyz_fails_while_start_up_rescue_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gate = asyncio.Event()
-    real = DuckDBStore.rescue_orphans
+ORPHANS = 20_000  # inflight rows a killed daemon left: their rescue takes a second or more
 
-    async def held_rescue(self: DuckDBStore) -> int:
-        await gate.wait()
-        return await real(self)
 
-    monkeypatch.setattr(DuckDBStore, "rescue_orphans", held_rescue)
-    daemon = Daemon(make_settings(tmp_path))
-    task = asyncio.create_task(daemon.run())
+async def leave_orphans(path: Path, count: int) -> str:
+    """A database file as a daemon killed mid-delivery leaves it: `count` rows inflight
+    under a lease of an hour, of a webhook deactivated meanwhile (rescued, they are
+    parked, where no worker claims them again). Returns the webhook's id."""
+    store = DuckDBStore(path)
+    await store.open()
     try:
-        end = time.monotonic() + 15
-        while daemon.listening is None:
-            assert time.monotonic() < end and not task.done()
-            await asyncio.sleep(0.01)
-        async with Api("http://" + daemon.listening) as api:
-            status, body = await api.request("GET", "/readyz")
-            assert status == 503 and body["status"] == "not ready"
-            status, body = await api.request("GET", "/v1/status")
-            assert status == 503 and body["error"]["code"] == "starting"
-            assert (await api.request("GET", "/healthz"))[0] == 200
-            gate.set()
-            await asyncio.wait_for(daemon.ready.wait(), 15)
-            status, body = await api.request("GET", "/readyz")
-            assert status == 200 and body["checks"] == {
-                "database": True,
-                "scanner": True,
-                "workers": True,
-            }
+        created = await store.create_webhook("http://127.0.0.1:9/", [], new_secret(), "")
+        webhook_id: str = created["webhook_id"]
+        await store.update_webhook(webhook_id, WebhookPatch(active=False))
     finally:
-        gate.set()
-        daemon.request_stop("test")
-        assert await task == 0
+        await store.close()
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(
+            "INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, "
+            "retry_base, next_attempt_at, lease_until, body, created_at, updated_at) "
+            "SELECT ?, 'evt-' || i, 'inflight', 0, 0, ?, ?, '{}'::BLOB, ?, ? FROM range(?) t(i)",
+            [webhook_id, utcnow(), utcnow() + timedelta(hours=1), utcnow(), utcnow(), count],
+        )
+    finally:
+        con.close()
+    return webhook_id
+
+
+async def test_nothing_is_served_before_the_start_up_rescue_is_done(
+    tmp_path: Path, daemon_process: list[Any]
+) -> None:
+    """From the moment the daemon listens until the start-up rescue of what a killed
+    daemon left in flight is done, /readyz answers 503 and every other route but /healthz
+    503 "starting"; from the first 200 of /readyz on, none of those rows is inflight.
+    The rescue is held for real: thousands of rows to return to pending."""
+    webhook_id = await leave_orphans(tmp_path / "webhookd.duckdb", ORPHANS)
+    proc = DaemonProcess(write_config(tmp_path), tmp_path / "daemon.log")
+    daemon_process.append(proc)
+    starting = asyncio.ensure_future(asyncio.to_thread(proc.start, deadline=120))
+    end = time.monotonic() + 30
+    listening = None
+    while listening is None:  # the address, from the line logged as soon as it listens
+        assert time.monotonic() < end and not starting.done()
+        lines = proc.lines() if proc.log_path.exists() else []
+        listening = next(
+            (line["listen"] for line in lines if line.get("event", "").startswith("listening")),
+            None,
+        )
+        await asyncio.sleep(0.005)
+    readyz: list[int] = []
+    listed: list[tuple[int, Any]] = []
+    async with Api("http://" + listening) as api:
+        end = time.monotonic() + 120
+        while not readyz or readyz[-1] != 200:
+            assert time.monotonic() < end, (readyz[-3:], listed[-3:])
+            status, body = await api.request("GET", "/readyz")
+            readyz.append(status)
+            if status != 200:
+                assert (status, body["status"]) == (503, "not ready"), body
+            assert (await api.request("GET", "/healthz"))[0] == 200
+            listed.append(
+                await api.request(
+                    "GET", "/v1/deliveries", params={"status": "inflight", "limit": "10"}
+                )
+            )
+        await starting
+        # Answers before ready were refusals, never a look at rows still inflight.
+        for status, body in listed:
+            if status == 503:
+                assert body["error"]["code"] == "starting", body
+            else:
+                assert (status, body["items"]) == (200, []), body
+        # The first answers came while the daemon started (its database process alone
+        # takes longer to start than the first poll does to arrive).
+        assert readyz[0] == 503 and listed[0][0] == 503, (readyz[:3], listed[:3])
+        parked = await api.deliveries(webhook_id=webhook_id, status="parked")
+        assert len(parked) == ORPHANS
+    (ready,) = [line for line in proc.lines() if line.get("event") == "webhookd ready"]
+    assert ready["rescued"] == ORPHANS
+    assert proc.stop() == 0
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -246,27 +294,50 @@ async def test_auto_disable_parks_and_enable_redrives(tmp_path: Path) -> None:
         assert (await api.ok("GET", f"/v1/webhooks/{wid}"))["disabled_reason"] is None
 
 
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 async def test_old_secret_stops_signing_after_the_grace_period(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, delivery={"rotation_grace": "1s"})
-    async with Recorder(status=204) as rx, running(settings) as d, Api(d.url) as api:
-        hook = await api.create_webhook(rx.url)
-        wid, old = hook["webhook_id"], hook["secret"]
-        new = (await api.ok("POST", f"/v1/webhooks/{wid}/rotate-secret"))["secret"]
-        await api.emit({"type": "t", "data": {"n": 1}})
-        (during,) = await rx.wait_for_requests(1)
-        end = time.monotonic() + 10
-        while (await api.ok("GET", f"/v1/webhooks/{wid}"))["previous_secret_expires_at"]:
-            assert time.monotonic() < end
-            await asyncio.sleep(0.05)
-        await api.emit({"type": "t", "data": {"n": 2}})
-        after = (await rx.wait_for_requests(2))[1]
+    """Both secrets sign during the grace that follows a rotation; the old one no longer
+    does once it has passed. The grace is an hour: the first delivery is inside it however
+    slow the machine; its end is brought forward in the file while the daemon is stopped,
+    as if the hour had passed."""
+    settings = make_settings(tmp_path, delivery={"rotation_grace": "1h"})
+    async with Recorder(status=204) as rx:
+        async with running(settings) as d, Api(d.url) as api:
+            hook = await api.create_webhook(rx.url)
+            wid, old = hook["webhook_id"], hook["secret"]
+            before = datetime.now(UTC)
+            new = (await api.ok("POST", f"/v1/webhooks/{wid}/rotate-secret"))["secret"]
+            after = datetime.now(UTC)
+            expires = _instant(
+                (await api.ok("GET", f"/v1/webhooks/{wid}"))["previous_secret_expires_at"]
+            )
+            assert before + timedelta(hours=1) <= expires <= after + timedelta(hours=1)
+            await api.emit({"type": "t", "data": {"n": 1}})
+            (during,) = await rx.wait_for_requests(1)
+        con = duckdb.connect(str(settings.database.path))
+        try:
+            con.execute(
+                "UPDATE webhooks SET previous_secret_expires_at = ? WHERE webhook_id = ?",
+                [utcnow() - timedelta(seconds=1), wid],
+            )
+        finally:
+            con.close()
+        async with running(settings) as d, Api(d.url) as api:
+            assert (await api.ok("GET", f"/v1/webhooks/{wid}"))[
+                "previous_secret_expires_at"
+            ] is None
+            await api.emit({"type": "t", "data": {"n": 2}})
+            after_grace = (await rx.wait_for_requests(2))[1]
     assert len(during.headers["webhook-signature"].split()) == 2
     Webhook(old).verify(during.body, dict(during.headers))
     Webhook(new).verify(during.body, dict(during.headers))
-    assert len(after.headers["webhook-signature"].split()) == 1
-    Webhook(new).verify(after.body, dict(after.headers))
+    assert len(after_grace.headers["webhook-signature"].split()) == 1
+    Webhook(new).verify(after_grace.body, dict(after_grace.headers))
     with pytest.raises(WebhookVerificationError):
-        Webhook(old).verify(after.body, dict(after.headers))
+        Webhook(old).verify(after_grace.body, dict(after_grace.headers))
 
 
 async def test_retention_prunes_delivered_rows_but_not_pending_or_dead(tmp_path: Path) -> None:

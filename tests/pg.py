@@ -7,6 +7,8 @@ the tests run as root (initdb refuses root), and stopped and removed afterwards.
 WEBHOOKD_TEST_POSTGRES_URL set, that server is used instead (it cannot be restarted).
 
 Each test uses a schema of its own: `fresh_schema()` names one, `drop_schema()` drops it.
+A watcher process stops the server and removes its directory if the test process dies
+without doing so (killed by a timeout, say), so that no server outlives its tests.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -118,6 +121,35 @@ class PgCluster:
         )  # fmt: skip
 
 
+# Run by a detached interpreter: wait for the test process to end, then stop the server.
+_WATCHER = """
+import os, shutil, subprocess, sys, time
+pid, root, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while True:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.5)
+subprocess.run(command, capture_output=True, timeout=120)
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def _watch(cluster: PgCluster) -> subprocess.Popen[bytes]:
+    assert cluster.root is not None and cluster.bindir is not None
+    stop = [str(cluster.bindir / "pg_ctl"), "-D", str(cluster.data), "-m", "immediate", "stop"]
+    if os.geteuid() == 0:
+        stop = ["runuser", "-u", "postgres", "--", *stop]
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, str(os.getpid()), str(cluster.root), *stop],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 @contextlib.contextmanager
 def pg_cluster() -> Iterator[PgCluster]:
     """A server for the whole session: WEBHOOKD_TEST_POSTGRES_URL's, or a fresh one."""
@@ -133,17 +165,22 @@ def pg_cluster() -> Iterator[PgCluster]:
     cluster = PgCluster(
         f"postgresql://postgres@127.0.0.1:{port}/postgres", root=root, port=port, bindir=bindir
     )
+    watcher = None
     try:
         cluster._run(
             "initdb", "-D", str(cluster.data), "-A", "trust", "-U", "postgres",
             "-E", "UTF8", "--locale=C",
         )  # fmt: skip
+        watcher = _watch(cluster)
         cluster.start()
         yield cluster
     finally:
         with contextlib.suppress(Exception):
             cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+        if watcher is not None:
+            watcher.kill()
+            watcher.wait()
 
 
 def fresh_schema() -> str:

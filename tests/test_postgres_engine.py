@@ -542,6 +542,33 @@ async def test_another_daemons_work_wakes_a_waiting_one(make: Make) -> None:
     assert time.monotonic() - started >= 0.25
 
 
+async def test_an_event_held_back_by_an_older_transaction_is_scanned_soon(
+    make: Make, cluster: PgCluster, schema: str
+) -> None:
+    """An event committed while an older transaction runs waits for it; that transaction's
+    end sends no notification, yet the scanner looks again well before its poll."""
+    store = await make()
+    await hook(store)
+    blocker = await connect(cluster, schema)
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.fetchval("SELECT pg_current_xact_id()")  # holds the xmin horizon
+        await store.wait_for_work("events", 0)
+        await store.ingest(events("held"))
+        await asyncio.wait_for(store.wait_for_work("events", 10), DEADLINE)
+        assert (await store.scan(100)).events == 0  # held back
+        await blocker.execute("COMMIT")
+    finally:
+        await blocker.close()
+    started = time.monotonic()
+    found = 0
+    while not found and time.monotonic() - started < 10:
+        await store.wait_for_work("events", 10)
+        found = (await store.scan(100)).events
+    assert found == 1
+    assert time.monotonic() - started < 2
+
+
 # -- PostgreSQL restarted under the store ------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -46,3 +47,15 @@ async def park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> 
         list(set(webhook_ids)),
     )
     return int(result.split()[-1])
+
+
+async def stop_task(task: asyncio.Task[Any] | None, within: float) -> bool:
+    """Cancel a background task and wait for it at most `within` seconds; whether it
+    ended. Never awaits the task itself: a cancellation can be lost on the way (Python
+    3.11's asyncio.wait_for drops it when its inner call completes at the same moment),
+    and awaiting such a task would hang a shutdown. The tasks also check a stop flag."""
+    if task is None or task.done():
+        return True
+    task.cancel()
+    await asyncio.wait([task], timeout=within)
+    return task.done()

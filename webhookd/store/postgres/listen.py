@@ -11,11 +11,11 @@ callers' polling covers the time in between.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from webhookd import logs
+from webhookd.store.postgres.common import stop_task
 
 log = logs.get("webhookd.store")
 
@@ -34,6 +34,7 @@ class Listener:
         self._connect = connect
         self._kinds = {channel: kind for kind, channel in channels.items()}
         self.events = {kind: asyncio.Event() for kind in channels}
+        self._notified_at = dict.fromkeys(channels, float("-inf"))
         self._on_state = on_state
         self._con: Any = None
         self._lost = asyncio.Event()
@@ -73,7 +74,16 @@ class Listener:
     def _notified(self, con: Any, pid: int, channel: str, payload: str) -> None:
         kind = self._kinds.get(channel)
         if kind is not None:
+            self._notified_at[kind] = asyncio.get_running_loop().time()
             self.events[kind].set()
+
+    def since_notified(self, kind: str) -> float:
+        """Seconds since the last notification of `kind` of work."""
+        return asyncio.get_running_loop().time() - self._notified_at[kind]
+
+    def poke_later(self, kind: str, delay: float) -> None:
+        """Report `kind` of work in `delay` seconds, as a notification would."""
+        asyncio.get_running_loop().call_later(delay, self.events[kind].set)
 
     def _terminated(self, con: Any) -> None:
         if con is self._con:
@@ -107,7 +117,8 @@ class Listener:
                     await self._open()
                 except Exception as exc:
                     self._on_state(False, exc)
-                    await asyncio.sleep(delay)
+                    if not self._closing:
+                        await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                 else:
                     self.reconnects += 1
@@ -117,10 +128,7 @@ class Listener:
     async def close(self) -> None:
         self._closing = True
         self._lost.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_task(self._task, PING_TIMEOUT)
         con, self._con = self._con, None
         if con is not None:
             try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from webhookd import logs
 from webhookd.store.base import Outcome, StoreUnavailable
+from webhookd.store.postgres.common import stop_task
 
 log = logs.get("webhookd.store")
 
@@ -154,12 +155,8 @@ class OutcomeWriter:
         self._wake.set()
         self._full.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
-            except (TimeoutError, Exception):
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
+            await asyncio.wait([self._task], timeout=grace)
+            await stop_task(self._task, grace)
         closed = StoreUnavailable("the database is closed")
         for waiting in [*self._writing, *self._buffer]:
             if not waiting.future.done():

@@ -44,7 +44,7 @@ from webhookd.store.base import (
     WebhookPatch,
 )
 from webhookd.store.postgres import admin
-from webhookd.store.postgres.common import channel, park_inactive
+from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
     is_unavailable,
@@ -72,6 +72,13 @@ STUCK_AFTER = 60.0
 # left are skipped after the LIMIT (as on DuckDB).
 CANDIDATES_PER_ROW = 4
 CLOSE_TIMEOUT = 5.0
+# An event committed while an older transaction (any daemon's claim or outcomes, a
+# producer's) still runs is held back by the scan until that transaction ends, which no
+# notification announces: a scan soon after a notification that did not fill its batch
+# looks again after REPOLL seconds, doubling to MAX_REPOLL, for HOLD_WINDOW seconds.
+REPOLL = 0.01
+MAX_REPOLL = 0.2
+HOLD_WINDOW = 1.0
 
 
 class PostgresStore:
@@ -102,12 +109,14 @@ class PostgresStore:
         self._leader: Leader | None = None
         self._writer: OutcomeWriter | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._outstanding: dict[int, float] = {}
         self._calls = 0
         self._up = False
         self._outage_reported = False
         self._lease = 30.0  # the last claim's: how long an unwritten outcome is retried
         self._cursor = 0
+        self._repoll = REPOLL
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
@@ -124,6 +133,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         self._closing = False
+        self._stopping.clear()
         try:
             self._pool = await asyncpg.create_pool(
                 self._url,
@@ -158,11 +168,9 @@ class PostgresStore:
         if self._pool is None:
             return
         self._closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._heartbeat
-            self._heartbeat = None
+        self._stopping.set()
+        await stop_task(self._heartbeat, CLOSE_TIMEOUT)
+        self._heartbeat = None
         if self._writer is not None:
             await self._writer.close(CLOSE_TIMEOUT)
         # Best effort: a daemon that leaves says so; one that cannot is found dead later.
@@ -253,8 +261,11 @@ class PostgresStore:
 
     async def _beating(self) -> None:
         """Tell the other daemons this one lives; never fatal (errors logged once an outage)."""
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.heartbeat_interval)
+            if self._stopping.is_set():
+                return
             try:
                 await self._call(self._beat, operations=0)
             except StoreUnavailable:
@@ -340,7 +351,15 @@ class PostgresStore:
         return len(rows)
 
     async def scan(self, batch_size: int) -> ScanResult:
-        return await self._call(self._scan, batch_size)
+        result = await self._call(self._scan, batch_size)
+        listener = self._listener
+        if listener is not None:
+            if result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
+                listener.poke_later("events", self._repoll)
+                self._repoll = min(self._repoll * 2, MAX_REPOLL)
+            else:
+                self._repoll = REPOLL
+        return result
 
     async def _scan(self, con: Connection, batch_size: int) -> ScanResult:
         async with con.transaction():

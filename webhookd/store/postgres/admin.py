@@ -1,0 +1,500 @@
+"""PostgreSQL: webhooks and the operators' operations, as the DuckDB engine does them.
+
+Module-level functions on one asyncpg connection whose search_path is the webhookd
+schema; each writes in its own transaction when it writes more than one statement. The
+reference behaviour is duckdb_store.py (`_create_webhook` ... `_auto_disable`); rows and
+cursors are formatted by store/records.py, so both engines answer alike.
+
+Differences that come from several daemons sharing the queue:
+- replay does not force a scan first: the scanner inserts with ON CONFLICT DO NOTHING,
+  so rows replay inserts for an event it has not reached yet are never inserted twice.
+  An event a producer wrote in SQL has no body until someone builds it: replay builds it
+  as the scanner does and stores it.
+- prune deletes by ctid but checks the row's state again in the DELETE itself: a
+  delivered row replayed by another transaction meanwhile is not deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from webhookd import logs
+from webhookd.events import body as event_body
+from webhookd.events import canonical_json
+from webhookd.states import Event, Status, sources
+from webhookd.store.base import (
+    DeliveryFilter,
+    NotFound,
+    Page,
+    Pruned,
+    StatusReport,
+    WebhookPatch,
+)
+from webhookd.store.postgres.common import MATCHES, Q, in_states, notify, park_inactive
+from webhookd.store.records import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    WEBHOOK_COLUMNS,
+    attempt_row,
+    delivery_cursor,
+    delivery_row,
+    naive_utc,
+    parse_delivery_cursor,
+    signing_secrets,
+    utcnow,
+    webhook_row,
+)
+
+log = logs.get("webhookd.store")
+
+# asyncpg has no type stubs: a connection is Any here.
+Connection = Any
+
+
+class _Params:
+    """Positional parameters ($1, $2, ...) added as the SQL is composed."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def new_webhook_id() -> str:
+    return "wh_" + os.urandom(12).hex()
+
+
+def _not_found(webhook_id: str) -> NotFound:
+    return NotFound(f"no webhook {webhook_id!r}")
+
+
+async def _fetch_webhook(con: Connection, webhook_id: str, now: datetime) -> dict[str, Any]:
+    row = await con.fetchrow(
+        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = $1", webhook_id
+    )
+    if row is None:
+        raise _not_found(webhook_id)
+    return webhook_row(row, now)
+
+
+# -- webhooks ----------------------------------------------------------------------------
+
+
+async def create_webhook(
+    con: Connection, url: str, event_types: list[str], secret: str, description: str
+) -> dict[str, Any]:
+    now = utcnow()
+    row = await con.fetchrow(
+        f"""
+        INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
+                              created_at, updated_at, health_reset_at)
+        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6)
+        RETURNING {WEBHOOK_COLUMNS}
+        """,
+        new_webhook_id(),
+        url,
+        secret,
+        list(event_types),
+        description,
+        now,
+    )
+    return webhook_row(row, now)
+
+
+async def get_webhook(con: Connection, webhook_id: str) -> dict[str, Any]:
+    return await _fetch_webhook(con, webhook_id, utcnow())
+
+
+async def get_webhook_secrets(con: Connection, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    row = await con.fetchrow(
+        "SELECT url, secret, previous_secret, previous_secret_expires_at FROM webhooks "
+        "WHERE webhook_id = $1",
+        webhook_id,
+    )
+    if row is None:
+        raise _not_found(webhook_id)
+    url, secret, previous, previous_expires_at = row
+    return url, signing_secrets(secret, previous, previous_expires_at, utcnow())
+
+
+async def list_webhooks(con: Connection, limit: int, after: str | None) -> Page:
+    now = utcnow()
+    rows = await con.fetch(
+        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > $1 "
+        "ORDER BY webhook_id LIMIT $2",
+        after or "",
+        limit + 1,
+    )
+    items = [webhook_row(r, now) for r in rows[:limit]]
+    return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
+
+
+async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
+    async with con.transaction():
+        now = utcnow()
+        # Locked: two operators enabling and disabling at once apply one after the other.
+        was_active = await con.fetchval(
+            "SELECT active FROM webhooks WHERE webhook_id = $1 FOR UPDATE", webhook_id
+        )
+        if was_active is None:
+            raise _not_found(webhook_id)
+        p = _Params()
+        sets = [f"updated_at = {p(now)}"]
+        if patch.url is not None:
+            sets.append(f"url = {p(patch.url)}")
+        if patch.event_types is not None:
+            sets.append(f"event_types = {p(list(patch.event_types))}::text[]")
+        if patch.description is not None:
+            sets.append(f"description = {p(patch.description)}")
+        enabling = patch.active is True and not was_active
+        if patch.active is not None:
+            sets.append(f"active = {p(patch.active)}")
+            if enabling:
+                sets.append(
+                    f"disabled_reason = NULL, failing_since = NULL, health_reset_at = {p(now)}"
+                )
+            elif not patch.active and was_active:
+                sets.append("disabled_reason = 'disabled by an operator'")
+        await con.execute(
+            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = {p(webhook_id)}",
+            *p.values,
+        )
+        if enabling:
+            if await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now):
+                await notify(con, "deliveries")
+        elif patch.active is False:
+            await park_inactive(con, [webhook_id], now)
+        return await _fetch_webhook(con, webhook_id, now)
+
+
+async def delete_webhook(con: Connection, webhook_id: str) -> None:
+    async with con.transaction():
+        deleted = await con.fetchval(
+            "DELETE FROM webhooks WHERE webhook_id = $1 RETURNING 1", webhook_id
+        )
+        if deleted is None:
+            raise _not_found(webhook_id)
+        # Its deliveries stay, parked, for the record: nothing is silently dropped.
+        await park_inactive(con, [webhook_id], utcnow())
+
+
+async def rotate_secret(
+    con: Connection, webhook_id: str, secret: str, grace: float
+) -> dict[str, Any]:
+    now = utcnow()
+    row = await con.fetchrow(
+        f"""
+        UPDATE webhooks SET previous_secret = secret, secret = $1,
+            previous_secret_expires_at = $2, updated_at = $3
+        WHERE webhook_id = $4
+        RETURNING {WEBHOOK_COLUMNS}
+        """,
+        secret,
+        now + timedelta(seconds=grace),
+        now,
+        webhook_id,
+    )
+    if row is None:
+        raise _not_found(webhook_id)
+    return webhook_row(row, now)
+
+
+# -- operators ---------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    con: Connection, filt: DeliveryFilter, limit: int, after: str | None
+) -> Page:
+    p = _Params()
+    where = ["true"]
+    if filt.webhook_id is not None:
+        where.append(f"webhook_id = {p(filt.webhook_id)}")
+    if filt.event_id is not None:
+        where.append(f"event_id = {p(filt.event_id)}")
+    if filt.status is not None:
+        where.append(f"status = {p(str(filt.status))}")
+    if after:
+        created, wid, eid = parse_delivery_cursor(after)  # ValueError for a bad cursor
+        where.append(
+            f"(created_at, webhook_id, event_id) < ({p(created)}::timestamp, {p(wid)}, {p(eid)})"
+        )
+    rows = await con.fetch(
+        f"SELECT {DELIVERY_COLUMNS} FROM {Q} WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at DESC, webhook_id DESC, event_id DESC LIMIT {p(limit + 1)}",
+        *p.values,
+    )
+    items = [delivery_row(r) for r in rows[:limit]]
+    cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        cursor = delivery_cursor(last["created_at"], last["webhook_id"], last["event_id"])
+    return Page(items, cursor)
+
+
+async def list_attempts(con: Connection, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
+    rows = await con.fetch(
+        f"SELECT {ATTEMPT_COLUMNS} FROM webhook_deliveries "
+        "WHERE webhook_id = $1 AND event_id = $2 ORDER BY attempt_id",
+        webhook_id,
+        event_id,
+    )
+    items = [attempt_row(r) for r in rows]
+    if not items:
+        queued = await con.fetchval(
+            f"SELECT 1 FROM {Q} WHERE webhook_id = $1 AND event_id = $2", webhook_id, event_id
+        )
+        if queued is None:
+            raise NotFound(f"no delivery of {event_id!r} to {webhook_id!r}")
+    return items
+
+
+async def _set_due(
+    con: Connection, event: Event, where: str, params: Sequence[Any], now: datetime
+) -> int:
+    """Apply an operator event (enable, redrive, replay) to the rows in `where` (whose
+    placeholders are $1..$len(params)): due now, a fresh attempt budget. Rows of inactive
+    or removed webhooks go back to parked and do not count. In the caller's transaction."""
+    at = f"${len(params) + 1}"
+    rows = await con.fetch(
+        f"""
+        WITH due AS (
+            UPDATE {Q} SET status = '{Status.PENDING}', next_attempt_at = {at},
+                lease_until = NULL, claimed_by = NULL, retry_base = attempts, updated_at = {at}
+            WHERE status IN {in_states(sources(event))} AND {where}
+            RETURNING webhook_id)
+        SELECT webhook_id, count(*) FROM due GROUP BY webhook_id
+        """,
+        *params,
+        now,
+    )
+    reparked = await park_inactive(con, [r[0] for r in rows], now)
+    return int(sum(r[1] for r in rows)) - reparked
+
+
+async def redrive(
+    con: Connection, status: Status, webhook_id: str | None, since: datetime | None
+) -> int:
+    p = _Params()
+    where = [f"status = {p(str(status))}"]
+    if webhook_id is not None:
+        where.append(f"webhook_id = {p(webhook_id)}")
+    if since is not None:
+        where.append(f"last_attempt_at >= {p(naive_utc(since))}::timestamp")
+    async with con.transaction():
+        count = await _set_due(con, Event.REDRIVE, " AND ".join(where), p.values, utcnow())
+        if count:
+            await notify(con, "deliveries")
+    return count
+
+
+def build_body(event_id: str, event_type: str, occurred_at: datetime, payload_text: str) -> bytes:
+    """The canonical body of an event a producer wrote in SQL (pipeline_events.body NULL):
+    what the daemon would have built had the event come through the API. `occurred_at`
+    is naive UTC, as the table keeps it; `payload_text` the jsonb column as text."""
+    return event_body(
+        event_id,
+        event_type,
+        occurred_at.replace(tzinfo=UTC),
+        canonical_json(json.loads(payload_text)),
+    )
+
+
+def build_body_or_stored(
+    event_id: str, event_type: str, occurred_at: datetime, payload_text: str
+) -> bytes:
+    """build_body, or for data canonical JSON cannot carry (a number beyond a double's
+    range, nesting too deep for Python) the data as PostgreSQL prints it: still JSON, and
+    the same bytes the scanner sends for such an event (store.py, _build_body)."""
+    try:
+        return build_body(event_id, event_type, occurred_at, payload_text)
+    except (ValueError, RecursionError) as exc:
+        log.warning(
+            "an event's data has no canonical JSON form; sending it as stored",
+            event_id=event_id,
+            error=str(exc),
+        )
+        return event_body(event_id, event_type, occurred_at.replace(tzinfo=UTC), payload_text)
+
+
+async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
+    async with con.transaction():
+        now = utcnow()
+        event = await con.fetchrow(
+            "SELECT event_type, occurred_at, payload::text, body FROM pipeline_events "
+            "WHERE event_id = $1",
+            event_id,
+        )
+        if event is None:
+            raise NotFound(f"no event {event_id!r}")
+        if (
+            webhook_id is not None
+            and await con.fetchval("SELECT 1 FROM webhooks WHERE webhook_id = $1", webhook_id)
+            is None
+        ):
+            raise _not_found(webhook_id)
+        event_type, occurred_at, payload_text, body = event
+        if body is None:
+            # Written by a producer in SQL and not scanned yet: build the body as the
+            # scanner would (the same bytes, whoever stores them first).
+            body = build_body_or_stored(event_id, event_type, occurred_at, payload_text)
+            await con.execute(
+                "UPDATE pipeline_events SET body = $2 WHERE event_id = $1 AND body IS NULL",
+                event_id,
+                body,
+            )
+        # Rows still there: due again. First, so that a row prune deletes meanwhile is
+        # skipped here and inserted again below (the INSERT, a later statement, no longer
+        # sees it); inserting first would find it, insert nothing, then miss it here.
+        where, where_params = "event_id = $1", [event_id]
+        if webhook_id is not None:
+            where += " AND webhook_id = $2"
+            where_params.append(webhook_id)
+        again = await _set_due(con, Event.REPLAY, where, where_params, now)
+        # Rows pruned after delivery, or not enqueued yet (the scanner has not reached the
+        # event: it will find them here and insert nothing), come from the event source.
+        # A webhook named explicitly gets the event whatever its filter, as on DuckDB.
+        p = _Params()
+        match = MATCHES if webhook_id is None else f"w.webhook_id = {p(webhook_id)}"
+        at = p(now)
+        inserted = await con.fetch(
+            f"""
+            INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
+                             next_attempt_at, body, created_at, updated_at)
+            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, {at}::timestamp,
+                   {p(body)}::bytea, {at}::timestamp, {at}::timestamp
+            FROM pipeline_events e JOIN webhooks w ON {match}
+            WHERE e.event_id = {p(event_id)}
+            ON CONFLICT DO NOTHING
+            RETURNING webhook_id
+            """,
+            *p.values,
+        )
+        reparked = await park_inactive(con, [r[0] for r in inserted], now)
+        count = again + len(inserted) - reparked
+        if count:
+            await notify(con, "deliveries")
+    return count
+
+
+async def status(con: Connection) -> StatusReport:
+    now = utcnow()
+    report = StatusReport()
+    for wid, state, n in await con.fetch(
+        f"SELECT webhook_id, status, count(*) FROM {Q} GROUP BY webhook_id, status"
+    ):
+        report.by_status[state] = report.by_status.get(state, 0) + n
+        report.by_webhook.setdefault(wid, {})[state] = n
+    oldest = await con.fetchval(
+        f"SELECT min(next_attempt_at) FROM {Q} "
+        f"WHERE status = '{Status.PENDING}' AND next_attempt_at <= $1",
+        now,
+    )
+    if oldest is not None:
+        report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
+    # The scanner tails events by (xid, seq): those after its cursor are its lag, read
+    # through the (xid, seq) index. latest_seq is the highest seq it passed or has to scan.
+    cursor, lag, latest = await con.fetchrow(
+        """
+        SELECT c.seq, l.n, l.high FROM scanner_cursor c
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n, max(e.seq) AS high FROM pipeline_events e
+            WHERE (e.xid, e.seq) > (c.xid, c.seq)) l
+        WHERE c.name = 'main'
+        """
+    )
+    report.scanner_cursor = cursor
+    report.latest_seq = max(latest or 0, cursor)
+    report.scanner_lag_events = lag
+    for wid, active, reason in await con.fetch(
+        "SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id"
+    ):
+        if active:
+            report.webhooks_active += 1
+        else:
+            report.disabled_webhooks[wid] = reason
+    return report
+
+
+async def prune(
+    con: Connection, delivered_before: datetime, log_before: datetime, batch: int
+) -> Pruned:
+    """One batch of each: delivered queue rows last changed before `delivered_before`,
+    log rows attempted before `log_before`. The DELETE checks the row's state again: a
+    row another transaction replayed meanwhile (no longer delivered) stays."""
+    async with con.transaction():
+        queue_rows = await con.execute(
+            f"""
+            DELETE FROM {Q}
+            WHERE ctid = ANY (ARRAY(
+                    SELECT ctid FROM {Q}
+                    WHERE status = '{Status.DELIVERED}' AND updated_at < $1
+                    ORDER BY updated_at LIMIT $2))
+              AND status = '{Status.DELIVERED}' AND updated_at < $1
+            """,
+            delivered_before,
+            batch,
+        )
+        log_rows = await con.execute(
+            """
+            DELETE FROM webhook_deliveries
+            WHERE ctid = ANY (ARRAY(
+                    SELECT ctid FROM webhook_deliveries WHERE attempted_at < $1
+                    ORDER BY attempted_at LIMIT $2))
+              AND attempted_at < $1
+            """,
+            log_before,
+            batch,
+        )
+    return Pruned(_rowcount(queue_rows), _rowcount(log_rows))
+
+
+def _rowcount(command_tag: str) -> int:
+    return int(command_tag.split()[-1])
+
+
+async def auto_disable(con: Connection, failing_before: datetime) -> list[str]:
+    """Refresh failing_since from the log, then deactivate webhooks failing for too long.
+
+    A webhook fails since its first attempt after its last delivered one (or after it was
+    created or last enabled), as on DuckDB."""
+    async with con.transaction():
+        now = utcnow()
+        await con.execute(
+            f"""
+            UPDATE webhooks AS w SET failing_since = f.since
+            FROM (
+                SELECT h.webhook_id,
+                       (SELECT min(l.attempted_at) FROM webhook_deliveries l
+                        WHERE l.webhook_id = h.webhook_id
+                          AND l.attempted_at >= coalesce(h.health_reset_at, h.created_at)
+                          AND l.attempted_at > coalesce(
+                              (SELECT max(ok.attempted_at) FROM webhook_deliveries ok
+                               WHERE ok.webhook_id = h.webhook_id
+                                 AND ok.outcome = '{Status.DELIVERED}'),
+                              '-infinity'::timestamp)) AS since
+                FROM webhooks h WHERE h.active
+            ) f
+            WHERE w.webhook_id = f.webhook_id
+              AND w.failing_since IS DISTINCT FROM f.since
+            """
+        )
+        rows = await con.fetch(
+            """
+            UPDATE webhooks SET active = false, updated_at = $1,
+                disabled_reason = 'every attempt failed since '
+                    || to_char(failing_since, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+            WHERE active AND failing_since IS NOT NULL AND failing_since < $2
+            RETURNING webhook_id
+            """,
+            now,
+            naive_utc(failing_before),
+        )
+        disabled = [r[0] for r in rows]
+        await park_inactive(con, disabled, now)
+    return disabled

@@ -1,15 +1,31 @@
-"""The DuckDB implementation of the Store: one writer thread, one reader thread.
+"""The DuckDB implementation of the Store: two writer threads, one reader thread.
 
 DuckDB allows one process to hold the file read-write, so at start-up every row left
 inflight belongs to a process that is gone. Writes go through store.writer.Writer
 (group commit); reads run on their own cursor in a reader thread so a long listing
 never delays the commits of deliveries.
+
+Ingests have a writer of their own. DuckDB runs the transactions of one process's
+cursors side by side with optimistic concurrency, and an append to pipeline_events
+conflicts with nothing the main writer does (it never writes that table), so a
+producer's 202 waits for one small commit of its events, not for the main writer's
+transaction of claims and outcomes. Once they are committed, the ingest writer kicks the
+main writer (Writer.kick): the waiting scan and claim board a transaction at once, and
+the new events are enqueued and claimed by the next commit.
+
+Why the scanner, which tails pipeline_events by seq, cannot miss an event: seq comes from
+a sequence when the row is inserted, and the one ingest thread commits its transactions
+one after the other, so they commit in the order of their seqs. Any snapshot therefore
+sees every committed seq up to its highest one (an aborted ingest leaves a gap nobody
+fills). Two threads committing events could commit a lower seq after a scan had passed a
+higher one: keep ingests on one thread (tests/test_ingest_writer.py catches the skip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,9 +73,9 @@ Q = "webhook_delivery_queue"
 # An active webhook takes an event when it lists its type, or lists no type at all.
 MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
 
-# Order inside one transaction: outcomes free per-webhook slots, ingests add events, the
-# scan enqueues them, and a claim then sees all of it, so that an event posted while the
-# writer is busy can be committed, enqueued and claimed by a single commit.
+# Order inside one transaction of the main writer: outcomes free per-webhook slots, the
+# scan enqueues the events committed before it began, and a claim then sees all of it, so
+# that an event can be enqueued and claimed by the one commit after its ingest's.
 CURSOR = "SELECT seq FROM scanner_cursor WHERE name = 'main'"
 PRIORITY_OUTCOME = 0
 PRIORITY_DEFAULT = 1
@@ -161,6 +177,10 @@ class DuckDBStore:
         self._checkpoint_interval = checkpoint_interval
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer: Writer | None = None
+        self._ingest_writer: Writer | None = None
+        # Taken by the ingest writer for each transaction and by a CHECKPOINT, which DuckDB
+        # refuses while another write transaction is open.
+        self._gate = threading.Lock()
         self._reader_con: duckdb.DuckDBPyConnection | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="webhookd-reader")
         self._last_checkpoint = time.monotonic()
@@ -176,10 +196,22 @@ class DuckDBStore:
         )
         self.migrations_applied = await loop.run_in_executor(self._reader, _migrate, self._con)
         self._reader_con = self._con.cursor()
-        self._writer = Writer(self._con.cursor(), idle=self._idle, idle_every=1.0)
-        self._writer.start()
+        writer = Writer(self._con.cursor(), idle=self._idle, idle_every=1.0)
+        self._writer = writer
+        self._ingest_writer = Writer(
+            self._con.cursor(),
+            name="webhookd-ingest",
+            on_commit=lambda: writer.kick(_new_events),
+            gate=self._gate,
+        )
+        writer.start()
+        self._ingest_writer.start()
 
     async def close(self) -> None:
+        if self._ingest_writer is not None:
+            # First: its last commits kick the main writer, which is still running.
+            ingests, self._ingest_writer = self._ingest_writer, None
+            await asyncio.get_running_loop().run_in_executor(None, ingests.stop)
         if self._writer is not None:
             writer, self._writer = self._writer, None
             await asyncio.get_running_loop().run_in_executor(None, writer.stop)
@@ -202,7 +234,12 @@ class DuckDBStore:
         if (not busy and since >= self._checkpoint_interval) or (
             since >= 4 * self._checkpoint_interval
         ):
-            con.execute("CHECKPOINT")
+            # The gate holds the ingest writer between its transactions: DuckDB refuses a
+            # CHECKPOINT while another write transaction is open ("Cannot CHECKPOINT: there
+            # are other write transactions active"), and a steady flow of ingests would
+            # otherwise keep one open most of the time.
+            with self._gate:
+                con.execute("CHECKPOINT")
             self._last_checkpoint = time.monotonic()
 
     async def _write(
@@ -226,7 +263,11 @@ class DuckDBStore:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, con, *args)
 
     def healthy(self) -> bool:
-        return self._writer is not None and self._writer.healthy()
+        return (
+            self._writer is not None
+            and self._writer.healthy()
+            and (self._ingest_writer is None or self._ingest_writer.healthy())
+        )
 
     def stats(self) -> dict[str, int]:
         transactions, operations = self.writer_stats
@@ -234,8 +275,9 @@ class DuckDBStore:
 
     @property
     def writer_stats(self) -> tuple[int, int]:
-        w = self._writer
-        return (w.transactions, w.operations) if w else (0, 0)
+        """Transactions and operations of both writers."""
+        writers = [w for w in (self._writer, self._ingest_writer) if w is not None]
+        return (sum(w.transactions for w in writers), sum(w.operations for w in writers))
 
     # -- start-up and upkeep -------------------------------------------------------
 
@@ -259,11 +301,17 @@ class DuckDBStore:
     # -- the data path ---------------------------------------------------------------
 
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
+        """Committed by the ingest writer (see the module's docstring), in small group
+        commits of their own; an id already stored fails its transaction at COMMIT (the
+        primary key), and that ingest is retried with the look-up."""
+        writer = self._ingest_writer
+        if writer is None:
+            raise StoreUnavailable("the database is closed")
         try:
-            result = await self._write(_ingest, events)
+            result = await writer.submit(_ingest, events)
         except duckdb.ConstraintException:
             # An id already stored (a re-post, or a conflict): look the ids up this time.
-            result = await self._write(_ingest_carefully, events)
+            result = await writer.submit(_ingest_carefully, events)
         if isinstance(result, EventConflict):
             raise result
         assert isinstance(result, IngestResult)
@@ -271,8 +319,11 @@ class DuckDBStore:
 
     async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
         try:
-            # Only ingests bring events to scan: a waiting scan joins their transactions.
-            result: ScanResult = await self._write(_scan, batch_size, PRIORITY_SCAN, ride, INGESTS)
+            # Only ingests bring events to scan: a waiting scan boards the transaction that
+            # the ingest writer's kick starts once they are committed.
+            result: ScanResult = await self._write(
+                _scan, batch_size, PRIORITY_SCAN, ride, NEW_EVENTS
+            )
         except duckdb.ConstraintException:
             # A row the scan would insert exists: should never happen (see _scan_once),
             # but must not stop the scanner for good.
@@ -295,7 +346,7 @@ class DuckDBStore:
             (limit, per_webhook, lease, dict(caps or {})),
             PRIORITY_CLAIM,
             ride,
-            INGESTS if with_new_events else None,
+            NEW_EVENTS if with_new_events else None,
         )
         return result
 
@@ -504,7 +555,13 @@ def _ingest_new(
     return results
 
 
-INGESTS = frozenset({_ingest, _ingest_carefully})
+def _new_events(con: Any, payloads: Sequence[None]) -> list[None]:
+    """The kind of the ingest writer's kicks (Writer.kick): never run, it names the work
+    that scans, and claims that wait for new events, ride with."""
+    return [None] * len(payloads)
+
+
+NEW_EVENTS = frozenset({_new_events})
 
 
 def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:

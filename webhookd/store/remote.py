@@ -284,16 +284,18 @@ class RemoteStore:
     # -- the data path ---------------------------------------------------------------
 
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
-        # A scan and a claim waiting in the writer join this ingest's transaction, so
-        # its events can be committed, enqueued and claimed by one commit.
+        # The ingest writer commits the events on its own (the 202 waits for that commit
+        # only), then kicks the main writer: a scan and a claim waiting there board a
+        # transaction at once, so the events are enqueued and claimed by the next commit.
+        # Scans and claims asked meanwhile wait only briefly for that kick.
         self._scan_due = self._claim_due = True
         result: IngestResult = await self._call("ingest", events)
         return result
 
     async def scan(self, batch_size: int) -> ScanResult:
-        """A scan waits in the writer to share the next transaction that ingests events
-        (a poll that finds nothing then costs no commit of its own), up to the poll
-        interval, or only briefly when events were ingested since the last scan."""
+        """A scan waits in the writer for the next ingest's kick (a poll that finds nothing
+        then costs no commit of its own; see DuckDBStore.ingest), up to the poll interval,
+        or only briefly when events were ingested since the last scan."""
         ride = WOKEN_RIDE if self._scan_due else self._poll_interval
         self._scan_due = False
         result: ScanResult = await self._call("scan", batch_size, ride, False)
@@ -309,10 +311,10 @@ class RemoteStore:
         caps: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """A claim waits in the writer to share the next transaction, as a scan does: with
-        the ingest and scan of new events, which it then claims in the same commit, or
-        with outcomes. A claim asked while another waits rides only with ingests: under
-        a backlog, where no events come in, it costs nothing, and the writer, which
-        boards one claim per transaction, has one left for the next."""
+        the scan of new events an ingest's kick starts, which it then claims in the same
+        commit, or with outcomes. A claim asked while another waits rides only with new
+        events: under a backlog, where no events come in, it costs nothing, and the
+        writer, which boards one claim per transaction, has one left for the next."""
         ride = WOKEN_RIDE if self._claim_due else self._poll_interval
         self._claim_due = False
         with_new_events = self._claims_waiting > 0

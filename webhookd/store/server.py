@@ -2,8 +2,8 @@
 
     python -m webhookd.store.server FD PARENT_PID path=... memory_limit=... ...
 
-It serves the Store calls that arrive on the socket FD, with the DuckDBStore and its one
-writer thread, and ends when the daemon closes it or goes away. It ignores SIGINT and
+It serves the Store calls that arrive on the socket FD, with the DuckDBStore and its
+writer threads, and ends when the daemon closes it or goes away. It ignores SIGINT and
 SIGTERM: those are the daemon's to act on (systemd and a terminal send them to every
 process of the service), and the daemon closes the store only after draining.
 """

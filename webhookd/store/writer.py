@@ -1,10 +1,16 @@
-"""One thread owns the database connection and commits many operations per transaction.
+"""A thread with its own cursor of the connection commits many operations per transaction.
 
 Callers on the event loop submit (batch function, payload) pairs and await a future.
 The thread drains everything queued, runs each batch function once over all payloads
 of its kind inside one transaction, commits once, and resolves all futures with one
 wake-up of the loop. If a transaction fails, its operations are retried one per
 transaction so that one bad operation fails alone.
+
+The DuckDB store runs two: the main writer (claims, outcomes, scans, everything on the
+queue) and the ingest writer, which only appends events, so that a producer's 202 waits
+for its own small commit and not for a transaction of claims and outcomes. When the
+ingest writer commits it `kick`s the main writer: the riders waiting for new events
+board a transaction at once (see Writer.kick).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ BatchFn = Callable[[Any, Sequence[Any]], Sequence[Any]]
 class _Op(Generic[P]):
     fn: BatchFn
     payload: P
-    future: asyncio.Future[Any]
+    # None for a kick (see Writer.kick): it boards riders, and runs nothing itself.
+    future: asyncio.Future[Any] | None
     priority: int
     # A rider waits, until this monotonic time at most, for other work to share its
     # transaction; 0.0 for an operation that wants a transaction now.
@@ -56,10 +63,20 @@ class Writer:
         idle: Callable[[Any, bool], None] | None = None,
         idle_every: float = 1.0,
         name: str = "webhookd-writer",
+        on_commit: Callable[[], None] | None = None,
+        gate: threading.Lock | None = None,
     ) -> None:
         self._con = con
         self._idle = idle
         self._idle_every = idle_every
+        # Called on this thread after every commit, before the callers hear of it.
+        self._on_commit = on_commit
+        # Held from BEGIN to COMMIT or ROLLBACK: whoever else takes it (a CHECKPOINT, which
+        # DuckDB refuses while another write transaction is open) waits for no more than
+        # the transaction under way.
+        self._gate: contextlib.AbstractContextManager[Any] = (
+            gate if gate is not None else contextlib.nullcontext()
+        )
         self._queue: queue.SimpleQueue[_Op[Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
@@ -100,6 +117,15 @@ class Writer:
         until = time.monotonic() + ride if ride > 0 else 0.0
         self._queue.put(_Op(fn, payload, future, priority, until, rides_with))
         return future
+
+    def kick(self, kind: BatchFn) -> None:
+        """Work of `kind` was committed elsewhere (the ingest writer's events): the riders
+        that wait for that kind of work (`rides_with`), and those that wait for any, board
+        a transaction now, as if such work had been submitted here. Safe from any thread;
+        costs nothing when no rider waits. Kicks queued while a transaction runs start
+        one transaction after it, together with whatever else is queued then."""
+        if not self._closed:
+            self._queue.put(_Op(kind, None, None, 0))
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish everything queued, then end the thread."""
@@ -160,7 +186,8 @@ class Writer:
             work = [op for op in ops if not op.ride_until]
             if not work and not stop:
                 continue
-            self._execute(work + self._boarding(work, everyone=stop))
+            boarding = self._boarding(work, everyone=stop)
+            self._execute([op for op in work if op.future is not None] + boarding)
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
                 # Under constant load the queue never empties; upkeep must still run.
                 self._run_idle(busy=True)
@@ -205,14 +232,21 @@ class Writer:
             groups.setdefault((op.priority, id(op.fn)), []).append(op)
         results: list[tuple[_Op[Any], Any, BaseException | None]] = []
         try:
-            self._con.execute("BEGIN TRANSACTION")
-            for group in groups.values():
-                values = group[0].fn(self._con, [op.payload for op in group])
-                results.extend((op, value, None) for op, value in zip(group, values, strict=True))
-            self._con.execute("COMMIT")
+            with self._gate:
+                try:
+                    self._con.execute("BEGIN TRANSACTION")
+                    for group in groups.values():
+                        values = group[0].fn(self._con, [op.payload for op in group])
+                        results.extend(
+                            (op, value, None) for op, value in zip(group, values, strict=True)
+                        )
+                    self._con.execute("COMMIT")
+                except Exception:
+                    self._rollback()
+                    raise
             self.transactions += 1
+            self._committed()
         except Exception as exc:
-            self._rollback()
             results = [(ops[0], None, exc)] if len(ops) == 1 else [self._alone(op) for op in ops]
         self.operations += len(ops)
         self.last_progress = time.monotonic()
@@ -220,14 +254,24 @@ class Writer:
 
     def _alone(self, op: _Op[Any]) -> tuple[_Op[Any], Any, BaseException | None]:
         try:
-            self._con.execute("BEGIN TRANSACTION")
-            (value,) = op.fn(self._con, [op.payload])
-            self._con.execute("COMMIT")
-            self.transactions += 1
-            return op, value, None
+            with self._gate:
+                try:
+                    self._con.execute("BEGIN TRANSACTION")
+                    (value,) = op.fn(self._con, [op.payload])
+                    self._con.execute("COMMIT")
+                except Exception:
+                    self._rollback()
+                    raise
         except Exception as exc:
-            self._rollback()
             return op, None, exc
+        self.transactions += 1
+        self._committed()
+        return op, value, None
+
+    def _committed(self) -> None:
+        if self._on_commit is not None:
+            with contextlib.suppress(Exception):
+                self._on_commit()
 
     def _rollback(self) -> None:
         with contextlib.suppress(Exception):
@@ -236,6 +280,7 @@ class Writer:
     def _resolve(self, results: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op[Any], Any, Any]]] = {}
         for item in results:
+            assert item[0].future is not None  # kicks are never executed
             by_loop.setdefault(item[0].future.get_loop(), []).append(item)
         for loop, items in by_loop.items():
             # A closed loop raises RuntimeError: nobody is waiting any more.
@@ -245,7 +290,7 @@ class Writer:
 
 def _settle(items: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
     for op, value, exc in items:
-        if op.future.done():
+        if op.future is None or op.future.done():
             continue
         if exc is not None:
             op.future.set_exception(exc)

@@ -127,11 +127,14 @@ async def test_black_holes_do_not_delay_healthy_webhooks(tmp_path: Path) -> None
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Any, path: str) -> AsyncIterator[str]:
-    """An aiohttp receiver on loopback running `handler` for POST `path`; yields its URL."""
+async def serving(
+    handler: Any, path: str, *, handler_cancellation: bool = False
+) -> AsyncIterator[str]:
+    """An aiohttp receiver on loopback running `handler` for POST `path`; yields its URL.
+    With `handler_cancellation`, a handler is cancelled when its client hangs up."""
     app = web.Application()
     app.router.add_post(path, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=handler_cancellation)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -141,17 +144,29 @@ async def serving(handler: Any, path: str) -> AsyncIterator[str]:
 
 
 class AnswersThenHangs:
-    """Answers 204 to its first `answers` requests, then never answers (until `hang` is set)."""
+    """Answers 204 to its first `answers` requests, then never answers (until `hang` is set).
+
+    `hanging` counts the requests it holds unanswered now; `hung_up` is set when a client
+    gives up on one (served with handler_cancellation: the daemon's attempt timed out)."""
 
     def __init__(self, answers: int) -> None:
         self.answers = answers
         self.answered = 0
+        self.hanging = 0
         self.hang = asyncio.Event()
+        self.hung_up = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         if self.answered >= self.answers:
-            await self.hang.wait()
+            self.hanging += 1
+            try:
+                await self.hang.wait()
+            except asyncio.CancelledError:
+                self.hung_up.set()
+                raise
+            finally:
+                self.hanging -= 1
         self.answered += 1
         return web.Response(status=204)
 
@@ -168,7 +183,7 @@ async def test_a_fast_receiver_that_starts_hanging_does_not_stall_others(
     )
     try:
         async with (
-            serving(flaky.handle, "/flaky") as flaky_url,
+            serving(flaky.handle, "/flaky", handler_cancellation=True) as flaky_url,
             Recorder(status=204) as healthy,
             running(settings) as d,
             Api(d.url) as api,
@@ -182,9 +197,22 @@ async def test_a_fast_receiver_that_starts_hanging_does_not_stall_others(
                 await asyncio.sleep(0.01)
             # The flaky receiver now hangs with rows claimed ahead for it in memory.
             await api.emit([{"type": "ok", "data": {"i": i}} for i in range(30)])
-            # All healthy deliveries arrive while the hung attempts (10 s timeout) still hang.
-            await healthy.wait_for_requests(30, deadline=8)
-            assert flaky.answered == 20
+            # All healthy deliveries arrive while the hung attempts still hang: before the
+            # first of them ends (its 10 s timeout). Whichever comes first decides.
+            arrived = asyncio.ensure_future(healthy.wait_for_requests(30, deadline=TEST_DEADLINE))
+            gave_up = asyncio.ensure_future(flaky.hung_up.wait())
+            await asyncio.wait([arrived, gave_up], return_when=asyncio.FIRST_COMPLETED)
+            gave_up.cancel()
+            if not arrived.done():
+                arrived.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await arrived
+            assert not flaky.hung_up.is_set(), (
+                f"a hung attempt timed out first: {len(healthy.requests)} of 30 healthy "
+                "deliveries had arrived"
+            )
+            assert len(arrived.result()) == 30
+            assert flaky.hanging > 0  # the hung attempts are still out
     finally:
         flaky.hang.set()
 

@@ -157,16 +157,26 @@ def test_watchdog_pid_of_another_process_disables_the_watchdog(
     assert receive(sock) == "READY=1"
 
 
-def test_everything_is_a_no_op_without_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_everything_is_a_no_op_without_notify_socket(
+    systemd_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock, address = systemd_socket
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     notifier = Notifier.from_env()
     assert not notifier.enabled
     assert notifier.watchdog_interval() is None
+    # A notify socket appears in the environment only now: the notifier read its
+    # environment when made (as the daemon's, at start-up), found none, and stays silent.
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
     notifier.ready("up")
     notifier.status("fine")
     notifier.watchdog()
     notifier.stopping()
+    # The socket does work: a notifier made now reaches it, and its datagram is the first.
+    Notifier.from_env().status("control")
+    assert receive(sock) == "STATUS=control"
+    assert nothing_queued(sock)
 
 
 @pytest.mark.parametrize("value", ["", "relative/notify.sock", "@", "vsock:2:1234"])

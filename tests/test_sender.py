@@ -6,8 +6,10 @@ raw asyncio servers (receivers.RawServer). No connection leaves the loopback.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import tracemalloc
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -25,9 +27,11 @@ from receivers import (
     close_before_status,
     endless,
     never_answer,
+    read_request,
     reset_after_headers,
     reset_after_status_line,
     reset_before_status,
+    response_head,
     trickle,
     unused_port,
 )
@@ -517,7 +521,28 @@ async def test_post_before_start_is_a_programming_error() -> None:
         await sender.post("http://127.0.0.1:9/", BODY, HEADERS)
 
 
-async def test_close_is_idempotent(make_sender: MakeSender) -> None:
+async def test_close_closes_pooled_connections_and_is_idempotent(
+    make_sender: MakeSender,
+) -> None:
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one request and keep the connection open until the client closes it."""
+        await read_request(reader)
+        writer.write(response_head(204, "No Content"))
+        await writer.drain()
+        await reader.read()
+
     sender = await make_sender()
-    await sender.close()
-    await sender.close()
+    async with RawServer(keep_alive) as server:
+        result = await post(sender, server.url + "/hook")
+        assert (result.status_code, result.error) == (204, None)
+        assert not server.handled.is_set()  # the connection waits in the sender's pool
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await sender.close()
+            await server.wait_handled()  # closing the sender closed it
+            await sender.close()  # again: nothing left to close, and no error
+        # Closed, not merely dropped (aiohttp warns when it collects an unclosed session).
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
+        assert server.connections == 1
+    with pytest.raises(RuntimeError, match="start"):
+        await post(sender, "http://127.0.0.1:9/")

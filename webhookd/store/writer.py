@@ -69,7 +69,8 @@ class Writer:
         self._con = con
         self._idle = idle
         self._idle_every = idle_every
-        # Called on this thread after every commit, before the callers hear of it.
+        # Called on this thread after a transaction, or its operations retried alone,
+        # committed anything, once its callers have been told.
         self._on_commit = on_commit
         # Held from BEGIN to COMMIT or ROLLBACK: whoever else takes it (a CHECKPOINT, which
         # DuckDB refuses while another write transaction is open) waits for no more than
@@ -231,6 +232,7 @@ class Writer:
         for op in sorted(ops, key=lambda o: o.priority):
             groups.setdefault((op.priority, id(op.fn)), []).append(op)
         results: list[tuple[_Op[Any], Any, BaseException | None]] = []
+        before = self.transactions
         try:
             with self._gate:
                 try:
@@ -245,12 +247,16 @@ class Writer:
                     self._rollback()
                     raise
             self.transactions += 1
-            self._committed()
         except Exception as exc:
             results = [(ops[0], None, exc)] if len(ops) == 1 else [self._alone(op) for op in ops]
         self.operations += len(ops)
         self.last_progress = time.monotonic()
         self._resolve(results)
+        if self.transactions > before and self._on_commit is not None:
+            # After the callers' wake-up is queued: a producer's 202 goes first, then the
+            # main writer's kick (microseconds apart).
+            with contextlib.suppress(Exception):
+                self._on_commit()
 
     def _alone(self, op: _Op[Any]) -> tuple[_Op[Any], Any, BaseException | None]:
         try:
@@ -265,13 +271,7 @@ class Writer:
         except Exception as exc:
             return op, None, exc
         self.transactions += 1
-        self._committed()
         return op, value, None
-
-    def _committed(self) -> None:
-        if self._on_commit is not None:
-            with contextlib.suppress(Exception):
-                self._on_commit()
 
     def _rollback(self) -> None:
         with contextlib.suppress(Exception):

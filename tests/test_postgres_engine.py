@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,19 @@ async def test_a_bad_url_or_login_is_named_without_the_password(cluster: PgClust
     assert "database.url" in str(denied.value)
     assert "s3cr3t-pw" not in str(denied.value)
     assert "authentication failed" in str(denied.value)
+
+
+async def test_connections_to_the_server_have_tcp_keepalives(make: Make) -> None:
+    """A server gone without closing its connections (a partition) fails calls within
+    about half a minute instead of the kernel's many minutes."""
+    store = await make()
+    assert store._pool is not None and store._listener is not None
+    async with store._pool.acquire() as con:
+        pooled = con._transport.get_extra_info("socket")
+    listening = store._listener._con._transport.get_extra_info("socket")
+    for sock in (pooled, listening):
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
 
 
 # -- the outbox ---------------------------------------------------------------------------

@@ -127,9 +127,11 @@ class PostgresStore:
 
     async def _connect(self) -> Connection:
         """A connection of its own (LISTEN, the leader's lock), set up as the pool's are."""
-        return await asyncpg.connect(
+        con = await asyncpg.connect(
             self._url, server_settings=self._server_settings, timeout=CONNECT_TIMEOUT
         )
+        await _keepalive(con)
+        return con
 
     async def open(self) -> None:
         self._closing = False
@@ -141,6 +143,7 @@ class PostgresStore:
                 max_size=self._pool_size,
                 server_settings=self._server_settings,
                 timeout=CONNECT_TIMEOUT,
+                init=_keepalive,
             )
             async with self._pool.acquire() as con:
                 self.migrations_applied = await migrate(con, self.schema)
@@ -551,6 +554,23 @@ class PostgresStore:
 
     async def status(self) -> StatusReport:
         return await self._call(admin.status)
+
+
+async def _keepalive(con: Connection) -> None:
+    """TCP keepalives on a connection to a server over the network: a server that vanished
+    without closing the connection (a partition, a crashed host) fails the calls waiting
+    on it in about half a minute, as StoreUnavailable, instead of hanging them for the
+    kernel's retransmission timeout (many minutes)."""
+    transport = getattr(con, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
 
 
 async def _fetchrow(con: Connection, sql: str, *args: Any) -> Any:

@@ -10,14 +10,14 @@ import json
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from pg import PgCluster, drop_schema, fresh_schema, pg_cluster
 
+from tests.pg import PgCluster, drop_schema, fresh_schema
 from webhookd import events as events_module
 from webhookd.events import NewEvent, canonical_json, parse_event
 from webhookd.signing import new_secret
@@ -39,10 +39,10 @@ DEADLINE = 30.0  # bounds a wait only a broken store runs into: fail, not hang
 Make = Callable[..., Awaitable[PostgresStore]]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    with pg_cluster() as c:
-        yield c
+@pytest.fixture
+def cluster(pg: PgCluster) -> PgCluster:
+    """The session's server (conftest.pg: tests/pg.py's pg_cluster())."""
+    return pg
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -138,3 +139,18 @@ def test_an_absent_id_is_generated_and_valid() -> None:
     event = parse_event({"type": "invoice.paid", "data": {}}, 0, NOW)
     assert event.event_id.startswith("evt_")
     assert parse_event({"id": event.event_id, "type": "t", "data": {}}, 0, NOW)
+
+
+@pytest.mark.parametrize(
+    "data", [{"a": "x\x00y"}, {"k\x00": 1}, ["ok", {"deep": ["\x00"]}], "\\\x00"]
+)
+def test_a_nul_character_in_data_is_refused_naming_the_field(data: object) -> None:
+    # PostgreSQL's jsonb cannot store U+0000: refused on every engine, so both agree.
+    with pytest.raises(EventError, match=r"events\[0\]\.data: .*U\+0000"):
+        parse_event({"type": "t", "data": data}, 0, datetime.now(UTC))
+
+
+@pytest.mark.parametrize("data", [["\\u0000"], {"a": "\\\\u0000"}, {"a": "u0000"}])
+def test_the_text_of_a_nul_escape_is_not_a_nul(data: object) -> None:
+    event = parse_event({"type": "t", "data": data}, 0, datetime.now(UTC))
+    assert json.loads(event.payload) == data

@@ -108,6 +108,10 @@ def _token(value: Any, where: str, max_length: int) -> str:
     return value
 
 
+# A \u0000 escape in canonical JSON, not an escaped backslash followed by "u0000".
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
     if not isinstance(raw, dict):
         raise EventError(f"events[{index}]: expected an object")
@@ -124,6 +128,11 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
         raise EventError(f"events[{index}].data: required")
     occurred_at = _parse_time(raw["occurred_at"], index) if "occurred_at" in raw else now
     payload = canonical_json(raw["data"])
+    if "\\u0000" in payload and _NUL_ESCAPE.search(payload):
+        raise EventError(
+            f"events[{index}].data: a string holds U+0000 (NUL), which no engine can store "
+            "(PostgreSQL's jsonb refuses it) and many receivers mishandle"
+        )
     return NewEvent(
         event_id, event_type, payload, occurred_at, body(event_id, event_type, occurred_at, payload)
     )

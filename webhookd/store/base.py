@@ -22,6 +22,16 @@ class StoreUnavailable(Exception):
     """The database cannot be opened (held by another process, unwritable, not a database)."""
 
 
+class StorageFull(StoreUnavailable):
+    """The database's disk (DuckDB's file system, or the PostgreSQL server's) is full:
+    nothing of the call was written, and the same call may succeed once space is freed.
+    The API answers it with 503 `storage_full`."""
+
+    def __reduce__(self) -> tuple[type[StorageFull], tuple[str]]:
+        # It crosses from the database process to the daemon (store/remote.py).
+        return StorageFull, (str(self),)
+
+
 class NotFound(Exception):
     pass
 

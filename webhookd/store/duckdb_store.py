@@ -24,10 +24,11 @@ higher one: keep ingests on one thread (tests/test_ingest_writer.py catches the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -50,6 +51,7 @@ from webhookd.store.base import (
     Pruned,
     ScanResult,
     StatusReport,
+    StorageFull,
     StoreUnavailable,
     WebhookPatch,
 )
@@ -164,6 +166,229 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
     return applied
 
 
+# -- a full disk ------------------------------------------------------------------------
+# Measured on DuckDB 2.0.1 (README, "A full disk"): a COMMIT that finds no room for the WAL
+# fails ("Failed to commit: Could not write file ...wal: No space left on device"), rolls
+# back and leaves the file as it was, and the same connection commits again once there is
+# room. A CHECKPOINT that finds no room is worse: DuckDB invalidates the database, and every
+# later statement on every cursor fails ("FATAL Error: Failed: database has been
+# invalidated ...") until the file is closed and opened again.
+
+# DuckDB quotes the OS (ENOSPC, EDQUOT); its temporary directory, which it sizes from the
+# free space, says "failed to offload data block" when that is full.
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "failed to offload data block")
+INVALIDATED_WORDS = "database has been invalidated"
+# An outcome the disk has no room for is kept and tried again every RETRY_OUTCOME seconds,
+# for HOLD_OUTCOME seconds at most: well within the daemon's stall timeout (60 s by
+# default), past which a call left unanswered stops the watchdog's pings. Then its caller
+# is told, and the row, still inflight, is re-driven by its lease.
+HOLD_OUTCOME = 20.0
+RETRY_OUTCOME = 1.0
+# A poll (scan, claim) or a chore (rescue, prune, release, auto-disable) that cannot commit
+# for want of room is answered "nothing done" after this pause: not an error that its
+# caller would log at every poll.
+FULL_PAUSE = 0.5
+# The episode ends when a commit that appended to the WAL succeeds with this much room left.
+ROOM_AGAIN = 4 << 20
+# A CHECKPOINT wrote about three quarters of the WAL's size into the file (measured): with
+# less room than twice the WAL and this margin, it waits for room rather than invalidate
+# the database.
+CHECKPOINT_MARGIN = 8 << 20
+REOPEN_EVERY = 1.0
+# A disk full again this soon after it had room is the same episode, flapping at the edge:
+# a warning, not another error.
+FLAPPING = 60.0
+
+
+class _Disk:
+    """What the store knows of its database's storage, shared by its cursors (any thread):
+    whether the disk is full (an episode: one error line when it starts, one info line when
+    it ends), and whether DuckDB invalidated the database (until the store reopens it)."""
+
+    def __init__(self, path: Path, on_broken: Callable[[], None]) -> None:
+        self.path = path
+        self.full_since: float | None = None
+        self.broken: StoreUnavailable | None = None
+        self._on_broken = on_broken
+        self._wal_at_failure = -1
+        self._reopen_failed = False
+        self._ended = -FLAPPING
+        self._lock = threading.Lock()
+
+    def free(self) -> int:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    def wal_size(self) -> int:
+        try:
+            return os.stat(f"{self.path}.wal").st_size
+        except OSError:
+            return -1
+
+    def room_for_checkpoint(self) -> bool:
+        return self.free() >= 2 * max(0, self.wal_size()) + CHECKPOINT_MARGIN
+
+    def failed(self, exc: duckdb.Error) -> StoreUnavailable | None:
+        """What a statement's failure means: StorageFull for a full disk, StoreUnavailable
+        for a database DuckDB has invalidated, None for any other error (raised as it is)."""
+        text = str(exc)
+        full = any(words in text for words in DISK_FULL_WORDS)
+        invalidated = INVALIDATED_WORDS in text or isinstance(exc, duckdb.FatalException)
+        if not (full or invalidated):
+            return None
+        detail = " ".join(text.split())  # one line: an invalidation's message spans several
+        # What callers (and the API's clients) see; the log line has DuckDB's words.
+        error = (
+            StorageFull("the database's disk is full: nothing was written; try again later")
+            if full
+            else StoreUnavailable("the database is being reopened after an error")
+        )
+        started = broke = False
+        with self._lock:
+            if full:
+                self._wal_at_failure = self.wal_size()
+                if self.full_since is None:
+                    self.full_since = time.monotonic()
+                    started = True
+            if invalidated and self.broken is None:
+                self.broken = error
+                broke = True
+        if started:
+            again = time.monotonic() - self._ended < FLAPPING
+            (log.warning if again else log.error)(
+                "the database's disk is full again"
+                if again
+                else "the database's disk is full: ingest answers 503 storage_full and "
+                "deliveries wait until there is room (logged once until it has room again)",
+                path=str(self.path),
+                free_bytes=self.free(),
+                error=detail,
+            )
+        if broke:
+            (log.warning if full else log.error)(
+                "DuckDB invalidated the database; reopening it", path=str(self.path), error=detail
+            )
+            self._on_broken()
+        return error
+
+    def broken_error(self) -> StoreUnavailable:
+        broken = self.broken
+        if broken is None:
+            return StoreUnavailable("the database is reopening")
+        return type(broken)(str(broken))  # a fresh one for each caller (its traceback)
+
+    def committed(self) -> None:
+        """A commit succeeded during an episode: it ends once a commit appended to the WAL
+        (one that wrote nothing proves nothing) with room to spare."""
+        if (
+            self.broken is not None
+            or self.wal_size() == self._wal_at_failure
+            or self.free() < ROOM_AGAIN
+        ):
+            return
+        with self._lock:
+            since, self.full_since = self.full_since, None
+            self._ended = time.monotonic()
+        if since is not None:
+            log.info(
+                "the database's disk has room again: ingest and deliveries resume",
+                path=str(self.path),
+                free_bytes=self.free(),
+                seconds=round(time.monotonic() - since, 1),
+            )
+
+    def reopen_failed(self, problem: str) -> None:
+        if not self._reopen_failed:
+            self._reopen_failed = True
+            log.warning("cannot reopen the database yet; trying every second", error=problem)
+
+    def reopened(self) -> None:
+        with self._lock:
+            self.broken = None
+            self._reopen_failed = False
+            self._wal_at_failure = self.wal_size()  # replaying the WAL may have changed it
+        log.info("the database was reopened", path=str(self.path))
+
+
+class _Cursor:
+    """A cursor of the store's connection, through which every statement runs: DuckDB's
+    words for a full disk become StorageFull, and while the database is invalidated every
+    statement fails at once, without DuckDB, until the store has reopened it (attach)."""
+
+    __slots__ = ("_cur", "_disk")
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, disk: _Disk) -> None:
+        self._cur = cur
+        self._disk = disk
+
+    def attach(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self._cur = cur
+
+    def execute(self, query: str, parameters: object = None) -> duckdb.DuckDBPyConnection:
+        disk = self._disk
+        if disk.broken is not None:
+            raise disk.broken_error()
+        try:
+            result = self._cur.execute(query, parameters)
+        except duckdb.Error as exc:
+            error = disk.failed(exc)
+            if error is None:
+                raise
+            raise error from exc
+        if disk.full_since is not None and query == "COMMIT":
+            disk.committed()
+        return result
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+class _MainWriter(Writer):
+    """The main writer, which keeps the outcomes the disk had no room for (or that met a
+    database being reopened) and tries them again as riders: due every RETRY_OUTCOME
+    seconds, and boarding any transaction that starts meanwhile, for HOLD_OUTCOME seconds
+    at most. It overrides Writer._resolve, where every result passes before its future is
+    settled: a held outcome's future stays unsettled."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_since: dict[int, float] = {}
+
+    def _resolve(self, results: list[tuple[Any, Any, BaseException | None]]) -> None:
+        if not self._held_since and all(exc is None for _, _, exc in results):
+            super()._resolve(results)
+            return
+        now = time.monotonic()
+        told = []
+        for item in results:
+            op, _, exc = item
+            if isinstance(exc, StoreUnavailable) and op.fn is _record and not self._closed:
+                since = self._held_since.setdefault(id(op), now)
+                if now - since < HOLD_OUTCOME:
+                    op.ride_until = now + RETRY_OUTCOME
+                    self._riders.append(op)
+                    continue
+            self._held_since.pop(id(op), None)
+            told.append(item)
+        super()._resolve(told)
+
+
+def _probe(con: Any) -> None:
+    """A write of one value, so that _Disk.committed sees whether there is room again with
+    no other writes coming: scanner_cursor.updated_at (which nothing reads) set to now."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("UPDATE scanner_cursor SET updated_at = ? WHERE name = 'main'", [utcnow()])
+        con.execute("COMMIT")
+    except Exception:
+        with contextlib.suppress(Exception):
+            con.execute("ROLLBACK")
+        raise
+
+
 class DuckDBStore:
     def __init__(
         self,
@@ -181,7 +406,15 @@ class DuckDBStore:
         # Taken by the ingest writer for each transaction and by a CHECKPOINT, which DuckDB
         # refuses while another write transaction is open.
         self._gate = threading.Lock()
-        self._reader_con: duckdb.DuckDBPyConnection | None = None
+        # Held by the main writer for each transaction: with both gates and the reader's
+        # thread, a reopen (see _reopen) knows no statement runs.
+        self._main_gate = threading.Lock()
+        self._disk = _Disk(self.path, self._broken)
+        self._cursors: list[_Cursor] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reopening: asyncio.Task[None] | None = None
+        self._checkpoint_postponed = False
+        self._reader_con: _Cursor | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="webhookd-reader")
         self._last_checkpoint = time.monotonic()
         self.migrations_applied: list[int] = []
@@ -195,11 +428,15 @@ class DuckDBStore:
             self._reader, _open_connection, self.path, self._memory_limit
         )
         self.migrations_applied = await loop.run_in_executor(self._reader, _migrate, self._con)
-        self._reader_con = self._con.cursor()
-        writer = Writer(self._con.cursor(), idle=self._idle, idle_every=1.0)
+        self._loop = loop
+        self._cursors = [_Cursor(self._con.cursor(), self._disk) for _ in range(3)]
+        self._reader_con = self._cursors[0]
+        writer = _MainWriter(
+            self._cursors[1], idle=self._idle, idle_every=1.0, gate=self._main_gate
+        )
         self._writer = writer
         self._ingest_writer = Writer(
-            self._con.cursor(),
+            self._cursors[2],
             name="webhookd-ingest",
             on_commit=lambda: writer.kick(_new_events),
             gate=self._gate,
@@ -215,20 +452,72 @@ class DuckDBStore:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             await asyncio.get_running_loop().run_in_executor(None, writer.stop)
+        if self._reopening is not None:
+            self._reopening.cancel()
         if self._con is not None:
-            con, self._con = self._con, None
-            if self._reader_con is not None:
-                self._reader_con.close()
-                self._reader_con = None
+            self._reader_con = None
 
             def shut() -> None:
-                con.execute("CHECKPOINT")
-                con.close()
+                # On the reader's thread: after a reopen under way, if any.
+                con, self._con = self._con, None
+                if con is None:
+                    return
+                # Without room, the WAL stays, and is replayed at the next start.
+                if self._disk.broken is None and self._disk.room_for_checkpoint():
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("CHECKPOINT")
+                with contextlib.suppress(duckdb.Error):
+                    con.close()  # and its cursors
 
             await asyncio.get_running_loop().run_in_executor(self._reader, shut)
         self._reader.shutdown(wait=True)
 
+    def _broken(self) -> None:
+        """DuckDB invalidated the database (called on the thread that saw it): reopen it."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left
+                self._loop.call_soon_threadsafe(self._reopen_soon)
+
+    def _reopen_soon(self) -> None:
+        if self._con is not None and (self._reopening is None or self._reopening.done()):
+            self._reopening = asyncio.create_task(self._reopen_until_done(), name="reopen")
+
+    async def _reopen_until_done(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._con is not None:
+            if await loop.run_in_executor(self._reader, self._reopen):
+                return
+            await asyncio.sleep(REOPEN_EVERY)
+
+    def _reopen(self) -> bool:
+        """On the reader's thread (no read runs), with both gates held (no transaction is
+        under way): close the invalidated connection, open the file again, and point the
+        store's cursors at the new connection. The writers keep their queues: what failed
+        meanwhile failed with StorageFull or StoreUnavailable, and outcomes were kept."""
+        with self._main_gate, self._gate:
+            if self._con is None:
+                return True
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            try:
+                con = _open_connection(self.path, self._memory_limit)
+            except StoreUnavailable as exc:
+                self._disk.reopen_failed(str(exc))
+                return False
+            self._con = con
+            for cursor in self._cursors:
+                cursor.attach(con.cursor())
+            self._disk.reopened()
+        return True
+
     def _idle(self, con: Any, busy: bool) -> None:
+        if self._disk.full_since is not None or self._disk.broken is not None:
+            # No CHECKPOINT while the disk is full (one that runs out of room invalidates
+            # the database), but a small write, once a second, to see when there is room.
+            if self._disk.broken is None:
+                with self._main_gate:
+                    _probe(con)
+            return
         since = time.monotonic() - self._last_checkpoint
         # Bound the WAL (replay time at start-up) even when the writer is never idle.
         if (not busy and since >= self._checkpoint_interval) or (
@@ -238,6 +527,16 @@ class DuckDBStore:
             # CHECKPOINT while another write transaction is open ("Cannot CHECKPOINT: there
             # are other write transactions active"), and a steady flow of ingests would
             # otherwise keep one open most of the time.
+            if not self._disk.room_for_checkpoint():
+                if not self._checkpoint_postponed:
+                    self._checkpoint_postponed = True
+                    log.warning(
+                        "checkpoint postponed: too little free space beside the WAL",
+                        free_bytes=self._disk.free(),
+                        wal_bytes=self._disk.wal_size(),
+                    )
+                return
+            self._checkpoint_postponed = False
             with self._gate:
                 con.execute("CHECKPOINT")
             self._last_checkpoint = time.monotonic()
@@ -252,9 +551,23 @@ class DuckDBStore:
     ) -> Any:
         if self._writer is None:
             raise StoreUnavailable("the database is closed")
-        return await self._writer.submit(
-            fn, payload, priority=priority, ride=ride, rides_with=rides_with
-        )
+        try:
+            return await self._writer.submit(
+                fn, payload, priority=priority, ride=ride, rides_with=rides_with
+            )
+        except StoreUnavailable:
+            if fn not in _NOTHING_DONE:
+                raise
+        # A poll or a chore that could not commit for want of room (or while the database
+        # is reopened): nothing done now, and the caller asks again.
+        await asyncio.sleep(FULL_PAUSE)
+        if fn is _scan or fn is _scan_carefully:
+            try:
+                cursor = await self._read(_scan_cursor)
+            except StoreUnavailable:
+                cursor = 0
+            return ScanResult(0, 0, int(cursor))
+        return _NOTHING_DONE[fn]()
 
     async def _read(self, fn: Any, *args: Any) -> Any:
         con = self._reader_con
@@ -268,6 +581,11 @@ class DuckDBStore:
             and self._writer.healthy()
             and (self._ingest_writer is None or self._ingest_writer.healthy())
         )
+
+    def available(self) -> bool:
+        """Open and writable (for /readyz): False while the disk is full or the database
+        is being reopened. The process is not stuck then: healthy() stays true."""
+        return self._con is not None and self._disk.full_since is None and self._disk.broken is None
 
     def stats(self) -> dict[str, int]:
         transactions, operations = self.writer_stats
@@ -562,6 +880,10 @@ def _new_events(con: Any, payloads: Sequence[None]) -> list[None]:
 
 
 NEW_EVENTS = frozenset({_new_events})
+
+
+def _scan_cursor(con: Any) -> int:
+    return int(con.execute(CURSOR).fetchone()[0])
 
 
 def _scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
@@ -1171,3 +1493,16 @@ def _auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
         _park_inactive(con, disabled, now)
         results.append(disabled)
     return results
+
+
+# What a poll or a chore answers when its transaction could not commit for want of room
+# (DuckDBStore._write; a scan answers ScanResult(0, 0, cursor)): nothing done now.
+_NOTHING_DONE: dict[Any, Callable[[], Any]] = {
+    _scan: list,
+    _scan_carefully: list,
+    _claim: list,
+    _rescue: int,
+    _release: int,
+    _auto_disable: list,
+    _prune: lambda: Pruned(0, 0),
+}

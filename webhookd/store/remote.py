@@ -134,6 +134,7 @@ class RemoteStore:
         self._pending: dict[int, tuple[asyncio.Future[Any], float]] = {}
         self._next_id = 0
         self._stats = (0, 0)
+        self._writable = True  # False while the database's disk is full (see available)
         self._closing = False
         self._poll_interval = poll_interval
         self._stall_timeout = stall_timeout
@@ -212,7 +213,7 @@ class RemoteStore:
         try:
             while True:
                 stats, replies = await read_frame(reader)
-                self._stats = stats
+                self._stats, self._writable = stats[:2], stats[2]
                 for call_id, ok, value in replies:
                     entry = self._pending.pop(call_id, None)
                     if entry is None or entry[0].done():
@@ -336,7 +337,9 @@ class RemoteStore:
         return True  # one daemon owns the file
 
     def available(self) -> bool:
-        return self._proc is not None and not self.lost.is_set()
+        """Open and writable: False while the database's disk is full (every frame from
+        the database process says which), or the process is gone."""
+        return self._proc is not None and not self.lost.is_set() and self._writable
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
         self._claim_due = True  # a slot is free

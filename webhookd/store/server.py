@@ -57,8 +57,9 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
 
-    def _with_stats(self, replies: list[Any]) -> tuple[tuple[int, int], list[Any]]:
-        return self._store.writer_stats, replies
+    def _with_stats(self, replies: list[Any]) -> tuple[tuple[int, int, bool], list[Any]]:
+        # And whether the database can be written (not while its disk is full): /readyz.
+        return (*self._store.writer_stats, self._store.available()), replies
 
     def _reply(self, call_id: int, future: asyncio.Future[Any]) -> None:
         if future.cancelled():

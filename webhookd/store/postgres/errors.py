@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 
 from webhookd.config import redact_url
-from webhookd.store.base import StoreUnavailable
+from webhookd.store.base import StorageFull, StoreUnavailable
 
 # Errors meaning "the server is not there for us now", as opposed to "this statement is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -60,13 +60,12 @@ def scrub(text: str, url: str) -> str:
 
 
 def unavailable(exc: BaseException, url: str) -> StoreUnavailable:
-    """The StoreUnavailable a failed call raises: the API answers it with a 503."""
-    if is_disk_full(exc):
-        reason = "the database server is out of disk space"
-    else:
-        reason = "the database is unavailable"
+    """The StoreUnavailable a failed call raises: the API answers it with a 503 (a full disk
+    on the server, StorageFull, with `storage_full`)."""
     detail = scrub(str(exc) or type(exc).__name__, url)
-    return StoreUnavailable(f"{reason}: {detail}")
+    if is_disk_full(exc):
+        return StorageFull(f"the database server is out of disk space: {detail}")
+    return StoreUnavailable(f"the database is unavailable: {detail}")
 
 
 def open_error(exc: BaseException, url: str, schema: str) -> StoreUnavailable:

@@ -123,6 +123,35 @@ async def test_a_kick_with_nobody_waiting_costs_no_transaction(store: DuckDBStor
     assert store._writer.transactions == before + 1
 
 
+async def test_a_kick_that_found_no_scan_waiting_boards_the_next_one(
+    store: DuckDBStore,
+) -> None:
+    """Scans on their way back from a transaction when an ingest commits: the next scan
+    that waits for new events runs at once, not after its whole ride."""
+    await hook(store)
+    writer = store._writer
+    assert writer is not None
+    kicked = threading.Event()
+    kick = writer.kick
+
+    def noted(kind: Any) -> None:
+        kick(kind)
+        kicked.set()
+
+    writer.kick = noted  # type: ignore[method-assign]
+    await store.ingest(new_events("e1"))  # kicks; nobody waits
+    assert await asyncio.to_thread(kicked.wait, DEADLINE)
+    await store._write(lambda con, payloads: list(payloads), None)  # the kick is behind us
+    scanned = await asyncio.wait_for(store.scan(500, ride=60.0), 10)
+    assert (scanned.events, scanned.enqueued) == (1, 1)
+    # that kick is spent: the next scan waits for the next ingest
+    scan = asyncio.ensure_future(store.scan(500, ride=60.0))
+    await asyncio.sleep(0.3)
+    assert not scan.done()
+    await store.ingest(new_events("e2"))
+    assert (await asyncio.wait_for(scan, 10)).enqueued == 1
+
+
 async def test_the_scanner_never_skips_an_event_committed_late(store: DuckDBStore) -> None:
     """An ingest takes its seq (e1), then its transaction is held open; a later ingest (e2,
     a higher seq) is asked meanwhile and a scan runs. Committed in seq order, e2 waits for

@@ -82,6 +82,8 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
         self._riders: list[_Op[Any]] = []
+        # Kinds kicked while no rider waited for them (see kick).
+        self._missed: set[BatchFn] = set()
         self.transactions = 0
         self.operations = 0
         self.last_progress = time.monotonic()
@@ -124,7 +126,10 @@ class Writer:
         that wait for that kind of work (`rides_with`), and those that wait for any, board
         a transaction now, as if such work had been submitted here. Safe from any thread;
         costs nothing when no rider waits. Kicks queued while a transaction runs start
-        one transaction after it, together with whatever else is queued then."""
+        one transaction after it, together with whatever else is queued then. A kick
+        that finds no rider waiting for its kind (they were on their way back from the
+        transaction before) is kept: the next rider that waits for that kind boards at
+        once, instead of waiting its ride out for the next kick."""
         if not self._closed:
             self._queue.put(_Op(kind, None, None, 0))
 
@@ -171,6 +176,7 @@ class Writer:
                 due = [op for op in self._riders if op.ride_until <= now]
                 if due:
                     self._riders = [op for op in self._riders if op.ride_until > now]
+                    self._missed -= {kind for op in due for kind in op.rides_with or ()}
                     self._execute(due)
                 elif self._idle is not None:
                     self._run_idle(busy=False)
@@ -185,9 +191,16 @@ class Writer:
             ops, stop = self._drain(first)
             self._riders += [op for op in ops if op.ride_until]
             work = [op for op in ops if not op.ride_until]
+            if self._missed and any(
+                not self._missed.isdisjoint(op.rides_with or ()) for op in self._riders
+            ):
+                work += [_Op(kind, None, None, 0) for kind in self._missed]
+                self._missed = set()
             if not work and not stop:
                 continue
             boarding = self._boarding(work, everyone=stop)
+            kicked = {op.fn for op in work if op.future is None}
+            self._missed |= kicked - {kind for op in boarding for kind in op.rides_with or ()}
             self._execute([op for op in work if op.future is not None] + boarding)
             if self._idle is not None and time.monotonic() - last_idle >= self._idle_every:
                 # Under constant load the queue never empties; upkeep must still run.

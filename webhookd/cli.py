@@ -41,8 +41,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.extend(exc.problems)
     if settings is not None:
+        token: str | None = None
         try:
-            settings.admin.resolve_token()
+            token = settings.admin.resolve_token()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        try:
+            settings.admin.resolve_producer_tokens(token)
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:

@@ -133,6 +133,8 @@ class AdminSettings(_Section):
     idle_timeout: Duration = Field(default=60.0, gt=0)
     # Open API connections; unset: half of RLIMIT_NOFILE, the rest kept for the workers.
     max_connections: int | None = Field(default=None, ge=1)
+    # Least privilege for producers: tokens (one a line) that may only POST /v1/events.
+    producer_token_file: Path | None = None
 
     @model_validator(mode="after")
     def _listen_form(self) -> AdminSettings:
@@ -171,6 +173,58 @@ class AdminSettings(_Section):
         if not token:
             raise ConfigError([f"admin.token_file: {str(self.token_file)!r} is empty"])
         return token
+
+    def resolve_producer_tokens(self, operator_token: str | None = None) -> list[str]:
+        """The producer tokens in `producer_token_file` (none if unset); see `producer_tokens`."""
+        path = self.producer_token_file
+        if path is None:
+            return []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                [f"admin.producer_token_file: cannot read {str(path)!r} ({why})"]
+            ) from exc
+        return producer_tokens(text, str(path), operator_token)
+
+
+MIN_PRODUCER_TOKEN = 16
+
+
+def producer_tokens(text: str, where: str, operator_token: str | None = None) -> list[str]:
+    """Tokens from the text of a producer token file: one a line, so producers can be rotated
+    one at a time; blank lines and lines starting with # are skipped.
+
+    A token is one word of at least MIN_PRODUCER_TOKEN characters and never the operator's
+    token (it would give a producer every route). Problems name the line, never its text.
+    """
+    tokens: list[str] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if any(ch.isspace() or not ch.isprintable() for ch in token):
+            problems.append(
+                f"admin.producer_token_file: {where!r} line {number}: a token is one word "
+                "of printable characters (comments are lines of their own, starting with #)"
+            )
+        elif len(token) < MIN_PRODUCER_TOKEN:
+            problems.append(
+                f"admin.producer_token_file: {where!r} line {number}: a token of at least "
+                f"{MIN_PRODUCER_TOKEN} characters"
+            )
+        elif operator_token is not None and token == operator_token:
+            problems.append(
+                f"admin.producer_token_file: {where!r} line {number}: the operator's token "
+                "(admin.token_file); a producer token must be another"
+            )
+        elif token not in tokens:
+            tokens.append(token)
+    if problems:
+        raise ConfigError(problems)
+    return tokens
 
 
 class ScannerSettings(_Section):

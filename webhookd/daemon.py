@@ -68,6 +68,7 @@ class Daemon:
         s = self.settings
         try:
             token = s.admin.resolve_token()
+            producer_tokens = s.admin.resolve_producer_tokens(token)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("configuration error", problem=problem)
@@ -134,6 +135,7 @@ class Daemon:
             sender=sender,
             metrics=metrics,
             token=token,
+            producer_tokens=producer_tokens,
         )
         # Listen first: while migrations and the start-up rescue run, /readyz says so.
         runner = web.AppRunner(build_app(svc), **runner_options(s.admin))

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from webhookd import logs
 from webhookd.api import ingest, operators, webhooks
+from webhookd.api import openapi as openapi_routes
 from webhookd.api.common import (
     SERVICES,
     ApiError,
     ClientGone,
+    Handler,
     Services,
     error_response,
+    operation_of,
     services,
 )
-from webhookd.store.base import EventConflict, NotFound, StorageFull, StoreUnavailable
+from webhookd.api.tokens import Credentials, Role
+from webhookd.store.base import EventConflict, NotFound, StoreUnavailable
 
 log = logs.get("webhookd.api")
 
-PUBLIC_ROUTES = frozenset({"/healthz"})
 # Answered while the daemon starts (migrations, start-up rescue); all else waits for ready.
 STARTUP_ROUTES = frozenset({"/healthz", "/readyz"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CREDENTIALS: web.AppKey[Credentials] = web.AppKey("credentials")
 
 
 @web.middleware
@@ -47,8 +46,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(404, "not_found", str(exc))
     except EventConflict as exc:
         return error_response(409, "conflict", str(exc))
-    except StorageFull as exc:  # nothing was written: the same request may be sent again
-        return error_response(503, "storage_full", str(exc))
     except StoreUnavailable as exc:
         return error_response(503, "unavailable", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
@@ -64,25 +61,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal", "internal error; the daemon's log has the details")
 
 
-def _token_matches(header: str, expected: str) -> bool:
-    scheme, _, presented = header.partition(" ")
-    # Header values arrive decoded with surrogateescape: bytes that are not UTF-8 (anyone
-    # can send them) compare as bytes instead of failing to encode.
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        presented.strip().encode("utf-8", "surrogateescape"),
-        expected.encode("utf-8", "surrogateescape"),
-    )
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_ROUTES:
+    # What the matched route says of itself (see common.Operation): an unknown route or
+    # method says nothing, so it needs the operator token like any admin route.
+    operation = operation_of(request.match_info.handler)
+    if operation is not None and operation.public:
         return await handler(request)
-    if not _token_matches(request.headers.get("Authorization", ""), services(request).token):
+    role = request.app[CREDENTIALS].role(request.headers.get("Authorization", ""))
+    if role is None:
         return web.json_response(
             {"error": {"code": "unauthorized", "message": "a valid bearer token is required"}},
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
+        )
+    if role is Role.PRODUCER and (operation is None or not operation.producer):
+        return error_response(
+            403,
+            "forbidden",
+            "a producer token (admin.producer_token_file) may only POST /v1/events; "
+            "this route needs the operator token",
         )
     return await handler(request)
 
@@ -96,8 +94,12 @@ async def startup_middleware(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
-async def _keep_token_out_of_logs(app: web.Application) -> None:
-    logs.never_log(app[SERVICES].token)
+async def _load_credentials(app: web.Application) -> None:
+    svc = app[SERVICES]
+    credentials = app[CREDENTIALS]
+    credentials.load(svc.token, svc.producer_tokens, svc.settings.admin.producer_token_file)
+    if svc.settings.admin.producer_token_file is not None:
+        log.info("producer tokens read", producer_tokens=credentials.producer_count)
 
 
 def build_app(svc: Services) -> web.Application:
@@ -106,8 +108,10 @@ def build_app(svc: Services) -> web.Application:
         middlewares=[errors_middleware, auth_middleware, startup_middleware],
     )
     app[SERVICES] = svc
-    app.on_startup.append(_keep_token_out_of_logs)
+    app[CREDENTIALS] = Credentials()
+    app.on_startup.append(_load_credentials)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(webhooks.routes)
     app.router.add_routes(operators.routes)
+    app.router.add_routes(openapi_routes.routes)
     return app

@@ -1,4 +1,5 @@
-"""What the route modules share: the services, the error shape, JSON bodies, paging."""
+"""What the route modules share: the services, the error shape, JSON bodies, and
+what each route says of itself (:class:`Operation`: the OpenAPI document and who may call it)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -18,7 +20,6 @@ from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.store.base import Store
-from webhookd.store.records import parse_delivery_cursor
 from webhookd.workers import WorkerPool
 
 
@@ -31,6 +32,8 @@ class Services:
     sender: Sender
     metrics: Metrics
     token: str
+    # Tokens from admin.producer_token_file, as read at start (the app re-reads the file).
+    producer_tokens: list[str] = field(default_factory=list)
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -40,12 +43,58 @@ SERVICES: web.AppKey[Services] = web.AppKey("services")
 MAX_LIMIT = 1000
 # A cursor this API gives out is far shorter; anything longer is not one of them.
 MAX_CURSOR = 2048
-# A webhook id as the stores make them ("wh_" and hex); the listing's cursor is one.
-_WEBHOOK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}")
 
 
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+# -- what each route says of itself ----------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route as the OpenAPI document describes it, and who may call it.
+
+    `body` and `query` are the pydantic models the handler validates its input with;
+    `responses` maps each success status to the model of its JSON body (None: no body).
+    Error answers are added by the document's generator from what the route takes (a body:
+    400, 408, 413; a path parameter: 404; a token: 401, 403, 503); `errors` adds more, each
+    with what it means for this route.
+    """
+
+    summary: str
+    responses: Mapping[int, Any]
+    description: str = ""
+    tag: str = "operators"
+    body: Any = None
+    query: Any = None
+    errors: Mapping[int, str] = field(default_factory=dict)
+    media_type: str = "application/json"
+    # Producer tokens (admin.producer_token_file) may call it; the operator token calls all.
+    producer: bool = False
+    # No token at all.
+    public: bool = False
+
+
+_OPERATIONS: dict[Callable[..., Any], Operation] = {}
+
+
+def documented(operation: Operation) -> Callable[[H], H]:
+    """Attach `operation` to a handler: the generator and the auth middleware read it."""
+
+    def attach(handler: H) -> H:
+        _OPERATIONS[handler] = operation
+        return handler
+
+    return attach
+
+
+def operation_of(handler: Callable[..., Any]) -> Operation | None:
+    return _OPERATIONS.get(handler)
 
 
 class ApiError(Exception):
@@ -77,7 +126,7 @@ class _Refused(ValueError):
     """Valid JSON syntax that the API does not take; the message says what and why."""
 
 
-def _shown(text: str, limit: int = 40) -> str:
+def shown(text: str, limit: int = 40) -> str:
     """A piece of the request quoted in an error message: JSON-escaped and short."""
     quoted = json.dumps(text)
     return quoted if len(quoted) <= limit else quoted[: limit - 4] + '..."'
@@ -93,7 +142,7 @@ def _finite(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):
         raise _Refused(
-            f"the request body has the number {_shown(literal)[1:-1]}, beyond the range of "
+            f"the request body has the number {shown(literal)[1:-1]}, beyond the range of "
             "a 64-bit float; send a smaller number or a string"
         )
     return value
@@ -108,7 +157,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         for key, _ in pairs:
             if key in seen:
                 raise _Refused(
-                    f"the request body repeats the key {_shown(key)} in one object; "
+                    f"the request body repeats the key {shown(key)} in one object; "
                     "each key may appear once"
                 )
             seen.add(key)
@@ -171,54 +220,3 @@ async def read_json(request: web.Request) -> Any:
         except RecursionError:
             raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
     return value
-
-
-def json_object(body: Any, allowed: set[str]) -> dict[str, Any]:
-    """`body` as a JSON object holding no field but `allowed`."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "expected a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        names = ", ".join(_shown(name)[1:-1] for name in sorted(unknown))
-        raise ApiError(400, "invalid_request", f"unknown field(s): {names}")
-    return body
-
-
-# -- paging ---------------------------------------------------------------------------------
-
-
-def limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_request", f"limit: a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def _bad_cursor() -> ApiError:
-    return ApiError(
-        400,
-        "invalid_request",
-        "cursor: not one this listing gave out; pass `next` from the previous page as is",
-    )
-
-
-def delivery_cursor(request: web.Request) -> str | None:
-    """The `cursor` of /v1/deliveries, checked: [created_at, webhook_id, event_id]."""
-    raw = request.query.get("cursor") or None
-    if raw is None:
-        return None
-    if len(raw) > MAX_CURSOR:
-        raise _bad_cursor()
-    try:
-        parse_delivery_cursor(raw)
-    except (ValueError, RecursionError):
-        raise _bad_cursor() from None
-    return raw
-
-
-def webhook_cursor(request: web.Request) -> str | None:
-    """The `cursor` of /v1/webhooks: the last webhook id of the previous page."""
-    raw = request.query.get("cursor") or None
-    if raw is not None and not _WEBHOOK_ID.fullmatch(raw):
-        raise _bad_cursor()
-    return raw

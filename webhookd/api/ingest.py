@@ -6,17 +6,39 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from webhookd.api.common import ApiError, read_json, services
+from webhookd.api.common import ApiError, Operation, documented, read_json, services
+from webhookd.api.models import Accepted, Events, parse_events
 from webhookd.events import EventError, NewEvent, parse_event
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/v1/events")
+@documented(
+    Operation(
+        summary="Append one event or a list of them",
+        description="Answers 202 once the events are committed. The same id with the same "
+        "type and data again is accepted and stored once; the same id with other content is "
+        "a 409. One bad event refuses the whole list. Producer tokens may call this route.",
+        tag="events",
+        body=Events,
+        responses={202: Accepted},
+        errors={
+            400: "an event or a field of one is invalid (`invalid_event`, naming "
+            "`events[i].field`), the body is not JSON (`invalid_json`), or the list is empty",
+            409: "an id already stored with other content, or twice in one list with "
+            "different content (`conflict`)",
+            413: "the body is over admin.max_body_bytes (`payload_too_large`) or holds more "
+            "events than admin.max_batch_events (`too_many_events`)",
+            503: "starting, the database is unavailable, or its disk is full (`storage_full`)",
+        },
+        producer=True,
+    )
+)
 async def post_events(request: web.Request) -> web.Response:
     svc = services(request)
-    body = await read_json(request)
-    raw_events = body if isinstance(body, list) else [body]
+    raw = await read_json(request)
+    raw_events = raw if isinstance(raw, list) else [raw]
     if not raw_events:
         raise ApiError(400, "invalid_request", "an empty list of events")
     limit = svc.settings.admin.max_batch_events
@@ -27,15 +49,18 @@ async def post_events(request: web.Request) -> web.Response:
             f"{len(raw_events)} events in one request; "
             f"the limit is {limit} (admin.max_batch_events)",
         )
+    # The models check what the document describes, in the API's words; events.py then
+    # builds each event (its id, canonical body) and applies any rule of its own beyond
+    # what a schema can say (U+0000 in data), so the API and the stores share one builder.
+    parse_events(raw_events)
     now = datetime.now(UTC)
     events: list[NewEvent] = []
     try:
-        for index, raw in enumerate(raw_events):
-            events.append(parse_event(raw, index, now))
+        for index, raw_event in enumerate(raw_events):
+            events.append(parse_event(raw_event, index, now))
     except EventError as exc:
         raise ApiError(400, "invalid_event", str(exc)) from None
     except OverflowError:
-        # e.g. "0001-01-01T00:00:00+01:00": valid RFC 3339, but before datetime.min in UTC.
         raise ApiError(
             400, "invalid_event", f"events[{len(events)}].occurred_at: out of the supported range"
         ) from None

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from webhookd.api.common import (
-    ApiError,
-    delivery_cursor,
-    json_object,
-    limit,
-    read_json,
-    services,
+from webhookd.api.common import Operation, documented, read_json, services
+from webhookd.api.models import (
+    AttemptPage,
+    Count,
+    DeliveryPage,
+    DeliveryQuery,
+    Health,
+    MetricsText,
+    QueueStatus,
+    Readiness,
+    Redrive,
+    Replay,
+    parse,
+    parse_query,
 )
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter
@@ -22,50 +26,33 @@ from webhookd.store.base import DeliveryFilter
 routes = web.RouteTableDef()
 
 
-def _status(value: Any, allowed: tuple[Status, ...] = tuple(Status)) -> Status:
-    try:
-        status = Status(value)
-    except ValueError:
-        names = ", ".join(s.value for s in allowed)
-        raise ApiError(400, "invalid_request", f"status: one of {names}") from None
-    if status not in allowed:
-        names = ", ".join(s.value for s in allowed)
-        raise ApiError(400, "invalid_request", f"status: one of {names}")
-    return status
-
-
-def _time(value: Any, key: str) -> datetime:
-    if not isinstance(value, str):
-        raise ApiError(400, "invalid_request", f"{key}: an RFC 3339 timestamp")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"{key}: an RFC 3339 timestamp") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _optional_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ApiError(400, "invalid_request", f"{key}: a string")
-    return value
-
-
 @routes.get("/v1/deliveries")
+@documented(
+    Operation(
+        summary="List deliveries (queue rows)",
+        description="Newest first, a page at a time; filter by webhook, event and status.",
+        tag="deliveries",
+        query=DeliveryQuery,
+        responses={200: DeliveryPage},
+    )
+)
 async def deliveries(request: web.Request) -> web.Response:
-    q = request.query
-    filt = DeliveryFilter(
-        webhook_id=q.get("webhook_id") or None,
-        event_id=q.get("event_id") or None,
-        status=_status(q["status"]) if q.get("status") else None,
-    )
-    page = await services(request).store.list_deliveries(
-        filt, limit(request), delivery_cursor(request)
-    )
+    query = parse_query(DeliveryQuery, request.query)
+    filt = DeliveryFilter(webhook_id=query.webhook_id, event_id=query.event_id, status=query.status)
+    page = await services(request).store.list_deliveries(filt, query.limit, query.cursor)
     return web.json_response({"items": page.items, "next": page.next})
 
 
 @routes.get("/v1/deliveries/{webhook_id}/{event_id}/attempts")
+@documented(
+    Operation(
+        summary="The attempts of one delivery",
+        description="From the append-only log, oldest first.",
+        tag="deliveries",
+        responses={200: AttemptPage},
+        errors={404: "no delivery of this event to this webhook (`not_found`)"},
+    )
+)
 async def attempts(request: web.Request) -> web.Response:
     items = await services(request).store.list_attempts(
         request.match_info["webhook_id"], request.match_info["event_id"]
@@ -74,29 +61,50 @@ async def attempts(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/redrive")
+@documented(
+    Operation(
+        summary="Re-drive dead or parked deliveries",
+        description="Sets the matching deliveries due now; answers how many.",
+        tag="deliveries",
+        body=Redrive,
+        responses={200: Count},
+    )
+)
 async def redrive(request: web.Request) -> web.Response:
-    body = json_object(await read_json(request), {"webhook_id", "status", "since"})
-    status = _status(body.get("status"), (Status.DEAD, Status.PARKED))
-    since = _time(body["since"], "since") if body.get("since") is not None else None
+    body = parse(Redrive, await read_json(request))
     svc = services(request)
-    count = await svc.store.redrive(status, _optional_str(body, "webhook_id"), since)
+    count = await svc.store.redrive(Status(body.status), body.webhook_id, body.since)
     svc.pool.wake()
     return web.json_response({"count": count})
 
 
 @routes.post("/v1/replay")
+@documented(
+    Operation(
+        summary="Deliver an event again",
+        description="Even if delivered: to every webhook it went to, or to one.",
+        tag="deliveries",
+        body=Replay,
+        responses={200: Count},
+        errors={404: "no such event, or no such webhook (`not_found`)"},
+    )
+)
 async def replay(request: web.Request) -> web.Response:
-    body = json_object(await read_json(request), {"event_id", "webhook_id"})
-    event_id = _optional_str(body, "event_id")
-    if not event_id:
-        raise ApiError(400, "invalid_request", "event_id: required")
+    body = parse(Replay, await read_json(request))
     svc = services(request)
-    count = await svc.store.replay(event_id, _optional_str(body, "webhook_id"))
+    count = await svc.store.replay(body.event_id, body.webhook_id)
     svc.pool.wake()
     return web.json_response({"count": count})
 
 
 @routes.get("/v1/status")
+@documented(
+    Operation(
+        summary="Queue, scanner and workers",
+        tag="operations",
+        responses={200: QueueStatus},
+    )
+)
 async def status(request: web.Request) -> web.Response:
     svc = services(request)
     report = await svc.store.status()
@@ -119,11 +127,29 @@ async def status(request: web.Request) -> web.Response:
 
 
 @routes.get("/healthz")
+@documented(
+    Operation(
+        summary="Liveness",
+        description="No token needed.",
+        tag="operations",
+        responses={200: Health},
+        public=True,
+    )
+)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
+@documented(
+    Operation(
+        summary="Readiness",
+        description="200 once the database is open and the scanner and workers run; 503 "
+        "before (migrations, start-up rescue) and while the database is unavailable.",
+        tag="operations",
+        responses={200: Readiness, 503: Readiness},
+    )
+)
 async def readyz(request: web.Request) -> web.Response:
     svc = services(request)
     checks = {
@@ -142,6 +168,14 @@ STATUS_MAX_AGE = 1.0
 
 
 @routes.get("/metrics")
+@documented(
+    Operation(
+        summary="Prometheus metrics",
+        tag="operations",
+        responses={200: MetricsText},
+        media_type="text/plain",
+    )
+)
 async def metrics(request: web.Request) -> web.Response:
     svc = services(request)
     # The queue figures cost a pass over the queue: scrapes (or anything polling this)

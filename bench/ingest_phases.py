@@ -139,7 +139,10 @@ def main() -> int:
         sys.path.insert(0, str(args.code.resolve()))
         import os
 
-        os.environ["PYTHONPATH"] = str(args.code.resolve())  # the database process too
+        # The database process too: it runs `python -m`, which puts its working directory
+        # first on its path.
+        os.environ["PYTHONPATH"] = str(args.code.resolve())
+        os.chdir(args.code)
     import webhookd
 
     print(f"webhookd from {Path(webhookd.__file__).parent}")

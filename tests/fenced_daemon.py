@@ -41,38 +41,38 @@ def _allowed() -> frozenset[tuple[str, int]]:
     return frozenset(allowed)
 
 
-ALLOWED = _allowed()
-_post = sender.Sender.post
+def install() -> None:
+    """Fence this process. Only ever called as __main__: importing this module (for
+    FENCE_ERROR) must leave the importing process, e.g. pytest's in-process daemons, alone."""
+    allowed = _allowed()
+    post = sender.Sender.post
+    getaddrinfo = socket.getaddrinfo
 
-
-async def _fenced_post(
-    self: sender.Sender, url: str, body: bytes, headers: Mapping[str, str]
-) -> sender.AttemptResult:
-    try:
-        parsed = URL(url)
-        target = (parsed.host or "", parsed.port or 0)
-    except (ValueError, TypeError):
-        target = ("", 0)
-    if target not in ALLOWED:
-        return sender.AttemptResult(None, FENCE_ERROR, 0.0, "", None)
-    return await _post(self, url, body, headers)
-
-
-_getaddrinfo = socket.getaddrinfo
-
-
-def _no_names(host: Any, *args: Any, **kwargs: Any) -> Any:
-    name = host.decode() if isinstance(host, bytes) else host
-    if name is not None:
+    async def fenced_post(
+        self: sender.Sender, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> sender.AttemptResult:
         try:
-            ipaddress.ip_address(str(name).split("%")[0])
-        except ValueError:
-            raise socket.gaierror(socket.EAI_NONAME, "refused by the test fence") from None
-    return _getaddrinfo(host, *args, **kwargs)
+            parsed = URL(url)
+            target = (parsed.host or "", parsed.port or 0)
+        except (ValueError, TypeError):
+            target = ("", 0)
+        if target not in allowed:
+            return sender.AttemptResult(None, FENCE_ERROR, 0.0, "", None)
+        return await post(self, url, body, headers)
 
+    def no_names(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None:
+            try:
+                ipaddress.ip_address(str(name).split("%")[0])
+            except ValueError:
+                raise socket.gaierror(socket.EAI_NONAME, "refused by the test fence") from None
+        return getaddrinfo(host, *args, **kwargs)
 
-sender.Sender.post = _fenced_post  # type: ignore[method-assign]
-socket.getaddrinfo = _no_names
+    sender.Sender.post = fenced_post  # type: ignore[method-assign]
+    socket.getaddrinfo = no_names
+
 
 if __name__ == "__main__":
+    install()
     sys.exit(main())

@@ -214,6 +214,17 @@ CHECKS = [
 ]
 
 
+def test_importing_the_fence_leaves_this_process_alone() -> None:
+    """Only `python -m tests.fenced_daemon` is fenced: this test process imports the module
+    (FENCE_ERROR), and its in-process daemons must still deliver anywhere on loopback."""
+    import socket
+
+    from webhookd import sender
+
+    assert sender.Sender.post.__module__ == "webhookd.sender"
+    assert "no_names" not in getattr(socket.getaddrinfo, "__qualname__", "")
+
+
 class FencedDaemon(DaemonProcess):
     """`python -m tests.fenced_daemon run`: the daemon, its deliveries fenced to loopback."""
 

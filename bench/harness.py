@@ -693,6 +693,10 @@ class DaemonProcess:
                 lines.append(json.loads(raw))
         return lines
 
+    def errors(self, offset: int = 0) -> list[dict[str, Any]]:
+        """The log lines at level error or above (from byte `offset` of the log)."""
+        return [r for r in self.log_lines(offset) if r.get("level") in ("error", "critical")]
+
     def sample_rss(self) -> None:
         """Record the RSS of the daemon plus its live descendants (the store server) now."""
         if self.proc is not None and self.proc.poll() is None:
@@ -921,12 +925,23 @@ class Postgres:
 
 
 def query_names() -> dict[str, str]:
-    """The first 200 characters of each named query of the PostgreSQL engine -> its name."""
+    """The first 200 characters of each named query of the PostgreSQL engine -> its name,
+    from the queries.sql of the code the daemons run (CODE_DIR, else the working tree),
+    split as webhookd/store/postgres/queries.py splits it ("-- name: X" sections)."""
+    path = (CODE_DIR or REPO) / "webhookd" / "store" / "sql" / "postgresql" / "queries.sql"
     try:
-        from webhookd.store.postgres.queries import queries
-    except Exception:  # another version of the code: unnamed queries then
+        text = path.read_text(encoding="utf-8")
+    except OSError:
         return {}
-    return {sql[:200]: name for name, sql in queries().items()}
+    try:
+        from webhookd.store.postgres.common import MATCHES
+    except Exception:  # the names still match where {MATCHES} is not used
+        MATCHES = "{MATCHES}"
+    parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
+    return {
+        sql.replace("{MATCHES}", MATCHES).strip().rstrip(";")[:200]: name
+        for name, sql in zip(parts[1::2], parts[2::2], strict=True)
+    }
 
 
 def _activity_key(row: Mapping[str, Any], names: Mapping[str, str]) -> str:

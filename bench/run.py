@@ -488,6 +488,9 @@ async def daemon_run(
             )
             result["webhooks"] = len(urls)
             result["events"] = n_events
+            errors = logged_errors(group)
+            if errors:
+                result["daemon_errors"] = errors
             return result
         finally:
             for profiler in profilers:
@@ -520,6 +523,19 @@ async def daemon_group(
         if pg is not None and schema is not None:
             with contextlib.suppress(Exception):
                 await pg.drop_schema(schema)
+
+
+def logged_errors(group: Sequence[DaemonProcess]) -> int:
+    """Error lines the daemons logged so far, with a warning naming the first: a run whose
+    daemons fail (a broken scan, a lost database) shows as such, not as a slow run."""
+    errors = [record for d in group for record in d.errors()]
+    if errors:
+        first = errors[0]
+        print(
+            f"  WARNING: the daemon(s) logged {len(errors)} error(s); first: "
+            f"{first.get('event')}: {str(first.get('error', ''))[:200]}"
+        )
+    return len(errors)
 
 
 def median_run(runs: list[Figures]) -> Figures:
@@ -916,6 +932,7 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
                 )
                 wall = time.perf_counter() - wall0
                 records = (await api.get_json(receiver.url + "/records"))["records"]
+                errors = logged_errors(group)
             finally:
                 for a in apis:
                     await a.close()
@@ -950,6 +967,8 @@ async def latency(args: argparse.Namespace) -> tuple[Figures, str]:
         "idle_202": summary_ms(idle),
         "load": machine_load(),
     }
+    if errors:
+        figures["daemon_errors"] = errors
     if ENGINE.pg is not None:
         events = max(1, len(acked))
         figures.update(

@@ -18,7 +18,7 @@ from webhookd.api.common import (
     services,
 )
 from webhookd.api.tokens import Credentials, Role
-from webhookd.store.base import EventConflict, NotFound, StoreUnavailable
+from webhookd.store.base import EventConflict, NotFound, StorageFull, StoreUnavailable
 
 log = logs.get("webhookd.api")
 
@@ -46,6 +46,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(404, "not_found", str(exc))
     except EventConflict as exc:
         return error_response(409, "conflict", str(exc))
+    except StorageFull as exc:  # nothing was written: the same request may be sent again
+        return error_response(503, "storage_full", str(exc))
     except StoreUnavailable as exc:
         return error_response(503, "unavailable", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:

@@ -41,7 +41,6 @@ from webhookd.store.base import (
     ScanResult,
     StatusReport,
     StoreUnavailable,
-    WebhookLimits,
     WebhookPatch,
 )
 
@@ -353,15 +352,10 @@ class RemoteStore:
     # -- webhooks ----------------------------------------------------------------------
 
     async def create_webhook(
-        self,
-        url: str,
-        event_types: list[str],
-        secret: str,
-        description: str,
-        limits: WebhookLimits | None = None,
+        self, url: str, event_types: list[str], secret: str, description: str
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
-            "create_webhook", url, event_types, secret, description, limits
+            "create_webhook", url, event_types, secret, description
         )
         return result
 

@@ -165,9 +165,12 @@ async def test_webhooks_commands_human_and_json(start_daemon: StartDaemon) -> No
 
     listing = await cli.ok("webhooks", "list")
     rows = table(listing.out)
-    assert rows[0] == ["webhook_id", "url", "active", "event_types"]
+    assert rows[0] == [
+        "webhook_id", "url", "active", "event_types", "ordering", "rate_limit", "max_in_flight"
+    ]  # fmt: skip
     assert [r[3] for r in rows[1:] if r[0] == given["webhook_id"]] == ["*"]
-    assert [wid, "http://127.0.0.1:9/hook", "yes", "order.created,order.paid"] in rows
+    hook_row = [wid, "http://127.0.0.1:9/hook", "yes", "order.created,order.paid"]
+    assert [*hook_row, "none", "-", "-"] in rows
     assert "whsec_" not in listing.out
     as_json = await cli.json("webhooks", "list")
     assert {w["webhook_id"] for w in as_json["items"]} == {wid, given["webhook_id"]}

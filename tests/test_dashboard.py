@@ -4,6 +4,7 @@ has delivered an event, and the JSON must keep the shape Grafana imports."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -16,7 +17,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, Api, make_settings, running
-from tests.receivers import Recorder
+from tests.receivers import Recorder, Reply
 
 DASHBOARD = REPO / "deploy" / "grafana" / "webhookd.json"
 
@@ -34,6 +35,7 @@ SHARED_GAUGES = frozenset(
         "webhookd_oldest_due_age_seconds",
         "webhookd_scanner_lag_events",
         "webhookd_webhooks_disabled",
+        "webhookd_fifo_blocked_seconds",
     }
 )
 COUNTER_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
@@ -248,16 +250,23 @@ def test_the_shape_check_bites() -> None:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
     """/metrics of a real daemon after one event was delivered to a loopback receiver, so
-    the labelled counter and the histogram have samples (one daemon for the module)."""
+    the labelled counter and the histogram have samples, and while a fifo webhook is held
+    up by a head that fails, so the fifo gauge has one (one daemon for the module)."""
     async with (
         Recorder(status=204) as rx,
         running(make_settings(tmp_path_factory.mktemp("dashboard"))) as d,
         Api(d.url) as api,
     ):
-        await api.create_webhook(rx.url)
+        rx.reply_on("/fifo", Reply(status=500))
+        delivered = await api.create_webhook(rx.url)
+        await api.create_webhook(rx.url_for("/fifo"), ordering="fifo")
         await api.emit({"type": "dashboard.check", "data": {}})
-        await rx.wait_for_requests(1)
-        await api.wait_status({"delivered": 1})
+        await rx.wait_for_requests(2)
+        await api.wait_status({"delivered": 1}, webhook_id=delivered["webhook_id"])
+        for _ in range(200):
+            if (await api.ok("GET", "/v1/status"))["fifo_blocked"]:
+                break
+            await asyncio.sleep(0.05)
         status, text = await api.request("GET", "/metrics")
     assert status == 200, text
     assert 'webhookd_attempts_total{outcome="delivered"' in text

@@ -419,7 +419,16 @@ async def test_schemathesis_runs_the_whole_api_against_a_live_daemon(
             assert all(status < 500 for _, status in report.by_status), report.by_status
 
             # The daemon still delivers: a new webhook to the Recorder gets a new event,
-            # and every webhook schemathesis made up got it too, refused by the fence.
+            # and every webhook schemathesis made up got it too, refused by the fence. Made-up
+            # rate limits (down to one delivery in 1000 s) and fifo orderings (a new event
+            # waits for every older one) would hold it back by design: cleared first.
+            made_up = (await api.ok("GET", "/v1/webhooks", params={"limit": "1000"}))["items"]
+            for hook in made_up:
+                await api.ok(
+                    "PATCH",
+                    f"/v1/webhooks/{hook['webhook_id']}",
+                    {"rate_limit": None, "ordering": "none"},
+                )
             after = await api.create_webhook(receiver.url_for("/after"))
             assert await api.emit({"id": "evt_after_schemathesis", "type": "after", "data": 1})
             await api.wait_status(

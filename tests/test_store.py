@@ -8,11 +8,14 @@ and its riders.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import duckdb
 import pytest
 
@@ -20,14 +23,18 @@ from webhookd.events import parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import (
+    RATE_LIMITED,
     Claim,
     DeliveryFilter,
     EventConflict,
+    Ordering,
     Outcome,
     Store,
+    WebhookLimits,
     WebhookPatch,
 )
 from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.postgres import PostgresStore
 from webhookd.store.records import utcnow
 
 # Bounds a wait that only a broken store would run into, so that it fails, not hangs.
@@ -36,6 +43,7 @@ DEADLINE = 30.0
 
 # `store` (tests/conftest.py) runs each test on every engine; these run on DuckDB alone.
 duckdb_only = pytest.mark.parametrize("store", ["duckdb"], indirect=True)
+postgresql_only = pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 
 
 def events(*specs: tuple[str, str]) -> list:  # type: ignore[type-arg]
@@ -389,6 +397,310 @@ async def test_a_re_post_in_a_busy_transaction_fails_nothing_else(store: Store) 
     assert (scanned.events, scanned.enqueued) == (2, 2)
 
 
+# --- per-webhook settings: fifo ordering, max_in_flight, rate_limit (issue 12) -----------
+
+
+async def paced_hook(store: Store, **limits: Any) -> str:
+    created = await store.create_webhook(
+        "http://127.0.0.1:9/h", [], new_secret(), "", WebhookLimits(**limits)
+    )
+    webhook_id: str = created["webhook_id"]
+    return webhook_id
+
+
+async def enqueue(store: Store, n: int, prefix: str = "e") -> list[str]:
+    """n events e0..e{n-1}, in seq order, scanned into the queue."""
+    ids = [f"{prefix}{i}" for i in range(n)]
+    await store.ingest(events(*[(i, "t") for i in ids]))
+    while (await store.scan(500)).events:
+        pass
+    return ids
+
+
+async def rows_of(store: Store, webhook_id: str) -> dict[str, dict[str, Any]]:
+    page = await store.list_deliveries(DeliveryFilter(webhook_id=webhook_id), 1000, None)
+    return {i["event_id"]: i for i in page.items}
+
+
+async def drain_fifo(store: Store, webhook_id: str, fail: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Claim and deliver a fifo webhook's rows one by one, as workers would (the events in
+    `fail` fail once first); the event ids in the order they were claimed."""
+    order: list[str] = []
+    failed: set[str] = set()
+    for _ in range(100):
+        claims = await store.claim(10, 8, 30)
+        if not claims:
+            break
+        assert len(claims) == 1, claims
+        (claim,) = claims
+        assert claim.webhook_id == webhook_id
+        order.append(claim.event_id)
+        if claim.event_id in fail and claim.event_id not in failed:
+            failed.add(claim.event_id)
+            await store.record(outcome(claim, Status.PENDING, due_in=0))
+        else:
+            await store.record(outcome(claim, Status.DELIVERED, code=204))
+    return order
+
+
+async def test_a_fifo_webhook_gets_its_head_alone_and_in_seq_order(store: Store) -> None:
+    fifo = await paced_hook(store, ordering=Ordering.FIFO)
+    other = await hook(store)
+    ids = await enqueue(store, 5)
+    claims = await store.claim(100, 8, 30)
+    # The other webhook takes all five; the fifo webhook its head only.
+    assert sorted(c.event_id for c in claims if c.webhook_id == other) == ids
+    (head,) = [c for c in claims if c.webhook_id == fifo]
+    assert head.event_id == "e0" and head.cap == 1 and head.paced
+    # Behind the head: pending, with no time (not due), nothing attempted.
+    rows = await rows_of(store, fifo)
+    assert rows["e0"]["status"] == "inflight"
+    assert {e: (r["status"], r["next_attempt_at"], r["attempts"]) for e, r in rows.items()} == {
+        "e0": ("inflight", rows["e0"]["next_attempt_at"], 0),
+        **{e: ("pending", None, 0) for e in ids[1:]},
+    }
+    assert await store.claim(100, 8, 30) == []  # the head is inflight: nothing more
+    # The head fails: it stays the head (its retry is due now), the rest keep waiting.
+    await store.record(outcome(head, Status.PENDING, due_in=0))
+    (again,) = await store.claim(100, 8, 30)
+    assert (again.event_id, again.attempt) == ("e0", 2)
+    await store.record(outcome(again, Status.DELIVERED, code=204))
+    assert await drain_fifo(store, fifo, fail={"e2"}) == ["e1", "e2", "e2", "e3", "e4"]
+    assert {r["status"] for r in (await rows_of(store, fifo)).values()} == {"delivered"}
+
+
+async def test_a_dead_fifo_head_lets_the_next_event_through(store: Store) -> None:
+    fifo = await paced_hook(store, ordering=Ordering.FIFO)
+    await enqueue(store, 3)
+    (head,) = await store.claim(10, 8, 30)
+    await store.record(outcome(head, Status.PENDING, due_in=3600))  # blocked for an hour
+    assert await store.claim(10, 8, 30) == []
+    await store.rescue_expired(utcnow())  # nothing expired; settles, changes nothing
+    assert await store.claim(10, 8, 30) == []
+    rows = await rows_of(store, fifo)
+    assert [e for e, r in rows.items() if r["next_attempt_at"]] == ["e0"]
+    blocked = (await store.status()).fifo_blocked[fifo]
+    assert (blocked.event_id, blocked.attempts) == ("e0", 1)
+    assert abs((utcnow() - blocked.since).total_seconds()) < 60
+    # Its retry, when it comes, goes dead: the next event is due at once.
+    second = await _claim_when_due(store, fifo, "e0")
+    await store.record(outcome(second, Status.DEAD))
+    assert (await store.status()).fifo_blocked == {}
+    (e1,) = await store.claim(10, 8, 30)
+    assert (e1.event_id, e1.attempt) == ("e1", 1)
+
+
+async def _claim_when_due(store: Store, webhook_id: str, event_id: str) -> Claim:
+    """Bring a row's retry forward (as its time coming would) and claim it."""
+    await store.update_webhook(webhook_id, WebhookPatch(active=False))
+    await store.update_webhook(webhook_id, WebhookPatch(active=True))  # due now: re-driven
+    (claim,) = await store.claim(10, 8, 30)
+    assert claim.event_id == event_id
+    return claim
+
+
+async def test_fifo_order_holds_through_dead_redrive_and_replay(store: Store) -> None:
+    fifo = await paced_hook(store, ordering=Ordering.FIFO)
+    ids = await enqueue(store, 4)
+    for expected in ids[:3]:  # e0, e1, e2 die in turn; each lets the next through
+        (claim,) = await store.claim(10, 8, 30)
+        assert claim.event_id == expected
+        await store.record(outcome(claim, Status.DEAD))
+    (e3,) = await store.claim(10, 8, 30)
+    assert e3.event_id == "e3"
+    assert (await store.status()).fifo_blocked == {}  # e3's first attempt: not blocked yet
+    # Redriven while e3 is inflight: they wait for it, then go in seq order.
+    assert await store.redrive(Status.DEAD, fifo, None) == 3
+    assert await store.claim(10, 8, 30) == []
+    await store.record(outcome(e3, Status.PENDING, due_in=0))  # e3 fails: e0 is the head now
+    assert await drain_fifo(store, fifo) == ["e0", "e1", "e2", "e3"]
+    # Replayed out of order (e3, then e1): delivered in order, the lower seq first.
+    assert await store.replay("e3", fifo) == 1
+    assert await store.replay("e1", fifo) == 1
+    assert await drain_fifo(store, fifo) == ["e1", "e3"]
+
+
+async def test_switching_to_fifo_delivers_pending_rows_in_order_from_the_oldest(
+    store: Store,
+) -> None:
+    wid = await hook(store)
+    ids = await enqueue(store, 6)
+    (first, second) = await store.claim(2, 8, 30)  # two inflight when the switch comes
+    updated = await store.update_webhook(wid, WebhookPatch(ordering=Ordering.FIFO))
+    assert updated["ordering"] == "fifo"
+    rows = await rows_of(store, wid)
+    waiting = [e for e, r in rows.items() if r["status"] == "pending"]
+    assert sorted(waiting) == ids[2:]
+    # e0 and e1, inflight, come first: every pending row waits behind them.
+    assert [e for e in waiting if rows[e]["next_attempt_at"] is not None] == []
+    assert await store.claim(10, 8, 30) == []
+    await store.record(outcome(first, Status.DELIVERED, code=204))
+    assert await store.claim(10, 8, 30) == []
+    await store.record(outcome(second, Status.DELIVERED, code=204))
+    assert await drain_fifo(store, wid) == ids[2:]
+    # And back: rows are due again together.
+    await enqueue(store, 3, prefix="x")
+    await store.update_webhook(wid, WebhookPatch(ordering=Ordering.NONE))
+    assert sorted(c.event_id for c in await store.claim(10, 8, 30)) == ["x0", "x1", "x2"]
+
+
+async def test_max_in_flight_overrides_per_webhook_concurrency(store: Store) -> None:
+    narrow = await paced_hook(store, max_in_flight=2)
+    wide = await paced_hook(store, max_in_flight=12)
+    plain = await hook(store)
+    await enqueue(store, 20)
+    claims = await store.claim(100, 5, 30)
+    by_hook = {w: sum(c.webhook_id == w for c in claims) for w in (narrow, wide, plain)}
+    assert by_hook == {narrow: 2, wide: 12, plain: 5}
+    assert {c.webhook_id: (c.cap, c.paced) for c in claims} == {
+        narrow: (2, False),
+        wide: (12, False),
+        plain: (None, False),
+    }
+    # A daemon asking less (a silent receiver, say) gets less.
+    assert await store.claim(100, 5, 30, {wide: 11, narrow: 1}) == []
+    # Cleared: the daemon's setting again.
+    cleared = await store.update_webhook(narrow, WebhookPatch(max_in_flight=None))
+    assert cleared["max_in_flight"] is None
+    assert {c.webhook_id: c.cap for c in await store.claim(100, 5, 30)} == {narrow: None}
+
+
+async def test_a_rate_limit_serves_its_bucket_and_moves_the_rest(store: Store) -> None:
+    limited = await paced_hook(store, rate_limit=4.0)
+    plain = await hook(store)
+    await enqueue(store, 20)
+    started = utcnow()
+    claims = await store.claim(100, 50, 30)
+    again = await store.claim(100, 50, 30)  # at once: the bucket is empty
+    assert sum(c.webhook_id == limited for c in claims) == 4  # a full bucket: a burst of 4
+    assert all(c.paced and c.cap is None for c in claims if c.webhook_id == limited)
+    assert sum(c.webhook_id == plain for c in claims) == 20
+    assert again == []
+    # The 16 others were moved to the next free slots, 0.25 s apart: no attempt, no log row.
+    rows = await rows_of(store, limited)
+    waiting = sorted(
+        (r for r in rows.values() if r["status"] == "pending"), key=lambda r: r["next_attempt_at"]
+    )
+    assert len(waiting) == 16
+    assert {(r["attempts"], r["last_error"]) for r in waiting} == {(0, RATE_LIMITED)}
+    times = [datetime.fromisoformat(r["next_attempt_at"][:-1]) for r in waiting]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert all(abs(g - 0.25) < 1e-3 for g in gaps), gaps
+    assert 0 < (times[0] - started).total_seconds() <= 0.3
+    for r in waiting[:3]:
+        assert await store.list_attempts(limited, r["event_id"]) == []
+    # At its slot a row is due, and a token is there for it.
+    await asyncio.sleep(max(0.0, (times[0] - utcnow()).total_seconds()) + 0.01)
+    (next_one, *more) = await store.claim(100, 50, 30)
+    assert next_one.event_id == waiting[0]["event_id"]
+    # Cleared: the rows waiting for it are due now, all at once.
+    await store.update_webhook(limited, WebhookPatch(rate_limit=None))
+    after = await store.claim(100, 50, 30)
+    assert len(more + after) == 15 and not any(c.paced for c in after)
+    assert (await store.get_webhook(limited))["rate_limit"] is None
+
+
+async def test_new_rows_of_a_rate_limited_webhook_queue_after_its_last_slot(store: Store) -> None:
+    limited = await paced_hook(store, rate_limit=0.5)  # a burst of one, then one every 2 s
+    await enqueue(store, 6)
+    assert len(await store.claim(100, 50, 30)) == 1
+    last = max(r["next_attempt_at"] for r in (await rows_of(store, limited)).values())
+    await enqueue(store, 3, prefix="x")
+    assert await store.claim(100, 50, 30) == []  # no token yet: moved too
+    rows = await rows_of(store, limited)
+    later = sorted(rows[e]["next_attempt_at"] for e in ("x0", "x1", "x2"))
+    assert later[0] > last  # behind the rows already waiting, not on their slots
+    slots = [r["next_attempt_at"] for r in rows.values() if r["status"] == "pending"]
+    assert len(set(slots)) == len(slots) == 8  # one row per slot
+
+
+async def test_fifo_with_a_rate_limit_moves_its_head_only(store: Store) -> None:
+    wid = await paced_hook(store, ordering=Ordering.FIFO, rate_limit=1.0)
+    await enqueue(store, 3)
+    (e0,) = await store.claim(10, 8, 30)
+    await store.record(outcome(e0, Status.DELIVERED, code=204))
+    assert await store.claim(10, 8, 30) == []  # e1 is the head, its token a second away
+    rows = await rows_of(store, wid)
+    assert rows["e1"]["last_error"] == RATE_LIMITED and rows["e1"]["next_attempt_at"]
+    assert rows["e2"]["next_attempt_at"] is None
+
+
+async def test_webhook_settings_are_listed_and_patched(store: Store) -> None:
+    wid = await paced_hook(store, rate_limit=2.5, max_in_flight=3, ordering=Ordering.FIFO)
+    shown = await store.get_webhook(wid)
+    assert (shown["rate_limit"], shown["max_in_flight"], shown["ordering"]) == (2.5, 3, "fifo")
+    (listed,) = (await store.list_webhooks(10, None)).items
+    assert listed == shown
+    same = await store.update_webhook(wid, WebhookPatch(description="x"))
+    assert (same["rate_limit"], same["max_in_flight"], same["ordering"]) == (2.5, 3, "fifo")
+    changed = await store.update_webhook(
+        wid, WebhookPatch(rate_limit=None, max_in_flight=None, ordering=Ordering.NONE)
+    )
+    assert (changed["rate_limit"], changed["max_in_flight"], changed["ordering"]) == (
+        None,
+        None,
+        "none",
+    )
+    plain = await store.get_webhook(await hook(store))
+    assert (plain["rate_limit"], plain["max_in_flight"], plain["ordering"]) == (None, None, "none")
+
+
+async def two_stores(store: Store, request: pytest.FixtureRequest) -> Store:
+    """A second daemon on the store's schema (PostgreSQL), closed by the caller."""
+    assert isinstance(store, PostgresStore)
+    other = PostgresStore(request.getfixturevalue("pg").url, schema=store.schema, pool_size=4)
+    await other.open()
+    return other
+
+
+@postgresql_only
+async def test_daemons_on_one_schema_share_one_bucket(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    other = await two_stores(store, request)
+    try:
+        limited = await paced_hook(store, rate_limit=0.5)  # a burst of 1, then 1 every 2 s
+        await enqueue(store, 6)
+        got = await asyncio.gather(*(s.claim(100, 50, 30) for s in (store, other, store, other)))
+        assert sum(len(g) for g in got) == 1  # one bucket for every daemon
+        # New rows, due now, for both daemons: the bucket they share is empty.
+        await enqueue(store, 4, prefix="x")
+        got = await asyncio.gather(*(s.claim(100, 50, 30) for s in (other, store)))
+        assert sum(len(g) for g in got) == 0
+        rows = await rows_of(store, limited)
+        waiting = [r["next_attempt_at"] for r in rows.values() if r["status"] == "pending"]
+        assert len(waiting) == 9 and len(set(waiting)) == 9  # each on a slot of its own
+    finally:
+        await other.close()
+
+
+@postgresql_only
+async def test_daemons_on_one_schema_share_one_fifo_head(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    other = await two_stores(store, request)
+    try:
+        wid = await paced_hook(store, ordering=Ordering.FIFO)
+        ids = await enqueue(store, 6)
+        order: list[str] = []
+        daemons = [store, other]
+        for turn in range(len(ids)):
+            got = await asyncio.gather(*(s.claim(10, 8, 30) for s in daemons))
+            claims = [c for g in got for c in g]
+            assert len(claims) == 1, claims  # one head for both daemons
+            order.append(claims[0].event_id)
+            owner = daemons[0] if got[0] else daemons[1]
+            # The outcome is written by the daemon that claimed it; the next claim comes
+            # from the other one, which must see the next head.
+            await owner.record(outcome(claims[0], Status.DELIVERED, code=204))
+            daemons.reverse()
+            assert turn < len(ids)
+        assert order == ids
+        assert {r["status"] for r in (await rows_of(store, wid)).values()} == {"delivered"}
+    finally:
+        await other.close()
+
+
 # --- DuckDB engine only ------------------------------------------------------------
 # The file itself (reopened, edited with duckdb.connect), its migrations, its one writer
 # thread with group commit and riders, and the start-up rescue of every inflight row
@@ -489,7 +801,7 @@ async def test_rescue_orphans_returns_inflight_rows(store: DuckDBStore) -> None:
 async def test_migrations_are_applied_once(tmp_path: Path) -> None:
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
-    assert s.migrations_applied == [1, 2]
+    assert s.migrations_applied == [1, 2, 3]
     await s.close()
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
@@ -518,7 +830,7 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     s = DuckDBStore(path)
     await s.open()
     try:
-        assert s.migrations_applied == [2]
+        assert s.migrations_applied == [2, 3]
         assert (await s.get_webhook("wh_old"))["url"] == "http://127.0.0.1:9/"
     finally:
         await s.close()
@@ -526,6 +838,87 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     reset = con.execute("SELECT health_reset_at FROM webhooks").fetchone()
     con.close()
     assert reset is not None and reset[0] is not None
+
+
+@postgresql_only
+async def test_a_version_1_schema_gets_each_rows_seq(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL's migration 2, on a schema with rows: every queue row gets its event's
+    seq, so a webhook switched to fifo delivers them in the events' order."""
+    assert isinstance(store, PostgresStore)
+    wid = await hook(store)
+    await store.ingest(events(*[(f"e{i}", "t") for i in range(3)]))
+    await store.scan(500)
+    await store.close()
+    con = await asyncpg.connect(
+        request.getfixturevalue("pg").url, server_settings={"search_path": store.schema}
+    )
+    try:
+        await con.execute(
+            "DELETE FROM schema_migrations WHERE version = 2;"
+            "ALTER TABLE webhook_delivery_queue DROP COLUMN seq;"
+            "ALTER TABLE webhooks DROP COLUMN rate_limit, DROP COLUMN max_in_flight, "
+            "DROP COLUMN ordering, DROP COLUMN rate_tokens, DROP COLUMN rate_refilled_at, "
+            "DROP COLUMN rate_next_at"
+        )
+    finally:
+        await con.close()
+    await store.open()
+    assert store.migrations_applied == [2]
+    con = await asyncpg.connect(
+        request.getfixturevalue("pg").url, server_settings={"search_path": store.schema}
+    )
+    try:
+        copied = await con.fetchval(
+            "SELECT count(*) FROM webhook_delivery_queue q JOIN pipeline_events e "
+            "USING (event_id) WHERE q.seq = e.seq AND e.seq > 0"
+        )
+    finally:
+        await con.close()
+    assert copied == 3
+    await store.update_webhook(wid, WebhookPatch(ordering=Ordering.FIFO))
+    assert await drain_fifo(store, wid) == ["e0", "e1", "e2"]
+
+
+async def test_a_version_2_database_gets_each_rows_seq(tmp_path: Path) -> None:
+    """Migration 3 copies every queue row's event seq, so a webhook switched to fifo later
+    delivers what was queued before in the events' order."""
+    path = tmp_path / "v2.duckdb"
+    s = DuckDBStore(path)
+    await s.open()
+    wid = await hook(s)
+    await s.ingest(events(*[(f"e{i}", "t") for i in range(3)]))
+    await s.scan(500)
+    await s.close()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE webhook_delivery_queue SET seq = NULL")
+    con.execute("DELETE FROM schema_migrations WHERE version = 3")
+    for column in ("rate_limit", "max_in_flight", "ordering", "rate_tokens"):
+        con.execute(f"ALTER TABLE webhooks DROP COLUMN {column}")
+    for column in ("rate_refilled_at", "rate_next_at"):
+        con.execute(f"ALTER TABLE webhooks DROP COLUMN {column}")
+    con.execute("ALTER TABLE webhook_delivery_queue DROP COLUMN seq")
+    con.close()
+    s = DuckDBStore(path)
+    await s.open()
+    await s.close()
+    con = duckdb.connect(str(path))
+    copied = con.execute(
+        "SELECT count(*) FROM webhook_delivery_queue q JOIN pipeline_events e "
+        "USING (event_id) WHERE q.seq = e.seq AND e.seq > 0"
+    ).fetchone()
+    con.close()
+    assert copied == (3,)
+    s = DuckDBStore(path)
+    await s.open()
+    try:
+        assert s.migrations_applied == []
+        assert (await s.get_webhook(wid))["ordering"] == "none"
+        await s.update_webhook(wid, WebhookPatch(ordering=Ordering.FIFO))
+        assert await drain_fifo(s, wid) == ["e0", "e1", "e2"]
+    finally:
+        await s.close()
 
 
 @duckdb_only

@@ -38,7 +38,21 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
-WEBHOOK_COLUMNS = ("webhook_id", "url", "active", "event_types")
+WEBHOOK_COLUMNS = (
+    "webhook_id",
+    "url",
+    "active",
+    "event_types",
+    "ordering",
+    "rate_limit",
+    "max_in_flight",
+)
+FIFO_BLOCKED_COLUMNS = ("webhook_id", "event_id", "blocked_seconds", "attempts", "blocked_since")
+# Limits of the API (webhookd/api/models.py), checked here too for a clearer message.
+MIN_RATE_LIMIT = 0.001
+MAX_RATE_LIMIT = 100_000
+MAX_IN_FLIGHT = 10_000
+KEEP = object()  # `webhooks set`: an option left out, so the setting stays as it is
 DELIVERY_COLUMNS = (
     "webhook_id",
     "event_id",
@@ -150,7 +164,8 @@ def show_webhooks(payload: Any) -> None:
 
 def show_status(payload: Any) -> None:
     by_status: dict[str, int] = payload["by_status"]
-    rest = {k: v for k, v in payload.items() if k not in ("by_status", "by_webhook")}
+    tables = ("by_status", "by_webhook", "fifo_blocked")
+    rest = {k: v for k, v in payload.items() if k not in tables}
     print_fields({**by_status, **rest})
     rows = [
         {"webhook_id": wid, **{s: counts.get(s, 0) for s in by_status}}
@@ -159,6 +174,14 @@ def show_status(payload: Any) -> None:
     if rows:
         print()
         print_table(rows, ["webhook_id", *by_status])
+    blocked = payload.get("fifo_blocked") or {}
+    if blocked:
+        print()
+        print("fifo webhooks held up by a failing head:")
+        print_table(
+            [{"webhook_id": wid, **row} for wid, row in sorted(blocked.items())],
+            FIFO_BLOCKED_COLUMNS,
+        )
 
 
 def show_test(payload: Any) -> None:
@@ -233,6 +256,34 @@ def _positive(raw: str) -> float:
     return value
 
 
+def _rate_limit(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not MIN_RATE_LIMIT <= value <= MAX_RATE_LIMIT:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"deliveries per second: a number from {MIN_RATE_LIMIT} to {MAX_RATE_LIMIT}"
+        )
+    return value
+
+
+def _max_in_flight(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_IN_FLIGHT:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_IN_FLIGHT}")
+    return int(raw)
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse`, or `none` for no value (the setting cleared)."""
+
+    def parse_or_none(raw: str) -> Any:
+        return None if raw == "none" else parse(raw)
+
+    parse_or_none.__name__ = parse.__name__  # argparse names the type in its message
+    return parse_or_none
+
+
 def _some(**fields: Any) -> dict[str, Any]:
     """The request body without the options the operator left out."""
     return {k: v for k, v in fields.items() if v is not None}
@@ -247,8 +298,23 @@ def webhooks_add(client: Client, args: argparse.Namespace) -> Result:
         event_types=args.event_type,
         description=args.description,
         secret=args.secret,
+        rate_limit=args.rate_limit,
+        max_in_flight=args.max_in_flight,
+        ordering=args.ordering,
     )
     return Result(client.request("POST", "/v1/webhooks", body), show_secret_once)
+
+
+def webhooks_set(client: Client, args: argparse.Namespace) -> Result:
+    body = {
+        name: getattr(args, name)
+        for name in ("rate_limit", "max_in_flight", "ordering")
+        if getattr(args, name) is not KEEP
+    }
+    if not body:
+        raise UsageError("nothing to change: give --rate-limit, --max-in-flight or --ordering")
+    payload = client.request("PATCH", f"/v1/webhooks/{segment(args.id)}", body)
+    return Result(payload, show_object)
 
 
 def webhooks_list(client: Client, args: argparse.Namespace) -> Result:
@@ -389,7 +455,53 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
     )
     add.add_argument("--description", help="a note for operators")
     add.add_argument("--secret", help="the signing secret (whsec_…); default: a new random one")
+    add.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        metavar="N",
+        help="at most N deliveries per second (a burst of N); default: no limit",
+    )
+    add.add_argument(
+        "--max-in-flight",
+        type=_max_in_flight,
+        metavar="N",
+        help="at most N attempts at once; default: delivery.per_webhook_concurrency",
+    )
+    add.add_argument(
+        "--ordering",
+        choices=["none", "fifo"],
+        help="fifo: one at a time, in the events' order (a failing event holds the rest "
+        "back); default: none",
+    )
     _paging(_command(hooks, with_config, "list", "list subscriptions", webhooks_list))
+    change = _command(
+        hooks,
+        with_config,
+        "set",
+        "change a subscription's rate limit, concurrency or ordering",
+        webhooks_set,
+    )
+    change.add_argument("id", metavar="ID")
+    change.add_argument(
+        "--rate-limit",
+        type=_or_none(_rate_limit),
+        default=KEEP,
+        metavar="N|none",
+        help="at most N deliveries per second; none: no limit",
+    )
+    change.add_argument(
+        "--max-in-flight",
+        type=_or_none(_max_in_flight),
+        default=KEEP,
+        metavar="N|none",
+        help="at most N attempts at once; none: delivery.per_webhook_concurrency",
+    )
+    change.add_argument(
+        "--ordering",
+        choices=["none", "fifo"],
+        default=KEEP,
+        help="fifo: pending deliveries go one at a time from the oldest",
+    )
     singles: list[tuple[str, str, Action]] = [
         ("show", "show one subscription", webhooks_show),
         ("disable", "stop delivering; pending deliveries are parked", partial(_set_active, False)),

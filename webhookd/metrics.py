@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from webhookd.states import Status
 from webhookd.store.base import Outcome, StatusReport
+from webhookd.store.records import utcnow
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60)
 
@@ -64,6 +65,14 @@ class Metrics:
         self.workers_busy = Gauge(
             "webhookd_workers_busy", "Attempts in flight right now", registry=r
         )
+        self.fifo_blocked = Gauge(
+            "webhookd_fifo_blocked_seconds",
+            "How long a fifo webhook has been held up by its head (failed at least once, "
+            "not yet delivered or dead); only webhooks held up now",
+            ["webhook_id"],
+            registry=r,
+        )
+        self._fifo_blocked: set[str] = set()
         for status in Status:
             self.queue_depth.labels(status=str(status))
         self._attempt_counters: dict[tuple[str, int | None], Counter] = {}
@@ -92,6 +101,13 @@ class Metrics:
         self.oldest_due_age.set(report.oldest_due_age_seconds or 0.0)
         self.scanner_lag.set(report.scanner_lag_events)
         self.webhooks_disabled.set(len(report.disabled_webhooks))
+        now = utcnow()
+        for webhook_id, blocked in report.fifo_blocked.items():
+            seconds = max(0.0, (now - blocked.since).total_seconds())
+            self.fifo_blocked.labels(webhook_id=webhook_id).set(seconds)
+        for webhook_id in self._fifo_blocked - report.fifo_blocked.keys():
+            self.fifo_blocked.remove(webhook_id)
+        self._fifo_blocked = set(report.fifo_blocked)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """The workers: claim due deliveries, POST them, hand each outcome to the store.
 
 One claimer task keeps up to `delivery.workers` attempts in flight, at most
-`delivery.per_webhook_concurrency` of them to one webhook, so that a slow receiver holds
+`delivery.per_webhook_concurrency` of them to one webhook (or the webhook's own
+`max_in_flight`; one for a fifo webhook), so that a slow receiver holds
 at most its own slots; a webhook whose last attempt got no answer at all (a timeout, a
 refused or reset connection) gets one attempt at a time until one is answered, so that
 receivers that hang hold one slot each, not the pool (and the rows claimed ahead for one
@@ -197,6 +198,10 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._fast: dict[str, bool] = {}
         self._silent: set[str] = set()  # last attempt got no answer: one at a time
+        # What the claims said of each webhook: its own cap (max_in_flight, 1 for fifo),
+        # and whether it is paced (fifo or rate-limited: never claimed ahead).
+        self._caps: dict[str, int] = {}
+        self._paced: set[str] = set()
         self._resources_short = False  # the last attempt failed for want of local resources
         self._attempts: dict[asyncio.Task[None], tuple[Claim, float]] = {}
         self._running: dict[str, int] = {}
@@ -243,9 +248,25 @@ class WorkerPool:
         return max(0, min(self._claim_batch, self.size + self._claim_batch - held))
 
     def _cap(self, webhook_id: str) -> int:
-        """Attempts a webhook may have running at once: its share, or one while its
-        receiver does not answer (as a circuit breaker half-open: one probe at a time)."""
-        return 1 if webhook_id in self._silent else self._per_webhook
+        """Attempts a webhook may have running at once: its share (its own max_in_flight,
+        one for fifo, else per_webhook), or one while its receiver does not answer (as a
+        circuit breaker half-open: one probe at a time)."""
+        if webhook_id in self._silent:
+            return 1
+        return self._caps.get(webhook_id, self._per_webhook)
+
+    def _learn(self, claims: list[Claim]) -> None:
+        """A webhook's own cap and pace, as its latest claim says (they may change)."""
+        for claim in claims:
+            w = claim.webhook_id
+            if claim.cap is None:
+                self._caps.pop(w, None)
+            else:
+                self._caps[w] = claim.cap
+            if claim.paced:
+                self._paced.add(w)
+            else:
+                self._paced.discard(w)
 
     def _stuck(self) -> int:
         """Rows queued for webhooks with every slot busy and a slow receiver."""
@@ -315,6 +336,7 @@ class WorkerPool:
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])
                 return
+            self._learn(claims)
             claims, extra = self._within_cap(claims)
             if extra:
                 self._give_back(extra)
@@ -327,9 +349,13 @@ class WorkerPool:
         """Rows each webhook may hold claimed, where that differs from one round: those
         whose receiver answered fast last time `prefetch` rounds (claims run ahead of their
         cap), those whose receiver did not answer one row, so that rows never wait in
-        memory behind a receiver that hangs and stay visible as pending."""
-        deep = self._per_webhook * self.prefetch
-        caps = {w: deep for w, fast in self._fast.items() if fast}
+        memory behind a receiver that hangs and stay visible as pending. A paced webhook
+        (fifo, rate-limited) is never claimed ahead: the store gives it what may start."""
+        caps = {
+            w: self._cap(w) * self.prefetch
+            for w, fast in self._fast.items()
+            if fast and w not in self._paced
+        }
         caps.update((w, 1) for w in self._silent)
         return caps
 

@@ -21,6 +21,7 @@ To add a field to webhooks: a type with its check below, the field on `WebhookCr
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -156,6 +157,48 @@ def _required_string(value: Any) -> str:
     if not value:
         raise ValueError("required")
     return value
+
+
+# A rate limit's bounds: one delivery every 1000 s at the slowest (its slots stay within
+# reach of any clock), 100,000 a second at the fastest.
+MIN_RATE_LIMIT = 0.001
+MAX_RATE_LIMIT = 100_000
+MAX_IN_FLIGHT = 10_000
+
+
+def _rate_limit(value: Any) -> float | None:
+    """Deliveries per second, above zero; null: no limit."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not MIN_RATE_LIMIT <= value <= MAX_RATE_LIMIT
+    ):
+        raise ValueError(
+            f"deliveries per second, a number from {MIN_RATE_LIMIT} to {MAX_RATE_LIMIT}, "
+            "or null for no limit"
+        )
+    return float(value)
+
+
+def _max_in_flight(value: Any) -> int | None:
+    """Concurrent attempts, at least one; null: delivery.per_webhook_concurrency."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IN_FLIGHT:
+        raise ValueError(
+            f"a whole number from 1 to {MAX_IN_FLIGHT}, "
+            "or null for delivery.per_webhook_concurrency"
+        )
+    return value
+
+
+def _ordering(value: Any) -> str:
+    if value not in ("none", "fifo") or not isinstance(value, str):
+        raise ValueError("one of none, fifo")
+    return str(value)
 
 
 def _status_of(allowed: tuple[Status, ...]) -> Callable[[Any], Status]:
@@ -304,6 +347,36 @@ Active = Annotated[
     ),
     BeforeValidator(_active),
 ]
+RateLimit = Annotated[
+    float | None,
+    Field(
+        ge=MIN_RATE_LIMIT,
+        le=MAX_RATE_LIMIT,
+        description="at most this many deliveries per second to this webhook, across every "
+        "daemon: a token bucket with a burst of this many (at least one); rows waiting for "
+        "it are no attempts, their next_attempt_at moves. null: no limit",
+    ),
+    BeforeValidator(_rate_limit),
+]
+MaxInFlight = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=MAX_IN_FLIGHT,
+        description="at most this many attempts to this webhook at once, across every "
+        "daemon, instead of delivery.per_webhook_concurrency; null: that setting",
+    ),
+    BeforeValidator(_max_in_flight),
+]
+OrderingField = Annotated[
+    Literal["none", "fifo"],
+    Field(
+        description="none: any order, several at once; fifo: one at a time in the events' "
+        "order, event n+1 not before event n is delivered or dead (a head that keeps "
+        "failing holds the rest back)"
+    ),
+    BeforeValidator(_ordering),
+]
 OptionalWebhookId = Annotated[
     str | None,
     Field(description="only the deliveries of this webhook"),
@@ -356,6 +429,9 @@ class WebhookCreate(Request):
     secret: Secret = None
     event_types: EventTypes = None
     description: Description = None
+    rate_limit: RateLimit = None
+    max_in_flight: MaxInFlight = None
+    ordering: Annotated[OrderingField, Field(json_schema_extra=_absent)] = "none"
 
 
 class WebhookChange(Request):
@@ -367,6 +443,14 @@ class WebhookChange(Request):
     event_types: EventTypes = None
     active: Active = None
     description: Description = None
+    rate_limit: RateLimit = None
+    max_in_flight: MaxInFlight = None
+    # Absent: unchanged; null is refused (the check runs before the union would take it).
+    ordering: Annotated[
+        OrderingField | SkipJsonSchema[None],
+        BeforeValidator(_ordering),
+        Field(json_schema_extra=_absent),
+    ] = None
 
 
 class Redrive(Request):
@@ -552,6 +636,11 @@ class Webhook(Response):
     )
     created_at: datetime
     updated_at: datetime
+    rate_limit: float | None = Field(description="deliveries per second; null: no limit")
+    max_in_flight: int | None = Field(
+        description="concurrent attempts; null: delivery.per_webhook_concurrency"
+    )
+    ordering: Literal["none", "fifo"]
 
 
 class WebhookWithSecret(Webhook):
@@ -637,6 +726,16 @@ class StatusCounts(Response):
     parked: int
 
 
+class FifoBlocked(Response):
+    """A fifo webhook held up by its head, which has failed (and keeps the rest waiting
+    until it is delivered or dead)."""
+
+    event_id: str = Field(description="the head: the oldest event not yet delivered or dead")
+    blocked_since: datetime = Field(description="its first failed attempt as the head")
+    blocked_seconds: float
+    attempts: int = Field(description="the head's attempts, as its delivery counts them")
+
+
 class QueueStatus(Response):
     """Counts by status and webhook, the oldest due delivery, the scanner, the workers."""
 
@@ -649,6 +748,9 @@ class QueueStatus(Response):
     scanner_cursor: int
     webhooks_active: int
     disabled_webhooks: dict[str, str | None] = Field(description="webhook id: the reason")
+    fifo_blocked: dict[str, FifoBlocked] = Field(
+        description="webhook id: the fifo webhooks whose head has failed"
+    )
     workers_busy: int
     workers: int
     writer: dict[str, int]

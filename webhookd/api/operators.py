@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -21,7 +23,8 @@ from webhookd.api.models import (
     parse_query,
 )
 from webhookd.states import Status
-from webhookd.store.base import DeliveryFilter
+from webhookd.store.base import DeliveryFilter, StatusReport
+from webhookd.store.records import iso, utcnow
 
 routes = web.RouteTableDef()
 
@@ -118,12 +121,27 @@ async def status(request: web.Request) -> web.Response:
             "scanner_cursor": report.scanner_cursor,
             "webhooks_active": report.webhooks_active,
             "disabled_webhooks": report.disabled_webhooks,
+            "fifo_blocked": fifo_blocked(report),
             "workers_busy": svc.pool.busy,
             "workers": svc.pool.size,
             "writer": svc.store.stats(),
             **svc.extra,
         }
     )
+
+
+def fifo_blocked(report: StatusReport) -> dict[str, dict[str, Any]]:
+    """The fifo webhooks held up by a failing head, as status shows them."""
+    now = utcnow()
+    return {
+        webhook_id: {
+            "event_id": blocked.event_id,
+            "blocked_since": iso(blocked.since),
+            "blocked_seconds": round(max(0.0, (now - blocked.since).total_seconds()), 3),
+            "attempts": blocked.attempts,
+        }
+        for webhook_id, blocked in report.fifo_blocked.items()
+    }
 
 
 @routes.get("/healthz")

@@ -23,7 +23,7 @@ from webhookd.api.models import (
     parse_query,
 )
 from webhookd.events import canonical_json, new_event_id
-from webhookd.store.base import WebhookPatch
+from webhookd.store.base import UNSET, Ordering, WebhookLimits, WebhookPatch
 
 routes = web.RouteTableDef()
 
@@ -55,8 +55,9 @@ def _context(request: web.Request) -> dict[str, Any]:
 async def create(request: web.Request) -> web.Response:
     body = parse(WebhookCreate, await read_json(request), context=_context(request))
     secret = body.secret if body.secret is not None else signing.new_secret()
+    limits = WebhookLimits(body.rate_limit, body.max_in_flight, Ordering(body.ordering))
     created = await services(request).store.create_webhook(
-        body.url, body.event_types or [], secret, body.description or ""
+        body.url, body.event_types or [], secret, body.description or "", limits
     )
     # The only time the secret is shown: the subscriber needs it to verify signatures.
     return web.json_response({**created, "secret": secret}, status=201)
@@ -92,7 +93,9 @@ async def show(request: web.Request) -> web.Response:
     Operation(
         summary="Change a webhook",
         description="Only the fields present change. `active: false` parks its deliveries; "
-        "`active: true` re-drives them.",
+        "`active: true` re-drives them. `rate_limit` and `max_in_flight` are cleared with "
+        "null. Switching to `ordering: fifo` delivers the pending rows in order from the "
+        "oldest; changing `rate_limit` makes the rows it was holding back due now.",
         tag="webhooks",
         body=WebhookChange,
         responses={200: Webhook},
@@ -107,11 +110,14 @@ async def change(request: web.Request) -> web.Response:
         event_types=(body.event_types or []) if "event_types" in given else None,
         active=body.active,
         description=(body.description or "") if "description" in given else None,
+        rate_limit=body.rate_limit if "rate_limit" in given else UNSET,
+        max_in_flight=body.max_in_flight if "max_in_flight" in given else UNSET,
+        ordering=Ordering(body.ordering) if body.ordering is not None else None,
     )
     svc = services(request)
     updated = await svc.store.update_webhook(request.match_info["webhook_id"], patch)
-    if body.active:
-        svc.pool.wake()
+    if body.active or given & {"rate_limit", "ordering"}:
+        svc.pool.wake()  # rows may be due now
     return web.json_response(updated)
 
 

@@ -9,6 +9,7 @@ conformance suite both pass.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,6 +73,12 @@ class Claim:
     # The lease this claim set: its outcome applies only while the row still holds it, so
     # a late outcome of an earlier, rescued claim cannot overwrite a newer claim.
     claimed_until: datetime | None = None
+    # The webhook's own cap on concurrent attempts (1 for fifo, else its max_in_flight);
+    # None: the daemon's delivery.per_webhook_concurrency.
+    cap: int | None = None
+    # Fifo or rate-limited: the store hands out only what may start now, so the worker pool
+    # never claims ahead for it (rows held in memory would bunch up or break the order).
+    paced: bool = False
 
     def __reduce__(self) -> tuple[type[Claim], tuple[Any, ...]]:
         # Claims and outcomes cross to the database process by the thousand: positional
@@ -104,12 +111,50 @@ class Outcome:
         return Outcome, tuple(getattr(self, name) for name in self.__slots__)
 
 
+class Ordering(enum.StrEnum):
+    """A webhook's `ordering`: deliveries in any order, or one at a time in seq order."""
+
+    NONE = "none"
+    FIFO = "fifo"
+
+
+class Unset(enum.Enum):
+    """A field a patch leaves as it is (None is a value there: it clears the setting)."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+# The last_error of a row the rate limit moved to a later slot (it is no failure).
+RATE_LIMITED = "waiting for the webhook's rate limit"
+
+
+def burst(rate_limit: float) -> float:
+    """The token bucket's capacity for a rate limit: one second's worth, at least one."""
+    return max(1.0, rate_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookLimits:
+    """A webhook's delivery settings: `rate_limit` deliveries per second (None: no limit),
+    `max_in_flight` concurrent attempts (None: delivery.per_webhook_concurrency) and
+    `ordering`."""
+
+    rate_limit: float | None = None
+    max_in_flight: int | None = None
+    ordering: Ordering = Ordering.NONE
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookPatch:
     url: str | None = None
     event_types: list[str] | None = None
     active: bool | None = None
     description: str | None = None
+    # UNSET: unchanged; None: cleared (no limit, the daemon's cap).
+    rate_limit: float | Unset | None = UNSET
+    max_in_flight: int | Unset | None = UNSET
+    ordering: Ordering | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +176,16 @@ class Pruned:
     log_rows: int
 
 
+@dataclass(frozen=True, slots=True)
+class FifoBlocked:
+    """A fifo webhook held up by its head: `event_id` failed `attempts` times (counted as
+    the queue row counts them), the first of them at `since` (naive UTC)."""
+
+    event_id: str
+    since: datetime
+    attempts: int
+
+
 @dataclass(slots=True)
 class StatusReport:
     by_status: dict[str, int] = field(default_factory=dict)
@@ -141,6 +196,9 @@ class StatusReport:
     latest_seq: int = 0
     webhooks_active: int = 0
     disabled_webhooks: dict[str, str | None] = field(default_factory=dict)
+    # Fifo webhooks whose head has failed since it became the head (or was last redriven):
+    # webhook id -> FifoBlocked.
+    fifo_blocked: dict[str, FifoBlocked] = field(default_factory=dict)
 
 
 Channel = Literal["events", "deliveries"]
@@ -213,9 +271,17 @@ class Store(Protocol):
         caps: Mapping[str, int] | None = None,
     ) -> list[Claim]:
         """Up to `limit` due rows, oldest first, no webhook left holding more inflight rows
-        than its entry in `caps` (default `per_webhook`); they become inflight with a lease
-        of `lease` seconds, claimed by this daemon. On a database shared by several daemons
-        the caps count every daemon's inflight rows, and no cap exceeds `per_webhook`."""
+        than its entry in `caps` (default: its own cap, `per_webhook` unless it has a
+        max_in_flight); they become inflight with a lease of `lease` seconds, claimed by
+        this daemon. On a database shared by several daemons the caps count every daemon's
+        inflight rows, and no cap exceeds the webhook's own.
+
+        A fifo webhook gets its head only (the lowest seq of its pending and inflight rows),
+        and only while nothing of it is inflight. A rate-limited webhook gets no more rows
+        than its token bucket holds, and its candidates the bucket cannot serve are moved to
+        the next free slots (next_attempt_at, one per 1/rate seconds): no attempt, no log
+        row. Rows waiting behind a fifo head or a rate limit never enter the due set, so the
+        cost of a claim does not grow with them."""
         ...
 
     async def wait_for_work(self, channel: Channel, within: float) -> None:
@@ -231,7 +297,12 @@ class Store(Protocol):
 
     # webhooks
     async def create_webhook(
-        self, url: str, event_types: list[str], secret: str, description: str
+        self,
+        url: str,
+        event_types: list[str],
+        secret: str,
+        description: str,
+        limits: WebhookLimits | None = None,
     ) -> dict[str, Any]: ...
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]: ...
     async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:

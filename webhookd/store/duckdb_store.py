@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import threading
 import time
@@ -41,11 +42,15 @@ from webhookd import logs
 from webhookd.events import NewEvent, same_content
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
+    RATE_LIMITED,
+    UNSET,
     Claim,
     DeliveryFilter,
     EventConflict,
+    FifoBlocked,
     IngestResult,
     NotFound,
+    Ordering,
     Outcome,
     Page,
     Pruned,
@@ -53,8 +58,12 @@ from webhookd.store.base import (
     StatusReport,
     StorageFull,
     StoreUnavailable,
+    Unset,
+    WebhookLimits,
     WebhookPatch,
+    burst,
 )
+from webhookd.store.pacing import Pace, cap, first_slot, tokens_now
 from webhookd.store.records import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -682,10 +691,15 @@ class DuckDBStore:
     # -- webhooks ---------------------------------------------------------------------
 
     async def create_webhook(
-        self, url: str, event_types: list[str], secret: str, description: str
+        self,
+        url: str,
+        event_types: list[str],
+        secret: str,
+        description: str,
+        limits: WebhookLimits | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._write(
-            _create_webhook, (url, event_types, secret, description)
+            _create_webhook, (url, event_types, secret, description, limits or WebhookLimits())
         )
         return result
 
@@ -783,6 +797,48 @@ def _park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
     return len(rows)
 
 
+def _fifo_ids(con: Any, webhook_ids: Sequence[str] | None = None) -> list[str]:
+    """The fifo webhooks among `webhook_ids` (all of them if None)."""
+    if webhook_ids is not None and not webhook_ids:
+        return []
+    where = "" if webhook_ids is None else "AND list_contains(?::VARCHAR[], webhook_id)"
+    params = [] if webhook_ids is None else [list(set(webhook_ids))]
+    return [
+        r[0]
+        for r in con.execute(
+            f"SELECT webhook_id FROM webhooks WHERE ordering = '{Ordering.FIFO}' {where}",
+            params,
+        ).fetchall()
+    ]
+
+
+def _settle_fifo(con: Any, webhook_ids: Sequence[str] | None, now: datetime) -> None:
+    """Restore the order of the fifo webhooks among `webhook_ids` (every fifo webhook if
+    None) after their rows changed: the head, the lowest seq of a webhook's pending and
+    inflight rows, is the only row of it that may be due; its other pending rows wait
+    with no next_attempt_at. A head that waits is made due now (promoted); a pending row
+    behind the head that has a time loses it (a lower seq came back: redrive, replay).
+    Rows already inflight stay so: a head behind them waits until they have an outcome
+    (the claim gives a fifo webhook nothing while one of its rows is inflight)."""
+    fifo = _fifo_ids(con, webhook_ids)
+    if not fifo:
+        return
+    con.execute(
+        f"""
+        UPDATE {Q} AS q
+        SET next_attempt_at = CASE WHEN q.seq = h.head THEN ? ELSE NULL END, updated_at = ?
+        FROM (SELECT webhook_id, min(seq) AS head FROM {Q}
+              WHERE status IN ('{Status.PENDING}', '{Status.INFLIGHT}')
+                AND list_contains(?::VARCHAR[], webhook_id)
+              GROUP BY webhook_id) h
+        WHERE q.webhook_id = h.webhook_id AND q.status = '{Status.PENDING}'
+          AND ((q.seq = h.head AND q.next_attempt_at IS NULL)
+               OR (q.seq > h.head AND q.next_attempt_at IS NOT NULL))
+        """,
+        [now, now, fifo],
+    )
+
+
 def _rescue(con: Any, payloads: Sequence[datetime | None]) -> list[int]:
     results = []
     for expired_before in payloads:
@@ -799,6 +855,7 @@ def _rescue(con: Any, payloads: Sequence[datetime | None]) -> list[int]:
             params,
         ).fetchall()
         _park_inactive(con, [r[0] for r in rows], now)
+        _settle_fifo(con, [r[0] for r in rows], now)
         results.append(len(rows))
     return results
 
@@ -911,11 +968,15 @@ def _scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = N
     if not n_events:
         return ScanResult(0, 0, cursor)
     now = utcnow()
+    # A fifo webhook's new rows wait behind its head (no next_attempt_at); _settle_fifo
+    # makes the lowest due if the webhook had no head.
     (enqueued,) = con.execute(
         f"""
         INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                         next_attempt_at, body, created_at, updated_at)
-        SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
+                         next_attempt_at, body, created_at, updated_at, seq)
+        SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0,
+               CASE WHEN w.ordering = '{Ordering.FIFO}' THEN NULL ELSE ?::TIMESTAMP END,
+               e.body, ?, ?, e.seq
         FROM pipeline_events e
         JOIN webhooks w ON {MATCHES}
         WHERE e.seq > ? AND e.seq <= ?
@@ -926,20 +987,41 @@ def _scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = N
     con.execute(
         "UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main'", [high, now]
     )
+    if enqueued:
+        _settle_fifo(con, None, now)
     return ScanResult(n_events, int(enqueued), high)
+
+
+def _paces(con: Any) -> dict[str, Pace]:
+    """The active webhooks with a setting of their own (fifo, max_in_flight, rate_limit):
+    a few rows of the small webhooks table."""
+    return {
+        r[0]: Pace(*r)
+        for r in con.execute(
+            "SELECT webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, "
+            "rate_refilled_at, rate_next_at FROM webhooks WHERE active AND "
+            "(ordering = 'fifo' OR max_in_flight IS NOT NULL OR rate_limit IS NOT NULL)"
+        ).fetchall()
+    }
 
 
 def _claim(
     con: Any, payloads: Sequence[tuple[int, int, float, dict[str, int]]]
 ) -> list[list[Claim]]:
-    """Due rows, oldest first, at most `per_webhook` held by any webhook, now inflight.
+    """Due rows, oldest first, no webhook beyond its cap, now inflight.
 
     Cost must not grow with the backlog or the delivered rows: a few simple statements
     (DuckDB plans and runs each in about a millisecond, a composed query costs more):
-    rows held per webhook; a top-N of due rows of webhooks below their cap, with their
-    bodies; their webhooks; then the update by rowid (RETURNING on this table, which has
-    a primary key, costs several times the update). Lists are matched with
-    list_contains: `IN (SELECT unnest(?))` plans a semi-join that costs twice as much.
+    rows held per webhook; the webhooks with settings of their own; a top-N of due rows
+    of webhooks below their cap, with their bodies; their webhooks; then the update by
+    rowid (RETURNING on this table, which has a primary key, costs several times the
+    update). Lists are matched with list_contains: `IN (SELECT unnest(?))` plans a
+    semi-join that costs twice as much.
+
+    A webhook's cap (store/pacing.py): fifo 1, else what the pool asked, within its
+    max_in_flight if it is rate-limited. Rows waiting behind a fifo head have no
+    next_attempt_at and are never due. A rate-limited webhook takes a token per row; its
+    candidates the bucket cannot serve are moved to the next free slots, once each.
     """
     results: list[list[Claim]] = []
     for limit, per_webhook, lease, caps in payloads:
@@ -950,7 +1032,9 @@ def _claim(
                 f"WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id"
             ).fetchall()
         )
-        full = [w for w, n in held.items() if n >= caps.get(w, per_webhook)]
+        paces = _paces(con)
+        room = {w: cap(paces.get(w), per_webhook, caps.get(w)) for w in {*held, *caps, *paces}}
+        full = [w for w, n in held.items() if n >= room[w]]
         candidates = con.execute(
             f"""
             SELECT rowid, webhook_id, event_id, attempts, retry_base, body FROM {Q}
@@ -977,15 +1061,27 @@ def _claim(
             # Pending rows of a webhook that is gone or inactive: park them (Event.DISABLE)
             # rather than let them fill the head of the queue.
             _park_inactive(con, list(strays), now)
-        picked = []
+        tokens = {w: tokens_now(p, now) for w, p in paces.items() if p.rate_limit is not None}
+        taken: dict[str, list[int]] = {}  # rate-limited webhook: rowids handed out
+        short: set[str] = set()  # rate-limited webhooks with due rows the bucket cannot serve
+        rank: dict[str, int] = {}
+        picked: list[Any] = []
         for row in candidates:
             webhook_id = row[1]
-            if webhook_id in strays or held.get(webhook_id, 0) >= caps.get(webhook_id, per_webhook):
+            if webhook_id in strays:
                 continue
-            held[webhook_id] = held.get(webhook_id, 0) + 1
-            picked.append(row)
+            n = rank[webhook_id] = rank.get(webhook_id, 0) + 1
+            if held.get(webhook_id, 0) + n > room.get(webhook_id, per_webhook):
+                continue  # waits for its cap, as it is
+            if webhook_id in tokens and n > math.floor(tokens[webhook_id]):
+                short.add(webhook_id)  # waits for a token
+                continue
             if len(picked) == limit:
-                break
+                continue  # left due for the next claim
+            picked.append(row)
+            if webhook_id in tokens:
+                taken.setdefault(webhook_id, []).append(row[0])
+        _pace_rate_limited(con, paces, tokens, taken, short, now)
         rowids = [p[0] for p in picked]
         lease_until = now + timedelta(seconds=lease)
         con.execute(
@@ -999,6 +1095,7 @@ def _claim(
         for _, webhook_id, event_id, attempts, base, body in picked:
             url, secret, prev, prev_exp = hooks[webhook_id]
             secrets = signing_secrets(secret, prev, prev_exp, now)
+            pace = paces.get(webhook_id)
             claims.append(
                 Claim(
                     webhook_id,
@@ -1009,10 +1106,63 @@ def _claim(
                     secrets,
                     bytes(body),
                     lease_until,
+                    None if pace is None else pace.own_cap(),
+                    pace is not None and pace.paced,
                 )
             )
         results.append(claims)
     return results
+
+
+def _pace_rate_limited(
+    con: Any,
+    paces: dict[str, Pace],
+    tokens: dict[str, float],
+    taken: dict[str, list[int]],
+    short: set[str],
+    now: datetime,
+) -> None:
+    """Write back the buckets a claim drew on, and move every due row of a webhook whose
+    bucket came up short (but those handed out) to its next free slots (store/pacing.py),
+    in one statement each: no attempt, no log row, and no later claim reads them before
+    their time."""
+    touched = sorted(w for w in tokens if w in taken or w in short)
+    if not touched:
+        return
+    next_at: dict[str, datetime | None] = {w: paces[w].next_at for w in touched}
+    for w in sorted(short):
+        pace = paces[w]
+        assert pace.rate_limit is not None
+        first = first_slot(pace, tokens[w] - len(taken.get(w, ())), now)
+        step = round(1_000_000 / pace.rate_limit)  # microseconds
+        (moved,) = con.execute(
+            f"""
+            UPDATE {Q} AS q SET next_attempt_at = ? + to_microseconds((v.k - 1) * ?),
+                last_error = ?, updated_at = ?
+            FROM (SELECT rowid AS id,
+                         row_number() OVER (ORDER BY next_attempt_at, seq, event_id) AS k
+                  FROM {Q}
+                  WHERE webhook_id = ? AND status = '{Status.PENDING}' AND next_attempt_at <= ?
+                    AND NOT list_contains(?::BIGINT[], rowid)) v
+            WHERE q.rowid = v.id
+            """,
+            [first, step, RATE_LIMITED, now, w, now, taken.get(w, [])],
+        ).fetchone()
+        next_at[w] = first + timedelta(microseconds=moved * step)
+    con.execute(
+        """
+        UPDATE webhooks SET rate_tokens = v.tokens, rate_refilled_at = ?, rate_next_at = v.next_at
+        FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::DOUBLE[]) AS tokens,
+                     unnest(?::TIMESTAMP[]) AS next_at) v
+        WHERE webhooks.webhook_id = v.webhook_id
+        """,
+        [
+            now,
+            touched,
+            [tokens[w] - len(taken.get(w, ())) for w in touched],
+            [next_at[w] for w in touched],
+        ],
+    )
 
 
 def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
@@ -1089,6 +1239,8 @@ def _record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
     retried = [o.webhook_id for o in outcomes if o.status is Status.PENDING] + gone
     if retried:
         _park_inactive(con, retried, now)
+    # A fifo head that finished lets the next row through; a retry keeps its place.
+    _settle_fifo(con, [o.webhook_id for o in outcomes], now)
     return [None] * len(outcomes)
 
 
@@ -1111,6 +1263,7 @@ def _release(con: Any, payloads: Sequence[list[tuple[str, str]]]) -> list[int]:
             [now, now, [k[0] for k in keys], [k[1] for k in keys]],
         ).fetchall()
         _park_inactive(con, [r[0] for r in rows], now)
+        _settle_fifo(con, [r[0] for r in rows], now)
         results.append(len(rows))
     return results
 
@@ -1127,19 +1280,32 @@ def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] |
 
 
 def _create_webhook(
-    con: Any, payloads: Sequence[tuple[str, list[str], str, str]]
+    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits]]
 ) -> list[dict[str, Any]]:
     results = []
     now = utcnow()
-    for url, event_types, secret, description in payloads:
+    for url, event_types, secret, description, limits in payloads:
         webhook_id = _new_webhook_id()
         con.execute(
             """
             INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
-                                  created_at, updated_at, health_reset_at)
-            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?)
+                                  created_at, updated_at, health_reset_at,
+                                  rate_limit, max_in_flight, ordering)
+            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?)
             """,
-            [webhook_id, url, secret, event_types, description, now, now, now],
+            [
+                webhook_id,
+                url,
+                secret,
+                event_types,
+                description,
+                now,
+                now,
+                now,
+                limits.rate_limit,
+                limits.max_in_flight,
+                str(limits.ordering),
+            ],
         )
         created = _fetch_webhook(con, webhook_id, now)
         assert created is not None
@@ -1183,14 +1349,37 @@ def _update_webhook(
     for webhook_id, patch in payloads:
         now = utcnow()
         row = con.execute(
-            "SELECT active FROM webhooks WHERE webhook_id = ?", [webhook_id]
+            "SELECT active, webhook_id, ordering, max_in_flight, rate_limit, "
+            "rate_tokens, rate_refilled_at, rate_next_at FROM webhooks WHERE webhook_id = ?",
+            [webhook_id],
         ).fetchone()
         if row is None:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
         was_active = bool(row[0])
+        pace = Pace(*row[1:])
         sets: list[str] = ["updated_at = ?"]
         params: list[Any] = [now]
+        new_rate = patch.rate_limit
+        rate_changed = False
+        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
+            # The bucket keeps what it holds, within the new burst; the slots the old limit
+            # gave out are void: its waiting rows are due now, and paced again.
+            rate_changed = True
+            held_tokens = None
+            if new_rate is not None and pace.rate_limit is not None:
+                held_tokens = min(burst(new_rate), tokens_now(pace, now))
+            sets.append("rate_limit = ?, rate_tokens = ?, rate_refilled_at = ?")
+            params.extend([new_rate, held_tokens, now])
+        if rate_changed or (patch.active is not None and patch.active != was_active):
+            sets.append("rate_next_at = NULL")
+        if patch.max_in_flight is not UNSET:
+            sets.append("max_in_flight = ?")
+            params.append(patch.max_in_flight)
+        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
+        if ordering_changed:
+            sets.append("ordering = ?")
+            params.append(str(patch.ordering))
         if patch.url is not None:
             sets.append("url = ?")
             params.append(patch.url)
@@ -1211,10 +1400,27 @@ def _update_webhook(
         con.execute(
             f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", [*params, webhook_id]
         )
+        if rate_changed:
+            con.execute(
+                f"UPDATE {Q} SET next_attempt_at = ?, updated_at = ? "
+                f"WHERE webhook_id = ? AND status = '{Status.PENDING}' "
+                "AND next_attempt_at > ? AND last_error = ?",
+                [now, now, webhook_id, now, RATE_LIMITED],
+            )
+        if ordering_changed and patch.ordering == Ordering.NONE:
+            # Rows that waited behind the head: due now, in any order.
+            con.execute(
+                f"UPDATE {Q} SET next_attempt_at = ?, updated_at = ? "
+                f"WHERE webhook_id = ? AND status = '{Status.PENDING}' "
+                "AND next_attempt_at IS NULL",
+                [now, now, webhook_id],
+            )
         if patch.active is True and not was_active:
             _set_due(con, Event.ENABLE, "webhook_id = ?", [webhook_id], now)
         elif patch.active is False:
             _park_inactive(con, [webhook_id], now)
+        # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
+        _settle_fifo(con, [webhook_id], now)
         updated = _fetch_webhook(con, webhook_id, now)
         assert updated is not None
         results.append(updated)
@@ -1317,6 +1523,8 @@ def _set_due(con: Any, event: Event, where: str, params: list[Any], now: datetim
         [now, now, *params],
     ).fetchall()
     reparked = _park_inactive(con, [r[0] for r in rows], now)
+    # A fifo webhook's rows due again take their places by seq behind one head.
+    _settle_fifo(con, [r[0] for r in rows], now)
     return len(rows) - reparked
 
 
@@ -1379,8 +1587,8 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
         inserted = con.execute(
             f"""
             INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                             next_attempt_at, body, created_at, updated_at)
-            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?
+                             next_attempt_at, body, created_at, updated_at, seq)
+            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?, e.seq
             FROM pipeline_events e JOIN webhooks w ON {match}
             WHERE e.event_id = ?
             ON CONFLICT DO NOTHING
@@ -1390,6 +1598,7 @@ def _replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | 
         ).fetchall()
         again = _set_due(con, Event.REPLAY, where, where_params, now)
         reparked = _park_inactive(con, [r[0] for r in inserted], now)
+        _settle_fifo(con, [r[0] for r in inserted], now)
         results.append(fresh + again + len(inserted) - reparked)
     return results
 
@@ -1423,7 +1632,39 @@ def _status(con: Any) -> StatusReport:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
+    report.fifo_blocked = _fifo_blocked(con)
     return report
+
+
+def _fifo_blocked(con: Any) -> dict[str, FifoBlocked]:
+    """Fifo webhooks whose head (the lowest seq of their pending and inflight rows) has
+    failed since it became the head or was last redriven, with the first such failure."""
+    fifo = _fifo_ids(con)
+    if not fifo:
+        return {}
+    blocked: dict[str, FifoBlocked] = {}
+    for wid, eid, attempts, base, last in con.execute(
+        f"""
+        SELECT q.webhook_id, q.event_id, q.attempts, q.retry_base, q.last_attempt_at
+        FROM {Q} q
+        JOIN (SELECT webhook_id, min(seq) AS head FROM {Q}
+              WHERE status IN ('{Status.PENDING}', '{Status.INFLIGHT}')
+                AND list_contains(?::VARCHAR[], webhook_id)
+              GROUP BY webhook_id) h ON q.webhook_id = h.webhook_id AND q.seq = h.head
+        WHERE q.status IN ('{Status.PENDING}', '{Status.INFLIGHT}') AND q.attempts > q.retry_base
+        ORDER BY q.webhook_id
+        """,
+        [fifo],
+    ).fetchall():
+        (first,) = con.execute(
+            "SELECT min(attempted_at) FROM webhook_deliveries "
+            "WHERE webhook_id = ? AND event_id = ? AND attempt > ?",
+            [wid, eid, base],
+        ).fetchone()
+        since = first or last
+        if since is not None:
+            blocked[wid] = FifoBlocked(eid, since, attempts)
+    return blocked
 
 
 def _prune(con: Any, payloads: Sequence[tuple[datetime, datetime, int]]) -> list[Pruned]:

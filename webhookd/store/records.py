@@ -62,13 +62,14 @@ def parse_delivery_cursor(cursor: str) -> tuple[datetime, str, str]:
 
 WEBHOOK_COLUMNS = (
     "webhook_id, url, event_types, active, description, disabled_reason, failing_since, "
-    "previous_secret_expires_at, created_at, updated_at"
+    "previous_secret_expires_at, created_at, updated_at, rate_limit, max_in_flight, ordering"
 )
 
 
 def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     """A webhook as the API shows it (no secrets), from a row of WEBHOOK_COLUMNS."""
-    (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row
+    (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row[:10]
+    rate_limit, max_in_flight, ordering = row[10:13]
     return {
         "webhook_id": wid,
         "url": url,
@@ -80,6 +81,9 @@ def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
         "previous_secret_expires_at": iso(prev_exp) if prev_exp and prev_exp > now else None,
         "created_at": iso(created),
         "updated_at": iso(updated),
+        "rate_limit": rate_limit,
+        "max_in_flight": max_in_flight,
+        "ordering": ordering or "none",
     }
 
 

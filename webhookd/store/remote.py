@@ -41,6 +41,7 @@ from webhookd.store.base import (
     ScanResult,
     StatusReport,
     StoreUnavailable,
+    WebhookLimits,
     WebhookPatch,
 )
 
@@ -352,10 +353,15 @@ class RemoteStore:
     # -- webhooks ----------------------------------------------------------------------
 
     async def create_webhook(
-        self, url: str, event_types: list[str], secret: str, description: str
+        self,
+        url: str,
+        event_types: list[str],
+        secret: str,
+        description: str,
+        limits: WebhookLimits | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
-            "create_webhook", url, event_types, secret, description
+            "create_webhook", url, event_types, secret, description, limits
         )
         return result
 

@@ -27,13 +27,21 @@ from webhookd.events import body as event_body
 from webhookd.events import canonical_json
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
+    RATE_LIMITED,
+    UNSET,
     DeliveryFilter,
     NotFound,
+    Ordering,
     Page,
     Pruned,
     StatusReport,
+    Unset,
+    WebhookLimits,
     WebhookPatch,
+    burst,
 )
+from webhookd.store.pacing import Pace, tokens_now
+from webhookd.store.postgres import fifo
 from webhookd.store.postgres.common import MATCHES, Q, in_states, notify, park_inactive
 from webhookd.store.records import (
     ATTEMPT_COLUMNS,
@@ -87,14 +95,21 @@ async def _fetch_webhook(con: Connection, webhook_id: str, now: datetime) -> dic
 
 
 async def create_webhook(
-    con: Connection, url: str, event_types: list[str], secret: str, description: str
+    con: Connection,
+    url: str,
+    event_types: list[str],
+    secret: str,
+    description: str,
+    limits: WebhookLimits | None = None,
 ) -> dict[str, Any]:
+    limits = limits or WebhookLimits()
     now = utcnow()
     row = await con.fetchrow(
         f"""
         INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
-                              created_at, updated_at, health_reset_at)
-        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6)
+                              created_at, updated_at, health_reset_at,
+                              rate_limit, max_in_flight, ordering)
+        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9)
         RETURNING {WEBHOOK_COLUMNS}
         """,
         new_webhook_id(),
@@ -103,6 +118,9 @@ async def create_webhook(
         list(event_types),
         description,
         now,
+        limits.rate_limit,
+        limits.max_in_flight,
+        str(limits.ordering),
     )
     return webhook_row(row, now)
 
@@ -139,13 +157,35 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
     async with con.transaction():
         now = utcnow()
         # Locked: two operators enabling and disabling at once apply one after the other.
-        was_active = await con.fetchval(
-            "SELECT active FROM webhooks WHERE webhook_id = $1 FOR UPDATE", webhook_id
+        current = await con.fetchrow(
+            "SELECT active, webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, "
+            "rate_refilled_at, rate_next_at FROM webhooks WHERE webhook_id = $1 FOR UPDATE",
+            webhook_id,
         )
-        if was_active is None:
+        if current is None:
             raise _not_found(webhook_id)
+        was_active = current["active"]
+        pace = Pace(*list(current.values())[1:])
         p = _Params()
         sets = [f"updated_at = {p(now)}"]
+        new_rate = patch.rate_limit
+        rate_changed = False
+        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
+            # The bucket keeps what it holds, within the new burst; the slots the old limit
+            # gave out are void: its waiting rows are due now, and paced again.
+            rate_changed = True
+            held = None
+            if new_rate is not None and pace.rate_limit is not None:
+                held = min(burst(new_rate), tokens_now(pace, now))
+            sets.append(f"rate_limit = {p(new_rate)}, rate_tokens = {p(held)}")
+            sets.append(f"rate_refilled_at = {p(now)}")
+        if rate_changed or (patch.active is not None and patch.active != was_active):
+            sets.append("rate_next_at = NULL")
+        if patch.max_in_flight is not UNSET:
+            sets.append(f"max_in_flight = {p(patch.max_in_flight)}")
+        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
+        if ordering_changed:
+            sets.append(f"ordering = {p(str(patch.ordering))}")
         if patch.url is not None:
             sets.append(f"url = {p(patch.url)}")
         if patch.event_types is not None:
@@ -165,11 +205,37 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
             f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = {p(webhook_id)}",
             *p.values,
         )
+        due = 0
+        if rate_changed:
+            due += _rowcount(
+                await con.execute(
+                    f"UPDATE {Q} SET next_attempt_at = $2, updated_at = $2 "
+                    f"WHERE webhook_id = $1 AND status = '{Status.PENDING}' "
+                    "AND next_attempt_at > $2 AND last_error = $3",
+                    webhook_id,
+                    now,
+                    RATE_LIMITED,
+                )
+            )
+        if ordering_changed and patch.ordering == Ordering.NONE:
+            # Rows that waited behind the head: due now, in any order.
+            due += _rowcount(
+                await con.execute(
+                    f"UPDATE {Q} SET next_attempt_at = $2, updated_at = $2 "
+                    f"WHERE webhook_id = $1 AND status = '{Status.PENDING}' "
+                    "AND next_attempt_at IS NULL",
+                    webhook_id,
+                    now,
+                )
+            )
         if enabling:
-            if await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now):
-                await notify(con, "deliveries")
+            due += await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now)
         elif patch.active is False:
             await park_inactive(con, [webhook_id], now)
+        # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
+        due += await fifo.settle(con, [webhook_id])
+        if due:
+            await notify(con, "deliveries")
         return await _fetch_webhook(con, webhook_id, now)
 
 
@@ -274,6 +340,8 @@ async def _set_due(
         now,
     )
     reparked = await park_inactive(con, [r[0] for r in rows], now)
+    # A fifo webhook's rows due again take their places by seq behind one head.
+    await fifo.settle(con, [r[0] for r in rows])
     return int(sum(r[1] for r in rows)) - reparked
 
 
@@ -365,9 +433,9 @@ async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
         inserted = await con.fetch(
             f"""
             INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                             next_attempt_at, body, created_at, updated_at)
+                             next_attempt_at, body, created_at, updated_at, seq)
             SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, {at}::timestamp,
-                   {p(body)}::bytea, {at}::timestamp, {at}::timestamp
+                   {p(body)}::bytea, {at}::timestamp, {at}::timestamp, e.seq
             FROM pipeline_events e JOIN webhooks w ON {match}
             WHERE e.event_id = {p(event_id)}
             ON CONFLICT DO NOTHING
@@ -376,6 +444,7 @@ async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
             *p.values,
         )
         reparked = await park_inactive(con, [r[0] for r in inserted], now)
+        await fifo.settle(con, [r[0] for r in inserted])
         count = again + len(inserted) - reparked
         if count:
             await notify(con, "deliveries")
@@ -418,6 +487,7 @@ async def status(con: Connection) -> StatusReport:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
+    report.fifo_blocked = await fifo.blocked(con)
     return report
 
 

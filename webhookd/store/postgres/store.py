@@ -30,6 +30,7 @@ from webhookd.events import NewEvent, same_content
 from webhookd.events import body as event_body
 from webhookd.states import Status
 from webhookd.store.base import (
+    RATE_LIMITED,
     Channel,
     Claim,
     DeliveryFilter,
@@ -41,9 +42,10 @@ from webhookd.store.base import (
     ScanResult,
     StatusReport,
     StoreUnavailable,
+    WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin
+from webhookd.store.postgres import admin, fifo
 from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -72,6 +74,8 @@ STUCK_AFTER = 60.0
 # left are skipped after the LIMIT (as on DuckDB).
 CANDIDATES_PER_ROW = 4
 CLOSE_TIMEOUT = 5.0
+# Rows a claim moves at most per rate-limited webhook (claim_move in queries.sql).
+MOVE_BATCH = 5000
 # An event committed while an older transaction (any daemon's claim or outcomes, a
 # producer's) still runs is held back by the scan until that transaction ends, which no
 # notification announces: a scan soon after a notification that did not fill its batch
@@ -115,13 +119,22 @@ class PostgresStore:
         self._up = False
         self._outage_reported = False
         self._lease = 30.0  # the last claim's: how long an unwritten outcome is retried
+        # Fifo webhooks, as this daemon's claims last found them: their outcomes are
+        # recorded in a transaction that settles their order.
+        self._fifo: set[str] = set()
         self._cursor = 0
         self._repoll = REPOLL
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
         self._claim_key = lock_key(schema, CLAIM)
-        self._server_settings = {"search_path": quote_ident(schema), "application_name": "webhookd"}
+        self._server_settings = {
+            "search_path": quote_ident(schema),
+            "application_name": "webhookd",
+            # Short statements, many of them: compiling one (jit_above_cost is met by a
+            # claim's plan estimates on a big queue) costs a few hundred ms, not its run.
+            "jit": "off",
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -288,13 +301,19 @@ class PostgresStore:
     async def rescue_expired(self, now: datetime) -> int:
         forget_after = max(3600.0, 10 * self.dead_after)
         row = await self._call(
-            _fetchrow,
-            query("rescue_expired"),
-            naive_utc(now),
-            float(self.dead_after),
-            forget_after,
+            self._rescue_expired, naive_utc(now), float(self.dead_after), forget_after
         )
         return int(row["n"])
+
+    async def _rescue_expired(
+        self, con: Connection, now: datetime, dead_after: float, forget_after: float
+    ) -> Any:
+        """Rescued rows, then every fifo webhook settled: the rows rescued may be heads,
+        and this is the safety net for an order a dead daemon left unsettled."""
+        async with con.transaction():
+            row = await con.fetchrow(query("rescue_expired"), now, dead_after, forget_after)
+            await fifo.settle(con, None)
+        return row
 
     async def lead(self) -> bool:
         leader = self._leader
@@ -377,7 +396,7 @@ class PostgresStore:
                 return ScanResult(0, 0, self._cursor)
             built = [r for r in events if r["payload"] is not None]
             last = events[-1]
-            enqueued = await con.fetchval(
+            enqueued, fifo_ids, _ = await con.fetchrow(
                 query("scan_enqueue"),
                 [r["event_id"] for r in events],
                 last["xid"],
@@ -385,6 +404,8 @@ class PostgresStore:
                 [r["event_id"] for r in built],
                 [_build_body(r) for r in built],
             )
+            if fifo_ids:
+                await fifo.settle(con, fifo_ids)
         self._cursor = last["seq"]
         return ScanResult(len(events), int(enqueued), last["seq"])
 
@@ -431,14 +452,26 @@ class PostgresStore:
                 float(lease),
                 self.daemon_id,
             )
-            strays = [r["webhook_id"] for r in rows if r["stray"]]
+            strays = [r["webhook_id"] for r in rows if r["kind"] == "stray"]
             if strays:
                 # Pending rows of a webhook inactive or gone: parked, not left at the head.
                 await park_inactive(con, strays, rows[0]["now"])
-        claimed = sorted(
-            (r for r in rows if not r["stray"]),
-            key=lambda r: (r["next_attempt_at"], r["webhook_id"], r["event_id"]),
-        )
+            short = [r for r in rows if r["kind"] == "short"]
+            if short:
+                # Rows waiting for a rate limit's bucket: to their slots, out of the way.
+                await con.execute(
+                    query("claim_move"),
+                    [r["webhook_id"] for r in short],
+                    [r["first_slot"] for r in short],
+                    [r["rate"] for r in short],
+                    short[0]["now"],
+                    RATE_LIMITED,
+                    MOVE_BATCH,
+                )
+        claimed = [r for r in rows if r["kind"] == "claimed"]
+        for r in claimed:
+            (self._fifo.add if r["fifo"] else self._fifo.discard)(r["webhook_id"])
+        claimed.sort(key=lambda r: (r["next_attempt_at"], r["webhook_id"], r["event_id"]))
         claims = []
         for r in claimed:
             attempt = r["attempts"] + 1
@@ -457,6 +490,8 @@ class PostgresStore:
                     ),
                     bytes(r["body"]),
                     r["lease_until"],
+                    r["own_cap"],
+                    bool(r["paced"]),
                 )
             )
         return claims
@@ -482,7 +517,23 @@ class PostgresStore:
         await self._call(self._record, outcomes, operations=len(outcomes))
 
     async def _record(self, con: Connection, outcomes: list[Outcome]) -> None:
-        await con.fetchval(
+        """One statement; with outcomes of fifo webhooks, in a transaction that settles
+        their order (fifo.settle) once they are applied. A webhook switched to fifo since
+        its rows were claimed is settled right after, in a transaction of its own (and by
+        the leader's safety net should this daemon die in between)."""
+        if not any(o.webhook_id in self._fifo for o in outcomes):
+            _, fifo_ids = await self._apply_outcomes(con, outcomes)
+            if fifo_ids:
+                async with con.transaction():
+                    await fifo.settle(con, fifo_ids)
+            return
+        async with con.transaction():
+            _, fifo_ids = await self._apply_outcomes(con, outcomes)
+            if fifo_ids:
+                await fifo.settle(con, fifo_ids)
+
+    async def _apply_outcomes(self, con: Connection, outcomes: list[Outcome]) -> Any:
+        return await con.fetchrow(
             query("record"),
             [o.webhook_id for o in outcomes],
             [o.event_id for o in outcomes],
@@ -504,21 +555,29 @@ class PostgresStore:
         if not keys:
             return 0
         row = await self._call(
-            _fetchrow,
-            query("release"),
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            self.daemon_id,
-            operations=len(keys),
+            self._release, [k[0] for k in keys], [k[1] for k in keys], operations=len(keys)
         )
         return int(row["n"])
+
+    async def _release(self, con: Connection, webhook_ids: list[str], event_ids: list[str]) -> Any:
+        async with con.transaction():
+            row = await con.fetchrow(query("release"), webhook_ids, event_ids, self.daemon_id)
+            await fifo.settle(con, row["hooks"] or [])
+        return row
 
     # -- webhooks (admin.py) -------------------------------------------------------------
 
     async def create_webhook(
-        self, url: str, event_types: list[str], secret: str, description: str
+        self,
+        url: str,
+        event_types: list[str],
+        secret: str,
+        description: str,
+        limits: WebhookLimits | None = None,
     ) -> dict[str, Any]:
-        return await self._call(admin.create_webhook, url, event_types, secret, description)
+        return await self._call(
+            admin.create_webhook, url, event_types, secret, description, limits or WebhookLimits()
+        )
 
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
         return await self._call(admin.get_webhook, webhook_id)
@@ -571,10 +630,6 @@ async def _keepalive(con: Connection) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
-
-
-async def _fetchrow(con: Connection, sql: str, *args: Any) -> Any:
-    return await con.fetchrow(sql, *args)
 
 
 def _naive(value: datetime | None) -> datetime | None:

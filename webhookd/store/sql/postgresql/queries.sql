@@ -67,6 +67,8 @@ WHERE c.name = 'main';
 -- Store the bodies built for events written in SQL, enqueue every event read for every
 -- matching active webhook (ON CONFLICT: replay may have inserted some first), move the
 -- cursor to the last event read, and wake the daemons' workers if anything was enqueued.
+-- A fifo webhook's rows wait behind its head (no next_attempt_at); the fifo webhooks that
+-- got rows come back in `fifo`, for fifo.settle in the same transaction.
 -- $1 event ids read, $2/$3 the last (xid, seq), $4/$5 ids and bodies built here.
 WITH built AS (
     SELECT * FROM unnest($4::text[], $5::bytea[]) AS b(event_id, body)
@@ -75,26 +77,30 @@ WITH built AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, coalesce(p.body, b.body) AS body
+    SELECT p.event_id, p.event_type, p.seq, coalesce(p.body, b.body) AS body
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])
 ), enqueued AS (
     INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
-                                        next_attempt_at, body, created_at, updated_at)
-    SELECT w.webhook_id, e.event_id, 'pending', 0, 0, now() AT TIME ZONE 'UTC', e.body,
-           now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'
+                                        next_attempt_at, body, created_at, updated_at, seq)
+    SELECT w.webhook_id, e.event_id, 'pending', 0, 0,
+           CASE WHEN w.ordering = 'fifo' THEN NULL ELSE now() AT TIME ZONE 'UTC' END, e.body,
+           now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', e.seq
     FROM e JOIN webhooks w ON {MATCHES}
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING webhook_id, next_attempt_at IS NULL AS waiting
 ), moved AS (
     UPDATE scanner_cursor SET xid = $2::xid8, seq = $3, updated_at = now() AT TIME ZONE 'UTC'
     WHERE name = 'main'
 ), counted AS (
-    SELECT count(*) AS n FROM enqueued
+    SELECT count(*) AS n,
+           array_agg(DISTINCT webhook_id) FILTER (WHERE waiting) AS fifo
+    FROM enqueued
 )
-SELECT n, (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
-                                 WHERE n > 0) notified) AS notified
+SELECT n, fifo,
+       (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
+                              WHERE n > 0) notified) AS notified
 FROM counted;
 
 
@@ -107,70 +113,178 @@ SELECT pg_advisory_xact_lock($1);
 
 
 -- name: claim
--- Up to $1 due rows, oldest first, none beyond its webhook's room: the cap ($2, or the
--- smaller cap the daemon asks for in $3/$4; 1 for a webhook whose last attempt got no
--- answer) less the rows every daemon holds inflight for it. Webhooks with no room are
--- excluded before the LIMIT, so their rows cannot fill the candidates; candidates are
--- ranked per webhook to keep within the room left. Rows of webhooks inactive or gone
--- come back as "strays" (the caller parks them). $5 candidates to read, $6 the lease in
--- seconds, $7 this daemon's id. The statement's own time, not the transaction's: the
--- claim may have waited on claim_lock.
-WITH held AS (
+-- Up to $1 due rows, oldest first, none beyond its webhook's room: its cap (fifo: 1; else
+-- the smaller cap the daemon asks for in $3/$4 within the webhook's own, max_in_flight or
+-- $2; 1 for a webhook whose last attempt got no answer) less the rows every daemon holds
+-- inflight for it. A rate-limited webhook also gets no more rows than its token bucket
+-- holds (store/pacing.py does the same arithmetic for DuckDB): refilled here, and written
+-- back with what this claim took. Webhooks with no room are excluded before the LIMIT, so
+-- their rows cannot fill the candidates; candidates are ranked per webhook to keep within
+-- the room left. A fifo webhook's rows behind its head have no next_attempt_at: only the
+-- head can be a candidate. When a rate-limited webhook has candidates its bucket cannot
+-- serve, it comes back as "short", with the first free slot (the later of its next token
+-- and its rate_next_at): claim_move then moves every due row of it to the next slots, 1/rate
+-- seconds apart, out of the due set, so no later claim reads them before their time (a
+-- row is moved once as it becomes due). Rows of webhooks inactive or gone come back as
+-- "strays" (the caller parks them). $5 candidates to read, $6 the lease in seconds, $7
+-- this daemon's id. The statement's own time, not the transaction's: the claim may have
+-- waited on claim_lock.
+WITH clock AS (
+    SELECT statement_timestamp() AT TIME ZONE 'UTC' AS now
+), held AS (
     SELECT q.webhook_id, count(*) AS n
     FROM webhook_delivery_queue q
     WHERE q.status = 'inflight'
     GROUP BY q.webhook_id
-), room AS (
-    SELECT w.webhook_id,
-           CASE WHEN w.silent THEN 1 ELSE least(coalesce(c.cap, $2::int), $2::int) END
-               - coalesce(h.n, 0) AS room
+), hooks AS (
+    SELECT w.webhook_id, w.silent, w.ordering = 'fifo' AS fifo, w.rate_limit AS rate,
+           w.rate_next_at, c.cap AS asked, coalesce(h.n, 0) AS n,
+           CASE WHEN w.ordering = 'fifo' THEN 1 ELSE w.max_in_flight END AS own_cap,
+           CASE WHEN w.rate_limit IS NOT NULL THEN
+               least(greatest(1.0::float8, w.rate_limit),
+                     coalesce(w.rate_tokens, greatest(1.0::float8, w.rate_limit))
+                     + greatest(0.0::float8, extract(epoch FROM clock.now
+                                 - coalesce(w.rate_refilled_at, clock.now))::float8)
+                       * w.rate_limit)
+           END AS tokens
     FROM webhooks w
+    CROSS JOIN clock
     LEFT JOIN held h ON h.webhook_id = w.webhook_id
     LEFT JOIN unnest($3::text[], $4::int[]) AS c(webhook_id, cap) ON c.webhook_id = w.webhook_id
     WHERE w.active
+), room AS (
+    SELECT webhook_id, own_cap, rate, tokens, rate_next_at, fifo,
+           fifo OR rate IS NOT NULL AS paced,
+           CASE WHEN silent OR fifo THEN 1
+                ELSE least(coalesce(asked, own_cap, $2::int), coalesce(own_cap, $2::int)) END
+               - n AS room,
+           floor(tokens)::int AS allow
+    FROM hooks
 ), candidates AS (
-    SELECT q.webhook_id, q.event_id, q.next_attempt_at
+    SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
     FROM webhook_delivery_queue q
     WHERE q.status = 'pending'
-      AND q.next_attempt_at <= statement_timestamp() AT TIME ZONE 'UTC'
+      AND q.next_attempt_at <= (SELECT now FROM clock)
       AND q.webhook_id <> ALL (ARRAY(SELECT r.webhook_id FROM room r WHERE r.room <= 0))
     ORDER BY q.next_attempt_at
     LIMIT $5
     FOR UPDATE OF q SKIP LOCKED
 ), ranked AS (
-    SELECT c.webhook_id, c.event_id, c.next_attempt_at, r.room,
+    SELECT c.webhook_id, c.event_id, c.next_attempt_at, c.seq, r.room, r.allow,
            row_number() OVER (PARTITION BY c.webhook_id
-                              ORDER BY c.next_attempt_at, c.event_id) AS rank
+                              ORDER BY c.next_attempt_at, c.seq, c.event_id) AS rank
     FROM candidates c
     LEFT JOIN room r ON r.webhook_id = c.webhook_id
 ), picked AS (
     SELECT webhook_id, event_id
     FROM ranked
-    WHERE rank <= room
-    ORDER BY next_attempt_at, webhook_id, event_id
+    WHERE rank <= room AND (allow IS NULL OR rank <= allow)
+    ORDER BY next_attempt_at, seq, webhook_id, event_id
     LIMIT $1
+), took AS (
+    SELECT webhook_id, count(*) AS n FROM picked GROUP BY webhook_id
+), short AS (
+    -- Rate-limited webhooks with candidates their bucket cannot serve now: claim_move
+    -- moves their due rows next, in this transaction.
+    SELECT DISTINCT r.webhook_id
+    FROM ranked r
+    WHERE r.allow IS NOT NULL AND r.allow < r.room AND r.rank > r.allow
+), paced AS (
+    -- Each rate-limited webhook this claim drew on or found short: what its bucket holds
+    -- after the claim, and the first slot for its waiting rows.
+    SELECT r.webhook_id, r.rate, r.tokens - coalesce(t.n, 0) AS left_tokens,
+           greatest((SELECT now FROM clock)
+                        + make_interval(secs => greatest(0.0::float8,
+                                                         1.0 - (r.tokens - coalesce(t.n, 0)))
+                                                / r.rate),
+                    coalesce(r.rate_next_at, '-infinity'::timestamp)) AS first_slot,
+           s.webhook_id IS NOT NULL AS short
+    FROM room r
+    LEFT JOIN took t ON t.webhook_id = r.webhook_id
+    LEFT JOIN short s ON s.webhook_id = r.webhook_id
+    WHERE r.rate IS NOT NULL AND (t.n IS NOT NULL OR s.webhook_id IS NOT NULL)
+), buckets AS (
+    UPDATE webhooks w
+    SET rate_tokens = p.left_tokens, rate_refilled_at = (SELECT now FROM clock)
+    FROM paced p
+    WHERE w.webhook_id = p.webhook_id
 ), claimed AS (
     UPDATE webhook_delivery_queue q
     SET status = 'inflight',
-        lease_until = statement_timestamp() AT TIME ZONE 'UTC' + make_interval(secs => $6),
+        lease_until = (SELECT now FROM clock) + make_interval(secs => $6),
         claimed_by = $7,
-        updated_at = statement_timestamp() AT TIME ZONE 'UTC'
+        updated_at = (SELECT now FROM clock)
     FROM picked p
     WHERE q.webhook_id = p.webhook_id AND q.event_id = p.event_id
     RETURNING q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body, q.lease_until,
-              q.next_attempt_at
+              q.next_attempt_at, q.seq
 )
-SELECT false AS stray, c.webhook_id, c.event_id, c.attempts, c.retry_base, c.body,
+SELECT 'claimed' AS kind, c.webhook_id, c.event_id, c.attempts, c.retry_base, c.body,
        c.lease_until, c.next_attempt_at, w.url, w.secret, w.previous_secret,
-       w.previous_secret_expires_at, statement_timestamp() AT TIME ZONE 'UTC' AS now
+       w.previous_secret_expires_at, r.own_cap, r.paced, r.fifo, NULL::timestamp AS first_slot,
+       NULL::float8 AS rate, (SELECT now FROM clock) AS now
 FROM claimed c
 JOIN webhooks w ON w.webhook_id = c.webhook_id
+JOIN room r ON r.webhook_id = c.webhook_id
 UNION ALL
-SELECT DISTINCT true, r.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
+SELECT DISTINCT 'stray', r.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
-       NULL::timestamp, statement_timestamp() AT TIME ZONE 'UTC'
+       NULL::timestamp, NULL::int, NULL::bool, NULL::bool, NULL::timestamp, NULL::float8,
+       (SELECT now FROM clock)
 FROM ranked r
-WHERE r.room IS NULL;
+WHERE r.room IS NULL
+UNION ALL
+SELECT 'short', p.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
+       NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
+       NULL::timestamp, NULL::int, NULL::bool, NULL::bool, p.first_slot, p.rate,
+       (SELECT now FROM clock)
+FROM paced p
+WHERE p.short;
+
+
+-- name: claim_move
+-- After a claim, in its transaction: every due row of the rate-limited webhooks $1 whose
+-- bucket came up short (the rows handed out are inflight by now) moves to its slot, in
+-- order: $2 the first slot of each, 1/$3 seconds apart; the webhook's rate_next_at goes
+-- to the slot after the last. The rows are found through
+-- webhook_delivery_queue_webhook_pending, one webhook at a time, and updated by ctid:
+-- rows moved before are in the future and not read. $4 the clock of the claim, $5 the
+-- last_error of a moved row, $6 the most rows moved per webhook by one claim (a burst of
+-- due rows, say a redrive of many, is moved over several claims, none holding the claim
+-- lock long).
+WITH short AS (
+    SELECT * FROM unnest($1::text[], $2::timestamp[], $3::float8[])
+        AS s(webhook_id, first_slot, rate)
+), waiting AS (
+    SELECT s.webhook_id, s.first_slot, s.rate, x.row_id,
+           row_number() OVER (PARTITION BY s.webhook_id
+                              ORDER BY x.next_attempt_at, x.seq, x.event_id) AS k
+    FROM short s
+    CROSS JOIN LATERAL (
+        SELECT q.ctid AS row_id, q.event_id, q.next_attempt_at, q.seq
+        FROM webhook_delivery_queue q
+        WHERE q.webhook_id = s.webhook_id AND q.status = 'pending'
+          AND q.next_attempt_at <= $4::timestamp
+        ORDER BY q.next_attempt_at, q.seq, q.event_id
+        LIMIT $6
+    ) x
+), moved AS (
+    UPDATE webhook_delivery_queue q
+    SET next_attempt_at = x.first_slot + make_interval(secs => (x.k - 1) / x.rate),
+        last_error = $5,
+        updated_at = $4::timestamp
+    FROM waiting x
+    WHERE q.ctid = x.row_id AND q.status = 'pending'
+    RETURNING q.webhook_id
+), tails AS (
+    UPDATE webhooks w
+    SET rate_next_at = s.first_slot
+                       + make_interval(secs => (SELECT count(*) FROM moved m
+                                                WHERE m.webhook_id = s.webhook_id) / s.rate)
+    FROM short s
+    WHERE w.webhook_id = s.webhook_id
+)
+SELECT count(*) FROM moved;
 
 
 -- name: record
@@ -181,7 +295,9 @@ WHERE r.room IS NULL;
 -- 410 deactivates the webhook and parks its pending rows; a retry of a webhook inactive
 -- (or deactivated here) is parked. webhooks.silent follows the webhook's latest spent
 -- outcome in the batch: no answer at all means one attempt at a time on every daemon.
--- Every CTE sees the same snapshot, so webhooks are updated by one CTE only.
+-- Every CTE sees the same snapshot, so webhooks are updated by one CTE only. The fifo
+-- webhooks of the batch come back in `fifo`: their order is settled (fifo.settle) by a
+-- later statement, which sees these changes.
 WITH o AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamp[],
@@ -196,7 +312,8 @@ WITH o AS (
            bool_or(o.deactivate) AS gone,
            (array_agg(o.status_code IS NULL ORDER BY o.ord DESC)
                 FILTER (WHERE o.spent))[1] AS silent,
-           coalesce(bool_or(w.active), false) AND NOT bool_or(o.deactivate) AS active
+           coalesce(bool_or(w.active), false) AND NOT bool_or(o.deactivate) AS active,
+           coalesce(bool_or(w.ordering = 'fifo'), false) AS fifo
     FROM o
     LEFT JOIN webhooks w ON w.webhook_id = o.webhook_id
     GROUP BY o.webhook_id
@@ -245,12 +362,15 @@ WITH o AS (
     FROM hooks h
     WHERE h.gone AND q.webhook_id = h.webhook_id AND q.status = 'pending'
 )
-SELECT count(*) FROM rows_changed;
+SELECT count(*) AS n,
+       (SELECT array_agg(h.webhook_id) FROM hooks h WHERE h.fifo) AS fifo
+FROM rows_changed;
 
 
 -- name: release
 -- Rows this daemon claimed and hands back (shutdown, a silent webhook's extra rows): due
--- now, or parked when their webhook is inactive or gone; wakes the workers.
+-- now, or parked when their webhook is inactive or gone; wakes the workers. Their
+-- webhooks come back in `hooks` (fifo.settle keeps a fifo webhook's order).
 WITH released AS (
     UPDATE webhook_delivery_queue q
     SET status = CASE WHEN EXISTS (SELECT 1 FROM webhooks w
@@ -263,12 +383,15 @@ WITH released AS (
     FROM unnest($1::text[], $2::text[]) AS k(webhook_id, event_id)
     WHERE q.webhook_id = k.webhook_id AND q.event_id = k.event_id
       AND q.status = 'inflight' AND q.claimed_by = $3
-    RETURNING q.status
+    RETURNING q.status, q.webhook_id
 ), counted AS (
-    SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS due FROM released
+    SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS due,
+           array_agg(DISTINCT webhook_id) AS hooks
+    FROM released
 )
-SELECT n, (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
-                                 WHERE due > 0) notified) AS notified
+SELECT n, hooks,
+       (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
+                              WHERE due > 0) notified) AS notified
 FROM counted;
 
 
@@ -302,3 +425,96 @@ WITH rescued AS (
 SELECT n, (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
                                  WHERE due > 0) notified) AS notified
 FROM counted;
+
+
+-- name: fifo_lock
+-- The fifo webhooks among $1, each locked for this transaction (in one order, so two
+-- transactions cannot deadlock on them) before fifo_settle reads them: fifo_settle then
+-- sees every change the transactions before it committed (a finished head, new rows, rows
+-- made due again), whichever daemon made them, and two of them never both miss one.
+SELECT f.webhook_id,
+       pg_advisory_xact_lock(hashtextextended('webhookd/' || current_schema() || '/fifo/'
+                                              || f.webhook_id, 0)) AS locked
+FROM (SELECT w.webhook_id FROM webhooks w
+      WHERE w.webhook_id = ANY ($1::text[]) AND w.ordering = 'fifo'
+      ORDER BY w.webhook_id) f;
+
+
+-- name: fifo_settle
+-- Restore the order of the fifo webhooks $1 (locked by fifo_lock) after their rows
+-- changed. A webhook's head is the lowest seq of its pending and inflight rows, found in
+-- O(log n) through webhook_delivery_queue_webhook_pending (the rows waiting behind the
+-- head are last in it, in seq order, with no next_attempt_at) and the inflight index.
+-- The head, if pending and waiting, is made due now (promoted); a pending row behind it
+-- that has a time loses it (demoted: a lower seq came back). Rows inflight stay so.
+-- Wakes the workers when a head was promoted.
+WITH heads AS (
+    SELECT h.webhook_id,
+           least((SELECT q.seq FROM webhook_delivery_queue q
+                  WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+                    AND q.next_attempt_at IS NULL
+                  ORDER BY q.next_attempt_at, q.seq LIMIT 1),
+                 (SELECT q.seq FROM webhook_delivery_queue q
+                  WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+                    AND q.next_attempt_at IS NOT NULL
+                  ORDER BY q.seq LIMIT 1),
+                 (SELECT min(q.seq) FROM webhook_delivery_queue q
+                  WHERE q.webhook_id = h.webhook_id AND q.status = 'inflight')) AS head
+    FROM unnest($1::text[]) AS h(webhook_id)
+), demoted AS (
+    UPDATE webhook_delivery_queue q
+    SET next_attempt_at = NULL, updated_at = now() AT TIME ZONE 'UTC'
+    FROM heads h
+    WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+      AND q.next_attempt_at IS NOT NULL AND q.seq > h.head
+    RETURNING 1
+), promoted AS (
+    UPDATE webhook_delivery_queue q
+    SET next_attempt_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC'
+    FROM heads h
+    WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+      AND q.next_attempt_at IS NULL AND q.seq = h.head
+    RETURNING 1
+), counted AS (
+    SELECT count(*) AS n FROM promoted
+)
+SELECT n, (SELECT count(*) FROM demoted) AS demoted,
+       (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
+                              WHERE n > 0) notified) AS notified
+FROM counted;
+
+
+-- name: fifo_blocked
+-- The head of every fifo webhook (the lowest seq of its pending and inflight rows, each
+-- kind found through its own index) that failed since it became the head or was last
+-- redriven or replayed, with the time of the first such failure in the log (its last
+-- attempt if the log was pruned).
+SELECT w.webhook_id, hd.event_id, hd.attempts,
+       coalesce((SELECT min(l.attempted_at) FROM webhook_deliveries l
+                 WHERE l.webhook_id = w.webhook_id AND l.event_id = hd.event_id
+                   AND l.attempt > hd.retry_base),
+                hd.last_attempt_at) AS since
+FROM webhooks w
+CROSS JOIN LATERAL (
+    SELECT c.* FROM (
+        (SELECT q.event_id, q.seq, q.attempts, q.retry_base, q.last_attempt_at
+         FROM webhook_delivery_queue q
+         WHERE q.webhook_id = w.webhook_id AND q.status = 'pending'
+           AND q.next_attempt_at IS NULL
+         ORDER BY q.next_attempt_at, q.seq LIMIT 1)
+        UNION ALL
+        (SELECT q.event_id, q.seq, q.attempts, q.retry_base, q.last_attempt_at
+         FROM webhook_delivery_queue q
+         WHERE q.webhook_id = w.webhook_id AND q.status = 'pending'
+           AND q.next_attempt_at IS NOT NULL
+         ORDER BY q.seq LIMIT 1)
+        UNION ALL
+        (SELECT q.event_id, q.seq, q.attempts, q.retry_base, q.last_attempt_at
+         FROM webhook_delivery_queue q
+         WHERE q.webhook_id = w.webhook_id AND q.status = 'inflight'
+         ORDER BY q.seq LIMIT 1)
+    ) c
+    ORDER BY c.seq LIMIT 1
+) hd
+WHERE w.ordering = 'fifo' AND hd.attempts > hd.retry_base
+ORDER BY w.webhook_id;

@@ -1012,8 +1012,11 @@ class Api:
         async with self._session.get(url) as resp:
             return await resp.json()
 
-    async def create_webhook(self, url: str, event_types: list[str]) -> str:
-        created = await self.ok("POST", "/v1/webhooks", {"url": url, "event_types": event_types})
+    async def create_webhook(self, url: str, event_types: list[str], **settings: Any) -> str:
+        """`settings`: the webhook's own (rate_limit, max_in_flight, ordering)."""
+        created = await self.ok(
+            "POST", "/v1/webhooks", {"url": url, "event_types": event_types, **settings}
+        )
         return str(created["webhook_id"])
 
     async def status(self) -> dict[str, Any]:

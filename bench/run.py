@@ -453,16 +453,22 @@ async def daemon_run(
     deadline: float = 300.0,
     profile: Path | None = None,
     sink_pids: Sequence[int] = (),
+    settings: dict[int, dict[str, Any]] | None = None,
 ) -> Figures:
     """A fresh daemon (ENGINE.daemons of them on PostgreSQL), one webhook per url (webhook i
-    subscribes to type t{i}), n_events round-robin over the types; measured until the
-    webhooks at indexes `measure` (default all) have delivered everything of theirs."""
+    subscribes to type t{i}, with settings[i] of its own), n_events round-robin over the
+    types; measured until the webhooks at indexes `measure` (default all) have delivered
+    everything of theirs."""
     async with daemon_group(work, overrides) as group:
         apis = [Api(d.url) for d in group]
         api = apis[0]
         profilers: list[Profiler] = []
         try:
-            ids = [await api.create_webhook(url, [f"t{i}"]) for i, url in enumerate(urls)]
+            own = settings or {}
+            ids = [
+                await api.create_webhook(url, [f"t{i}"], **own.get(i, {}))
+                for i, url in enumerate(urls)
+            ]
             picked = list(range(len(urls))) if measure is None else list(measure)
             expected_new = sum(
                 len(range(i, n_events, len(urls))) for i in picked
@@ -1249,6 +1255,9 @@ async def scale(args: argparse.Namespace) -> tuple[Figures, str]:
     return figures, line
 
 
+RATE_LIMIT = 10  # deliveries/s of each rate-limited webhook in the isolation scenario
+
+
 async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
     n_events = 2_000 if args.quick else 20_000
     timeout = "2s" if args.quick else "5s"
@@ -1263,6 +1272,11 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
     }
     all_runs: list[Figures] = []
     mixed_runs: list[Figures] = []
+    # Issue 12: 5 webhooks limited to RATE_LIMIT/s beside 5 unlimited, against those 5
+    # unlimited alone with the same events of theirs.
+    alone_runs: list[Figures] = []
+    limited_runs: list[Figures] = []
+    limited = {i: {"rate_limit": RATE_LIMIT} for i in range(5, 10)}
     with started(Nginx(args.nginx_workers)) as nginx, started(Receiver("blackhole")) as hole:
         good = [f"{nginx.url}/hook/{i}" for i in range(10)]
         mixed_urls = good[:5] + [f"{hole.url}/hook/{i}" for i in range(5, 10)]
@@ -1285,10 +1299,32 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
                         deadline=45 if args.quick else 120,
                     )
                 )
+            with workdir(f"iso-alone-r{r}") as work:
+                alone_runs.append(
+                    await daemon_run(
+                        work, good[:5], n_events // 2, tag=f"isoalone{r}", overrides=overrides
+                    )
+                )
+            with workdir(f"iso-limited-r{r}") as work:
+                limited_runs.append(
+                    await daemon_run(
+                        work,
+                        good,
+                        n_events,
+                        tag=f"isolim{r}",
+                        overrides=overrides,
+                        measure=healthy,
+                        settings=limited,
+                        deadline=45 if args.quick else 120,
+                    )
+                )
     ratios = pair_ratios(all_runs, mixed_runs)
     ratio = round(statistics.median(ratios), 3)
     all_healthy, mixed = median_run(all_runs), median_run(mixed_runs)
-    complete = all(r["complete"] for r in all_runs + mixed_runs)
+    limited_ratios = pair_ratios(alone_runs, limited_runs)
+    limited_ratio = round(statistics.median(limited_ratios), 3)
+    alone, beside_limited = median_run(alone_runs), median_run(limited_runs)
+    complete = all(r["complete"] for r in all_runs + mixed_runs + alone_runs + limited_runs)
     figures.update(
         all_healthy=all_healthy,
         mixed=mixed,
@@ -1296,6 +1332,12 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
         mixed_runs=mixed_runs,
         ratios=ratios,
         ratio=ratio,
+        unlimited_alone=alone,
+        beside_limited=beside_limited,
+        unlimited_alone_runs=alone_runs,
+        beside_limited_runs=limited_runs,
+        limited_ratios=limited_ratios,
+        limited_ratio=limited_ratio,
         complete=complete,
         load_after=machine_load(),
     )
@@ -1315,12 +1357,22 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
             for name, med, case_runs in (
                 ("10 healthy (all counted)", all_healthy, all_runs),
                 ("5 healthy + 5 black holes (healthy counted)", mixed, mixed_runs),
+                ("5 unlimited alone (half the events)", alone, alone_runs),
+                (
+                    f"5 unlimited + 5 limited to {RATE_LIMIT}/s (unlimited counted)",
+                    beside_limited,
+                    limited_runs,
+                ),
             )
         ],
     )
     print(
         f"  mixed / all healthy, run by run: {', '.join(map(str, ratios))}; "
         f"median {ratio} (target >= 0.9)"
+    )
+    print(
+        f"  unlimited beside rate-limited / unlimited alone, run by run: "
+        f"{', '.join(map(str, limited_ratios))}; median {limited_ratio} (target >= 0.9)"
     )
     if not complete:
         print("  WARNING: some runs did not complete before their deadline")
@@ -1330,6 +1382,7 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
             "healthy_per_s": mixed["per_second"],
             "all_healthy_per_s": all_healthy["per_second"],
             "ratio": ratio,
+            "limited_ratio": limited_ratio,
             "timeout": timeout,
             "complete": complete,
             "target_ratio": 0.9,

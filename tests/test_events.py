@@ -23,8 +23,9 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 tokens = st.text(PRINTABLE, min_size=1, max_size=MAX_ID_LENGTH)
 
-# U+0000 is refused in data (see the NUL tests below): any other character may travel.
-NO_NUL = st.characters(blacklist_characters="\x00")
+# U+0000 is refused in data (see the NUL tests below), and a lone surrogate by the API
+# before it parses an event (api/common.py): any other character may travel.
+NO_NUL = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
 json_values = st.recursive(
     st.none()
     | st.booleans()

@@ -310,6 +310,33 @@ async def test_ingest_sees_a_conflicting_event_committed_while_it_waited(
         await other.close()
 
 
+async def test_concurrent_ingests_share_commits_and_keep_their_own_answers(
+    make: Make, db: Any
+) -> None:
+    """Requests that queue behind a commit share the next one (one NOTIFY, one commit,
+    not one each), yet each gets what it would have got alone: its own count of new
+    events, and a conflict only for the request whose content differs."""
+    store = await make()
+    v = {"v": 1}
+    assert (await store.ingest(events("old", data=v))).inserted == 1
+    before = store.stats()["transactions"]
+    singles = [store.ingest(events(f"s{i}", data=v)) for i in range(60)]
+    same_again = store.ingest(events("s0", "s1", data=v))  # duplicates of this round's
+    clash = store.ingest(events("s2", "own", data={"other": True}))
+    stored_clash = store.ingest(events("old", "lost", data={"changed": True}))
+    results = await asyncio.gather(*singles, same_again, clash, stored_clash,
+                                   return_exceptions=True)  # fmt: skip
+    *single_results, again, clashed, stored_clashed = results
+    assert [r.inserted for r in single_results] == [1] * 60  # type: ignore[union-attr]
+    assert again.inserted == 0  # type: ignore[union-attr]
+    assert isinstance(clashed, EventConflict) and clashed.event_ids == ["s2"]
+    assert isinstance(stored_clashed, EventConflict) and stored_clashed.event_ids == ["old"]
+    commits = store.stats()["transactions"] - before
+    assert commits < 30, f"{commits} commits for 63 requests: they were not grouped"
+    stored = {r[0] for r in await db.fetch("SELECT event_id FROM pipeline_events")}
+    assert stored == {"old", *(f"s{i}" for i in range(60))}, "a refused request stores nothing"
+
+
 # -- claims across daemons --------------------------------------------------------------------
 
 

@@ -538,6 +538,12 @@ class WorkerPool:
         exc = write.exception()
         if exc is not None:
             self._written_failed(outcome, exc)
+        elif not self._stopping.is_set():
+            # An engine that counts a webhook's cap in the database (PostgreSQL, across
+            # daemons) sees the slot free only once the outcome is committed: a claim
+            # asked when the attempt ended found it still taken, and would otherwise
+            # sleep until the next poll.
+            self._wake.set()
 
     def _written_failed(self, outcome: Outcome, exc: BaseException) -> None:
         # The row stays inflight; the lease rescuer re-drives it. Nothing is lost.

@@ -54,6 +54,7 @@ from webhookd.store.postgres.errors import (
     scrub,
     unavailable,
 )
+from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
 from webhookd.store.postgres.migrate import CLAIM, LEADER, SCANNER, lock_key, migrate, quote_ident
@@ -112,6 +113,7 @@ class PostgresStore:
         self._listener: Listener | None = None
         self._leader: Leader | None = None
         self._writer: OutcomeWriter | None = None
+        self._ingests: IngestGroup | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._outstanding: dict[int, float] = {}
@@ -178,6 +180,7 @@ class PostgresStore:
             patience=lambda: self._lease,
         )
         self._writer.start()
+        self._ingests = IngestGroup(self._insert_events)
         self._heartbeat = asyncio.create_task(self._beating(), name="webhookd-pg-heartbeat")
 
     async def close(self) -> None:
@@ -343,10 +346,18 @@ class PostgresStore:
                 conflicts.add(event.event_id)
         if conflicts:
             raise EventConflict(sorted(conflicts))
-        inserted = await self._call(self._ingest, list(fresh.values()), operations=len(events))
+        group = self._ingests
+        if group is None:
+            raise StoreUnavailable("the database is closed")
+        inserted = await group.ingest(list(fresh.values()))
         return IngestResult([e.event_id for e in events], inserted)
 
-    async def _ingest(self, con: Connection, events: list[NewEvent]) -> int:
+    async def _insert_events(self, events: list[NewEvent]) -> set[str]:
+        return await self._call(self._ingest, events, operations=len(events))
+
+    async def _ingest(self, con: Connection, events: list[NewEvent]) -> set[str]:
+        """The ids that were new; EventConflict (nothing stored) if a stored event has
+        one of these ids with other content."""
         ids = [e.event_id for e in events]
         types = [e.event_type for e in events]
         payloads = [e.payload for e in events]
@@ -359,8 +370,8 @@ class PostgresStore:
                 [e.body for e in events],
                 [naive_utc(e.occurred_at) for e in events],
             )
-            if len(rows) < len(events):
-                new = {r[0] for r in rows}
+            new = {r[0] for r in rows}
+            if len(new) < len(events):
                 old = [i for i, event_id in enumerate(ids) if event_id not in new]
                 differing = await con.fetch(
                     query("ingest_conflicts"),
@@ -370,7 +381,7 @@ class PostgresStore:
                 )
                 if differing:
                     raise EventConflict(sorted(r[0] for r in differing))  # rolls back
-        return len(rows)
+        return new
 
     async def scan(self, batch_size: int) -> ScanResult:
         result = await self._call(self._scan, batch_size)

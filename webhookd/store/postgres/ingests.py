@@ -1,0 +1,139 @@
+"""Ingests committed together: the requests that arrive while one commit is on its way
+share the next one.
+
+Every commit on `pipeline_events` sends a NOTIFY (the trigger wakes the scanners), and
+PostgreSQL serialises committing transactions that notify: one request, one commit caps
+single-event ingest at a few hundred requests per second whatever the pool size. An idle
+daemon commits a request at once (no window to wait out); under load the requests that
+queued behind a commit go in one statement, one transaction, one notification.
+
+What each request sees is what it would see alone: its 202 only after the commit that
+holds its events, the count of its events that were new, and a conflict (same id, other
+content) for itself only: a batch that meets one is rolled back and its requests are
+committed one by one, as they would have been without the grouping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from webhookd.events import NewEvent, same_content
+from webhookd.store.base import EventConflict, StoreUnavailable
+
+# Events one commit takes at most (a request bigger than this goes alone).
+MAX_EVENTS = 5000
+
+
+@dataclass(slots=True)
+class _Request:
+    events: list[NewEvent]
+    future: asyncio.Future[int]
+
+
+class IngestGroup:
+    def __init__(self, insert: Callable[[list[NewEvent]], Awaitable[set[str]]]) -> None:
+        """`insert(events)` stores events with distinct ids in one transaction and
+        returns the ids that were new, or raises EventConflict having stored nothing."""
+        self._insert = insert
+        self._waiting: list[_Request] = []
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def ingest(self, events: list[NewEvent]) -> int:
+        """Store one request's events (distinct ids); how many were new."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Request(events, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush(), name="webhookd-pg-ingest")
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._take()
+                try:
+                    await self._commit(batch)
+                finally:
+                    for request in batch:  # cancelled mid-batch: none hangs
+                        _fail(request, StoreUnavailable("the database is closed"))
+        finally:
+            # Cancelled (the store closing) with requests still waiting: none hangs.
+            for request in self._waiting:
+                _fail(request, StoreUnavailable("the database is closed"))
+            self._waiting.clear()
+
+    def _take(self) -> list[_Request]:
+        """The waiting requests that fit in one commit, oldest first; at least one."""
+        n = 0
+        taken = 0
+        for request in self._waiting:
+            if taken and n + len(request.events) > MAX_EVENTS:
+                break
+            n += len(request.events)
+            taken += 1
+        batch = self._waiting[:taken]
+        del self._waiting[:taken]
+        return batch
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        together: list[_Request] = []
+        apart: list[_Request] = []
+        merged: dict[str, NewEvent] = {}
+        for request in batch:
+            clash = any(
+                (prior := merged.get(e.event_id)) is not None
+                and not same_content(prior.event_type, prior.payload, e)
+                for e in request.events
+            )
+            if clash:
+                apart.append(request)  # its conflict is with another request: its own
+                continue
+            together.append(request)
+            for event in request.events:
+                merged.setdefault(event.event_id, event)
+        while len(together) > 1:
+            try:
+                new = await self._insert(
+                    list({e.event_id: e for r in together for e in r.events}.values())
+                )
+            except EventConflict as conflict:
+                # Rolled back: the requests holding those ids go alone (each then says
+                # whose conflict it is), the others try again together.
+                ids = set(conflict.event_ids)
+                clashing = [r for r in together if any(e.event_id in ids for e in r.events)]
+                if not clashing:
+                    clashing = together  # cannot say whose: each alone
+                apart += clashing
+                together = [r for r in together if r not in clashing]
+                continue
+            except Exception as exc:
+                for request in together:
+                    _fail(request, exc)
+                together = []
+                break
+            self.commits += 1
+            for request in together:
+                own = {e.event_id for e in request.events} & new
+                new -= own
+                if not request.future.done():
+                    request.future.set_result(len(own))
+            together = []
+        for request in together + apart:
+            await self._alone(request)
+
+    async def _alone(self, request: _Request) -> None:
+        try:
+            new = await self._insert(request.events)
+        except Exception as exc:
+            _fail(request, exc)
+        else:
+            self.commits += 1
+            if not request.future.done():
+                request.future.set_result(len(new))
+
+
+def _fail(request: _Request, exc: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(exc)

@@ -18,8 +18,11 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.pg import PgCluster, drop_schema, fresh_schema
+from tests.receivers import Recorder
 from webhookd import events as events_module
 from webhookd.events import NewEvent, canonical_json, parse_event
+from webhookd.metrics import Metrics
+from webhookd.sender import Sender
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import (
@@ -32,6 +35,7 @@ from webhookd.store.base import (
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.postgres.migrate import migrations
 from webhookd.store.records import utcnow
+from webhookd.workers import RetryPolicy, WorkerPool
 
 Q = "webhook_delivery_queue"
 DEADLINE = 30.0  # bounds a wait only a broken store runs into: fail, not hang
@@ -487,6 +491,45 @@ async def test_many_outcomes_share_a_few_statements(make: Make, db: Any) -> None
     assert store.stats()["transactions"] - before <= 3
     counts = dict(await db.fetch(f"SELECT status, count(*) FROM {Q} GROUP BY status"))
     assert counts == {"delivered": 300}
+
+
+async def test_workers_claim_again_when_outcomes_commit_not_at_the_next_poll(
+    make: Make,
+) -> None:
+    """A webhook's cap is counted in the database here: the slot an attempt frees opens
+    when its outcome commits. With a poll interval of an hour and no notification coming
+    (the rows are enqueued before the pool starts), 30 rows through a cap of 2 need 15
+    claims, each started by the commit before it; the rows a claim brings start at once,
+    not after the claimer's wait for more work."""
+    store = await make()
+    async with Recorder() as receiver:
+        created = await store.create_webhook(receiver.url_for("/h"), [], new_secret(), "")
+        assert created["webhook_id"]
+        await store.ingest(events(*(f"w{i}" for i in range(30))))
+        assert (await store.scan(100)).enqueued == 30
+        sender = Sender(
+            timeout=5, max_response_bytes=0, allow_private=True, pool_size=4, user_agent="t"
+        )
+        await sender.start()
+        pool = WorkerPool(
+            store,
+            sender,
+            Metrics(),
+            workers=4,
+            per_webhook=2,
+            claim_batch=10,
+            lease=30.0,
+            timeout=5.0,
+            poll_interval=3600.0,
+            policy=RetryPolicy(max_attempts=2, schedule=[0.0], jitter=0.0),
+        )
+        running = asyncio.create_task(pool.run())
+        try:
+            await receiver.wait_for_requests(30, deadline=DEADLINE)
+        finally:
+            await pool.shutdown(1.0)
+            await running
+            await sender.close()
 
 
 # -- rescue, release, leader -----------------------------------------------------------------

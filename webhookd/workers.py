@@ -329,21 +329,22 @@ class WorkerPool:
                     ) * SMOOTHING
             finally:
                 self._asking -= asking
-            if len(claims) < room and not self._stopping.is_set():
-                # Nothing more is due now.
-                await sleep_until_work(self._store, "deliveries", self._wake, self._poll_interval)
             if self._stopping.is_set():
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])
                 return
             self._learn(claims)
-            claims, extra = self._within_cap(claims)
+            kept, extra = self._within_cap(claims)
             if extra:
                 self._give_back(extra)
-            for claim in claims:
+            for claim in kept:
                 self._queued.setdefault(claim.webhook_id, deque()).append(claim)
-            self._n_queued += len(claims)
+            self._n_queued += len(kept)
             self._dispatch()
+            if len(claims) < room:
+                # Nothing more is due now. The rows this claim brought are started first:
+                # an engine whose wait_for_work waits (PostgreSQL) would hold them here.
+                await sleep_until_work(self._store, "deliveries", self._wake, self._poll_interval)
 
     def _deep(self) -> dict[str, int]:
         """Rows each webhook may hold claimed, where that differs from one round: those

@@ -161,14 +161,22 @@ WITH clock AS (
            floor(tokens)::int AS allow
     FROM hooks
 ), candidates AS (
+    -- Read, not locked: claims run one at a time (claim_lock); `locked` takes only the
+    -- rows picked (FOR UPDATE SKIP LOCKED, still pending). Locking every candidate wrote
+    -- each one's tuple (and WAL) per claim. No more candidates than the rooms can
+    -- take (4 per slot), and none when no webhook has room: the index walk past the due
+    -- rows of webhooks at their cap is what an empty claim cost under a backlog. With no
+    -- active webhook at all, every due row is a stray and is read to be parked.
     SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
     FROM webhook_delivery_queue q
     WHERE q.status = 'pending'
       AND q.next_attempt_at <= (SELECT now FROM clock)
       AND q.webhook_id <> ALL (ARRAY(SELECT r.webhook_id FROM room r WHERE r.room <= 0))
     ORDER BY q.next_attempt_at
-    LIMIT $5
-    FOR UPDATE OF q SKIP LOCKED
+    LIMIT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM room) THEN $5::int
+        ELSE least($5::int, 4 * (SELECT coalesce(sum(r.room), 0) FROM room r WHERE r.room > 0))
+    END
 ), ranked AS (
     SELECT c.webhook_id, c.event_id, c.next_attempt_at, c.seq, r.room, r.allow,
            row_number() OVER (PARTITION BY c.webhook_id
@@ -208,13 +216,19 @@ WITH clock AS (
     SET rate_tokens = p.left_tokens, rate_refilled_at = (SELECT now FROM clock)
     FROM paced p
     WHERE w.webhook_id = p.webhook_id
+), locked AS (
+    SELECT q.webhook_id, q.event_id
+    FROM webhook_delivery_queue q
+    JOIN picked p ON q.webhook_id = p.webhook_id AND q.event_id = p.event_id
+    WHERE q.status = 'pending'
+    FOR UPDATE OF q SKIP LOCKED
 ), claimed AS (
     UPDATE webhook_delivery_queue q
     SET status = 'inflight',
         lease_until = (SELECT now FROM clock) + make_interval(secs => $6),
         claimed_by = $7,
         updated_at = (SELECT now FROM clock)
-    FROM picked p
+    FROM locked p
     WHERE q.webhook_id = p.webhook_id AND q.event_id = p.event_id
     RETURNING q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body, q.lease_until,
               q.next_attempt_at, q.seq

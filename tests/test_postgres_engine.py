@@ -345,6 +345,11 @@ async def test_concurrent_ingests_share_commits_and_keep_their_own_answers(
 
 
 async def test_two_daemons_never_share_a_row_or_exceed_a_cap(make: Make, db: Any) -> None:
+    """Each daemon attempts at most the cap of a webhook at once (its own semaphore, as
+    WorkerPool's per-webhook count); rows claimed ahead (webhooks[0] asks for 100, a fast
+    receiver's rounds) wait their turn. Attempts running at once, over both daemons, never
+    exceed the cap, and a webhook has more rows inflight than its cap only while one
+    daemon alone holds them."""
     a, b = await make(), await make()
     per_webhook = 3
     webhooks = [await hook(a) for _ in range(3)]
@@ -352,39 +357,58 @@ async def test_two_daemons_never_share_a_row_or_exceed_a_cap(make: Make, db: Any
     await a.ingest(events(*(f"ev{i}" for i in range(n_events))))
     assert (await a.scan(1000)).enqueued == n_events * len(webhooks)
 
-    held: dict[str, int] = {}
+    attempting: dict[str, int] = {}
     held_keys: set[tuple[str, str]] = set()
     delivered: list[tuple[str, str]] = []
     problems: list[str] = []
     writes: list[asyncio.Future[None]] = []
+    ahead = 0  # claims that held more rows than the cap
+    checking = asyncio.Lock()  # one connection (db) for both daemons' checks
 
-    async def daemon_worker(store: PostgresStore) -> None:
+    async def attempt(store: PostgresStore, slot: asyncio.Semaphore, c: Claim) -> None:
+        async with slot:
+            attempting[c.webhook_id] = attempting.get(c.webhook_id, 0) + 1
+            if attempting[c.webhook_id] > per_webhook:
+                problems.append(f"{c.webhook_id}: {attempting[c.webhook_id]} attempts at once")
+            await asyncio.sleep(random.uniform(0, 0.005))
+            # Counted free before the outcome commits: the check never over-counts.
+            attempting[c.webhook_id] -= 1
+            held_keys.discard((c.webhook_id, c.event_id))
+            delivered.append((c.webhook_id, c.event_id))
+            writes.append(store.record(outcome(c, Status.DELIVERED)))
+
+    async def daemon(store: PostgresStore) -> None:
+        nonlocal ahead
+        slots = {w: asyncio.Semaphore(per_webhook) for w in webhooks}
+        running: set[asyncio.Task[None]] = set()
         deadline = time.monotonic() + DEADLINE
         while len(delivered) < n_events * len(webhooks) and time.monotonic() < deadline:
-            # Caps asked above per_webhook are held to per_webhook on a shared database.
-            claims = await store.claim(4, per_webhook, 30.0, {webhooks[0]: 100})
+            claims = await store.claim(8, per_webhook, 30.0, {webhooks[0]: 100})
             for c in claims:
                 key = (c.webhook_id, c.event_id)
                 if key in held_keys:
                     problems.append(f"{key} handed out twice")
                 held_keys.add(key)
-                held[c.webhook_id] = held.get(c.webhook_id, 0) + 1
-                if held[c.webhook_id] > per_webhook:
-                    problems.append(f"{c.webhook_id} holds {held[c.webhook_id]}")
-            if not claims:
-                await asyncio.sleep(0.005)
-                continue
-            await asyncio.sleep(random.uniform(0, 0.01))
-            for c in claims:
-                # Counted free before the outcome commits: the check never over-counts.
-                held[c.webhook_id] -= 1
-                held_keys.discard((c.webhook_id, c.event_id))
-                delivered.append((c.webhook_id, c.event_id))
-                writes.append(store.record(outcome(c, Status.DELIVERED)))
+                task = asyncio.create_task(attempt(store, slots[c.webhook_id], c))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            async with checking:
+                inflight = await db.fetch(
+                    f"SELECT webhook_id, count(*) AS n, count(DISTINCT claimed_by) AS daemons "
+                    f"FROM {Q} WHERE status = 'inflight' GROUP BY webhook_id"
+                )
+            for r in inflight:
+                if r["n"] > per_webhook:
+                    ahead += 1
+                    if r["daemons"] > 1:
+                        problems.append(f"{r['webhook_id']}: {r['n']} inflight over 2 daemons")
+            await asyncio.sleep(0.002 if claims else 0.005)
+        await asyncio.gather(*running)
 
-    await asyncio.gather(*(daemon_worker(s) for s in (a, b) for _ in range(6)))
+    await asyncio.gather(daemon(a), daemon(b))
     await asyncio.wait_for(asyncio.gather(*writes), DEADLINE)
     assert problems == []
+    assert ahead > 0, "no daemon ever claimed ahead of the cap"
     assert sorted(delivered) == sorted(set(delivered))
     assert len(delivered) == n_events * len(webhooks)
     counts = dict(await db.fetch(f"SELECT status, count(*) FROM {Q} GROUP BY status"))

@@ -116,7 +116,10 @@ SELECT pg_advisory_xact_lock($1);
 -- Up to $1 due rows, oldest first, none beyond its webhook's room: its cap (fifo: 1; else
 -- the smaller cap the daemon asks for in $3/$4 within the webhook's own, max_in_flight or
 -- $2; 1 for a webhook whose last attempt got no answer) less the rows every daemon holds
--- inflight for it. A rate-limited webhook also gets no more rows than its token bucket
+-- inflight for it. A daemon that is the only one holding a webhook's rows (or none holds
+-- any) may claim ahead up to what it asks (rounds of a fast receiver, as on DuckDB): it
+-- attempts no more than the cap at once, and while it holds more than the cap no other
+-- daemon gets any, so the cap holds across daemons either way. A rate-limited webhook also gets no more rows than its token bucket
 -- holds (store/pacing.py does the same arithmetic for DuckDB): refilled here, and written
 -- back with what this claim took. Webhooks with no room are excluded before the LIMIT, so
 -- their rows cannot fill the candidates; candidates are ranked per webhook to keep within
@@ -132,13 +135,14 @@ SELECT pg_advisory_xact_lock($1);
 WITH clock AS (
     SELECT statement_timestamp() AT TIME ZONE 'UTC' AS now
 ), held AS (
-    SELECT q.webhook_id, count(*) AS n
+    SELECT q.webhook_id, count(*) AS n, count(*) FILTER (WHERE q.claimed_by = $7) AS mine
     FROM webhook_delivery_queue q
     WHERE q.status = 'inflight'
     GROUP BY q.webhook_id
 ), hooks AS (
     SELECT w.webhook_id, w.silent, w.ordering = 'fifo' AS fifo, w.rate_limit AS rate,
            w.rate_next_at, c.cap AS asked, coalesce(h.n, 0) AS n,
+           coalesce(h.n, 0) = coalesce(h.mine, 0) AS alone,
            CASE WHEN w.ordering = 'fifo' THEN 1 ELSE w.max_in_flight END AS own_cap,
            CASE WHEN w.rate_limit IS NOT NULL THEN
                least(greatest(1.0::float8, w.rate_limit),
@@ -156,6 +160,7 @@ WITH clock AS (
     SELECT webhook_id, own_cap, rate, tokens, rate_next_at, fifo,
            fifo OR rate IS NOT NULL AS paced,
            CASE WHEN silent OR fifo THEN 1
+                WHEN alone AND asked IS NOT NULL THEN asked
                 ELSE least(coalesce(asked, own_cap, $2::int), coalesce(own_cap, $2::int)) END
                - n AS room,
            floor(tokens)::int AS allow

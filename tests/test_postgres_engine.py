@@ -583,6 +583,24 @@ async def test_a_dead_daemons_rows_come_back_and_a_live_ones_stay(make: Make, db
         assert now[(c.webhook_id, c.event_id)]["claimed_by"] == b.daemon_id
 
 
+async def test_pending_rows_of_an_inactive_webhook_are_parked_by_upkeep(
+    make: Make, db: Any
+) -> None:
+    """A row left pending for a webhook that is no longer active (enqueued while it was
+    being deactivated) is not in any claim's range when claims read few webhooks' own
+    ranges: upkeep parks it, and leaves the rows of active webhooks alone."""
+    store = await make()
+    live, gone = await hook(store), await hook(store)
+    await store.ingest(events("p1", "p2"))
+    assert (await store.scan(10)).enqueued == 4
+    await db.execute("UPDATE webhooks SET active = false WHERE webhook_id = $1", gone)
+    assert [c.webhook_id for c in await store.claim(10, 8, 30.0)] == [live, live]
+    assert {r["status"] for r in (await rows(db, "webhook_id = $1", gone)).values()} == {"pending"}
+    await store.rescue_expired(utcnow())
+    assert {r["status"] for r in (await rows(db, "webhook_id = $1", gone)).values()} == {"parked"}
+    assert {r["status"] for r in (await rows(db, "webhook_id = $1", live)).values()} == {"inflight"}
+
+
 async def test_release_returns_only_this_daemons_rows(make: Make, db: Any) -> None:
     a, b = await make(), await make()
     webhook = await hook(a)

@@ -312,10 +312,15 @@ class PostgresStore:
         self, con: Connection, now: datetime, dead_after: float, forget_after: float
     ) -> Any:
         """Rescued rows, then every fifo webhook settled: the rows rescued may be heads,
-        and this is the safety net for an order a dead daemon left unsettled."""
+        and this is the safety net for an order a dead daemon left unsettled; and pending
+        rows of webhooks inactive or gone parked (claims reading few webhooks' ranges do
+        not meet them)."""
         async with con.transaction():
             row = await con.fetchrow(query("rescue_expired"), now, dead_after, forget_after)
             await fifo.settle(con, None)
+            strays = [r[0] for r in await con.fetch(query("park_strays"))]
+            if strays:
+                await park_inactive(con, strays, now)
         return row
 
     async def lead(self) -> bool:

@@ -165,23 +165,41 @@ WITH clock AS (
                - n AS room,
            floor(tokens)::int AS allow
     FROM hooks
+), few AS (
+    -- Few webhooks with room (the usual case: a daemon's claims go to the webhooks it
+    -- serves): each one's due rows are read from its own range of
+    -- webhook_delivery_queue_webhook_pending, so rows of webhooks at their cap (another
+    -- daemon's, say) are never read. Many: one walk of the due index serves them all.
+    SELECT count(*) <= 64 AS yes FROM room WHERE room > 0
 ), candidates AS (
     -- Read, not locked: claims run one at a time (claim_lock); `locked` takes only the
     -- rows picked (FOR UPDATE SKIP LOCKED, still pending). Locking every candidate wrote
-    -- each one's tuple (and WAL) per claim. No more candidates than the rooms can
-    -- take (4 per slot), and none when no webhook has room: the index walk past the due
-    -- rows of webhooks at their cap is what an empty claim cost under a backlog. With no
-    -- active webhook at all, every due row is a stray and is read to be parked.
-    SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
-    FROM webhook_delivery_queue q
-    WHERE q.status = 'pending'
-      AND q.next_attempt_at <= (SELECT now FROM clock)
-      AND q.webhook_id <> ALL (ARRAY(SELECT r.webhook_id FROM room r WHERE r.room <= 0))
-    ORDER BY q.next_attempt_at
-    LIMIT CASE
-        WHEN NOT EXISTS (SELECT 1 FROM room) THEN $5::int
-        ELSE least($5::int, 4 * (SELECT coalesce(sum(r.room), 0) FROM room r WHERE r.room > 0))
-    END
+    -- each one's tuple (and WAL) per claim. Rows of webhooks inactive or gone (strays)
+    -- show up in the walk only; upkeep parks them either way (park_strays).
+    SELECT x.webhook_id, x.event_id, x.next_attempt_at, x.seq
+    FROM room r
+    CROSS JOIN LATERAL (
+        SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
+        FROM webhook_delivery_queue q
+        WHERE q.webhook_id = r.webhook_id AND q.status = 'pending'
+          AND q.next_attempt_at <= (SELECT now FROM clock)
+        ORDER BY q.next_attempt_at, q.seq
+        LIMIT r.room
+    ) x
+    WHERE r.room > 0 AND (SELECT yes FROM few)
+    UNION ALL
+    (
+        -- No more candidates than the rooms can take (4 per slot).
+        SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
+        FROM webhook_delivery_queue q
+        WHERE NOT (SELECT yes FROM few)
+          AND q.status = 'pending'
+          AND q.next_attempt_at <= (SELECT now FROM clock)
+          AND q.webhook_id <> ALL (ARRAY(SELECT r.webhook_id FROM room r WHERE r.room <= 0))
+        ORDER BY q.next_attempt_at
+        LIMIT least($5::int,
+                    4 * (SELECT coalesce(sum(r.room), 0) FROM room r WHERE r.room > 0))
+    )
 ), ranked AS (
     SELECT c.webhook_id, c.event_id, c.next_attempt_at, c.seq, r.room, r.allow,
            row_number() OVER (PARTITION BY c.webhook_id
@@ -444,6 +462,28 @@ WITH rescued AS (
 SELECT n, (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
                                  WHERE due > 0) notified) AS notified
 FROM counted;
+
+
+-- name: park_strays
+-- Pending rows of webhooks inactive or gone become parked: every path that deactivates or
+-- deletes a webhook parks its rows, and claims park those they meet, but a row enqueued
+-- while its webhook was being deactivated would otherwise wait for ever. The webhooks
+-- with pending rows are found by a loose index scan of webhook_delivery_queue_webhook_pending
+-- (one probe per webhook, not one per row).
+WITH RECURSIVE pending_hooks AS (
+    (SELECT q.webhook_id FROM webhook_delivery_queue q
+     WHERE q.status = 'pending' ORDER BY q.webhook_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.webhook_id FROM webhook_delivery_queue q
+            WHERE q.status = 'pending' AND q.webhook_id > p.webhook_id
+            ORDER BY q.webhook_id LIMIT 1)
+    FROM pending_hooks p
+    WHERE p.webhook_id IS NOT NULL
+)
+SELECT p.webhook_id
+FROM pending_hooks p
+WHERE p.webhook_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.webhook_id = p.webhook_id AND w.active);
 
 
 -- name: fifo_lock

@@ -68,6 +68,31 @@ class Served:
         await self.close()
 
 
+class HandlerReceiver(Served):
+    """An aiohttp server on 127.0.0.1 that answers every POST to /{name} with the
+    subclass's `handle`; for receivers that count or time what arrives."""
+
+    url = ""
+    _runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{name}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
 class Recorder(Served):
     """An aiohttp receiver recording every request on any path and method.
 

@@ -14,9 +14,10 @@ import duckdb
 from aiohttp import web
 
 from tests.conftest import Api, DaemonProcess, write_config
+from tests.receivers import HandlerReceiver
 
 
-class CountingReceiver:
+class CountingReceiver(HandlerReceiver):
     """Records (path, webhook-id) of every POST; answers 204 after a little latency."""
 
     def __init__(self, latency: float = 0.01) -> None:
@@ -24,8 +25,6 @@ class CountingReceiver:
         self.seen: list[tuple[str, str]] = []
         self.hold: asyncio.Event | None = None
         self.entered = 0
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
@@ -36,20 +35,6 @@ class CountingReceiver:
             await asyncio.sleep(random.uniform(0, self.latency))  # a receiver's own latency
         self.seen.append((request.path, request.headers["webhook-id"]))
         return web.Response(status=204)
-
-    async def __aenter__(self) -> CountingReceiver:
-        app = web.Application()
-        app.router.add_post("/{name}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 def start_daemon(tmp_path: Path, started: list, **overrides: Any) -> DaemonProcess:  # type: ignore[type-arg]

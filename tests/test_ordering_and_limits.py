@@ -34,7 +34,7 @@ from aiohttp import web
 
 from tests.conftest import Api, DaemonProcess, make_settings, running, write_config
 from tests.pg import PgCluster
-from tests.receivers import Served
+from tests.receivers import HandlerReceiver
 
 DEADLINE = 60.0  # bounds waits only a broken daemon runs into
 
@@ -48,7 +48,7 @@ class Arrival:
     status: int
 
 
-class Timeline(Served):
+class Timeline(HandlerReceiver):
     """A receiver recording every request's arrival, answer time and status, per path the
     requests in progress now and the most at once. It answers 500 to a share
     (`failure_rate`, seeded) and 204 otherwise, after `latency` seconds; `status` on a
@@ -62,8 +62,6 @@ class Timeline(Served):
         self.in_flight: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self._random = random.Random(seed)
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         at = time.monotonic()
@@ -93,20 +91,6 @@ class Timeline(Served):
             if 200 <= a.status < 300 and a.event_id not in found:
                 found[a.event_id] = a
         return found
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{name}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:

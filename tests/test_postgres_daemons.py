@@ -19,17 +19,16 @@ from aiohttp import web
 
 from tests.conftest import TOKEN, Api, DaemonProcess, write_config
 from tests.pg import PgCluster
+from tests.receivers import HandlerReceiver
 
 
-class FlakyReceiver:
+class FlakyReceiver(HandlerReceiver):
     """Answers 500 to a share of requests at random, 204 otherwise; records each success."""
 
     def __init__(self, failure_rate: float) -> None:
         self.failure_rate = failure_rate
         self.delivered: Counter[tuple[str, str]] = Counter()
         self.failed = 0
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
@@ -38,20 +37,6 @@ class FlakyReceiver:
             return web.Response(status=500)
         self.delivered[(request.path, request.headers["webhook-id"])] += 1
         return web.Response(status=204)
-
-    async def __aenter__(self) -> FlakyReceiver:
-        app = web.Application()
-        app.router.add_post("/{name}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 async def wait_for(predicate: Callable[[], bool], deadline: float, what: str) -> None:

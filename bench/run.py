@@ -454,11 +454,14 @@ async def daemon_run(
     profile: Path | None = None,
     sink_pids: Sequence[int] = (),
     settings: dict[int, dict[str, Any]] | None = None,
+    types: int | None = None,
 ) -> Figures:
     """A fresh daemon (ENGINE.daemons of them on PostgreSQL), one webhook per url (webhook i
     subscribes to type t{i}, with settings[i] of its own), n_events round-robin over the
-    types; measured until the webhooks at indexes `measure` (default all) have delivered
-    everything of theirs."""
+    types (`types` of them, default one per url: the others have no subscriber); measured
+    until the webhooks at indexes `measure` (default all) have delivered everything of
+    theirs."""
+    n_types = types or len(urls)
     async with daemon_group(work, overrides) as group:
         apis = [Api(d.url) for d in group]
         api = apis[0]
@@ -471,10 +474,10 @@ async def daemon_run(
             ]
             picked = list(range(len(urls))) if measure is None else list(measure)
             expected_new = sum(
-                len(range(i, n_events, len(urls))) for i in picked
+                len(range(i, n_events, n_types)) for i in picked
             )  # events of type t{i}
             count = delivered_for([ids[i] for i in picked])
-            bodies = batches(n_events, len(urls), tag)
+            bodies = batches(n_events, n_types, tag)
             if profile is not None:
                 for i, d in enumerate(group):
                     out = profile
@@ -1255,6 +1258,14 @@ async def scale(args: argparse.Namespace) -> tuple[Figures, str]:
     return figures, line
 
 
+def profile_of(args: argparse.Namespace, case: str) -> Path | None:
+    """--profile FILE: where the profile of this case's first run goes (FILE-case.EXT)."""
+    if args.profile is None:
+        return None
+    path: Path = args.profile
+    return path.with_name(f"{path.stem}-{case}{path.suffix}")
+
+
 RATE_LIMIT = 10  # deliveries/s of each rate-limited webhook in the isolation scenario
 
 
@@ -1276,6 +1287,11 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
     # unlimited alone with the same events of theirs.
     alone_runs: list[Figures] = []
     limited_runs: list[Figures] = []
+    # The limited case ingests and scans twice the events of the alone one; on a machine
+    # the daemon fills, that alone costs the unlimited webhooks throughput. This third
+    # case takes the same events with nobody subscribed to the limited ones' types:
+    # against it, what is left is what the rate-limited rows themselves cost.
+    same_traffic_runs: list[Figures] = []
     limited = {i: {"rate_limit": RATE_LIMIT} for i in range(5, 10)}
     with started(Nginx(args.nginx_workers)) as nginx, started(Receiver("blackhole")) as hole:
         good = [f"{nginx.url}/hook/{i}" for i in range(10)]
@@ -1302,7 +1318,24 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
             with workdir(f"iso-alone-r{r}") as work:
                 alone_runs.append(
                     await daemon_run(
-                        work, good[:5], n_events // 2, tag=f"isoalone{r}", overrides=overrides
+                        work,
+                        good[:5],
+                        n_events // 2,
+                        tag=f"isoalone{r}",
+                        overrides=overrides,
+                        profile=profile_of(args, "alone") if r == 0 else None,
+                    )
+                )
+            with workdir(f"iso-traffic-r{r}") as work:
+                same_traffic_runs.append(
+                    await daemon_run(
+                        work,
+                        good[:5],
+                        n_events,
+                        tag=f"isotraf{r}",
+                        overrides=overrides,
+                        types=10,
+                        profile=profile_of(args, "traffic") if r == 0 else None,
                     )
                 )
             with workdir(f"iso-limited-r{r}") as work:
@@ -1316,6 +1349,7 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
                         measure=healthy,
                         settings=limited,
                         deadline=45 if args.quick else 120,
+                        profile=profile_of(args, "limited") if r == 0 else None,
                     )
                 )
     ratios = pair_ratios(all_runs, mixed_runs)
@@ -1324,7 +1358,12 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
     limited_ratios = pair_ratios(alone_runs, limited_runs)
     limited_ratio = round(statistics.median(limited_ratios), 3)
     alone, beside_limited = median_run(alone_runs), median_run(limited_runs)
-    complete = all(r["complete"] for r in all_runs + mixed_runs + alone_runs + limited_runs)
+    traffic_ratios = pair_ratios(same_traffic_runs, limited_runs)
+    traffic_ratio = round(statistics.median(traffic_ratios), 3)
+    same_traffic = median_run(same_traffic_runs)
+    complete = all(
+        r["complete"] for r in all_runs + mixed_runs + alone_runs + limited_runs + same_traffic_runs
+    )
     figures.update(
         all_healthy=all_healthy,
         mixed=mixed,
@@ -1338,6 +1377,10 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
         beside_limited_runs=limited_runs,
         limited_ratios=limited_ratios,
         limited_ratio=limited_ratio,
+        unlimited_same_traffic=same_traffic,
+        unlimited_same_traffic_runs=same_traffic_runs,
+        same_traffic_ratios=traffic_ratios,
+        same_traffic_ratio=traffic_ratio,
         complete=complete,
         load_after=machine_load(),
     )
@@ -1359,6 +1402,11 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
                 ("5 healthy + 5 black holes (healthy counted)", mixed, mixed_runs),
                 ("5 unlimited alone (half the events)", alone, alone_runs),
                 (
+                    f"5 unlimited alone, all {n_events} events (t5-t9 unsubscribed)",
+                    same_traffic,
+                    same_traffic_runs,
+                ),
+                (
                     f"5 unlimited + 5 limited to {RATE_LIMIT}/s (unlimited counted)",
                     beside_limited,
                     limited_runs,
@@ -1374,6 +1422,10 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
         f"  unlimited beside rate-limited / unlimited alone, run by run: "
         f"{', '.join(map(str, limited_ratios))}; median {limited_ratio} (target >= 0.9)"
     )
+    print(
+        f"  unlimited beside rate-limited / unlimited alone with the same traffic, run by run: "
+        f"{', '.join(map(str, traffic_ratios))}; median {traffic_ratio}"
+    )
     if not complete:
         print("  WARNING: some runs did not complete before their deadline")
     line = last_line(
@@ -1383,6 +1435,7 @@ async def isolation(args: argparse.Namespace) -> tuple[Figures, str]:
             "all_healthy_per_s": all_healthy["per_second"],
             "ratio": ratio,
             "limited_ratio": limited_ratio,
+            "same_traffic_ratio": traffic_ratio,
             "timeout": timeout,
             "complete": complete,
             "target_ratio": 0.9,
@@ -1421,7 +1474,9 @@ def main() -> int:
         type=Path,
         help="throughput: py-spy record (raw, --threads) the first run of each case to "
         "FILE-1hook.EXT and FILE-10hook.EXT, and print a summary (bench/profile_top.py); "
-        "latency: the whole run to FILE; with several daemons, each to ...-d<i>.EXT",
+        "latency: the whole run to FILE; with several daemons, each to ...-d<i>.EXT; "
+        "isolation: the first run of the unlimited-alone (its own events, all events) and "
+        "beside-limited cases to FILE-alone.EXT, FILE-traffic.EXT and FILE-limited.EXT",
     )
     parser.add_argument(
         "--profile-gil",

@@ -33,7 +33,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb_store import DuckDBStore, _fifo_ids, _update_webhook
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.records import utcnow
 
@@ -542,6 +542,28 @@ async def test_switching_to_fifo_delivers_pending_rows_in_order_from_the_oldest(
     await enqueue(store, 3, prefix="x")
     await store.update_webhook(wid, WebhookPatch(ordering=Ordering.NONE))
     assert sorted(c.event_id for c in await store.claim(10, 8, 30)) == ["x0", "x1", "x2"]
+
+
+@duckdb_only
+async def test_duckdb_writer_forgets_the_fifo_webhooks_a_rolled_back_transaction_saw(
+    store: Store,
+) -> None:
+    """The main writer remembers which webhooks are fifo between transactions; what a
+    transaction read of its own uncommitted switch must not outlive its rollback, or the
+    writer would hold back a plain webhook's rows as if they waited behind a fifo head."""
+    assert isinstance(store, DuckDBStore)
+    wid = await hook(store)
+
+    def switch_then_fail(con: Any, payloads: list[None]) -> list[None]:
+        _update_webhook(con, [(wid, WebhookPatch(ordering=Ordering.FIFO))])
+        assert _fifo_ids(con) == [wid]  # seen, and remembered, inside the transaction
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await store._write(switch_then_fail, None)
+    assert await store._write(lambda con, payloads: [_fifo_ids(con)], None) == []
+    ids = await enqueue(store, 3)
+    assert sorted(c.event_id for c in await store.claim(10, 8, 30)) == ids
 
 
 async def test_max_in_flight_overrides_per_webhook_concurrency(store: Store) -> None:

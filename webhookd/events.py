@@ -85,6 +85,8 @@ def _parse_time(value: Any, index: int) -> datetime:
 def token_problem(value: Any, max_length: int) -> str | None:
     """Why ``value`` is not a valid event id or type, or ``None`` if it is one: a string
     of 1 to ``max_length`` printable ASCII characters (0x21-0x7E)."""
+    if isinstance(value, str) and 0 < len(value) <= max_length and _PRINTABLE.fullmatch(value):
+        return None  # the usual case, before any message is built
     rule = f"a string of 1 to {max_length} printable ASCII characters (no spaces)"
     if value is None:
         return f"required, {rule}"

@@ -544,6 +544,27 @@ async def test_switching_to_fifo_delivers_pending_rows_in_order_from_the_oldest(
     assert sorted(c.event_id for c in await store.claim(10, 8, 30)) == ["x0", "x1", "x2"]
 
 
+async def test_a_claim_carries_the_webhooks_url_and_secrets_as_they_are_now(
+    store: Store,
+) -> None:
+    """A change of URL or secret applies from the next claim on, and a deactivated
+    webhook's rows are claimed no more (DuckDB's writer remembers webhooks between
+    claims: this is what it must forget)."""
+    wid = await hook(store)
+    await enqueue(store, 4)
+    (first,) = await store.claim(1, 8, 30)
+    assert first.url == "http://127.0.0.1:9/h"
+    before = first.secrets
+    await store.update_webhook(wid, WebhookPatch(url="http://127.0.0.1:9/moved"))
+    (second,) = await store.claim(1, 8, 30)
+    assert (second.url, second.secrets) == ("http://127.0.0.1:9/moved", before)
+    await store.rotate_secret(wid, new_secret(), 3600)
+    (third,) = await store.claim(1, 8, 30)
+    assert len(third.secrets) == 2 and third.secrets[1:] == before
+    await store.update_webhook(wid, WebhookPatch(active=False))
+    assert await store.claim(10, 8, 30) == []
+
+
 @duckdb_only
 async def test_duckdb_writer_forgets_the_fifo_webhooks_a_rolled_back_transaction_saw(
     store: Store,

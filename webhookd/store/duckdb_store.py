@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +93,10 @@ PRIORITY_OUTCOME = 0
 PRIORITY_DEFAULT = 1
 PRIORITY_SCAN = 2
 PRIORITY_CLAIM = 3
+
+
+# A statement that changes the webhooks table (see _Cursor.memo).
+_WRITES_WEBHOOKS = re.compile(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhooks\b", re.I)
 
 
 def _in(statuses: Sequence[Status]) -> str:
@@ -327,13 +332,14 @@ class _Cursor:
     words for a full disk become StorageFull, and while the database is invalidated every
     statement fails at once, without DuckDB, until the store has reopened it (attach).
 
-    The main writer's cursor remembers the fifo webhooks (`fifo`, see _fifo_ids): every
-    batch of outcomes and every scan asks for them, and the small SELECT cost the writer
-    a tenth of its time. Every statement that changes a webhook's ordering runs on that
-    cursor (create, update, delete: _forget_webhooks), and a ROLLBACK forgets what the
-    transaction may have read of its own uncommitted changes."""
+    The main writer's cursor remembers what it read of the small webhooks table (`memo`,
+    see _remembered): which webhooks are fifo, asked after every batch of outcomes and
+    every scan, and the URL and secrets of those a claim hands out. DuckDB plans and runs
+    each of those SELECTs in 1-2 ms, a tenth of the writer's time under load. Every
+    statement that writes the table runs on this cursor and makes it forget all of it,
+    as does a ROLLBACK (the transaction may have read its own uncommitted changes)."""
 
-    __slots__ = ("_cur", "_disk", "fifo", "remembers")
+    __slots__ = ("_cur", "_disk", "memo", "remembers")
 
     def __init__(
         self, cur: duckdb.DuckDBPyConnection, disk: _Disk, *, remembers: bool = False
@@ -341,15 +347,15 @@ class _Cursor:
         self._cur = cur
         self._disk = disk
         self.remembers = remembers
-        self.fifo: frozenset[str] | None = None
+        self.memo: dict[str, Any] = {}
 
     def attach(self, cur: duckdb.DuckDBPyConnection) -> None:
         self._cur = cur
-        self.fifo = None
+        self.memo.clear()
 
     def execute(self, query: str, parameters: object = None) -> duckdb.DuckDBPyConnection:
-        if query == "ROLLBACK":
-            self.fifo = None
+        if self.memo and (query == "ROLLBACK" or _WRITES_WEBHOOKS.search(query)):
+            self.memo.clear()
         disk = self._disk
         if disk.broken is not None:
             raise disk.broken_error()
@@ -812,27 +818,26 @@ def _park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
     return len(rows)
 
 
-def _forget_webhooks(con: Any) -> None:
-    """After a change of webhooks' settings: what the cursor remembered of them is gone."""
-    if isinstance(con, _Cursor):
-        con.fifo = None
+def _memo(con: Any) -> dict[str, Any] | None:
+    """What this cursor remembers of the webhooks table, if it remembers (_Cursor)."""
+    return con.memo if isinstance(con, _Cursor) and con.remembers else None
 
 
 def _fifo_ids(con: Any, webhook_ids: Sequence[str] | None = None) -> list[str]:
     """The fifo webhooks among `webhook_ids` (all of them if None)."""
     if webhook_ids is not None and not webhook_ids:
         return []
-    if isinstance(con, _Cursor) and con.remembers:
-        if con.fifo is None:
-            con.fifo = frozenset(
+    memo = _memo(con)
+    if memo is not None:
+        fifo: frozenset[str] | None = memo.get("fifo")
+        if fifo is None:
+            fifo = memo["fifo"] = frozenset(
                 r[0]
                 for r in con.execute(
                     f"SELECT webhook_id FROM webhooks WHERE ordering = '{Ordering.FIFO}'"
                 ).fetchall()
             )
-        if webhook_ids is None:
-            return sorted(con.fifo)
-        return sorted(con.fifo.intersection(webhook_ids))
+        return sorted(fifo if webhook_ids is None else fifo.intersection(webhook_ids))
     where = "" if webhook_ids is None else "AND list_contains(?::VARCHAR[], webhook_id)"
     params = [] if webhook_ids is None else [list(set(webhook_ids))]
     return [
@@ -1026,7 +1031,18 @@ def _scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = N
 
 def _paces(con: Any) -> dict[str, Pace]:
     """The active webhooks with a setting of their own (fifo, max_in_flight, rate_limit):
-    a few rows of the small webhooks table."""
+    a few rows of the small webhooks table, remembered until it changes (a claim that
+    draws on a rate limit's bucket writes it: see _Cursor)."""
+    memo = _memo(con)
+    if memo is None:
+        return _read_paces(con)
+    paces: dict[str, Pace] | None = memo.get("paces")
+    if paces is None:
+        paces = memo["paces"] = _read_paces(con)
+    return paces
+
+
+def _read_paces(con: Any) -> dict[str, Pace]:
     return {
         r[0]: Pace(*r)
         for r in con.execute(
@@ -1080,14 +1096,7 @@ def _claim(
         if not candidates:
             results.append([])
             continue
-        hooks = {
-            r[0]: (r[1], r[2], r[3], r[4])
-            for r in con.execute(
-                "SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at "
-                "FROM webhooks WHERE active AND list_contains(?::VARCHAR[], webhook_id)",
-                [list({c[1] for c in candidates})],
-            ).fetchall()
-        }
+        hooks = _active_hooks(con, {c[1] for c in candidates})
         strays = {c[1] for c in candidates} - hooks.keys()
         if strays:
             # Pending rows of a webhook that is gone or inactive: park them (Event.DISABLE)
@@ -1144,6 +1153,28 @@ def _claim(
             )
         results.append(claims)
     return results
+
+
+def _active_hooks(
+    con: Any, webhook_ids: set[str]
+) -> dict[str, tuple[str, str, str | None, datetime | None]]:
+    """URL, secret, previous secret and its expiry of the active webhooks among these;
+    those remembered from an earlier claim are not read again (see _Cursor)."""
+    memo = _memo(con)
+    known: dict[str, tuple[str, str, str | None, datetime | None]] = (
+        {} if memo is None else memo.setdefault("hooks", {})
+    )
+    missing = [w for w in webhook_ids if w not in known]
+    if missing:
+        known.update(
+            (r[0], (r[1], r[2], r[3], r[4]))
+            for r in con.execute(
+                "SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at "
+                "FROM webhooks WHERE active AND list_contains(?::VARCHAR[], webhook_id)",
+                [missing],
+            ).fetchall()
+        )
+    return {w: known[w] for w in webhook_ids if w in known}
 
 
 def _pace_rate_limited(
@@ -1316,7 +1347,6 @@ def _create_webhook(
 ) -> list[dict[str, Any]]:
     results = []
     now = utcnow()
-    _forget_webhooks(con)
     for url, event_types, secret, description, limits in payloads:
         webhook_id = _new_webhook_id()
         con.execute(
@@ -1379,7 +1409,6 @@ def _update_webhook(
     con: Any, payloads: Sequence[tuple[str, WebhookPatch]]
 ) -> list[dict[str, Any] | NotFound]:
     results: list[dict[str, Any] | NotFound] = []
-    _forget_webhooks(con)
     for webhook_id, patch in payloads:
         now = utcnow()
         row = con.execute(
@@ -1464,7 +1493,6 @@ def _update_webhook(
 def _delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
     results: list[NotFound | None] = []
     now = utcnow()
-    _forget_webhooks(con)
     for webhook_id in payloads:
         rows = con.execute(
             "DELETE FROM webhooks WHERE webhook_id = ? RETURNING 1", [webhook_id]

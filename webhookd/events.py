@@ -142,11 +142,16 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
 
 def body(event_id: str, event_type: str, occurred_at: datetime, payload: str) -> bytes:
     """canonical_json({"id", "type", "timestamp", "data"}), with `data` already encoded:
-    the keys in sorted order around it, so that `data` is encoded once, not twice."""
-    head = canonical_json(
-        {"id": event_id, "timestamp": _timestamp(occurred_at), "type": event_type}
-    )
-    return f'{{"data":{payload},{head[1:]}'.encode()
+    the keys in sorted order around it, so that `data` is encoded once, not twice, and
+    the three strings are encoded as canonical_json would (half the time of a dict)."""
+    return (
+        f'{{"data":{payload},"id":{_string(event_id)},'
+        f'"timestamp":"{_timestamp(occurred_at)}","type":{_string(event_type)}}}'
+    ).encode()
+
+
+def _string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def same_content(stored_type: str, stored_payload: str, event: NewEvent) -> bool:

@@ -794,16 +794,9 @@ def _park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
     usual case, where every one of them is active, an UPDATE that scans the queue."""
     if not webhook_ids:
         return 0
-    wanted = list(set(webhook_ids))
-    active = {
-        row[0]
-        for row in con.execute(
-            "SELECT webhook_id FROM webhooks "
-            "WHERE active AND list_contains(?::VARCHAR[], webhook_id)",
-            [wanted],
-        ).fetchall()
-    }
-    inactive = [w for w in wanted if w not in active]
+    wanted = set(webhook_ids)
+    active = _active_hooks(con, wanted).keys()
+    inactive = sorted(wanted - active)
     if not inactive:
         return 0
     rows = con.execute(

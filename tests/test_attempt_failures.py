@@ -35,6 +35,7 @@ from aiohttp.client_reqrep import ConnectionKey
 
 import webhookd.workers
 from tests.conftest import Api, DaemonProcess, write_config
+from tests.pools import pool_for
 from tests.receivers import Recorder, unused_port
 from webhookd.events import parse_event
 from webhookd.metrics import Metrics
@@ -145,23 +146,6 @@ class AnsweringSender(Sender):
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
         return self.result
-
-
-def pool_for(
-    store: DuckDBStore, sender: Sender, metrics: Metrics | None = None, max_attempts: int = 2
-) -> WorkerPool:
-    return WorkerPool(
-        store,
-        sender,
-        metrics or Metrics(),
-        workers=4,
-        per_webhook=2,
-        claim_batch=10,
-        lease=30.0,
-        timeout=5.0,
-        poll_interval=0.05,
-        policy=RetryPolicy(max_attempts=max_attempts, schedule=[0.0], jitter=0.0),
-    )
 
 
 async def attempt(pool: WorkerPool, claim: Claim) -> None:

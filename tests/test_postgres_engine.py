@@ -18,10 +18,10 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.pg import PgCluster, drop_schema, fresh_schema
+from tests.pools import pool_for
 from tests.receivers import Recorder
 from webhookd import events as events_module
 from webhookd.events import NewEvent, canonical_json, parse_event
-from webhookd.metrics import Metrics
 from webhookd.sender import Sender
 from webhookd.signing import new_secret
 from webhookd.states import Status
@@ -35,7 +35,6 @@ from webhookd.store.base import (
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.postgres.migrate import migrations
 from webhookd.store.records import utcnow
-from webhookd.workers import RetryPolicy, WorkerPool
 
 Q = "webhook_delivery_queue"
 DEADLINE = 30.0  # bounds a wait only a broken store runs into: fail, not hang
@@ -535,18 +534,7 @@ async def test_workers_claim_again_when_outcomes_commit_not_at_the_next_poll(
             timeout=5, max_response_bytes=0, allow_private=True, pool_size=4, user_agent="t"
         )
         await sender.start()
-        pool = WorkerPool(
-            store,
-            sender,
-            Metrics(),
-            workers=4,
-            per_webhook=2,
-            claim_batch=10,
-            lease=30.0,
-            timeout=5.0,
-            poll_interval=3600.0,
-            policy=RetryPolicy(max_attempts=2, schedule=[0.0], jitter=0.0),
-        )
+        pool = pool_for(store, sender, poll_interval=3600.0)
         running = asyncio.create_task(pool.run())
         try:
             await receiver.wait_for_requests(30, deadline=DEADLINE)

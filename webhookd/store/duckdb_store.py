@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -94,6 +94,8 @@ PRIORITY_DEFAULT = 1
 PRIORITY_SCAN = 2
 PRIORITY_CLAIM = 3
 
+
+T = TypeVar("T")
 
 # A statement that changes the webhooks table (see _Cursor.memo).
 _WRITES_WEBHOOKS = re.compile(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhooks\b", re.I)
@@ -334,7 +336,8 @@ class _Cursor:
 
     The main writer's cursor remembers what it read of the small webhooks table (`memo`,
     see _remembered): which webhooks are fifo, asked after every batch of outcomes and
-    every scan, and the URL and secrets of those a claim hands out. DuckDB plans and runs
+    every scan, the paced ones, and the URL and secrets of the active ones a claim hands
+    out or a retry asks about (_active_hooks). DuckDB plans and runs
     each of those SELECTs in 1-2 ms, a tenth of the writer's time under load. Every
     statement that writes the table runs on this cursor and makes it forget all of it,
     as does a ROLLBACK (the transaction may have read its own uncommitted changes)."""
@@ -816,30 +819,33 @@ def _memo(con: Any) -> dict[str, Any] | None:
     return con.memo if isinstance(con, _Cursor) and con.remembers else None
 
 
+def _remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
+    """load(con), read once until the cursor forgets (see _Cursor), or every time on a
+    cursor that does not remember."""
+    memo = _memo(con)
+    if memo is None:
+        return load(con)
+    if key not in memo:
+        memo[key] = load(con)
+    value: T = memo[key]
+    return value
+
+
 def _fifo_ids(con: Any, webhook_ids: Sequence[str] | None = None) -> list[str]:
     """The fifo webhooks among `webhook_ids` (all of them if None)."""
     if webhook_ids is not None and not webhook_ids:
         return []
-    memo = _memo(con)
-    if memo is not None:
-        fifo: frozenset[str] | None = memo.get("fifo")
-        if fifo is None:
-            fifo = memo["fifo"] = frozenset(
-                r[0]
-                for r in con.execute(
-                    f"SELECT webhook_id FROM webhooks WHERE ordering = '{Ordering.FIFO}'"
-                ).fetchall()
-            )
-        return sorted(fifo if webhook_ids is None else fifo.intersection(webhook_ids))
-    where = "" if webhook_ids is None else "AND list_contains(?::VARCHAR[], webhook_id)"
-    params = [] if webhook_ids is None else [list(set(webhook_ids))]
-    return [
+    fifo = _remembered(con, "fifo", _read_fifo)
+    return sorted(fifo if webhook_ids is None else fifo.intersection(webhook_ids))
+
+
+def _read_fifo(con: Any) -> frozenset[str]:
+    return frozenset(
         r[0]
         for r in con.execute(
-            f"SELECT webhook_id FROM webhooks WHERE ordering = '{Ordering.FIFO}' {where}",
-            params,
+            f"SELECT webhook_id FROM webhooks WHERE ordering = '{Ordering.FIFO}'"
         ).fetchall()
-    ]
+    )
 
 
 def _settle_fifo(con: Any, webhook_ids: Sequence[str] | None, now: datetime) -> None:
@@ -1026,13 +1032,7 @@ def _paces(con: Any) -> dict[str, Pace]:
     """The active webhooks with a setting of their own (fifo, max_in_flight, rate_limit):
     a few rows of the small webhooks table, remembered until it changes (a claim that
     draws on a rate limit's bucket writes it: see _Cursor)."""
-    memo = _memo(con)
-    if memo is None:
-        return _read_paces(con)
-    paces: dict[str, Pace] | None = memo.get("paces")
-    if paces is None:
-        paces = memo["paces"] = _read_paces(con)
-    return paces
+    return _remembered(con, "paces", _read_paces)
 
 
 def _read_paces(con: Any) -> dict[str, Pace]:

@@ -34,6 +34,7 @@ from webhookd.store.base import (
 )
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.postgres.migrate import migrations
+from webhookd.store.postgres.statistics import MIN_CHANGES
 from webhookd.store.records import utcnow
 
 Q = "webhook_delivery_queue"
@@ -601,6 +602,52 @@ async def test_release_returns_only_this_daemons_rows(make: Make, db: Any) -> No
     now = await rows(db)
     assert now[(webhook, mine.event_id)]["status"] == "pending"
     assert now[(webhook, theirs.event_id)]["status"] == "inflight"
+
+
+async def test_the_leader_analyzes_the_tables_that_grew_since_their_statistics(
+    make: Make, db: Any
+) -> None:
+    """A plan cached while the queue was empty stays until the table is analyzed
+    (statistics.py): the leader runs ANALYZE once a table's changes reach its size,
+    without waiting for autovacuum, and leaves the tables that did not change alone."""
+    store = await make()
+    await hook(store)
+    n = MIN_CHANGES + 100
+    await store.ingest(events(*(f"g{i}" for i in range(n))))
+    assert (await store.scan(10 * n)).enqueued == n
+    grown = {"webhook_delivery_queue", "pipeline_events"}
+    analyzed: set[str] = set()
+    deadline = time.monotonic() + DEADLINE
+    while not grown <= analyzed and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        analyzed = {
+            r[0]
+            for r in await db.fetch(
+                "SELECT relname FROM pg_stat_user_tables "
+                "WHERE schemaname = current_schema() AND last_analyze IS NOT NULL"
+            )
+        }
+    assert grown <= analyzed
+    assert "webhook_deliveries" not in analyzed, "a table with no changes was analyzed"
+
+
+async def test_pooled_connections_go_back_without_a_reset_query(make: Make, db: Any) -> None:
+    """asyncpg's default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` after every call: a round trip for session state the engine never leaves
+    on a pooled connection (store._keep_session)."""
+    store = await make()
+    webhook = await hook(store)
+    for _ in range(3):
+        await store.get_webhook(webhook)
+    last = [
+        r[0]
+        for r in await db.fetch(
+            "SELECT query FROM pg_stat_activity "
+            "WHERE application_name = 'webhookd' AND state = 'idle' AND pid <> pg_backend_pid()"
+        )
+    ]
+    assert any("webhook_id" in q for q in last), last
+    assert not [q for q in last if "pg_advisory_unlock_all" in q]
 
 
 async def test_one_daemon_leads_and_another_takes_over(make: Make, db: Any) -> None:

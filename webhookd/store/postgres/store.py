@@ -45,7 +45,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, fifo
+from webhookd.store.postgres import admin, fifo, statistics
 from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -84,6 +84,9 @@ MOVE_BATCH = 5000
 REPOLL = 0.01
 MAX_REPOLL = 0.2
 HOLD_WINDOW = 1.0
+# How often the leader looks for tables whose planner statistics are stale (statistics.py):
+# PostgreSQL's activity counters it reads are themselves flushed about once a second.
+STATISTICS_EVERY = 1.0
 
 
 class PostgresStore:
@@ -115,6 +118,7 @@ class PostgresStore:
         self._writer: OutcomeWriter | None = None
         self._ingests: IngestGroup | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._statistics: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._outstanding: dict[int, float] = {}
         self._calls = 0
@@ -159,6 +163,7 @@ class PostgresStore:
                 server_settings=self._server_settings,
                 timeout=CONNECT_TIMEOUT,
                 init=_keepalive,
+                reset=_keep_session,
             )
             async with self._pool.acquire() as con:
                 self.migrations_applied = await migrate(con, self.schema)
@@ -182,6 +187,9 @@ class PostgresStore:
         self._writer.start()
         self._ingests = IngestGroup(self._insert_events)
         self._heartbeat = asyncio.create_task(self._beating(), name="webhookd-pg-heartbeat")
+        self._statistics = asyncio.create_task(
+            self._keeping_statistics(), name="webhookd-pg-statistics"
+        )
 
     async def close(self) -> None:
         if self._pool is None:
@@ -190,6 +198,8 @@ class PostgresStore:
         self._stopping.set()
         await stop_task(self._heartbeat, CLOSE_TIMEOUT)
         self._heartbeat = None
+        await stop_task(self._statistics, CLOSE_TIMEOUT)
+        self._statistics = None
         if self._writer is not None:
             await self._writer.close(CLOSE_TIMEOUT)
         # Best effort: a daemon that leaves says so; one that cannot is found dead later.
@@ -293,6 +303,23 @@ class PostgresStore:
                 log.warning("heartbeat failed", error=str(exc))
             if self._listener is not None:
                 await self._listener.ping()
+
+    async def _keeping_statistics(self) -> None:
+        """On the leader, every STATISTICS_EVERY seconds (see statistics.py)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), STATISTICS_EVERY)
+            if self._stopping.is_set() or not await self.lead():
+                continue
+            try:
+                analyzed = await self._call(statistics.refresh, operations=0)
+            except StoreUnavailable:
+                continue
+            except Exception as exc:
+                log.warning("refreshing the planner's statistics failed", error=str(exc))
+                continue
+            if analyzed:
+                log.debug("planner statistics refreshed", tables=analyzed)
 
     # -- start-up and upkeep -------------------------------------------------------------
 
@@ -629,6 +656,16 @@ class PostgresStore:
 
     async def status(self) -> StatusReport:
         return await self._call(admin.status)
+
+
+async def _keep_session(con: Connection) -> None:
+    """What a pooled connection needs on its way back to the pool: nothing. asyncpg's
+    default sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` after every
+    call, one more round trip each time, for session state this engine never leaves on a
+    pooled connection: its advisory locks are transaction-level (the leader's session
+    lock and LISTEN have connections of their own), its settings are the connection's
+    startup parameters or SET LOCAL, and it opens no cursors. asyncpg still rolls back a
+    transaction left open before it calls this."""
 
 
 async def _keepalive(con: Connection) -> None:

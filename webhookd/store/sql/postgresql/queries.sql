@@ -577,3 +577,15 @@ CROSS JOIN LATERAL (
 ) hd
 WHERE w.ordering = 'fifo' AND hd.attempts > hd.retry_base
 ORDER BY w.webhook_id;
+
+
+-- name: stale_statistics
+-- The tables of $1 in this schema whose rows changed, since their last ANALYZE, as many
+-- times as they held rows then (reltuples; -1 if never analyzed), and at least $2 times
+-- (statistics.py).
+SELECT s.relname
+FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema() AND s.relname = ANY ($1::text[])
+  AND s.n_mod_since_analyze >= greatest($2::float8, c.reltuples);
+

@@ -703,6 +703,23 @@ async def test_another_daemons_work_wakes_a_waiting_one(make: Make) -> None:
     assert time.monotonic() - started >= 0.25
 
 
+async def test_a_daemons_second_scan_leaves_the_database_alone_while_its_first_runs(
+    make: Make,
+) -> None:
+    """The scanner keeps two scans asked (Scanner.run); on PostgreSQL the second would only
+    learn, in a transaction of its own, that the first holds scan_lock."""
+    store = await make()
+    await hook(store)
+    await store.ingest(events("s1", "s2"))
+    before = store.stats()["transactions"]
+    first, second = await asyncio.gather(store.scan(100), store.scan(100))
+    assert (first.events, first.enqueued) == (2, 2)
+    assert (second.events, second.enqueued) == (0, 0)
+    assert store.stats()["transactions"] - before == 1
+    assert (await store.scan(100)).events == 0
+    assert store.stats()["transactions"] - before == 2, "a scan alone asks the database"
+
+
 async def test_an_event_held_back_by_an_older_transaction_is_scanned_soon(
     make: Make, cluster: PgCluster, schema: str
 ) -> None:

@@ -130,6 +130,7 @@ class PostgresStore:
         self._fifo: set[str] = set()
         self._cursor = 0
         self._repoll = REPOLL
+        self._scanning = False
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
@@ -416,7 +417,17 @@ class PostgresStore:
         return new
 
     async def scan(self, batch_size: int) -> ScanResult:
-        result = await self._call(self._scan, batch_size)
+        if self._scanning:
+            # This daemon's other scan holds scan_lock: asking the database would cost a
+            # transaction (BEGIN, the lock refused, COMMIT) to learn just that. Measured
+            # at 500 events/s: 2,864 of 6,097 scans, most of them empty.
+            result = ScanResult(0, 0, self._cursor)
+        else:
+            self._scanning = True
+            try:
+                result = await self._call(self._scan, batch_size)
+            finally:
+                self._scanning = False
         listener = self._listener
         if listener is not None:
             if result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:

@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import free_port, percentile
+
 GAP = 0.02  # between requests, as the latency scenario's idle phase
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] * 1000
 
 
 def serve(port: int) -> None:
@@ -48,12 +44,6 @@ def serve(port: int) -> None:
     app.router.add_post("/v1/events", accept)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def http_202(port: int, n: int) -> list[float]:
@@ -146,15 +136,16 @@ def main() -> int:
     with pg_cluster() as cluster:
         results["postgresql commit"] = asyncio.run(postgresql_commit(cluster.url, args.n))
     for name, values in results.items():
-        print(f"  {name:<18} p50 {pct(values, 50):6.2f} ms   p99 {pct(values, 99):6.2f} ms")
+        p50, p99 = 1000 * percentile(values, 50), 1000 * percentile(values, 99)
+        print(f"  {name:<18} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
     # Independent parts: their p50s add up to about the p50 of the whole; a part whose
     # own p99 is above the target puts the whole's p99 above it too.
-    figures = {"http_p50_ms": pct(results["http 202"], 50)}
+    figures = {"http_p50_ms": 1000 * percentile(results["http 202"], 50)}
     for engine in ("duckdb", "postgresql"):
         commits = results[f"{engine} commit"]
-        figures[f"{engine}_p50_floor_ms"] = figures["http_p50_ms"] + pct(commits, 50)
-        figures[f"{engine}_commit_p99_ms"] = pct(commits, 99)
-    figures["http_p99_ms"] = pct(results["http 202"], 99)
+        figures[f"{engine}_p50_floor_ms"] = figures["http_p50_ms"] + 1000 * percentile(commits, 50)
+        figures[f"{engine}_commit_p99_ms"] = 1000 * percentile(commits, 99)
+    figures["http_p99_ms"] = 1000 * percentile(results["http 202"], 99)
     print(
         "idle_floor: "
         + " ".join(f"{key}={value:.2f}" for key, value in figures.items())

@@ -85,16 +85,18 @@ async def test_https_goes_through_the_proxy_as_a_connect_to_the_checked_address(
     make_sender: MakeSender, ca: trustme.CA
 ) -> None:
     dns = FakeResolver({"hooks.example.com": [PUBLIC]})
-    async with Recorder(ssl_context=server_context(ca, "hooks.example.com")) as receiver:
-        async with ForwardProxy(route=to_receiver(receiver)) as proxy:
-            sender = await make_sender(
-                resolver=dns,
-                ssl_context=client_context(ca),
-                proxy=parse_proxy(proxy.url_with("egress", "s3cret"), []),
-            )
-            url = f"https://hooks.example.com:{receiver.port}/hook"
-            result = await sender.post(url, BODY, HEADERS)
-            again = await sender.post(url, BODY, HEADERS)
+    async with (
+        Recorder(ssl_context=server_context(ca, "hooks.example.com")) as receiver,
+        ForwardProxy(route=to_receiver(receiver)) as proxy,
+    ):
+        sender = await make_sender(
+            resolver=dns,
+            ssl_context=client_context(ca),
+            proxy=parse_proxy(proxy.url_with("egress", "s3cret"), []),
+        )
+        url = f"https://hooks.example.com:{receiver.port}/hook"
+        result = await sender.post(url, BODY, HEADERS)
+        again = await sender.post(url, BODY, HEADERS)
     assert (result.status_code, result.error) == (200, None)
     assert again.status_code == 200
     # The proxy was asked for the address webhookd checked, never for the name.
@@ -111,14 +113,14 @@ async def test_through_the_proxy_tls_is_still_verified_against_the_name(
     make_sender: MakeSender, ca: trustme.CA
 ) -> None:
     dns = FakeResolver({"hooks.example.com": [PUBLIC]})
-    async with Recorder(ssl_context=server_context(ca, "other.example.com")) as receiver:
-        async with ForwardProxy(route=to_receiver(receiver)) as proxy:
-            sender = await make_sender(
-                resolver=dns, ssl_context=client_context(ca), proxy=parse_proxy(proxy.url, [])
-            )
-            result = await sender.post(
-                f"https://hooks.example.com:{receiver.port}/hook", BODY, HEADERS
-            )
+    async with (
+        Recorder(ssl_context=server_context(ca, "other.example.com")) as receiver,
+        ForwardProxy(route=to_receiver(receiver)) as proxy,
+    ):
+        sender = await make_sender(
+            resolver=dns, ssl_context=client_context(ca), proxy=parse_proxy(proxy.url, [])
+        )
+        result = await sender.post(f"https://hooks.example.com:{receiver.port}/hook", BODY, HEADERS)
     assert result.status_code is None
     assert result.error is not None and result.error.startswith(
         "TLS error: certificate verify failed"

@@ -36,8 +36,6 @@ from receivers import (
     unused_port,
 )
 
-import webhookd.sender
-from webhookd.guard import GuardedResolver
 from webhookd.sender import AttemptResult, Sender, parse_retry_after
 
 DEADLINE = 5.0

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import make_settings
+from conftest import make_settings, write_config
 from forward_proxy import ForwardProxy
 from receivers import FakeResolver, RawServer, Recorder, never_answer
 
-from webhookd import tls
+from webhookd import cli, tls
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import parse_proxy
 from webhookd.sender import Sender
@@ -312,3 +312,95 @@ async def test_a_webhooks_timeout_never_exceeds_the_daemons(make_sender: MakeSen
     async with RawServer(never_answer) as server:
         result = await sender.post(server.url, BODY, HEADERS, DeliveryOptions(timeout=30.0))
     assert result.error == "timeout after 0.2s"
+
+
+# -- check-config ---------------------------------------------------------------------------
+
+
+def check_config(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(["check-config", "--config", str(config)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_config_names_an_unreadable_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path,
+        tls={
+            "client_certificates": {
+                "partner": {
+                    "cert_file": str(tmp_path / "no.crt"),
+                    "key_file": str(tmp_path / "no.key"),
+                }
+            }
+        },
+    )
+    code, _, err = check_config(config, capsys)
+    assert code == 2
+    assert "tls.client_certificates.partner.cert_file: cannot read" in err
+    assert "tls.client_certificates.partner.key_file: cannot read" in err
+
+
+def test_check_config_names_a_key_that_is_not_the_certificates(
+    tmp_path: Path, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, other = ca.issue_cert("one.example"), ca.issue_cert("other.example")
+    one.cert_chain_pems[0].write_to_path(str(tmp_path / "one.crt"))
+    other.private_key_pem.write_to_path(str(tmp_path / "other.key"))
+    config = write_config(
+        tmp_path,
+        tls={
+            "client_certificates": {
+                "partner": {
+                    "cert_file": str(tmp_path / "one.crt"),
+                    "key_file": str(tmp_path / "other.key"),
+                }
+            }
+        },
+    )
+    code, _, err = check_config(config, capsys)
+    assert code == 2
+    assert (
+        f"tls.client_certificates.partner: key_file '{tmp_path / 'other.key'}' is not the key"
+        in err
+    )
+
+
+def test_check_config_masks_the_proxy_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path,
+        delivery={"proxy": "http://egress:s3cret@proxy.internal:3128", "no_proxy": ["a.example"]},
+    )
+    code, out, _ = check_config(config, capsys)
+    assert code == 0
+    assert "s3cret" not in out
+    assert '"proxy": "http://egress:**********@proxy.internal:3128"' in out
+
+
+@pytest.mark.parametrize(
+    ("proxy", "problem"),
+    [
+        ("https://proxy.internal:3128", "delivery.proxy: an HTTP proxy"),
+        ("http://proxy.internal", "delivery.proxy: needs a host and a port"),
+        ("http://proxy.internal:3128/path", "delivery.proxy: nothing after host:port"),
+    ],
+)
+def test_check_config_refuses_a_proxy_that_is_not_http_host_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], proxy: str, problem: str
+) -> None:
+    code, _, err = check_config(write_config(tmp_path, delivery={"proxy": proxy}), capsys)
+    assert code == 2
+    assert problem in err
+
+
+def test_check_config_names_an_unreadable_proxy_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, delivery={"proxy_file": str(tmp_path / "none")})
+    code, _, err = check_config(config, capsys)
+    assert code == 2
+    assert "delivery.proxy_file: cannot read" in err

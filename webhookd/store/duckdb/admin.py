@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from webhookd import network
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -31,10 +32,12 @@ from webhookd.store.records import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     WEBHOOK_COLUMNS,
+    WebhookSecrets,
     attempt_row,
     delivery_cursor,
     delivery_row,
     parse_delivery_cursor,
+    public_key_of,
     signing_secrets,
     utcnow,
     webhook_row,
@@ -63,8 +66,9 @@ def create_webhook(
             """
             INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                                   created_at, updated_at, health_reset_at,
-                                  rate_limit, max_in_flight, ordering)
-            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?)
+                                  rate_limit, max_in_flight, ordering,
+                                  delivery_options, public_key)
+            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 webhook_id,
@@ -78,6 +82,8 @@ def create_webhook(
                 limits.rate_limit,
                 limits.max_in_flight,
                 str(limits.ordering),
+                limits.delivery_options,
+                limits.public_key,
             ],
         )
         created = _fetch_webhook(con, webhook_id, now)
@@ -93,16 +99,16 @@ def get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
     return found
 
 
-def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+def get_webhook_secrets(con: Any, webhook_id: str) -> WebhookSecrets:
     row = con.execute(
-        "SELECT url, secret, previous_secret, previous_secret_expires_at FROM webhooks "
-        "WHERE webhook_id = ?",
+        "SELECT url, secret, previous_secret, previous_secret_expires_at, delivery_options "
+        "FROM webhooks WHERE webhook_id = ?",
         [webhook_id],
     ).fetchone()
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
-    url, secret, prev, prev_exp = row
-    return url, signing_secrets(secret, prev, prev_exp, utcnow())
+    url, secret, prev, prev_exp, options = row
+    return url, signing_secrets(secret, prev, prev_exp, utcnow()), network.decode(options)
 
 
 def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
@@ -123,16 +129,21 @@ def update_webhook(
         now = utcnow()
         row = con.execute(
             "SELECT active, webhook_id, ordering, max_in_flight, rate_limit, "
-            "rate_tokens, rate_refilled_at, rate_next_at FROM webhooks WHERE webhook_id = ?",
+            "rate_tokens, rate_refilled_at, rate_next_at, delivery_options "
+            "FROM webhooks WHERE webhook_id = ?",
             [webhook_id],
         ).fetchone()
         if row is None:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
         was_active = bool(row[0])
-        pace = Pace(*row[1:])
+        pace = Pace(*row[1:8])
         sets: list[str] = ["updated_at = ?"]
         params: list[Any] = [now]
+        options = patch.delivery_options(row[8])
+        if not isinstance(options, Unset):
+            sets.append("delivery_options = ?")
+            params.append(options)
         new_rate = patch.rate_limit
         rate_changed = False
         if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
@@ -225,10 +236,10 @@ def rotate_secret(
         rows = con.execute(
             """
             UPDATE webhooks SET previous_secret = secret, secret = ?,
-                previous_secret_expires_at = ?, updated_at = ?
+                previous_secret_expires_at = ?, updated_at = ?, public_key = ?
             WHERE webhook_id = ? RETURNING 1
             """,
-            [secret, now + timedelta(seconds=grace), now, webhook_id],
+            [secret, now + timedelta(seconds=grace), now, public_key_of(secret), webhook_id],
         ).fetchall()
         if not rows:
             results.append(NotFound(f"no webhook {webhook_id!r}"))

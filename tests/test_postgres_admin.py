@@ -210,7 +210,11 @@ async def test_secrets_and_rotation(con: Any) -> None:
     rotated = await admin.rotate_secret(con, wid, "new", 3600)
     assert rotated["previous_secret_expires_at"] is not None
     assert rotated["updated_at"] >= created["updated_at"]
-    assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("new", "old"), None)
+    assert await admin.get_webhook_secrets(con, wid) == (
+        "https://a.example/h",
+        ("new", "old"),
+        None,
+    )
     await admin.rotate_secret(con, wid, "newer", 0)  # no grace: only the new one signs
     assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("newer",), None)
     assert (await admin.get_webhook(con, wid))["previous_secret_expires_at"] is None

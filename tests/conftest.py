@@ -24,7 +24,7 @@ from tests.kit.pg import PgCluster, drop_schema, fresh_schema, pg_cluster
 from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
 from webhookd.store.base import Store
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore
 
 LOCAL_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})

@@ -1,10 +1,10 @@
 """What a claim costs with many rows waiting behind a fifo head or a rate limit (issue 12).
 
-    python bench/claim_cost.py [--engine duckdb|postgresql|both] [--waiting 100000]
+    python -m bench.claim_cost [--engine duckdb|postgresql|both] [--waiting 100000]
                                [--claims 40] [--cases base,fifo,rate,capped,burst]
 
 Each case builds a queue in SQL on a fresh database (a DuckDB file, or a schema on a
-throwaway PostgreSQL server from tests/pg.py), then times the claim itself: the engine's
+throwaway PostgreSQL server from tests/kit/pg.py), then times the claim itself: the engine's
 claim code (DuckDB's `_claim` on a connection set up as the store's, PostgreSQL's claim
 statement with its lock), claim(128, per_webhook 8), each inside a transaction that is
 rolled back, so that every claim meets the same queue and no commit (an fsync) is timed.
@@ -32,19 +32,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH first
-
-from tests.pg import drop_schema, fresh_schema, pg_cluster
+from tests.kit.pg import drop_schema, fresh_schema, pg_cluster
 from webhookd.signing import new_secret
 from webhookd.store.base import Store
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore
 
 BASE_HOOKS = 20
@@ -164,7 +161,7 @@ async def time_claims(claim: Claim, claims: int, expected: int = LIMIT) -> list[
 async def duckdb_case(case: str, waiting: int, claims: int) -> str:
     import duckdb
 
-    from webhookd.store import duckdb_store
+    from webhookd.store.duckdb import batches
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "claim.duckdb"
@@ -189,7 +186,7 @@ async def duckdb_case(case: str, waiting: int, claims: int) -> str:
         async def claim() -> int:
             con.execute("BEGIN TRANSACTION")
             try:
-                (got,) = duckdb_store._claim(con, [(LIMIT, PER_WEBHOOK, LEASE, {})])
+                (got,) = batches.claim(con, [(LIMIT, PER_WEBHOOK, LEASE, {})])
             finally:
                 con.execute("ROLLBACK")
             return len(got)

@@ -1,6 +1,6 @@
 """What single-event ingests cost the DuckDB database process (issue 11).
 
-    python bench/ingest_rate.py [--code DIR] [--rate 100] [--seconds 10]
+    python -m bench.ingest_rate [--code DIR] [--rate 100] [--seconds 10]
 
 The store in its child process as the daemon runs it (RemoteStore), with two scanner loops
 and two claim loops waiting in it, and a fake worker that records every claim delivered
@@ -36,8 +36,8 @@ async def measure(work: Path, rate: int, seconds: int) -> str:
     from webhookd.signing import new_secret
     from webhookd.states import Status
     from webhookd.store.base import Outcome
+    from webhookd.store.duckdb.remote import RemoteStore
     from webhookd.store.records import utcnow
-    from webhookd.store.remote import RemoteStore
 
     store = RemoteStore(work / "rate.duckdb", log_level="warning")
     await store.open()

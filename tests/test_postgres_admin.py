@@ -23,7 +23,7 @@ from webhookd.events import parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter, NotFound, Outcome, WebhookPatch
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore, admin
 from webhookd.store.postgres.migrate import migrate, quote_ident
 from webhookd.store.records import utcnow
@@ -37,7 +37,8 @@ class Db:
     schema: str
 
     async def connect(self) -> Any:
-        con = await asyncpg.connect(self.url)
+        # As the daemon's connections: the bodies it writes are kept (003_outbox_guards.sql).
+        con = await asyncpg.connect(self.url, server_settings={"webhookd.daemon": "on"})
         await con.execute(f"SET search_path TO {quote_ident(self.schema)}")
         return con
 

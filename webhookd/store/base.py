@@ -1,7 +1,7 @@
 """The storage interface the scanner, workers, upkeep and API use; no database specifics.
 
-Two engines implement it: DuckDB (store/duckdb_store.py, run in a child process by
-store/remote.py), one daemon on one file; and PostgreSQL (store/postgres/), several
+Two engines implement it: DuckDB (store/duckdb/, run in a child process by
+store/duckdb/remote.py), one daemon on one file; and PostgreSQL (store/postgres/), several
 daemons on one queue. tests/test_store.py and tests/test_queue_properties.py are the
 conformance suite both pass.
 """
@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from webhookd.events import NewEvent
+from webhookd.network import DeliveryOptions
 from webhookd.states import Status
 
 
@@ -29,7 +30,7 @@ class StorageFull(StoreUnavailable):
     The API answers it with 503 `storage_full`."""
 
     def __reduce__(self) -> tuple[type[StorageFull], tuple[str]]:
-        # It crosses from the database process to the daemon (store/remote.py).
+        # It crosses from the database process to the daemon (store/duckdb/remote.py).
         return StorageFull, (str(self),)
 
 
@@ -79,6 +80,8 @@ class Claim:
     # Fifo or rate-limited: the store hands out only what may start now, so the worker pool
     # never claims ahead for it (rows held in memory would bunch up or break the order).
     paced: bool = False
+    # The webhook's own headers, client certificate and timeout; None when it sets none.
+    options: DeliveryOptions | None = None
 
     def __reduce__(self) -> tuple[type[Claim], tuple[Any, ...]]:
         # Claims and outcomes cross to the database process by the thousand: positional
@@ -192,6 +195,9 @@ class StatusReport:
     by_webhook: dict[str, dict[str, int]] = field(default_factory=dict)
     oldest_due_age_seconds: float | None = None
     scanner_lag_events: int = 0
+    # Events the scanner set aside, never to be delivered (PostgreSQL: an outbox row with a
+    # time out of range or data over admin.max_body_bytes, in rejected_events).
+    events_rejected: int = 0
     scanner_cursor: int = 0
     latest_seq: int = 0
     webhooks_active: int = 0

@@ -101,6 +101,7 @@ class PostgresStore:
         daemon_id: str | None = None,
         dead_after: float = 30.0,
         heartbeat_interval: float = 2.0,
+        max_event_bytes: int = 1_048_576,
     ) -> None:
         self._url = url
         self.schema = schema
@@ -108,6 +109,9 @@ class PostgresStore:
         self.daemon_id = daemon_id or f"{socket.gethostname()}:{os.getpid()}:{_random.token_hex(4)}"
         self.dead_after = dead_after
         self.heartbeat_interval = heartbeat_interval
+        # An event written in SQL with more data than this is set aside, as the API
+        # refuses a bigger request (admin.max_body_bytes).
+        self._max_event_bytes = max_event_bytes
         # Never set: this engine reconnects by itself (see base.Store.lost).
         self.lost = asyncio.Event()
         self.migrations_applied: list[int] = []
@@ -141,6 +145,9 @@ class PostgresStore:
             # Short statements, many of them: compiling one (jit_above_cost is met by a
             # claim's plan estimates on a big queue) costs a few hundred ms, not its run.
             "jit": "off",
+            # Tells the pipeline_events trigger (003_outbox_guards.sql) that this is the
+            # daemon: the bodies it writes are kept, where a producer's are not.
+            "webhookd.daemon": "on",
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -441,22 +448,41 @@ class PostgresStore:
         async with con.transaction():
             if not await con.fetchval(query("scan_lock"), self._scan_key):
                 return ScanResult(0, 0, self._cursor)  # another daemon is scanning
-            rows = await con.fetch(query("scan_read"), batch_size)
+            rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
             if not rows:
                 raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
             events = [r for r in rows if r["event_id"] is not None]
             if not events:
                 self._cursor = rows[0]["cursor_seq"]
                 return ScanResult(0, 0, self._cursor)
-            built = [r for r in events if r["payload"] is not None]
+            built_ids: list[str] = []
+            bodies: list[bytes] = []
+            rejected: dict[str, str] = {r["event_id"]: r["problem"] for r in events if r["problem"]}
+            for r in events:
+                if r["payload"] is None or r["event_id"] in rejected:
+                    continue
+                try:
+                    bodies.append(_build_body(r))
+                except Exception as exc:  # set aside, never in the way of the others
+                    rejected[r["event_id"]] = f"cannot build its body: {type(exc).__name__}: {exc}"
+                    continue
+                built_ids.append(r["event_id"])
+            for event_id, problem in rejected.items():
+                log.error(
+                    "an outbox event cannot be delivered; set aside in rejected_events",
+                    event_id=event_id,
+                    error=problem,
+                )
             last = events[-1]
             enqueued, fifo_ids, _ = await con.fetchrow(
                 query("scan_enqueue"),
-                [r["event_id"] for r in events],
+                [r["event_id"] for r in events if r["event_id"] not in rejected],
                 last["xid"],
                 last["seq"],
-                [r["event_id"] for r in built],
-                [_build_body(r) for r in built],
+                built_ids,
+                bodies,
+                list(rejected),
+                list(rejected.values()),
             )
             if fifo_ids:
                 await fifo.settle(con, fifo_ids)

@@ -1,0 +1,347 @@
+"""Webhook and operator functions of the DuckDB engine: batch functions of the main
+writer (see batches.py), and reads that run on the reader's cursor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from webhookd.states import Status
+from webhookd.store.base import (
+    RATE_LIMITED,
+    UNSET,
+    DeliveryFilter,
+    FifoBlocked,
+    NotFound,
+    Ordering,
+    Page,
+    StatusReport,
+    Unset,
+    WebhookLimits,
+    WebhookPatch,
+    burst,
+)
+from webhookd.store.duckdb.batches import scan_once
+from webhookd.store.duckdb.common import park_inactive
+from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
+from webhookd.store.duckdb.queries import query
+from webhookd.store.pacing import Pace, tokens_now
+from webhookd.store.records import (
+    attempt_row,
+    delivery_cursor,
+    delivery_row,
+    parse_delivery_cursor,
+    signing_secrets,
+    utcnow,
+    webhook_row,
+)
+
+
+def _new_webhook_id() -> str:
+    return "wh_" + os.urandom(12).hex()
+
+
+def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] | None:
+    row = con.execute(query("get_webhook"), [webhook_id]).fetchone()
+    return None if row is None else webhook_row(row, now)
+
+
+def create_webhook(
+    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits]]
+) -> list[dict[str, Any]]:
+    results = []
+    now = utcnow()
+    for url, event_types, secret, description, limits in payloads:
+        webhook_id = _new_webhook_id()
+        con.execute(
+            query("create_webhook"),
+            [
+                webhook_id,
+                url,
+                secret,
+                event_types,
+                description,
+                now,
+                now,
+                now,
+                limits.rate_limit,
+                limits.max_in_flight,
+                str(limits.ordering),
+            ],
+        )
+        created = _fetch_webhook(con, webhook_id, now)
+        assert created is not None
+        results.append(created)
+    return results
+
+
+def get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
+    found = _fetch_webhook(con, webhook_id, utcnow())
+    if found is None:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return found
+
+
+def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    row = con.execute(query("get_webhook_secrets"), [webhook_id]).fetchone()
+    if row is None:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    url, secret, prev, prev_exp = row
+    return url, signing_secrets(secret, prev, prev_exp, utcnow())
+
+
+def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
+    now = utcnow()
+    rows = con.execute(query("list_webhooks"), [after or "", limit + 1]).fetchall()
+    items = [webhook_row(r, now) for r in rows[:limit]]
+    return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
+
+
+def update_webhook(
+    con: Any, payloads: Sequence[tuple[str, WebhookPatch]]
+) -> list[dict[str, Any] | NotFound]:
+    results: list[dict[str, Any] | NotFound] = []
+    for webhook_id, patch in payloads:
+        now = utcnow()
+        row = con.execute(query("webhook_pace"), [webhook_id]).fetchone()
+        if row is None:
+            results.append(NotFound(f"no webhook {webhook_id!r}"))
+            continue
+        was_active = bool(row[0])
+        pace = Pace(*row[1:])
+        sets: list[str] = ["updated_at = ?"]
+        params: list[Any] = [now]
+        new_rate = patch.rate_limit
+        rate_changed = False
+        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
+            # The bucket keeps what it holds, within the new burst; the slots the old limit
+            # gave out are void: its waiting rows are due now, and paced again.
+            rate_changed = True
+            held_tokens = None
+            if new_rate is not None and pace.rate_limit is not None:
+                held_tokens = min(burst(new_rate), tokens_now(pace, now))
+            sets.append("rate_limit = ?, rate_tokens = ?, rate_refilled_at = ?")
+            params.extend([new_rate, held_tokens, now])
+        if rate_changed or (patch.active is not None and patch.active != was_active):
+            sets.append("rate_next_at = NULL")
+        if patch.max_in_flight is not UNSET:
+            sets.append("max_in_flight = ?")
+            params.append(patch.max_in_flight)
+        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
+        if ordering_changed:
+            sets.append("ordering = ?")
+            params.append(str(patch.ordering))
+        if patch.url is not None:
+            sets.append("url = ?")
+            params.append(patch.url)
+        if patch.event_types is not None:
+            sets.append("event_types = ?")
+            params.append(patch.event_types)
+        if patch.description is not None:
+            sets.append("description = ?")
+            params.append(patch.description)
+        if patch.active is not None:
+            sets.append("active = ?")
+            params.append(patch.active)
+            if patch.active and not was_active:
+                sets.append("disabled_reason = NULL, failing_since = NULL, health_reset_at = ?")
+                params.append(now)
+            elif not patch.active and was_active:
+                sets.append("disabled_reason = 'disabled by an operator'")
+        con.execute(
+            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", [*params, webhook_id]
+        )
+        if rate_changed:
+            con.execute(query("rate_limited_due"), [now, now, webhook_id, now, RATE_LIMITED])
+        if ordering_changed and patch.ordering == Ordering.NONE:
+            # Rows that waited behind the head: due now, in any order.
+            con.execute(query("fifo_waiting_due"), [now, now, webhook_id])
+        if patch.active is True and not was_active:
+            _set_due(con, "enable", [webhook_id], now)
+        elif patch.active is False:
+            park_inactive(con, [webhook_id], now)
+        # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
+        settle_fifo(con, [webhook_id], now)
+        updated = _fetch_webhook(con, webhook_id, now)
+        assert updated is not None
+        results.append(updated)
+    return results
+
+
+def delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
+    results: list[NotFound | None] = []
+    now = utcnow()
+    for webhook_id in payloads:
+        rows = con.execute(query("delete_webhook"), [webhook_id]).fetchall()
+        if not rows:
+            results.append(NotFound(f"no webhook {webhook_id!r}"))
+            continue
+        # Its deliveries stay, parked, for the record: nothing is silently dropped.
+        park_inactive(con, [webhook_id], now)
+        results.append(None)
+    return results
+
+
+def rotate_secret(
+    con: Any, payloads: Sequence[tuple[str, str, float]]
+) -> list[dict[str, Any] | NotFound]:
+    results: list[dict[str, Any] | NotFound] = []
+    for webhook_id, secret, grace in payloads:
+        now = utcnow()
+        rows = con.execute(
+            query("rotate_secret"), [secret, now + timedelta(seconds=grace), now, webhook_id]
+        ).fetchall()
+        if not rows:
+            results.append(NotFound(f"no webhook {webhook_id!r}"))
+            continue
+        updated = _fetch_webhook(con, webhook_id, now)
+        assert updated is not None
+        results.append(updated)
+    return results
+
+
+def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
+    # No cursor: the condition on it is NULL IS NULL, true for every row.
+    created, wid, eid = parse_delivery_cursor(after) if after else (None, None, None)
+    rows = con.execute(
+        query("list_deliveries"),
+        [
+            filt.webhook_id,
+            filt.event_id,
+            None if filt.status is None else str(filt.status),
+            created,
+            created,
+            wid,
+            eid,
+            limit + 1,
+        ],
+    ).fetchall()
+    items = [delivery_row(r) for r in rows[:limit]]
+    cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        cursor = delivery_cursor(last[9], last[0], last[1])
+    return Page(items, cursor)
+
+
+def list_attempts(con: Any, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
+    rows = con.execute(query("list_attempts"), [webhook_id, event_id]).fetchall()
+    items = [attempt_row(row) for row in rows]
+    if not items:
+        exists = con.execute(query("delivery_exists"), [webhook_id, event_id]).fetchone()
+        if exists is None:
+            raise NotFound(f"no delivery of {event_id!r} to {webhook_id!r}")
+    return items
+
+
+def _set_due(con: Any, name: str, params: list[Any], now: datetime) -> int:
+    """Apply an operator event (queries enable, redrive, replay): matching rows due now,
+    with a fresh budget."""
+    rows = con.execute(query(name), [now, now, *params]).fetchall()
+    reparked = park_inactive(con, [r[0] for r in rows], now)
+    # A fifo webhook's rows due again take their places by seq behind one head.
+    settle_fifo(con, [r[0] for r in rows], now)
+    return len(rows) - reparked
+
+
+def redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None]]) -> list[int]:
+    results = []
+    for status, webhook_id, since in payloads:
+        if since is not None and since.tzinfo:
+            since = since.astimezone(UTC).replace(tzinfo=None)
+        params = [str(status), webhook_id, since, since]
+        results.append(_set_due(con, "redrive", params, utcnow()))
+    return results
+
+
+def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | NotFound]:
+    results: list[int | NotFound] = []
+    for event_id, webhook_id in payloads:
+        now = utcnow()
+        event = con.execute(query("replay_event"), [event_id]).fetchone()
+        if event is None:
+            results.append(NotFound(f"no event {event_id!r}"))
+            continue
+        # An event the scanner has not reached yet: scan up to it first, so that the rows
+        # inserted below are never the scanner's to insert again.
+        scanned = scan_once(con, 10_000, careful=True, upto=event[1])
+        forced = scanned.events > 0
+        while scanned.cursor < event[1]:
+            scanned = scan_once(con, 10_000, careful=True, upto=event[1])
+        if webhook_id is not None:
+            hook = con.execute(query("webhook_exists"), [webhook_id]).fetchone()
+            if hook is None:
+                results.append(NotFound(f"no webhook {webhook_id!r}"))
+                continue
+        # The rows that scan enqueued are due now, as a replay would make them: they count.
+        fresh = (
+            con.execute(query("replay_pending"), [event_id, webhook_id]).fetchone()[0]
+            if forced
+            else 0
+        )
+        # Rows pruned after delivery come back from the event source.
+        inserted = con.execute(
+            query("replay_enqueue"), [now, now, now, webhook_id, webhook_id, event_id]
+        ).fetchall()
+        again = _set_due(con, "replay", [event_id, webhook_id], now)
+        reparked = park_inactive(con, [r[0] for r in inserted], now)
+        settle_fifo(con, [r[0] for r in inserted], now)
+        results.append(fresh + again + len(inserted) - reparked)
+    return results
+
+
+def status(con: Any) -> StatusReport:
+    now = utcnow()
+    report = StatusReport()
+    for wid, status, n in con.execute(query("status_counts")).fetchall():
+        report.by_status[status] = report.by_status.get(status, 0) + n
+        report.by_webhook.setdefault(wid, {})[status] = n
+    oldest = con.execute(query("status_oldest_due"), [now]).fetchone()[0]
+    if oldest is not None:
+        report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
+    cursor, latest = con.execute(query("status_scanner")).fetchone()
+    report.scanner_cursor = cursor
+    report.latest_seq = max(latest, cursor)
+    report.scanner_lag_events = max(0, latest - cursor)
+    for wid, active, reason in con.execute(query("status_webhooks")).fetchall():
+        if active:
+            report.webhooks_active += 1
+        else:
+            report.disabled_webhooks[wid] = reason
+    report.fifo_blocked = _fifo_blocked(con)
+    return report
+
+
+def _fifo_blocked(con: Any) -> dict[str, FifoBlocked]:
+    """Fifo webhooks whose head (the lowest seq of their pending and inflight rows) has
+    failed since it became the head or was last redriven, with the first such failure."""
+    fifo = fifo_ids(con)
+    if not fifo:
+        return {}
+    blocked: dict[str, FifoBlocked] = {}
+    for wid, eid, attempts, base, last in con.execute(query("fifo_blocked"), [fifo]).fetchall():
+        (first,) = con.execute(query("fifo_blocked_since"), [wid, eid, base]).fetchone()
+        since = first or last
+        if since is not None:
+            blocked[wid] = FifoBlocked(eid, since, attempts)
+    return blocked
+
+
+def auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
+    """Refresh failing_since from the log, then deactivate webhooks failing for too long.
+
+    A webhook fails since its first attempt after its last delivered one (or after it was
+    created or last enabled). Computed here, once a tick, so that recording outcomes on
+    the hot path never touches the webhooks table.
+    """
+    results = []
+    for failing_before in payloads:
+        now = utcnow()
+        con.execute(query("failing_since"))
+        rows = con.execute(query("auto_disable"), [now, failing_before]).fetchall()
+        disabled = [r[0] for r in rows]
+        park_inactive(con, disabled, now)
+        results.append(disabled)
+    return results

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from webhookd.events import NewEvent, same_content
+from webhookd.events import NewEvent
+from webhookd.queue.conflicts import first_of_each, same_content
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -63,39 +64,35 @@ def ingest_carefully(
     con: Any, payloads: Sequence[list[NewEvent]]
 ) -> list[IngestResult | EventConflict]:
     all_ids = list({e.event_id for events in payloads for e in events})
-    existing: dict[str, tuple[str, str]] = {
-        row[0]: (row[1], row[2]) for row in con.execute(query("ingest_known"), [all_ids]).fetchall()
+    existing: dict[str, tuple[str, bytes]] = {
+        row[0]: (row[1], bytes(row[2]))
+        for row in con.execute(query("ingest_known"), [all_ids]).fetchall()
     }
     return _ingest_new(con, payloads, existing)
 
 
 def _ingest_new(
-    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, str]]
+    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, bytes]]
 ) -> list[IngestResult | EventConflict]:
-    """Insert what is new; `existing` maps the ids already stored to (type, payload)."""
+    """Insert what is new; `existing` maps the ids already stored to (type, body)."""
     new_events: list[NewEvent] = []
     results: list[IngestResult | EventConflict] = []
     now = utcnow()
     for events in payloads:
-        conflicts: list[str] = []
-        fresh: dict[str, NewEvent] = {}
-        for event in events:
-            known = existing.get(event.event_id)
-            if known is None and event.event_id in fresh:
-                prior = fresh[event.event_id]
-                known = (prior.event_type, prior.payload)
-            if known is not None:
-                if not same_content(known[0], known[1], event):
-                    conflicts.append(event.event_id)
-                continue
-            fresh[event.event_id] = event
+        fresh, conflicts = first_of_each(events)
+        conflicts += [
+            e.event_id
+            for e in fresh.values()
+            if e.event_id in existing and not same_content(e, *existing[e.event_id])
+        ]
         if conflicts:
             results.append(EventConflict(sorted(set(conflicts))))
             continue
-        for event in fresh.values():
-            existing[event.event_id] = (event.event_type, event.payload)
-        new_events.extend(fresh.values())
-        results.append(IngestResult([e.event_id for e in events], len(fresh)))
+        new = [e for e in fresh.values() if e.event_id not in existing]
+        for event in new:
+            existing[event.event_id] = (event.event_type, event.body)
+        new_events.extend(new)
+        results.append(IngestResult([e.event_id for e in events], len(new)))
     if new_events:
         con.execute(
             query("ingest"),

@@ -78,8 +78,8 @@ RETURNING webhook_id;
 
 
 -- name: ingest_known
--- The type and payload of the ids ? already stored.
-SELECT event_id, event_type, payload::VARCHAR FROM pipeline_events
+-- The stored type and body of the ids ?, for queue/conflicts.same_content.
+SELECT event_id, event_type, body FROM pipeline_events
 WHERE event_id IN (SELECT unnest(?::VARCHAR[]));
 
 

@@ -42,6 +42,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from webhookd import guard, signing
 from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, shown
+from webhookd.api.tenant_fields import OptionalTenant, QueryTenant
 from webhookd.events import MAX_ID_LENGTH, MAX_TYPE_LENGTH, token_problem
 from webhookd.states import Status
 from webhookd.store.records import parse_delivery_cursor
@@ -413,6 +414,7 @@ class Event(Request):
         Missing("required"),
     ]
     occurred_at: Timestamp = Field(default=None, json_schema_extra=_absent)
+    tenant: OptionalTenant = None
 
 
 class Events(RootModel[Event | Annotated[list[Event], Field(min_length=1)]]):
@@ -432,6 +434,7 @@ class WebhookCreate(Request):
     rate_limit: RateLimit = None
     max_in_flight: MaxInFlight = None
     ordering: Annotated[OrderingField, Field(json_schema_extra=_absent)] = "none"
+    tenant: OptionalTenant = None
 
 
 class WebhookChange(Request):
@@ -451,6 +454,8 @@ class WebhookChange(Request):
         BeforeValidator(_ordering),
         Field(json_schema_extra=_absent),
     ] = None
+    # Set at creation: the same value is accepted, another is a 400 (handler).
+    tenant: OptionalTenant = None
 
 
 class Redrive(Request):
@@ -467,6 +472,7 @@ class Redrive(Request):
         BeforeValidator(_since),
     ] = None
     webhook_id: OptionalWebhookId = None
+    tenant: OptionalTenant = None
 
 
 class Replay(Request):
@@ -509,6 +515,7 @@ class WebhookQuery(Query):
         Field(description="`next` of the previous page"),
         BeforeValidator(_webhook_cursor),
     ] = Field(default=None, json_schema_extra=_absent)
+    tenant: QueryTenant = Field(default=None, json_schema_extra=_absent)
 
 
 class DeliveryQuery(Query):
@@ -527,6 +534,7 @@ class DeliveryQuery(Query):
         Field(description="`next` of the previous page"),
         BeforeValidator(_delivery_cursor),
     ] = Field(default=None, json_schema_extra=_absent)
+    tenant: QueryTenant = Field(default=None, json_schema_extra=_absent)
 
 
 # -- turning pydantic's errors into the API's -------------------------------------------------
@@ -641,6 +649,7 @@ class Webhook(Response):
         description="concurrent attempts; null: delivery.per_webhook_concurrency"
     )
     ordering: Literal["none", "fifo"]
+    tenant: str | None = Field(description="the tenant it belongs to; null: none")
 
 
 class WebhookWithSecret(Webhook):

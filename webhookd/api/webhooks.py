@@ -10,7 +10,15 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import signing
-from webhookd.api.common import Operation, documented, read_json, services
+from webhookd.api.common import (
+    ApiError,
+    Operation,
+    caller_tenant,
+    documented,
+    read_json,
+    services,
+    tenant_scope,
+)
 from webhookd.api.models import (
     TestResult,
     Webhook,
@@ -23,7 +31,7 @@ from webhookd.api.models import (
     parse_query,
 )
 from webhookd.events import canonical_json, new_event_id
-from webhookd.store.base import UNSET, Ordering, WebhookLimits, WebhookPatch
+from webhookd.store.base import UNSET, NotFound, Ordering, WebhookLimits, WebhookPatch
 
 routes = web.RouteTableDef()
 
@@ -38,6 +46,18 @@ def _context(request: web.Request) -> dict[str, Any]:
     return {"allow_private": services(request).settings.delivery.allow_private_destinations}
 
 
+async def owned(request: web.Request, webhook_id: str) -> dict[str, Any] | None:
+    """The webhook, when the caller holds a tenant token and the webhook is of its tenant;
+    another tenant's is NotFound (its existence is not revealed). None for the operator."""
+    own = caller_tenant(request)
+    if own is None:
+        return None
+    found = await services(request).store.get_webhook(webhook_id)
+    if found.get("tenant") != own:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return found
+
+
 @routes.post("/v1/webhooks")
 @documented(
     Operation(
@@ -48,16 +68,19 @@ def _context(request: web.Request) -> dict[str, Any]:
         responses={201: WebhookWithSecret},
         errors={
             400: "a field is invalid (`invalid_url`, `invalid_secret`, `invalid_request`), "
-            "naming it, or the body is not JSON (`invalid_json`)"
+            "naming it, or the body is not JSON (`invalid_json`)",
+            403: "a tenant token naming another tenant (`forbidden`)",
         },
+        tenant=True,
     )
 )
 async def create(request: web.Request) -> web.Response:
     body = parse(WebhookCreate, await read_json(request), context=_context(request))
+    tenant = tenant_scope(request, body.tenant)
     secret = body.secret if body.secret is not None else signing.new_secret()
     limits = WebhookLimits(body.rate_limit, body.max_in_flight, Ordering(body.ordering))
     created = await services(request).store.create_webhook(
-        body.url, body.event_types or [], secret, body.description or "", limits
+        body.url, body.event_types or [], secret, body.description or "", limits, tenant
     )
     # The only time the secret is shown: the subscriber needs it to verify signatures.
     return web.json_response({**created, "secret": secret}, status=201)
@@ -67,24 +90,37 @@ async def create(request: web.Request) -> web.Response:
 @documented(
     Operation(
         summary="List webhooks",
-        description="In order of webhook id, a page at a time.",
+        description="In order of webhook id, a page at a time. With a tenant token: that "
+        "tenant's only.",
         tag="webhooks",
         query=WebhookQuery,
         responses={200: WebhookPage},
+        errors={403: "a tenant token naming another tenant (`forbidden`)"},
+        tenant=True,
     )
 )
 async def list_all(request: web.Request) -> web.Response:
     query = parse_query(WebhookQuery, request.query)
-    page = await services(request).store.list_webhooks(query.limit, query.cursor)
+    tenant = tenant_scope(request, query.tenant)
+    page = await services(request).store.list_webhooks(query.limit, query.cursor, tenant)
     return web.json_response({"items": page.items, "next": page.next})
 
 
 @routes.get("/v1/webhooks/{webhook_id}")
 @documented(
-    Operation(summary="Show a webhook", tag="webhooks", responses={200: Webhook}, errors=_UNKNOWN)
+    Operation(
+        summary="Show a webhook",
+        tag="webhooks",
+        responses={200: Webhook},
+        errors=_UNKNOWN,
+        tenant=True,
+    )
 )
 async def show(request: web.Request) -> web.Response:
-    found = await services(request).store.get_webhook(request.match_info["webhook_id"])
+    webhook_id = request.match_info["webhook_id"]
+    found = await owned(request, webhook_id)
+    if found is None:
+        found = await services(request).store.get_webhook(webhook_id)
     return web.json_response(found)
 
 
@@ -99,12 +135,31 @@ async def show(request: web.Request) -> web.Response:
         tag="webhooks",
         body=WebhookChange,
         responses={200: Webhook},
-        errors=_UNKNOWN,
+        errors={
+            **_UNKNOWN,
+            400: "a field is invalid, naming it, or `tenant` differs from the webhook's "
+            "(set at creation)",
+            403: "a tenant token naming another tenant (`forbidden`)",
+        },
+        tenant=True,
     )
 )
 async def change(request: web.Request) -> web.Response:
     body = parse(WebhookChange, await read_json(request), context=_context(request))
     given = body.model_fields_set
+    webhook_id = request.match_info["webhook_id"]
+    found = await owned(request, webhook_id)
+    if "tenant" in given:
+        tenant_scope(request, body.tenant)
+        if found is None:
+            found = await services(request).store.get_webhook(webhook_id)
+        if body.tenant != found.get("tenant"):
+            raise ApiError(
+                400,
+                "invalid_request",
+                "tenant: set when the webhook is created and not changeable; "
+                "create a webhook in the other tenant instead",
+            )
     patch = WebhookPatch(
         url=body.url if "url" in given else None,
         event_types=(body.event_types or []) if "event_types" in given else None,
@@ -115,7 +170,7 @@ async def change(request: web.Request) -> web.Response:
         ordering=Ordering(body.ordering) if body.ordering is not None else None,
     )
     svc = services(request)
-    updated = await svc.store.update_webhook(request.match_info["webhook_id"], patch)
+    updated = await svc.store.update_webhook(webhook_id, patch)
     if body.active or given & {"rate_limit", "ordering"}:
         svc.pool.wake()  # rows may be due now
     return web.json_response(updated)
@@ -129,9 +184,11 @@ async def change(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={204: None},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def remove(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     await services(request).store.delete_webhook(request.match_info["webhook_id"])
     return web.Response(status=204)
 
@@ -145,9 +202,11 @@ async def remove(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={200: WebhookWithSecret},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def rotate_secret(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     svc = services(request)
     secret = signing.new_secret()
     grace = svc.settings.delivery.rotation_grace
@@ -164,10 +223,12 @@ async def rotate_secret(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={200: TestResult},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def send_test(request: web.Request) -> web.Response:
     """A test event now, with a short inline burst; not queued, so it never lingers."""
+    await owned(request, request.match_info["webhook_id"])
     svc = services(request)
     url, secrets = await svc.store.get_webhook_secrets(request.match_info["webhook_id"])
     event_id = "evt_test_" + new_event_id()[4:]

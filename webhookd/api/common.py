@@ -122,8 +122,11 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 # -- tenants --------------------------------------------------------------------------------
 
-# The request's tenant when it came with a tenant token (set by the auth middleware).
-CALLER_TENANT = "webhookd.caller_tenant"
+# The request's tenant when it came with a tenant token (set by the auth middleware); a
+# RequestKey where aiohttp has them (3.13+: a plain string key is warned about there).
+CALLER_TENANT: Any = (
+    web.RequestKey("caller_tenant", str) if hasattr(web, "RequestKey") else "caller_tenant"
+)
 
 
 def caller_tenant(request: web.Request) -> str | None:

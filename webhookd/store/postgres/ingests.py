@@ -84,7 +84,7 @@ class IngestGroup:
         for request in batch:
             clash = any(
                 (prior := merged.get(e.event_id)) is not None
-                and not same_content(prior.event_type, prior.payload, e)
+                and not same_content(prior.event_type, prior.payload, e, prior.tenant)
                 for e in request.events
             )
             if clash:

@@ -20,21 +20,24 @@ DELETE FROM daemons WHERE daemon_id = $1;
 -- The events of one request; ids already stored are left alone and checked by
 -- ingest_conflicts in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
-INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
+                             tenant)
 SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
-       now() AT TIME ZONE 'UTC'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[])
-    AS u(event_id, event_type, payload, body, occurred_at)
+       now() AT TIME ZONE 'UTC', u.tenant
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[])
+    AS u(event_id, event_type, payload, body, occurred_at, tenant)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
 -- name: ingest_conflicts
--- Of the ids given, those stored with another type or other data (jsonb equality).
+-- Of the ids given, those stored with another type, tenant or other data (jsonb equality).
 SELECT u.event_id
-FROM unnest($1::text[], $2::text[], $3::text[]) AS u(event_id, event_type, payload)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+    AS u(event_id, event_type, payload, tenant)
 JOIN pipeline_events e ON e.event_id = u.event_id
-WHERE e.event_type <> u.event_type OR e.payload <> u.payload::jsonb;
+WHERE e.event_type <> u.event_type OR e.payload <> u.payload::jsonb
+   OR e.tenant IS DISTINCT FROM u.tenant;
 
 
 -- name: scan_lock
@@ -77,7 +80,7 @@ WITH built AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, p.seq, coalesce(p.body, b.body) AS body
+    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])

@@ -293,9 +293,16 @@ async def test_a_bad_tenant_name_is_a_400_naming_the_field(
     tmp_path: Path, tenant: str, why: str
 ) -> None:
     async with running(make_settings(tmp_path)) as d, Api(d.url) as api:
+        url = "http://127.0.0.1:9/"
         checks: list[tuple[str, str, Any, dict[str, str] | None, str]] = [
-            ("POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/", "tenant": tenant}, None, "tenant"),
-            ("POST", "/v1/events", {"type": "t", "data": 1, "tenant": tenant}, None, "events[0].tenant"),
+            ("POST", "/v1/webhooks", {"url": url, "tenant": tenant}, None, "tenant"),
+            (
+                "POST",
+                "/v1/events",
+                {"type": "t", "data": 1, "tenant": tenant},
+                None,
+                "events[0].tenant",
+            ),
             ("POST", "/v1/redrive", {"status": "dead", "tenant": tenant}, None, "tenant"),
             ("GET", "/v1/webhooks", None, {"tenant": tenant}, "tenant"),
             ("GET", "/v1/deliveries", None, {"tenant": tenant}, "tenant"),
@@ -348,9 +355,7 @@ async def test_the_outbox_takes_a_tenant(tmp_path: Path, request: pytest.Fixture
                 "SELECT publish('evt_pub', 'invoice.paid', '{\"n\": 1}'::jsonb, tenant => 'acme')"
             )
             with pytest.raises(asyncpg.UniqueViolationError):
-                await con.execute(
-                    "SELECT publish('evt_pub', 'invoice.paid', '{\"n\": 1}'::jsonb)"
-                )
+                await con.execute("SELECT publish('evt_pub', 'invoice.paid', '{\"n\": 1}'::jsonb)")
             await con.execute(
                 "INSERT INTO pipeline_events (event_id, event_type, payload, tenant) "
                 "VALUES ('evt_ins', 'invoice.paid', '{}', 'acme'), "

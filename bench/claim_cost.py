@@ -44,7 +44,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH first
 from tests.pg import drop_schema, fresh_schema, pg_cluster
 from webhookd.signing import new_secret
 from webhookd.store.base import Store
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore
 
 BASE_HOOKS = 20
@@ -164,7 +164,7 @@ async def time_claims(claim: Claim, claims: int, expected: int = LIMIT) -> list[
 async def duckdb_case(case: str, waiting: int, claims: int) -> str:
     import duckdb
 
-    from webhookd.store import duckdb_store
+    from webhookd.store.duckdb import batches
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "claim.duckdb"
@@ -189,7 +189,7 @@ async def duckdb_case(case: str, waiting: int, claims: int) -> str:
         async def claim() -> int:
             con.execute("BEGIN TRANSACTION")
             try:
-                (got,) = duckdb_store._claim(con, [(LIMIT, PER_WEBHOOK, LEASE, {})])
+                (got,) = batches.claim(con, [(LIMIT, PER_WEBHOOK, LEASE, {})])
             finally:
                 con.execute("ROLLBACK")
             return len(got)

@@ -203,7 +203,7 @@ def cmdline(pid: int) -> list[str]:
 
 # What a descendant's threads are labelled with ("store:MainThread"), by a word of its
 # command line; other descendants get "pid<N>".
-PROCESS_LABELS = {"webhookd.store.server": "store"}
+PROCESS_LABELS = {"webhookd.store.duckdb.server": "store"}
 
 
 def process_label(pid: int, args: Sequence[str] | None = None) -> str:

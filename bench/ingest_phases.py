@@ -64,8 +64,8 @@ async def phases(work: Path, n: int) -> dict[str, list[float]]:
     from webhookd.signing import new_secret
     from webhookd.states import Status
     from webhookd.store.base import Outcome
+    from webhookd.store.duckdb.remote import RemoteStore
     from webhookd.store.records import utcnow
-    from webhookd.store.remote import RemoteStore
 
     store = RemoteStore(work / "phases.duckdb", log_level="warning")
     await store.open()

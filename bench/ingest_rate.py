@@ -36,8 +36,8 @@ async def measure(work: Path, rate: int, seconds: int) -> str:
     from webhookd.signing import new_secret
     from webhookd.states import Status
     from webhookd.store.base import Outcome
+    from webhookd.store.duckdb.remote import RemoteStore
     from webhookd.store.records import utcnow
-    from webhookd.store.remote import RemoteStore
 
     store = RemoteStore(work / "rate.duckdb", log_level="warning")
     await store.open()

@@ -9,7 +9,7 @@ py-spy records only threads that are running (not idle) unless --idle was given.
 With `record --subprocesses` each stack starts with `process <pid>:"<cmdline>"` frames, the
 recorded process then the chain of descendants down to the sampled one; threads of the
 recorded process (the daemon) keep their names, those of a descendant are named
-"<label>:<name>" ("store:MainThread" for webhookd.store.server, "pid<N>:..." otherwise).
+"<label>:<name>" ("store:MainThread" for webhookd.store.duckdb.server, "pid<N>:..." otherwise).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _PREFIX = re.compile(
 _PREFIX_NO_THREAD = re.compile(r'^(?P<procs>(?:process \d+:"(?:[^"]|"(?!;))*";)*)')
 _PROCESS = re.compile(r'process (?P<pid>\d+):"(?P<cmd>.*?)";(?=process \d+:"|$)')
 # Descendants by a word of their command line (as bench/harness.py PROCESS_LABELS).
-_PROCESS_LABELS = {"webhookd.store.server": "store"}
+_PROCESS_LABELS = {"webhookd.store.duckdb.server": "store"}
 _LOCATION = re.compile(r" \((?P<file>[^:()]+):\d+\)$")
 
 

@@ -25,7 +25,7 @@ from tests.pg import PgCluster, drop_schema, fresh_schema, pg_cluster
 from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
 from webhookd.store.base import Store
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore
 
 TOKEN = "test-admin-token-0123456789abcdef"

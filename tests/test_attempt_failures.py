@@ -43,7 +43,8 @@ from webhookd.sender import AttemptResult, Sender, local_errno
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import Claim, DeliveryFilter, Outcome
-from webhookd.store.duckdb_store import DuckDBStore, utcnow
+from webhookd.store.duckdb.store import DuckDBStore
+from webhookd.store.records import utcnow
 from webhookd.workers import RetryPolicy, WorkerPool, decide
 
 DEADLINE = 20.0

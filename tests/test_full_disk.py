@@ -34,7 +34,7 @@ from tests.receivers import Recorder
 from webhookd.events import NewEvent, body
 from webhookd.states import Status
 from webhookd.store.base import Claim, Outcome, StorageFull, StoreUnavailable
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres.errors import unavailable
 
 TMPFS_SIZE = "32m"

@@ -25,7 +25,8 @@ import pytest
 from webhookd.events import NewEvent, parse_event
 from webhookd.signing import new_secret
 from webhookd.store.base import EventConflict
-from webhookd.store.duckdb_store import DuckDBStore, _ingest
+from webhookd.store.duckdb.batches import ingest
+from webhookd.store.duckdb.store import DuckDBStore
 
 # Bounds a wait that only a broken store would run into, so that it fails, not hangs.
 DEADLINE = 30.0
@@ -159,7 +160,7 @@ async def test_the_scanner_never_skips_an_event_committed_late(store: DuckDBStor
     past e1's seq, and e1, committed afterwards, would never be enqueued."""
     await hook(store)
     assert store._ingest_writer is not None
-    held = Held(then=_ingest)
+    held = Held(then=ingest)
     first = store._ingest_writer.submit(held, new_events("e1"))
     await held.inside()
     second = asyncio.ensure_future(store.ingest(new_events("e2")))
@@ -213,7 +214,7 @@ async def test_a_checkpoint_waits_for_the_ingest_transaction(store: DuckDBStore)
     """DuckDB refuses a CHECKPOINT while another write transaction is open: the main
     writer's checkpoint waits for the ingest writer's transaction instead of failing."""
     assert store._ingest_writer is not None and store._con is not None
-    held = Held(then=_ingest)
+    held = Held(then=ingest)
     ingesting = store._ingest_writer.submit(held, new_events("e1"))
     await held.inside()
     threading.Timer(0.3, held.release.set).start()

@@ -22,7 +22,7 @@ from tests.conftest import Api, DaemonProcess, make_settings, running, write_con
 from tests.receivers import Recorder, Reply
 from webhookd.signing import new_secret
 from webhookd.store.base import WebhookPatch
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.records import utcnow
 
 
@@ -65,7 +65,7 @@ async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, daemon_process:
 
 
 def database_process(daemon_pid: int, deadline: float = 10.0) -> int:
-    """The pid of the daemon's database child (`python -m webhookd.store.server`)."""
+    """The pid of the daemon's database child (`python -m webhookd.store.duckdb.server`)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         for entry in Path("/proc").iterdir():
@@ -77,7 +77,7 @@ def database_process(daemon_pid: int, deadline: float = 10.0) -> int:
             except OSError:
                 continue  # gone meanwhile
             parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == daemon_pid and b"webhookd.store.server" in cmdline:
+            if parent == daemon_pid and b"webhookd.store.duckdb.server" in cmdline:
                 return int(entry.name)
         time.sleep(0.01)
     raise AssertionError(f"no database process under pid {daemon_pid}")

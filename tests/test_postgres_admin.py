@@ -23,7 +23,7 @@ from webhookd.events import parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter, NotFound, Outcome, WebhookPatch
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore, admin
 from webhookd.store.postgres.migrate import migrate, quote_ident
 from webhookd.store.records import utcnow

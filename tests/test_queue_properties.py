@@ -46,7 +46,7 @@ from webhookd.events import NewEvent, parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import Claim, DeliveryFilter, NotFound, Outcome, Store, WebhookPatch
-from webhookd.store.duckdb_store import DuckDBStore
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.records import utcnow
 

@@ -33,7 +33,9 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.duckdb_store import DuckDBStore, _fifo_ids, _update_webhook
+from webhookd.store.duckdb.admin import update_webhook
+from webhookd.store.duckdb.fifo import fifo_ids
+from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.records import utcnow
 
@@ -576,13 +578,13 @@ async def test_duckdb_writer_forgets_the_fifo_webhooks_a_rolled_back_transaction
     wid = await hook(store)
 
     def switch_then_fail(con: Any, payloads: list[None]) -> list[None]:
-        _update_webhook(con, [(wid, WebhookPatch(ordering=Ordering.FIFO))])
-        assert _fifo_ids(con) == [wid]  # seen, and remembered, inside the transaction
+        update_webhook(con, [(wid, WebhookPatch(ordering=Ordering.FIFO))])
+        assert fifo_ids(con) == [wid]  # seen, and remembered, inside the transaction
         raise RuntimeError("rolled back")
 
     with pytest.raises(RuntimeError, match="rolled back"):
         await store._write(switch_then_fail, None)
-    assert await store._write(lambda con, payloads: [_fifo_ids(con)], None) == []
+    assert await store._write(lambda con, payloads: [fifo_ids(con)], None) == []
     ids = await enqueue(store, 3)
     assert sorted(c.event_id for c in await store.claim(10, 8, 30)) == ids
 

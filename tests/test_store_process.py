@@ -42,7 +42,7 @@ def store_child(proc: DaemonProcess) -> int:
     found = [
         child
         for child in children
-        if b"webhookd.store.server" in Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"webhookd.store.duckdb.server" in Path(f"/proc/{child}/cmdline").read_bytes()
     ]
     assert len(found) == 1, children
     return found[0]

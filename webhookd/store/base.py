@@ -1,7 +1,7 @@
 """The storage interface the scanner, workers, upkeep and API use; no database specifics.
 
-Two engines implement it: DuckDB (store/duckdb_store.py, run in a child process by
-store/remote.py), one daemon on one file; and PostgreSQL (store/postgres/), several
+Two engines implement it: DuckDB (store/duckdb/, run in a child process by
+store/duckdb/remote.py), one daemon on one file; and PostgreSQL (store/postgres/), several
 daemons on one queue. tests/test_store.py and tests/test_queue_properties.py are the
 conformance suite both pass.
 """
@@ -30,7 +30,7 @@ class StorageFull(StoreUnavailable):
     The API answers it with 503 `storage_full`."""
 
     def __reduce__(self) -> tuple[type[StorageFull], tuple[str]]:
-        # It crosses from the database process to the daemon (store/remote.py).
+        # It crosses from the database process to the daemon (store/duckdb/remote.py).
         return StorageFull, (str(self),)
 
 

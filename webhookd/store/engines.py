@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from webhookd.config import Settings, redact_url
 from webhookd.store.base import Store
-from webhookd.store.remote import RemoteStore
+from webhookd.store.duckdb.remote import RemoteStore
 
 
 def make_store(settings: Settings) -> Store:

@@ -2,7 +2,7 @@
 
 Module-level functions on one asyncpg connection whose search_path is the webhookd
 schema; each writes in its own transaction when it writes more than one statement. The
-reference behaviour is duckdb_store.py (`_create_webhook` ... `_auto_disable`); rows and
+reference behaviour is store/duckdb/admin.py (`create_webhook` ... `auto_disable`); rows and
 cursors are formatted by store/records.py, so both engines answer alike.
 
 Differences that come from several daemons sharing the queue:

@@ -1,6 +1,6 @@
-"""The child process that owns the DuckDB database for the daemon (see store/remote.py).
+"""The child process that owns the DuckDB database for the daemon (see remote.py).
 
-    python -m webhookd.store.server FD PARENT_PID path=... memory_limit=... ...
+    python -m webhookd.store.duckdb.server FD PARENT_PID path=... memory_limit=... ...
 
 It serves the Store calls that arrive on the socket FD, with the DuckDBStore and its
 writer threads, and ends when the daemon closes it or goes away. It ignores SIGINT and
@@ -25,8 +25,8 @@ from typing import Any
 
 from webhookd import logs
 from webhookd.store.base import StoreUnavailable
-from webhookd.store.duckdb_store import DuckDBStore
-from webhookd.store.remote import Outbox, read_frame
+from webhookd.store.duckdb.remote import Outbox, read_frame
+from webhookd.store.duckdb.store import DuckDBStore
 
 PR_SET_PDEATHSIG = 1
 LOCK_WAIT = 2.0

@@ -1,4 +1,4 @@
-"""The daemon's side of a store that runs in a child process (see store/server.py).
+"""The daemon's side of a store that runs in a child process (see server.py).
 
 Why a process: DuckDB's Python client takes the GIL to bind every parameter and to
 convert every result row. In the same process as a busy event loop, the writer thread
@@ -161,7 +161,7 @@ class RemoteStore:
                 [
                     sys.executable,
                     "-m",
-                    "webhookd.store.server",
+                    "webhookd.store.duckdb.server",
                     str(theirs.fileno()),
                     str(os.getpid()),
                     *(f"{k}={v}" for k, v in self._options.items()),

@@ -1,0 +1,491 @@
+"""The delivery path of the DuckDB engine: rescue, ingest, scan, claim, record, release,
+prune."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from webhookd.events import NewEvent, same_content
+from webhookd.states import Event, Status, sources
+from webhookd.store.base import (
+    RATE_LIMITED,
+    Claim,
+    EventConflict,
+    IngestResult,
+    Ordering,
+    Outcome,
+    Pruned,
+    ScanResult,
+)
+from webhookd.store.duckdb.common import (
+    CURSOR,
+    MATCHES,
+    Q,
+    active_hooks,
+    park_inactive,
+    remembered,
+    sql_in,
+)
+from webhookd.store.duckdb.fifo import settle_fifo
+from webhookd.store.pacing import Pace, cap, first_slot, tokens_now
+from webhookd.store.records import signing_secrets, utcnow
+
+# ---------------------------------------------------------------------------------------
+# Batch functions. Each runs on the writer thread inside a transaction the writer owns,
+# takes every payload of its kind queued since the last commit, and returns one result
+# per payload. Expected failures are returned as values so they do not abort the batch.
+# ---------------------------------------------------------------------------------------
+
+
+def rescue(con: Any, payloads: Sequence[datetime | None]) -> list[int]:
+    results = []
+    for expired_before in payloads:
+        now = utcnow()
+        condition = "" if expired_before is None else "AND lease_until < ?"
+        params: list[Any] = [now, now] if expired_before is None else [now, now, expired_before]
+        rows = con.execute(
+            f"""
+            UPDATE {Q} SET status = '{Status.PENDING}', lease_until = NULL,
+                next_attempt_at = ?, updated_at = ?
+            WHERE status IN {sql_in(sources(Event.LEASE_EXPIRED))} {condition}
+            RETURNING webhook_id
+            """,
+            params,
+        ).fetchall()
+        park_inactive(con, [r[0] for r in rows], now)
+        settle_fifo(con, [r[0] for r in rows], now)
+        results.append(len(rows))
+    return results
+
+
+def ingest(con: Any, payloads: Sequence[list[NewEvent]]) -> list[IngestResult | EventConflict]:
+    """Insert the events, trusting the primary key to refuse an id already stored: looking
+    every id up first costs a pass over the event ids (30 ms at a million events), the
+    key's check about 2 us an event. A refused id fails the transaction; the store then
+    retries with ingest_carefully, which tells a re-post from a conflict."""
+    return _ingest_new(con, payloads, {})
+
+
+def ingest_carefully(
+    con: Any, payloads: Sequence[list[NewEvent]]
+) -> list[IngestResult | EventConflict]:
+    all_ids = list({e.event_id for events in payloads for e in events})
+    existing: dict[str, tuple[str, str]] = {
+        row[0]: (row[1], row[2])
+        for row in con.execute(
+            "SELECT event_id, event_type, payload::VARCHAR FROM pipeline_events "
+            "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
+            [all_ids],
+        ).fetchall()
+    }
+    return _ingest_new(con, payloads, existing)
+
+
+def _ingest_new(
+    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, str]]
+) -> list[IngestResult | EventConflict]:
+    """Insert what is new; `existing` maps the ids already stored to (type, payload)."""
+    new_events: list[NewEvent] = []
+    results: list[IngestResult | EventConflict] = []
+    now = utcnow()
+    for events in payloads:
+        conflicts: list[str] = []
+        fresh: dict[str, NewEvent] = {}
+        for event in events:
+            known = existing.get(event.event_id)
+            if known is None and event.event_id in fresh:
+                prior = fresh[event.event_id]
+                known = (prior.event_type, prior.payload)
+            if known is not None:
+                if not same_content(known[0], known[1], event):
+                    conflicts.append(event.event_id)
+                continue
+            fresh[event.event_id] = event
+        if conflicts:
+            results.append(EventConflict(sorted(set(conflicts))))
+            continue
+        for event in fresh.values():
+            existing[event.event_id] = (event.event_type, event.payload)
+        new_events.extend(fresh.values())
+        results.append(IngestResult([e.event_id for e in events], len(fresh)))
+    if new_events:
+        con.execute(
+            """
+            INSERT INTO pipeline_events
+                (event_id, event_type, payload, body, occurred_at, ingested_at)
+            SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
+                   unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?
+            """,
+            [
+                [e.event_id for e in new_events],
+                [e.event_type for e in new_events],
+                [e.payload for e in new_events],
+                [e.body for e in new_events],
+                [e.occurred_at.replace(tzinfo=None) for e in new_events],
+                now,
+            ],
+        )
+    return results
+
+
+def new_events_kick(con: Any, payloads: Sequence[None]) -> list[None]:
+    """The kind of the ingest writer's kicks (Writer.kick): never run, it names the work
+    that scans, and claims that wait for new events, ride with."""
+    return [None] * len(payloads)
+
+
+NEW_EVENTS = frozenset({new_events_kick})
+
+
+def scan_cursor(con: Any) -> int:
+    return int(con.execute(CURSOR).fetchone()[0])
+
+
+def scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
+    return [scan_once(con, batch_size, careful=False) for batch_size in payloads]
+
+
+def scan_carefully(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
+    return [scan_once(con, batch_size, careful=True) for batch_size in payloads]
+
+
+def scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = None) -> ScanResult:
+    """Enqueue the events after the cursor (at most `batch_size`, none after `upto`) and
+    advance the cursor, in the caller's transaction.
+
+    A (webhook, event) row can only exist already if something enqueued an event the
+    cursor had not passed; replay scans first so that nothing does. So the insert needs
+    no ON CONFLICT, which costs DuckDB a few milliseconds a statement however few the
+    rows: `careful` adds it back for the retry after a conflict (see DuckDBStore.scan).
+    """
+    cursor, n_events, high = con.execute(
+        f"SELECT ({CURSOR}), count(*), max(seq) FROM (SELECT seq FROM pipeline_events "
+        f"WHERE seq > ({CURSOR}) AND seq <= ? ORDER BY seq LIMIT ?)",
+        [upto if upto is not None else 2**62, batch_size],
+    ).fetchone()
+    if not n_events:
+        return ScanResult(0, 0, cursor)
+    now = utcnow()
+    # A fifo webhook's new rows wait behind its head (no next_attempt_at); settle_fifo
+    # makes the lowest due if the webhook had no head.
+    (enqueued,) = con.execute(
+        f"""
+        INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
+                         next_attempt_at, body, created_at, updated_at, seq)
+        SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0,
+               CASE WHEN w.ordering = '{Ordering.FIFO}' THEN NULL ELSE ?::TIMESTAMP END,
+               e.body, ?, ?, e.seq
+        FROM pipeline_events e
+        JOIN webhooks w ON {MATCHES}
+        WHERE e.seq > ? AND e.seq <= ?
+        {"ON CONFLICT DO NOTHING" if careful else ""}
+        """,
+        [now, now, now, cursor, high],
+    ).fetchone()
+    con.execute(
+        "UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main'", [high, now]
+    )
+    if enqueued:
+        settle_fifo(con, None, now)
+    return ScanResult(n_events, int(enqueued), high)
+
+
+def _paces(con: Any) -> dict[str, Pace]:
+    """The active webhooks with a setting of their own (fifo, max_in_flight, rate_limit):
+    a few rows of the small webhooks table, remembered until it changes (a claim that
+    draws on a rate limit's bucket writes it: see Cursor)."""
+    return remembered(con, "paces", _read_paces)
+
+
+def _read_paces(con: Any) -> dict[str, Pace]:
+    return {
+        r[0]: Pace(*r)
+        for r in con.execute(
+            "SELECT webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, "
+            "rate_refilled_at, rate_next_at FROM webhooks WHERE active AND "
+            "(ordering = 'fifo' OR max_in_flight IS NOT NULL OR rate_limit IS NOT NULL)"
+        ).fetchall()
+    }
+
+
+def claim(
+    con: Any, payloads: Sequence[tuple[int, int, float, dict[str, int]]]
+) -> list[list[Claim]]:
+    """Due rows, oldest first, no webhook beyond its cap, now inflight.
+
+    Cost must not grow with the backlog or the delivered rows: a few simple statements
+    (DuckDB plans and runs each in about a millisecond, a composed query costs more):
+    rows held per webhook; the webhooks with settings of their own; a top-N of due rows
+    of webhooks below their cap, with their bodies; their webhooks; then the update by
+    rowid (RETURNING on this table, which has a primary key, costs several times the
+    update). Lists are matched with list_contains: `IN (SELECT unnest(?))` plans a
+    semi-join that costs twice as much.
+
+    A webhook's cap (store/pacing.py): fifo 1, else what the pool asked, within its
+    max_in_flight if it is rate-limited. Rows waiting behind a fifo head have no
+    next_attempt_at and are never due. A rate-limited webhook takes a token per row; its
+    candidates the bucket cannot serve are moved to the next free slots, once each.
+    """
+    results: list[list[Claim]] = []
+    for limit, per_webhook, lease, caps in payloads:
+        now = utcnow()
+        held: dict[str, int] = dict(
+            con.execute(
+                f"SELECT webhook_id, count(*) FROM {Q} "
+                f"WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id"
+            ).fetchall()
+        )
+        paces = _paces(con)
+        room = {w: cap(paces.get(w), per_webhook, caps.get(w)) for w in {*held, *caps, *paces}}
+        full = [w for w, n in held.items() if n >= room[w]]
+        candidates = con.execute(
+            f"""
+            SELECT rowid, webhook_id, event_id, attempts, retry_base, body FROM {Q}
+            WHERE status IN {sql_in(sources(Event.CLAIM))} AND next_attempt_at <= ?
+              AND NOT list_contains(?::VARCHAR[], webhook_id)
+            ORDER BY next_attempt_at
+            LIMIT ?
+            """,
+            [now, full, limit * 4],
+        ).fetchall()
+        if not candidates:
+            results.append([])
+            continue
+        hooks = active_hooks(con, {c[1] for c in candidates})
+        strays = {c[1] for c in candidates} - hooks.keys()
+        if strays:
+            # Pending rows of a webhook that is gone or inactive: park them (Event.DISABLE)
+            # rather than let them fill the head of the queue.
+            park_inactive(con, list(strays), now)
+        tokens = {w: tokens_now(p, now) for w, p in paces.items() if p.rate_limit is not None}
+        taken: dict[str, list[int]] = {}  # rate-limited webhook: rowids handed out
+        short: set[str] = set()  # rate-limited webhooks with due rows the bucket cannot serve
+        rank: dict[str, int] = {}
+        picked: list[Any] = []
+        for row in candidates:
+            webhook_id = row[1]
+            if webhook_id in strays:
+                continue
+            n = rank[webhook_id] = rank.get(webhook_id, 0) + 1
+            if held.get(webhook_id, 0) + n > room.get(webhook_id, per_webhook):
+                continue  # waits for its cap, as it is
+            if webhook_id in tokens and n > math.floor(tokens[webhook_id]):
+                short.add(webhook_id)  # waits for a token
+                continue
+            if len(picked) == limit:
+                continue  # left due for the next claim
+            picked.append(row)
+            if webhook_id in tokens:
+                taken.setdefault(webhook_id, []).append(row[0])
+        _pace_rate_limited(con, paces, tokens, taken, short, now)
+        rowids = [p[0] for p in picked]
+        lease_until = now + timedelta(seconds=lease)
+        con.execute(
+            f"""
+            UPDATE {Q} SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
+            WHERE list_contains(?::BIGINT[], rowid)
+            """,
+            [lease_until, now, rowids],
+        )
+        claims = []
+        for _, webhook_id, event_id, attempts, base, body in picked:
+            url, secret, prev, prev_exp = hooks[webhook_id]
+            secrets = signing_secrets(secret, prev, prev_exp, now)
+            pace = paces.get(webhook_id)
+            claims.append(
+                Claim(
+                    webhook_id,
+                    event_id,
+                    attempts + 1,
+                    attempts + 1 - base,
+                    url,
+                    secrets,
+                    bytes(body),
+                    lease_until,
+                    None if pace is None else pace.own_cap(),
+                    pace is not None and pace.paced,
+                )
+            )
+        results.append(claims)
+    return results
+
+
+def _pace_rate_limited(
+    con: Any,
+    paces: dict[str, Pace],
+    tokens: dict[str, float],
+    taken: dict[str, list[int]],
+    short: set[str],
+    now: datetime,
+) -> None:
+    """Write back the buckets a claim drew on, and move every due row of a webhook whose
+    bucket came up short (but those handed out) to its next free slots (store/pacing.py),
+    in one statement each: no attempt, no log row, and no later claim reads them before
+    their time."""
+    touched = sorted(w for w in tokens if w in taken or w in short)
+    if not touched:
+        return
+    next_at: dict[str, datetime | None] = {w: paces[w].next_at for w in touched}
+    for w in sorted(short):
+        pace = paces[w]
+        assert pace.rate_limit is not None
+        first = first_slot(pace, tokens[w] - len(taken.get(w, ())), now)
+        step = round(1_000_000 / pace.rate_limit)  # microseconds
+        (moved,) = con.execute(
+            f"""
+            UPDATE {Q} AS q SET next_attempt_at = ? + to_microseconds((v.k - 1) * ?),
+                last_error = ?, updated_at = ?
+            FROM (SELECT rowid AS id,
+                         row_number() OVER (ORDER BY next_attempt_at, seq, event_id) AS k
+                  FROM {Q}
+                  WHERE webhook_id = ? AND status = '{Status.PENDING}' AND next_attempt_at <= ?
+                    AND NOT list_contains(?::BIGINT[], rowid)) v
+            WHERE q.rowid = v.id
+            """,
+            [first, step, RATE_LIMITED, now, w, now, taken.get(w, [])],
+        ).fetchone()
+        next_at[w] = first + timedelta(microseconds=moved * step)
+    con.execute(
+        """
+        UPDATE webhooks SET rate_tokens = v.tokens, rate_refilled_at = ?, rate_next_at = v.next_at
+        FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::DOUBLE[]) AS tokens,
+                     unnest(?::TIMESTAMP[]) AS next_at) v
+        WHERE webhooks.webhook_id = v.webhook_id
+        """,
+        [
+            now,
+            touched,
+            [tokens[w] - len(taken.get(w, ())) for w in touched],
+            [next_at[w] for w in touched],
+        ],
+    )
+
+
+def record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
+    """Apply outcomes in one UPDATE and log the attempts made in one INSERT.
+
+    An outcome that was not spent (the daemon's own resources failed, Outcome.spent)
+    sets the row's state, next attempt and error but keeps its attempt count and last
+    attempt time, and writes no log row: the log is what auto-disable reads."""
+    now = utcnow()
+    columns = [
+        [o.webhook_id for o in outcomes],
+        [o.event_id for o in outcomes],
+        [str(o.status) for o in outcomes],
+        [o.attempt for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.status_code for o in outcomes],
+        [o.error for o in outcomes],
+        [o.attempted_at for o in outcomes],
+        [o.claimed_until for o in outcomes],
+        [o.spent for o in outcomes],
+    ]
+    con.execute(
+        f"""
+        UPDATE {Q} AS q SET status = o.status,
+            attempts = CASE WHEN o.spent THEN o.attempt ELSE q.attempts END,
+            next_attempt_at = o.next_attempt_at, lease_until = NULL,
+            last_status_code = o.status_code, last_error = o.error,
+            last_attempt_at = CASE WHEN o.spent THEN o.attempted_at ELSE q.last_attempt_at END,
+            updated_at = ?
+        FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id,
+                     unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS attempt,
+                     unnest(?::TIMESTAMP[]) AS next_attempt_at,
+                     unnest(?::INTEGER[]) AS status_code, unnest(?::VARCHAR[]) AS error,
+                     unnest(?::TIMESTAMP[]) AS attempted_at,
+                     unnest(?::TIMESTAMP[]) AS claimed_until,
+                     unnest(?::BOOLEAN[]) AS spent) o
+        WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
+          AND q.status = '{Status.INFLIGHT}'
+          AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
+        """,
+        [now, *columns],
+    )
+    made = [o for o in outcomes if o.spent]
+    if made:
+        con.execute(
+            """
+            INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at,
+                                            duration_ms, status_code, error,
+                                            response_excerpt, outcome)
+            SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
+                   unnest(?::TIMESTAMP[]), unnest(?::DOUBLE[]), unnest(?::INTEGER[]),
+                   unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])
+            """,
+            [
+                [o.webhook_id for o in made],
+                [o.event_id for o in made],
+                [o.attempt for o in made],
+                [o.attempted_at for o in made],
+                [o.duration_ms for o in made],
+                [o.status_code for o in made],
+                [o.error for o in made],
+                [o.response_excerpt for o in made],
+                [o.outcome for o in made],
+            ],
+        )
+    gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
+    if gone:
+        con.execute(
+            "UPDATE webhooks SET active = false, updated_at = ?, "
+            "disabled_reason = 'the endpoint answered 410 Gone' "
+            "WHERE active AND list_contains(?::VARCHAR[], webhook_id)",
+            [now, gone],
+        )
+    retried = [o.webhook_id for o in outcomes if o.status is Status.PENDING] + gone
+    if retried:
+        park_inactive(con, retried, now)
+    # A fifo head that finished lets the next row through; a retry keeps its place.
+    settle_fifo(con, [o.webhook_id for o in outcomes], now)
+    return [None] * len(outcomes)
+
+
+def release(con: Any, payloads: Sequence[list[tuple[str, str]]]) -> list[int]:
+    now = utcnow()
+    results = []
+    for keys in payloads:
+        if not keys:
+            results.append(0)
+            continue
+        rows = con.execute(
+            f"""
+            UPDATE {Q} AS q SET status = '{Status.PENDING}', lease_until = NULL,
+                next_attempt_at = ?, updated_at = ?
+            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id) k
+            WHERE q.webhook_id = k.webhook_id AND q.event_id = k.event_id
+              AND q.status IN {sql_in(sources(Event.RELEASE))}
+            RETURNING q.webhook_id
+            """,
+            [now, now, [k[0] for k in keys], [k[1] for k in keys]],
+        ).fetchall()
+        park_inactive(con, [r[0] for r in rows], now)
+        settle_fifo(con, [r[0] for r in rows], now)
+        results.append(len(rows))
+    return results
+
+
+def prune(con: Any, payloads: Sequence[tuple[datetime, datetime, int]]) -> list[Pruned]:
+    results = []
+    for delivered_before, log_before, batch in payloads:
+        queue_rows = con.execute(
+            f"""
+            DELETE FROM {Q} WHERE rowid IN (
+                SELECT rowid FROM {Q} WHERE status = '{Status.DELIVERED}' AND updated_at < ?
+                LIMIT ?)
+            RETURNING 1
+            """,
+            [delivered_before, batch],
+        ).fetchall()
+        log_rows = con.execute(
+            """
+            DELETE FROM webhook_deliveries WHERE rowid IN (
+                SELECT rowid FROM webhook_deliveries WHERE attempted_at < ? LIMIT ?)
+            RETURNING 1
+            """,
+            [log_before, batch],
+        ).fetchall()
+        results.append(Pruned(len(queue_rows), len(log_rows)))
+    return results

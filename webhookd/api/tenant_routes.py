@@ -60,7 +60,7 @@ def _shown(token: StoredToken) -> dict[str, Any]:
         errors=_TENANT_400,
     )
 )
-async def create(request: web.Request) -> web.Response:
+async def create_tenant_token(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     body = parse(TenantTokenCreate, await read_json(request))
     made = new_token()
@@ -84,7 +84,7 @@ async def create(request: web.Request) -> web.Response:
         errors=_TENANT_400,
     )
 )
-async def list_tokens(request: web.Request) -> web.Response:
+async def list_tenant_tokens(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     tokens = await services(request).store.list_tenant_tokens(tenant)
     return web.json_response({"items": [_shown(t) for t in tokens], "next": None})
@@ -101,7 +101,7 @@ async def list_tokens(request: web.Request) -> web.Response:
         errors={**_TENANT_400, 404: "no such token of this tenant (`not_found`)"},
     )
 )
-async def revoke(request: web.Request) -> web.Response:
+async def revoke_tenant_token(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     token_id = request.match_info["token_id"]
     if not is_token_id(token_id):

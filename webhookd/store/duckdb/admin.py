@@ -40,6 +40,9 @@ from webhookd.store.records import (
     webhook_row,
 )
 
+# The rows (of the queue, or webhooks) of one tenant's webhooks; its parameter: the tenant.
+_OF_TENANT = "webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = ?)"
+
 
 def _new_webhook_id() -> str:
     return "wh_" + os.urandom(12).hex()
@@ -53,18 +56,18 @@ def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] |
 
 
 def create_webhook(
-    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits]]
+    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits, str | None]]
 ) -> list[dict[str, Any]]:
     results = []
     now = utcnow()
-    for url, event_types, secret, description, limits in payloads:
+    for url, event_types, secret, description, limits, tenant in payloads:
         webhook_id = _new_webhook_id()
         con.execute(
             """
             INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                                   created_at, updated_at, health_reset_at,
-                                  rate_limit, max_in_flight, ordering)
-            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?)
+                                  rate_limit, max_in_flight, ordering, tenant)
+            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 webhook_id,
@@ -78,6 +81,7 @@ def create_webhook(
                 limits.rate_limit,
                 limits.max_in_flight,
                 str(limits.ordering),
+                tenant,
             ],
         )
         created = _fetch_webhook(con, webhook_id, now)
@@ -105,11 +109,12 @@ def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]
     return url, signing_secrets(secret, prev, prev_exp, utcnow())
 
 
-def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
+def list_webhooks(con: Any, limit: int, after: str | None, tenant: str | None = None) -> Page:
     now = utcnow()
     rows = con.execute(
-        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? ORDER BY webhook_id LIMIT ?",
-        [after or "", limit + 1],
+        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? "
+        "AND (?::VARCHAR IS NULL OR tenant = ?) ORDER BY webhook_id LIMIT ?",
+        [after or "", tenant, tenant, limit + 1],
     ).fetchall()
     items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
@@ -251,6 +256,9 @@ def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | Non
     if filt.status is not None:
         where.append("status = ?")
         params.append(str(filt.status))
+    if filt.tenant is not None:
+        where.append(_OF_TENANT)
+        params.append(filt.tenant)
     if after:
         created, wid, eid = parse_delivery_cursor(after)
         where.append("(created_at, webhook_id, event_id) < (?::TIMESTAMP, ?, ?)")
@@ -301,14 +309,19 @@ def _set_due(con: Any, event: Event, where: str, params: list[Any], now: datetim
     return len(rows) - reparked
 
 
-def redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None]]) -> list[int]:
+def redrive(
+    con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None, str | None]]
+) -> list[int]:
     results = []
-    for status, webhook_id, since in payloads:
+    for status, webhook_id, since, tenant in payloads:
         where = ["status = ?"]
         params: list[Any] = [str(status)]
         if webhook_id is not None:
             where.append("webhook_id = ?")
             params.append(webhook_id)
+        if tenant is not None:
+            where.append(_OF_TENANT)
+            params.append(tenant)
         if since is not None:
             where.append("last_attempt_at >= ?")
             params.append(since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since)
@@ -316,14 +329,18 @@ def redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | No
     return results
 
 
-def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | NotFound]:
+def replay(
+    con: Any, payloads: Sequence[tuple[str, str | None, str | None]]
+) -> list[int | NotFound]:
+    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
+    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
     results: list[int | NotFound] = []
-    for event_id, webhook_id in payloads:
+    for event_id, webhook_id, tenant in payloads:
         now = utcnow()
         event = con.execute(
-            "SELECT event_type, seq FROM pipeline_events WHERE event_id = ?", [event_id]
+            "SELECT event_type, seq, tenant FROM pipeline_events WHERE event_id = ?", [event_id]
         ).fetchone()
-        if event is None:
+        if event is None or (tenant is not None and event[2] != tenant):
             results.append(NotFound(f"no event {event_id!r}"))
             continue
         # An event the scanner has not reached yet: scan up to it first, so that the rows
@@ -334,9 +351,9 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
             scanned = scan_once(con, 10_000, careful=True, upto=event[1])
         if webhook_id is not None:
             hook = con.execute(
-                "SELECT 1 FROM webhooks WHERE webhook_id = ?", [webhook_id]
+                "SELECT tenant FROM webhooks WHERE webhook_id = ?", [webhook_id]
             ).fetchone()
-            if hook is None:
+            if hook is None or hook[0] != event[2]:
                 results.append(NotFound(f"no webhook {webhook_id!r}"))
                 continue
             match, params = "w.webhook_id = ?", [webhook_id]
@@ -376,18 +393,20 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
     return results
 
 
-def status(con: Any) -> StatusReport:
+def status(con: Any, tenant: str | None = None) -> StatusReport:
+    """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
     report = StatusReport()
+    mine, params = ("true", []) if tenant is None else (_OF_TENANT, [tenant])
     for wid, status, n in con.execute(
-        f"SELECT webhook_id, status, count(*) FROM {Q} GROUP BY ALL"
+        f"SELECT webhook_id, status, count(*) FROM {Q} WHERE {mine} GROUP BY ALL", params
     ).fetchall():
         report.by_status[status] = report.by_status.get(status, 0) + n
         report.by_webhook.setdefault(wid, {})[status] = n
     oldest = con.execute(
         f"SELECT min(next_attempt_at) FROM {Q} WHERE status = '{Status.PENDING}' "
-        "AND next_attempt_at <= ?",
-        [now],
+        f"AND next_attempt_at <= ? AND {mine}",
+        [now, *params],
     ).fetchone()[0]
     if oldest is not None:
         report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
@@ -399,13 +418,19 @@ def status(con: Any) -> StatusReport:
     report.latest_seq = max(latest, cursor)
     report.scanner_lag_events = max(0, latest - cursor)
     for wid, active, reason in con.execute(
-        "SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id"
+        f"SELECT webhook_id, active, disabled_reason FROM webhooks WHERE {mine} "
+        "ORDER BY webhook_id",
+        params,
     ).fetchall():
         if active:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
-    report.fifo_blocked = _fifo_blocked(con)
+    blocked = _fifo_blocked(con)
+    if tenant is not None:
+        ids = set(report.by_webhook) | set(report.disabled_webhooks)
+        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
+    report.fifo_blocked = blocked
     return report
 
 

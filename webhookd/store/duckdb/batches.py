@@ -73,10 +73,10 @@ def ingest_carefully(
     con: Any, payloads: Sequence[list[NewEvent]]
 ) -> list[IngestResult | EventConflict]:
     all_ids = list({e.event_id for events in payloads for e in events})
-    existing: dict[str, tuple[str, str]] = {
-        row[0]: (row[1], row[2])
+    existing: dict[str, tuple[str, str, str | None]] = {
+        row[0]: (row[1], row[2], row[3])
         for row in con.execute(
-            "SELECT event_id, event_type, payload::VARCHAR FROM pipeline_events "
+            "SELECT event_id, event_type, payload::VARCHAR, tenant FROM pipeline_events "
             "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
             [all_ids],
         ).fetchall()
@@ -85,9 +85,12 @@ def ingest_carefully(
 
 
 def _ingest_new(
-    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, str]]
+    con: Any,
+    payloads: Sequence[list[NewEvent]],
+    existing: dict[str, tuple[str, str, str | None]],
 ) -> list[IngestResult | EventConflict]:
-    """Insert what is new; `existing` maps the ids already stored to (type, payload)."""
+    """Insert what is new; `existing` maps the ids already stored to (type, payload,
+    tenant)."""
     new_events: list[NewEvent] = []
     results: list[IngestResult | EventConflict] = []
     now = utcnow()
@@ -98,9 +101,9 @@ def _ingest_new(
             known = existing.get(event.event_id)
             if known is None and event.event_id in fresh:
                 prior = fresh[event.event_id]
-                known = (prior.event_type, prior.payload)
+                known = (prior.event_type, prior.payload, prior.tenant)
             if known is not None:
-                if not same_content(known[0], known[1], event):
+                if not same_content(known[0], known[1], event, known[2]):
                     conflicts.append(event.event_id)
                 continue
             fresh[event.event_id] = event
@@ -108,16 +111,16 @@ def _ingest_new(
             results.append(EventConflict(sorted(set(conflicts))))
             continue
         for event in fresh.values():
-            existing[event.event_id] = (event.event_type, event.payload)
+            existing[event.event_id] = (event.event_type, event.payload, event.tenant)
         new_events.extend(fresh.values())
         results.append(IngestResult([e.event_id for e in events], len(fresh)))
     if new_events:
         con.execute(
             """
             INSERT INTO pipeline_events
-                (event_id, event_type, payload, body, occurred_at, ingested_at)
+                (event_id, event_type, payload, body, occurred_at, ingested_at, tenant)
             SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
-                   unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?
+                   unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?, unnest(?::VARCHAR[])
             """,
             [
                 [e.event_id for e in new_events],
@@ -126,6 +129,7 @@ def _ingest_new(
                 [e.body for e in new_events],
                 [e.occurred_at.replace(tzinfo=None) for e in new_events],
                 now,
+                [e.tenant for e in new_events],
             ],
         )
     return results

@@ -15,8 +15,13 @@ from webhookd.states import Event, Status, sources
 from webhookd.store.duckdb.disk import Disk
 
 Q = "webhook_delivery_queue"
-# An active webhook takes an event when it lists its type, or lists no type at all.
-MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
+# An active webhook takes an event of its own tenant (none: of none) when it lists its type,
+# or lists no type at all. The tenant as coalesce(tenant, '') on both sides: an equality
+# DuckDB joins by hash, so the scan does not pair every event with every webhook.
+MATCHES = (
+    "w.active AND coalesce(w.tenant, '') = coalesce(e.tenant, '') "
+    "AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
+)
 CURSOR = "SELECT seq FROM scanner_cursor WHERE name = 'main'"
 
 

@@ -20,7 +20,7 @@ from webhookd.durations import format_duration
 from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
-from webhookd.store.base import Store
+from webhookd.store.base import NotFound, Store
 from webhookd.workers import WorkerPool
 
 
@@ -148,9 +148,16 @@ def tenant_scope(request: web.Request, named: str | None) -> str | None:
     return own
 
 
-def require_operator(request: web.Request, what: str) -> None:
-    if caller_tenant(request) is not None:
-        raise ApiError(403, "forbidden", f"a tenant token may not {what}")
+async def owned(request: web.Request, webhook_id: str) -> dict[str, Any] | None:
+    """The webhook, when the caller holds a tenant token and the webhook is of its tenant;
+    another tenant's is NotFound (its existence is not revealed). None for the operator."""
+    own = caller_tenant(request)
+    if own is None:
+        return None
+    found = await services(request).store.get_webhook(webhook_id)
+    if found.get("tenant") != own:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return found
 
 
 # -- JSON bodies ----------------------------------------------------------------------------

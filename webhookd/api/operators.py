@@ -12,6 +12,7 @@ from webhookd.api.common import (
     Operation,
     caller_tenant,
     documented,
+    owned,
     read_json,
     services,
     tenant_scope,
@@ -31,7 +32,6 @@ from webhookd.api.models import (
     parse_query,
 )
 from webhookd.api.tenant_models import StatusQuery
-from webhookd.api.webhooks import owned
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter, StatusReport
 from webhookd.store.records import iso, utcnow

@@ -13,8 +13,8 @@ from webhookd import signing
 from webhookd.api.common import (
     ApiError,
     Operation,
-    caller_tenant,
     documented,
+    owned,
     read_json,
     services,
     tenant_scope,
@@ -31,7 +31,7 @@ from webhookd.api.models import (
     parse_query,
 )
 from webhookd.events import canonical_json, new_event_id
-from webhookd.store.base import UNSET, NotFound, Ordering, WebhookLimits, WebhookPatch
+from webhookd.store.base import UNSET, Ordering, WebhookLimits, WebhookPatch
 
 routes = web.RouteTableDef()
 
@@ -44,18 +44,6 @@ _UNKNOWN = {404: "no webhook with this id (`not_found`)"}
 def _context(request: web.Request) -> dict[str, Any]:
     """What URL checks depend on: private destinations are refused unless allowed."""
     return {"allow_private": services(request).settings.delivery.allow_private_destinations}
-
-
-async def owned(request: web.Request, webhook_id: str) -> dict[str, Any] | None:
-    """The webhook, when the caller holds a tenant token and the webhook is of its tenant;
-    another tenant's is NotFound (its existence is not revealed). None for the operator."""
-    own = caller_tenant(request)
-    if own is None:
-        return None
-    found = await services(request).store.get_webhook(webhook_id)
-    if found.get("tenant") != own:
-        raise NotFound(f"no webhook {webhook_id!r}")
-    return found
 
 
 @routes.post("/v1/webhooks")

@@ -109,9 +109,8 @@ def _error_statuses(op: Operation, path: str, method: str) -> dict[int, str]:
     if "{" in path:
         statuses.add(404)
     if not op.public:
-        statuses |= {401, 503}
-        if not op.producer or op.tenant:
-            statuses.add(403)
+        # 403: a producer token off POST /v1/events, a tenant token off its routes.
+        statuses |= {401, 403, 503}
     statuses -= set(op.responses)
     return {status: op.errors.get(status, ERRORS[status]) for status in sorted(statuses)}
 

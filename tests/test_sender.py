@@ -36,8 +36,6 @@ from receivers import (
     unused_port,
 )
 
-import webhookd.sender
-from webhookd.guard import GuardedResolver
 from webhookd.sender import AttemptResult, Sender, parse_retry_after
 
 DEADLINE = 5.0
@@ -482,8 +480,7 @@ async def test_guard_checks_the_address_resolved_at_connect_time(
 ) -> None:
     # A public-looking name whose DNS answer now points at the loopback (rebinding).
     dns = FakeResolver({"hooks.example.com": ["127.0.0.1"]})
-    monkeypatch.setattr(webhookd.sender, "GuardedResolver", lambda: GuardedResolver(dns))
-    sender = await make_sender(allow_private=False)
+    sender = await make_sender(allow_private=False, resolver=dns)
     async with RawServer(answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")) as server:
         result = await post(sender, f"http://hooks.example.com:{server.port}/hook")
     no_status(result)

@@ -33,6 +33,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(settings)
 
 
+def _delivery_problems(settings: Settings) -> list[str]:
+    """What only reading files tells: the proxy file, the CA file, client certificates."""
+    from webhookd import tls
+
+    problems: list[str] = []
+    try:
+        settings.delivery.resolve_proxy()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        tls.load_contexts(settings)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    return problems
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     problems: list[str] = []
     settings: Settings | None = None
@@ -50,6 +66,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             settings.admin.resolve_producer_tokens(token)
         except ConfigError as exc:
             problems.extend(exc.problems)
+        problems.extend(_delivery_problems(settings))
     if problems:
         for problem in problems:
             print(f"webhookd: {printable(problem)}", file=sys.stderr)

@@ -250,12 +250,83 @@ class DeliverySettings(_Section):
     claim_batch: int = Field(default=512, ge=1)
     disable_after: Duration = 5 * 86400.0
     rotation_grace: Duration = 86400.0
+    # Trusted CAs added to the system's, for receivers (or a proxy's tunnel) on a private CA.
     ca_file: Path | None = None
+    # An HTTP forward proxy for every attempt (http://[user:password@]host:port), or a file
+    # holding that URL (credentials out of the TOML); hosts in no_proxy bypass it.
+    proxy: SecretStr | None = None
+    proxy_file: Path | None = None
+    no_proxy: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> DeliverySettings:
         if self.lease <= self.timeout:
             raise ValueError("delivery.lease must be longer than delivery.timeout")
+        if self.proxy is not None and self.proxy_file is not None:
+            raise ValueError("delivery.proxy, delivery.proxy_file: set one, not both")
+        if self.proxy is not None:
+            check_proxy_url(self.proxy.get_secret_value(), "delivery.proxy")
+        for host in self.no_proxy:
+            if not host.strip() or any(ch.isspace() or ch in "/@" for ch in host.strip()):
+                raise ValueError(f"delivery.no_proxy: {host!r} is not a host name or address")
+        return self
+
+    def resolve_proxy(self) -> str | None:
+        """The proxy URL, from `proxy` or read from `proxy_file`; None without a proxy."""
+        if self.proxy is not None:
+            return self.proxy.get_secret_value().strip()
+        if self.proxy_file is None:
+            return None
+        try:
+            text = self.proxy_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                [f"delivery.proxy_file: cannot read {str(self.proxy_file)!r} ({why})"]
+            ) from exc
+        try:
+            return check_proxy_url(text, "delivery.proxy_file")
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
+
+
+def check_proxy_url(url: str, key: str) -> str:
+    """An HTTP forward proxy's URL, checked: http, a host, a port; nothing after it."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{key}: not a valid URL ({exc})") from None
+    if parts.scheme != "http":
+        raise ValueError(f"{key}: an HTTP proxy, http://[user:password@]host:port")
+    if not parts.hostname or port is None:
+        raise ValueError(f"{key}: needs a host and a port (http://host:port)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{key}: nothing after host:port")
+    return url
+
+
+_CERT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class ClientCertificate(_Section):
+    """A certificate and its private key (PEM files), presented to receivers that ask."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class TlsSettings(_Section):
+    client_certificates: dict[str, ClientCertificate] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names(self) -> TlsSettings:
+        for name in self.client_certificates:
+            if not _CERT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"tls.client_certificates.{name}: a name of 1-64 letters, digits, _ . -"
+                )
         return self
 
 
@@ -287,6 +358,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     scanner: ScannerSettings = Field(default_factory=ScannerSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -364,6 +436,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data["database"] = {"engine": database.engine, **data["database"]}
     if database.url is not None:
         data["database"]["url"] = redact_url(database.url.get_secret_value())
+    if settings.delivery.proxy is not None:
+        data["delivery"]["proxy"] = redact_url(settings.delivery.proxy.get_secret_value())
     if database.engine == "postgresql":
         for key in ("path", "checkpoint_interval", "memory_limit", "stall_timeout"):
             data["database"].pop(key, None)

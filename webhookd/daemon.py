@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import ssl
 from typing import Any
 
 from aiohttp import web
 
-from webhookd import __version__, logs
+from webhookd import __version__, logs, tls
 from webhookd.api import ApiSite, Services, build_app, runner_options
 from webhookd.config import ConfigError, Settings
 from webhookd.metrics import Metrics
 from webhookd.notify import Notifier
+from webhookd.proxy import parse_proxy
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.signing import USER_AGENT
@@ -27,15 +27,6 @@ log = logs.get("webhookd.daemon")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-
-
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The system's trust store, plus `delivery.ca_file` for receivers on a private CA."""
-    if settings.delivery.ca_file is None:
-        return None
-    context = ssl.create_default_context()
-    context.load_verify_locations(cafile=str(settings.delivery.ca_file))
-    return context
 
 
 async def _listen(runner: web.AppRunner, settings: Settings) -> str:
@@ -79,6 +70,13 @@ class Daemon:
             for problem in exc.problems:
                 log.error("configuration error", problem=problem)
             return EXIT_CONFIG
+        try:
+            contexts = tls.load_contexts(s)
+            proxy_url = s.delivery.resolve_proxy()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("configuration error", problem=problem)
+            return EXIT_CONFIG
         metrics = Metrics()
         sender = Sender(
             timeout=s.delivery.timeout,
@@ -86,7 +84,9 @@ class Daemon:
             allow_private=s.delivery.allow_private_destinations,
             pool_size=s.delivery.workers,
             user_agent=USER_AGENT,
-            ssl_context=_ssl_context(s),
+            ssl_context=contexts.default,
+            client_contexts=contexts.clients,
+            proxy=parse_proxy(proxy_url, s.delivery.no_proxy) if proxy_url else None,
         )
         pool = WorkerPool(
             store,

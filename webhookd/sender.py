@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
+from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from webhookd.guard import (
@@ -44,6 +47,8 @@ from webhookd.guard import (
     forbidden_reason,
     parse_ip,
 )
+from webhookd.network import DeliveryOptions
+from webhookd.proxy import Pinner, Proxy, authority, is_literal
 
 __all__ = ["AttemptResult", "Sender", "parse_retry_after"]
 
@@ -193,8 +198,26 @@ def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
     return f"connection failed: {_os_detail(os_error)}"
 
 
+@lru_cache(maxsize=64)
+def _client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+def _failed(exc: BaseException, timeout: float, started: float) -> AttemptResult:
+    local = local_errno(exc)
+    if local is not None:
+        return AttemptResult(
+            None, local_error(local), _elapsed_ms(started), "", None, local_failure=True
+        )
+    return AttemptResult(None, describe_error(exc, timeout), _elapsed_ms(started), "", None)
+
+
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A short, clear text for an exception raised while sending a request."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"proxy refused the tunnel: HTTP {exc.status} {exc.message}".rstrip()
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"proxy: {_connect_error(exc)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return _connect_error(exc)
     if isinstance(exc, TimeoutError):  # also ServerTimeoutError, ConnectionTimeoutError
@@ -217,7 +240,9 @@ def describe_error(exc: BaseException, timeout: float) -> str:
 
 
 class Sender:
-    """Sends delivery attempts over one shared, pooled aiohttp session."""
+    """Sends delivery attempts over shared, pooled aiohttp sessions: one for plain
+    deliveries, and one per other option set in use (a client certificate, the proxy), each
+    made once and kept for the daemon's life, never one per attempt."""
 
     def __init__(
         self,
@@ -228,6 +253,9 @@ class Sender:
         pool_size: int,
         user_agent: str,
         ssl_context: ssl.SSLContext | None = None,
+        client_contexts: Mapping[str, ssl.SSLContext] | None = None,
+        proxy: Proxy | None = None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -241,39 +269,87 @@ class Sender:
         self._pool_size = pool_size
         self._user_agent = user_agent
         self._ssl_context = ssl_context
+        self._client_contexts = dict(client_contexts or {})
+        self._proxy = proxy
+        # A stand-in for DNS (tests); None: the system's resolver.
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        # (client certificate, through the proxy) -> its session, made on first use.
+        self._sessions: dict[tuple[str | None, bool], aiohttp.ClientSession] = {}
+        self._pinner: Pinner | None = None
 
-    async def start(self) -> None:
-        """Create the shared session and its connection pool."""
-        if self._session is not None:
-            raise RuntimeError("Sender already started")
+    def _guarded(self) -> AbstractResolver:
+        inner = self._resolver if self._resolver is not None else DefaultResolver()
+        return inner if self._allow_private else GuardedResolver(inner)
+
+    def _guarded_or_none(self) -> AbstractResolver | None:
+        if self._allow_private and self._resolver is None:
+            return None  # aiohttp's own
+        return self._guarded()
+
+    def _new_session(self, client_certificate: str | None, proxied: bool) -> aiohttp.ClientSession:
+        context = (
+            self._client_contexts[client_certificate]
+            if client_certificate is not None
+            else self._ssl_context
+        )
         connector = aiohttp.TCPConnector(
             limit=self._pool_size,
             limit_per_host=0,
-            resolver=None if self._allow_private else GuardedResolver(),
+            # Through the proxy, the only name aiohttp resolves is the proxy's own (receivers'
+            # names are resolved and checked by the Pinner); directly, the guard resolves.
+            resolver=self._resolver if proxied else self._guarded_or_none(),
             # None means aiohttp's default context, which verifies certificates.
-            ssl=self._ssl_context if self._ssl_context is not None else True,
+            ssl=context if context is not None else True,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             # Subscribers' Set-Cookie must not make later deliveries stateful.
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": self._user_agent},
             skip_auto_headers=("Accept", "Accept-Encoding"),
-            # Never route through a proxy from the environment: it would bypass the guard.
+            # Never a proxy from the environment: delivery.proxy is the only one.
             trust_env=False,
             raise_for_status=False,
         )
 
-    async def close(self) -> None:
-        """Close the session and every pooled connection."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+    async def start(self) -> None:
+        """Create the shared session and its connection pool."""
+        if self._session is not None:
+            raise RuntimeError("Sender already started")
+        self._session = self._new_session(None, False)
+        self._sessions[(None, False)] = self._session
+        if self._proxy is not None:
+            self._pinner = Pinner(self._guarded())
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
-        """POST ``body`` to ``url`` once; every failure is reported in the result."""
+    async def close(self) -> None:
+        """Close every session and every pooled connection."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        self._session = None
+        for session in sessions:
+            await session.close()
+        pinner, self._pinner = self._pinner, None
+        if pinner is not None:
+            await pinner.close()
+
+    def _session_for(self, client_certificate: str | None, proxied: bool) -> aiohttp.ClientSession:
+        key = (client_certificate, proxied)
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = self._new_session(client_certificate, proxied)
+        return session
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        options: DeliveryOptions | None = None,
+    ) -> AttemptResult:
+        """POST ``body`` to ``url`` once; every failure is reported in the result.
+
+        ``options``: the webhook's own headers, client certificate and timeout, if any."""
         session = self._session
         if session is None:
             raise RuntimeError("Sender.start() has not been called")
@@ -284,17 +360,81 @@ class Sender:
             return AttemptResult(None, f"invalid URL: {exc}", _elapsed_ms(started), "", None)
         if refusal is not None and not self._allow_private:
             return AttemptResult(None, refusal, _elapsed_ms(started), "", None)
+        timeout = self._timeout
+        if options is not None or self._proxy is not None:
+            return await self._post_with(target, body, headers, options, started)
         try:
             resp = await session.post(target, data=body, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError, SSLError
-            local = local_errno(exc)
-            if local is not None:
+            return _failed(exc, timeout, started)
+        return await self._answer(resp, started)
+
+    async def _post_with(
+        self,
+        target: URL,
+        body: bytes,
+        headers: Mapping[str, str],
+        options: DeliveryOptions | None,
+        started: float,
+    ) -> AttemptResult:
+        """The POST of a webhook with options of its own, or through the proxy."""
+        timeout = self._timeout
+        certificate = None
+        kwargs: dict[str, Any] = {}
+        if options is not None:
+            if options.headers:
+                headers = {**dict(options.headers), **headers}
+            if options.timeout is not None and options.timeout < timeout:
+                timeout = options.timeout
+                kwargs["timeout"] = _client_timeout(timeout)
+            certificate = options.client_certificate
+            if certificate is not None and certificate not in self._client_contexts:
                 return AttemptResult(
-                    None, local_error(local), _elapsed_ms(started), "", None, local_failure=True
+                    None,
+                    f"client certificate {certificate!r} is not configured "
+                    "(tls.client_certificates)",
+                    _elapsed_ms(started),
+                    "",
+                    None,
                 )
-            return AttemptResult(
-                None, describe_error(exc, self._timeout), _elapsed_ms(started), "", None
+        host = target.raw_host or ""
+        proxy = self._proxy
+        proxied = proxy is not None and not proxy.bypassed(host.lower())
+        session = self._session_for(certificate, proxied)
+        if proxied:
+            assert proxy is not None and self._pinner is not None
+            if not is_literal(host):
+                try:
+                    address = await self._pinner.address(host, target.port or 0)
+                except DestinationRefused as exc:
+                    return AttemptResult(None, str(exc), _elapsed_ms(started), "", None)
+                except OSError as exc:
+                    return AttemptResult(
+                        None,
+                        f"DNS error: {host}: {_os_detail(exc)}",
+                        _elapsed_ms(started),
+                        "",
+                        None,
+                    )
+                headers = {**headers, "Host": authority(target)}
+                if target.scheme == "https":
+                    kwargs["server_hostname"] = host.rstrip(".")
+                target = target.with_host(address)
+            kwargs["proxy"] = proxy.url
+            if proxy.authorization is not None:
+                if target.scheme == "https":
+                    kwargs["proxy_headers"] = {"Proxy-Authorization": proxy.authorization}
+                else:  # the absolute form: the request itself goes to the proxy
+                    headers = {**headers, "Proxy-Authorization": proxy.authorization}
+        try:
+            resp = await session.post(
+                target, data=body, headers=headers, allow_redirects=False, **kwargs
             )
+        except (aiohttp.ClientError, OSError) as exc:
+            return _failed(exc, timeout, started)
+        return await self._answer(resp, started)
+
+    async def _answer(self, resp: aiohttp.ClientResponse, started: float) -> AttemptResult:
         try:
             excerpt = await self._read_excerpt(resp)
         except BaseException:

@@ -138,7 +138,7 @@ def decide_failure(
 
 
 @functools.lru_cache(maxsize=4096)
-def _key(secret: str) -> bytes:
+def _key(secret: str) -> signing.Key:
     return signing.secret_key(secret)
 
 
@@ -411,7 +411,7 @@ class WorkerPool:
             headers = signing.headers(
                 [_key(s) for s in claim.secrets], claim.event_id, timestamp, claim.body
             )
-            result = await self._sender.post(claim.url, claim.body, headers)
+            result = await self._sender.post(claim.url, claim.body, headers, claim.options)
             outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
         except Exception as exc:
             internal = True

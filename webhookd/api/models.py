@@ -136,6 +136,8 @@ def _secret(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValueError("a secret is a string")
+    if not value.startswith(signing.SECRET_PREFIX):
+        raise ValueError("a secret starts with 'whsec_'")
     signing.secret_key(value)
     return value
 

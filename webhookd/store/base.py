@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from webhookd.events import NewEvent
+from webhookd.network import DeliveryOptions
 from webhookd.states import Status
 from webhookd.tenants import StoredToken
 
@@ -80,6 +81,8 @@ class Claim:
     # Fifo or rate-limited: the store hands out only what may start now, so the worker pool
     # never claims ahead for it (rows held in memory would bunch up or break the order).
     paced: bool = False
+    # The webhook's own headers, client certificate and timeout; None when it sets none.
+    options: DeliveryOptions | None = None
 
     def __reduce__(self) -> tuple[type[Claim], tuple[Any, ...]]:
         # Claims and outcomes cross to the database process by the thousand: positional

@@ -1,7 +1,9 @@
 -- The PostgreSQL engine's data path, one named query per section ("-- name: X").
--- Loaded by webhookd/store/postgres/queries.py; {MATCHES} is common.MATCHES (which
--- webhooks take an event, e alias the event, w the webhook). Times are UTC without a
--- time zone, as the tables keep them; states are those of webhookd/states.py.
+-- Loaded by webhookd/store/queries.py; {MATCHES} is postgres/common.MATCHES (which
+-- webhooks take an event, e alias the event, w the webhook); {PENDING}, {FIFO} and the
+-- like are the names of webhookd/states.py and store/base.Ordering, substituted at load
+-- time. Times are UTC without a time zone, as the tables keep them. The DuckDB engine's
+-- queries (sql/duckdb/queries.sql) use the same name for the same operation.
 
 
 -- name: heartbeat
@@ -87,8 +89,8 @@ WITH built AS (
 ), enqueued AS (
     INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
                                         next_attempt_at, body, created_at, updated_at, seq)
-    SELECT w.webhook_id, e.event_id, 'pending', 0, 0,
-           CASE WHEN w.ordering = 'fifo' THEN NULL ELSE now() AT TIME ZONE 'UTC' END, e.body,
+    SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
+           CASE WHEN w.ordering = {FIFO} THEN NULL ELSE now() AT TIME ZONE 'UTC' END, e.body,
            now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', e.seq
     FROM e JOIN webhooks w ON {MATCHES}
     ON CONFLICT DO NOTHING
@@ -140,13 +142,13 @@ WITH clock AS (
 ), held AS (
     SELECT q.webhook_id, count(*) AS n, count(*) FILTER (WHERE q.claimed_by = $7) AS mine
     FROM webhook_delivery_queue q
-    WHERE q.status = 'inflight'
+    WHERE q.status = {INFLIGHT}
     GROUP BY q.webhook_id
 ), hooks AS (
-    SELECT w.webhook_id, w.silent, w.ordering = 'fifo' AS fifo, w.rate_limit AS rate,
+    SELECT w.webhook_id, w.silent, w.ordering = {FIFO} AS fifo, w.rate_limit AS rate,
            w.rate_next_at, c.cap AS asked, coalesce(h.n, 0) AS n,
            coalesce(h.n, 0) = coalesce(h.mine, 0) AS alone,
-           CASE WHEN w.ordering = 'fifo' THEN 1 ELSE w.max_in_flight END AS own_cap,
+           CASE WHEN w.ordering = {FIFO} THEN 1 ELSE w.max_in_flight END AS own_cap,
            CASE WHEN w.rate_limit IS NOT NULL THEN
                least(greatest(1.0::float8, w.rate_limit),
                      coalesce(w.rate_tokens, greatest(1.0::float8, w.rate_limit))
@@ -184,7 +186,7 @@ WITH clock AS (
     CROSS JOIN LATERAL (
         SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
         FROM webhook_delivery_queue q
-        WHERE q.webhook_id = r.webhook_id AND q.status = 'pending'
+        WHERE q.webhook_id = r.webhook_id AND q.status = {PENDING}
           AND q.next_attempt_at <= (SELECT now FROM clock)
         ORDER BY q.next_attempt_at, q.seq
         LIMIT r.room
@@ -196,7 +198,7 @@ WITH clock AS (
         SELECT q.webhook_id, q.event_id, q.next_attempt_at, q.seq
         FROM webhook_delivery_queue q
         WHERE NOT (SELECT yes FROM few)
-          AND q.status = 'pending'
+          AND q.status = {PENDING}
           AND q.next_attempt_at <= (SELECT now FROM clock)
           AND q.webhook_id <> ALL (ARRAY(SELECT r.webhook_id FROM room r WHERE r.room <= 0))
         ORDER BY q.next_attempt_at
@@ -246,11 +248,11 @@ WITH clock AS (
     SELECT q.webhook_id, q.event_id
     FROM webhook_delivery_queue q
     JOIN picked p ON q.webhook_id = p.webhook_id AND q.event_id = p.event_id
-    WHERE q.status = 'pending'
+    WHERE q.status = {PENDING}
     FOR UPDATE OF q SKIP LOCKED
 ), claimed AS (
     UPDATE webhook_delivery_queue q
-    SET status = 'inflight',
+    SET status = {INFLIGHT},
         lease_until = (SELECT now FROM clock) + make_interval(secs => $6),
         claimed_by = $7,
         updated_at = (SELECT now FROM clock)
@@ -303,7 +305,7 @@ WITH short AS (
     CROSS JOIN LATERAL (
         SELECT q.ctid AS row_id, q.event_id, q.next_attempt_at, q.seq
         FROM webhook_delivery_queue q
-        WHERE q.webhook_id = s.webhook_id AND q.status = 'pending'
+        WHERE q.webhook_id = s.webhook_id AND q.status = {PENDING}
           AND q.next_attempt_at <= $4::timestamp
         ORDER BY q.next_attempt_at, q.seq, q.event_id
         LIMIT $6
@@ -314,7 +316,7 @@ WITH short AS (
         last_error = $5,
         updated_at = $4::timestamp
     FROM waiting x
-    WHERE q.ctid = x.row_id AND q.status = 'pending'
+    WHERE q.ctid = x.row_id AND q.status = {PENDING}
     RETURNING q.webhook_id
 ), tails AS (
     UPDATE webhooks w
@@ -353,7 +355,7 @@ WITH o AS (
            (array_agg(o.status_code IS NULL ORDER BY o.ord DESC)
                 FILTER (WHERE o.spent))[1] AS silent,
            coalesce(bool_or(w.active), false) AND NOT bool_or(o.deactivate) AS active,
-           coalesce(bool_or(w.ordering = 'fifo'), false) AS fifo
+           coalesce(bool_or(w.ordering = {FIFO}), false) AS fifo
     FROM o
     LEFT JOIN webhooks w ON w.webhook_id = o.webhook_id
     GROUP BY o.webhook_id
@@ -371,7 +373,7 @@ WITH o AS (
       AND ((h.gone AND w.active) OR w.silent <> coalesce(h.silent, w.silent))
 ), rows_changed AS (
     UPDATE webhook_delivery_queue q
-    SET status = CASE WHEN o.status = 'pending' AND NOT h.active THEN 'parked'
+    SET status = CASE WHEN o.status = {PENDING} AND NOT h.active THEN {PARKED}
                       ELSE o.status END,
         attempts = CASE WHEN o.spent THEN o.attempt ELSE q.attempts END,
         next_attempt_at = o.next_attempt_at,
@@ -383,7 +385,7 @@ WITH o AS (
         updated_at = now() AT TIME ZONE 'UTC'
     FROM o JOIN hooks h ON h.webhook_id = o.webhook_id
     WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
-      AND q.status = 'inflight'
+      AND q.status = {INFLIGHT}
       AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
     RETURNING 1
 ), logged AS (
@@ -397,10 +399,10 @@ WITH o AS (
 ), gone_parked AS (
     -- pending rows only: never a row of rows_changed (inflight), so no row is changed twice
     UPDATE webhook_delivery_queue q
-    SET status = 'parked', lease_until = NULL, claimed_by = NULL,
+    SET status = {PARKED}, lease_until = NULL, claimed_by = NULL,
         updated_at = now() AT TIME ZONE 'UTC'
     FROM hooks h
-    WHERE h.gone AND q.webhook_id = h.webhook_id AND q.status = 'pending'
+    WHERE h.gone AND q.webhook_id = h.webhook_id AND q.status = {PENDING}
 )
 SELECT count(*) AS n,
        (SELECT array_agg(h.webhook_id) FROM hooks h WHERE h.fifo) AS fifo
@@ -415,17 +417,17 @@ WITH released AS (
     UPDATE webhook_delivery_queue q
     SET status = CASE WHEN EXISTS (SELECT 1 FROM webhooks w
                                    WHERE w.webhook_id = q.webhook_id AND w.active)
-                      THEN 'pending' ELSE 'parked' END,
+                      THEN {PENDING} ELSE {PARKED} END,
         next_attempt_at = now() AT TIME ZONE 'UTC',
         lease_until = NULL,
         claimed_by = NULL,
         updated_at = now() AT TIME ZONE 'UTC'
     FROM unnest($1::text[], $2::text[]) AS k(webhook_id, event_id)
     WHERE q.webhook_id = k.webhook_id AND q.event_id = k.event_id
-      AND q.status = 'inflight' AND q.claimed_by = $3
+      AND q.status = {INFLIGHT} AND q.claimed_by = $3
     RETURNING q.status, q.webhook_id
 ), counted AS (
-    SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS due,
+    SELECT count(*) AS n, count(*) FILTER (WHERE status = {PENDING}) AS due,
            array_agg(DISTINCT webhook_id) AS hooks
     FROM released
 )
@@ -444,12 +446,12 @@ WITH rescued AS (
     UPDATE webhook_delivery_queue q
     SET status = CASE WHEN EXISTS (SELECT 1 FROM webhooks w
                                    WHERE w.webhook_id = q.webhook_id AND w.active)
-                      THEN 'pending' ELSE 'parked' END,
+                      THEN {PENDING} ELSE {PARKED} END,
         next_attempt_at = now() AT TIME ZONE 'UTC',
         lease_until = NULL,
         claimed_by = NULL,
         updated_at = now() AT TIME ZONE 'UTC'
-    WHERE q.status = 'inflight'
+    WHERE q.status = {INFLIGHT}
       AND (q.lease_until < $1::timestamp
            OR NOT EXISTS (SELECT 1 FROM daemons d
                           WHERE d.daemon_id = q.claimed_by
@@ -460,7 +462,7 @@ WITH rescued AS (
     DELETE FROM daemons
     WHERE heartbeat_at < now() AT TIME ZONE 'UTC' - make_interval(secs => $3)
 ), counted AS (
-    SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS due FROM rescued
+    SELECT count(*) AS n, count(*) FILTER (WHERE status = {PENDING}) AS due FROM rescued
 )
 SELECT n, (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
                                  WHERE due > 0) notified) AS notified
@@ -475,10 +477,10 @@ FROM counted;
 -- (one probe per webhook, not one per row).
 WITH RECURSIVE pending_hooks AS (
     (SELECT q.webhook_id FROM webhook_delivery_queue q
-     WHERE q.status = 'pending' ORDER BY q.webhook_id LIMIT 1)
+     WHERE q.status = {PENDING} ORDER BY q.webhook_id LIMIT 1)
     UNION ALL
     SELECT (SELECT q.webhook_id FROM webhook_delivery_queue q
-            WHERE q.status = 'pending' AND q.webhook_id > p.webhook_id
+            WHERE q.status = {PENDING} AND q.webhook_id > p.webhook_id
             ORDER BY q.webhook_id LIMIT 1)
     FROM pending_hooks p
     WHERE p.webhook_id IS NOT NULL
@@ -498,7 +500,7 @@ SELECT f.webhook_id,
        pg_advisory_xact_lock(hashtextextended('webhookd/' || current_schema() || '/fifo/'
                                               || f.webhook_id, 0)) AS locked
 FROM (SELECT w.webhook_id FROM webhooks w
-      WHERE w.webhook_id = ANY ($1::text[]) AND w.ordering = 'fifo'
+      WHERE w.webhook_id = ANY ($1::text[]) AND w.ordering = {FIFO}
       ORDER BY w.webhook_id) f;
 
 
@@ -513,28 +515,28 @@ FROM (SELECT w.webhook_id FROM webhooks w
 WITH heads AS (
     SELECT h.webhook_id,
            least((SELECT q.seq FROM webhook_delivery_queue q
-                  WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+                  WHERE q.webhook_id = h.webhook_id AND q.status = {PENDING}
                     AND q.next_attempt_at IS NULL
                   ORDER BY q.next_attempt_at, q.seq LIMIT 1),
                  (SELECT q.seq FROM webhook_delivery_queue q
-                  WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+                  WHERE q.webhook_id = h.webhook_id AND q.status = {PENDING}
                     AND q.next_attempt_at IS NOT NULL
                   ORDER BY q.seq LIMIT 1),
                  (SELECT min(q.seq) FROM webhook_delivery_queue q
-                  WHERE q.webhook_id = h.webhook_id AND q.status = 'inflight')) AS head
+                  WHERE q.webhook_id = h.webhook_id AND q.status = {INFLIGHT})) AS head
     FROM unnest($1::text[]) AS h(webhook_id)
 ), demoted AS (
     UPDATE webhook_delivery_queue q
     SET next_attempt_at = NULL, updated_at = now() AT TIME ZONE 'UTC'
     FROM heads h
-    WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+    WHERE q.webhook_id = h.webhook_id AND q.status = {PENDING}
       AND q.next_attempt_at IS NOT NULL AND q.seq > h.head
     RETURNING 1
 ), promoted AS (
     UPDATE webhook_delivery_queue q
     SET next_attempt_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC'
     FROM heads h
-    WHERE q.webhook_id = h.webhook_id AND q.status = 'pending'
+    WHERE q.webhook_id = h.webhook_id AND q.status = {PENDING}
       AND q.next_attempt_at IS NULL AND q.seq = h.head
     RETURNING 1
 ), counted AS (
@@ -561,24 +563,24 @@ CROSS JOIN LATERAL (
     SELECT c.* FROM (
         (SELECT q.event_id, q.seq, q.attempts, q.retry_base, q.last_attempt_at
          FROM webhook_delivery_queue q
-         WHERE q.webhook_id = w.webhook_id AND q.status = 'pending'
+         WHERE q.webhook_id = w.webhook_id AND q.status = {PENDING}
            AND q.next_attempt_at IS NULL
          ORDER BY q.next_attempt_at, q.seq LIMIT 1)
         UNION ALL
         (SELECT q.event_id, q.seq, q.attempts, q.retry_base, q.last_attempt_at
          FROM webhook_delivery_queue q
-         WHERE q.webhook_id = w.webhook_id AND q.status = 'pending'
+         WHERE q.webhook_id = w.webhook_id AND q.status = {PENDING}
            AND q.next_attempt_at IS NOT NULL
          ORDER BY q.seq LIMIT 1)
         UNION ALL
         (SELECT q.event_id, q.seq, q.attempts, q.retry_base, q.last_attempt_at
          FROM webhook_delivery_queue q
-         WHERE q.webhook_id = w.webhook_id AND q.status = 'inflight'
+         WHERE q.webhook_id = w.webhook_id AND q.status = {INFLIGHT}
          ORDER BY q.seq LIMIT 1)
     ) c
     ORDER BY c.seq LIMIT 1
 ) hd
-WHERE w.ordering = 'fifo' AND hd.attempts > hd.retry_base
+WHERE w.ordering = {FIFO} AND hd.attempts > hd.retry_base
 ORDER BY w.webhook_id;
 
 

@@ -1,0 +1,85 @@
+"""What a receiver's network requires of one webhook's attempts: extra request headers, a
+client certificate (mTLS) and an attempt timeout of its own.
+
+:class:`DeliveryOptions` travels with each claim; a webhook that sets none of them has none
+(``None``), so that plain deliveries carry and check nothing more than before. The header
+rules (SPEC "What a receiver's network may require") live here so that the API and the
+sender agree on them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "MASK",
+    "MAX_HEADERS",
+    "MAX_HEADER_VALUE",
+    "DeliveryOptions",
+    "header_problem",
+    "masked_headers",
+]
+
+MAX_HEADERS = 20
+MAX_HEADER_VALUE = 1024
+MASK = "**********"
+# An HTTP field name: a token (RFC 9110 section 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Printable ASCII and space, nothing else: no CR, LF or other control characters.
+_VALUE = re.compile(r"[ -~]*")
+# What webhookd sets itself on every attempt, or what HTTP framing owns.
+RESERVED = frozenset(
+    {"content-type", "content-length", "host", "user-agent", "connection", "transfer-encoding"}
+)
+RESERVED_PREFIX = "webhook-"
+
+
+def header_problem(name: Any, value: Any) -> str | None:
+    """Why a custom header cannot be sent, or ``None`` if it can."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name) or len(name) > 256:
+        return (
+            f"{name!r} is not an HTTP header name (a token of letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    lowered = name.lower()
+    if lowered in RESERVED or lowered.startswith(RESERVED_PREFIX):
+        return f"{name!r} is set by webhookd (webhook-*, " + ", ".join(sorted(RESERVED)) + ")"
+    if not isinstance(value, str):
+        return f"{name}: the value is a string"
+    if len(value) > MAX_HEADER_VALUE:
+        return f"{name}: the value is longer than {MAX_HEADER_VALUE} characters"
+    if not _VALUE.fullmatch(value):
+        return f"{name}: the value is printable ASCII, without CR, LF or control characters"
+    if value != value.strip():
+        return f"{name}: the value has white space at its start or end"
+    return None
+
+
+def masked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The names of a webhook's headers with their values masked (they may be credentials)."""
+    return dict.fromkeys(headers or {}, MASK)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    """One webhook's own transport options; a claim carries ``None`` when it sets none."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    # A name of [tls.client_certificates], presented on https.
+    client_certificate: str | None = None
+    # Seconds; the sender keeps it at most delivery.timeout.
+    timeout: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        headers: Mapping[str, str] | None,
+        client_certificate: str | None,
+        timeout: float | None,
+    ) -> DeliveryOptions | None:
+        """The options of a webhook's stored settings, or ``None`` if it sets none."""
+        if not headers and client_certificate is None and timeout is None:
+            return None
+        return cls(tuple((headers or {}).items()), client_certificate, timeout)

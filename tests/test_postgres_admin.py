@@ -37,7 +37,8 @@ class Db:
     schema: str
 
     async def connect(self) -> Any:
-        con = await asyncpg.connect(self.url)
+        # As the daemon's connections: the bodies it writes are kept (003_outbox_guards.sql).
+        con = await asyncpg.connect(self.url, server_settings={"webhookd.daemon": "on"})
         await con.execute(f"SET search_path TO {quote_ident(self.schema)}")
         return con
 

@@ -59,6 +59,11 @@ class Metrics:
         self.scanner_lag = Gauge(
             "webhookd_scanner_lag_events", "Events not yet scanned into the queue", registry=r
         )
+        self.events_rejected = Gauge(
+            "webhookd_events_rejected",
+            "Events the scanner set aside, never to be delivered",
+            registry=r,
+        )
         self.webhooks_disabled = Gauge(
             "webhookd_webhooks_disabled", "Webhooks currently deactivated", registry=r
         )
@@ -100,6 +105,7 @@ class Metrics:
             self.queue_depth.labels(status=str(status)).set(report.by_status.get(str(status), 0))
         self.oldest_due_age.set(report.oldest_due_age_seconds or 0.0)
         self.scanner_lag.set(report.scanner_lag_events)
+        self.events_rejected.set(report.events_rejected)
         self.webhooks_disabled.set(len(report.disabled_webhooks))
         now = utcnow()
         for webhook_id, blocked in report.fifo_blocked.items():

@@ -16,6 +16,9 @@ from webhookd.store.base import ScanResult, Store, sleep_until_work
 log = logs.get("webhookd.scanner")
 
 SCANNERS = 2
+# Scans failing in a row before /readyz says the scanner is not working: one failure is a
+# blip (a restart of the database, a lock timeout), several a scanner that cannot advance.
+FAILING_AFTER = 3
 
 
 class Scanner:
@@ -35,6 +38,12 @@ class Scanner:
         self._stopping = asyncio.Event()
         self.last: ScanResult | None = None
         self.running = False
+        self.failures = 0  # scans failed in a row
+
+    @property
+    def healthy(self) -> bool:
+        """Running, and its scans do not keep failing (for /readyz)."""
+        return self.running and self.failures < FAILING_AFTER
 
     def wake(self) -> None:
         """An ingest committed new events: look now instead of at the next poll."""
@@ -46,10 +55,12 @@ class Scanner:
             try:
                 result = await self._store.scan(self._batch_size)
             except Exception as exc:
-                log.error("scan failed", error=str(exc))
+                self.failures += 1
+                log.error("scan failed", error=str(exc), failures_in_a_row=self.failures)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
                 continue
+            self.failures = 0
             self.last = result
             if result.enqueued:
                 self._on_enqueued(result.enqueued)

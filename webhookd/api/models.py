@@ -757,6 +757,12 @@ class QueueStatus(Response):
     oldest_due_age_seconds: float | None
     scanner_lag_events: int
     scanner_cursor: int
+    events_rejected: int = Field(
+        default=0,
+        description="events the scanner set aside, never to be delivered (PostgreSQL: "
+        "outbox rows with a time out of range or data over admin.max_body_bytes; "
+        "their reasons are in the schema's rejected_events table)",
+    )
     webhooks_active: int
     disabled_webhooks: dict[str, str | None] = Field(description="webhook id: the reason")
     fifo_blocked: dict[str, FifoBlocked] = Field(

@@ -161,6 +161,7 @@ async def status(request: web.Request) -> web.Response:
             "oldest_due_age_seconds": report.oldest_due_age_seconds,
             "scanner_lag_events": report.scanner_lag_events,
             "scanner_cursor": report.scanner_cursor,
+            "events_rejected": report.events_rejected,
             "webhooks_active": report.webhooks_active,
             "disabled_webhooks": report.disabled_webhooks,
             "fifo_blocked": fifo_blocked(report),
@@ -205,7 +206,8 @@ async def healthz(request: web.Request) -> web.Response:
     Operation(
         summary="Readiness",
         description="200 once the database is open and the scanner and workers run; 503 "
-        "before (migrations, start-up rescue) and while the database is unavailable.",
+        "before (migrations, start-up rescue), while the database is unavailable, and "
+        "while the scanner's scans keep failing.",
         tag="operations",
         responses={200: Readiness, 503: Readiness},
     )
@@ -214,7 +216,7 @@ async def readyz(request: web.Request) -> web.Response:
     svc = services(request)
     checks = {
         "database": svc.ready and svc.store.available(),
-        "scanner": svc.scanner.running,
+        "scanner": svc.scanner.healthy,
         "workers": svc.pool.running,
     }
     ready = svc.ready and all(checks.values())

@@ -197,6 +197,9 @@ class StatusReport:
     by_webhook: dict[str, dict[str, int]] = field(default_factory=dict)
     oldest_due_age_seconds: float | None = None
     scanner_lag_events: int = 0
+    # Events the scanner set aside, never to be delivered (PostgreSQL: an outbox row with a
+    # time out of range or data over admin.max_body_bytes, in rejected_events).
+    events_rejected: int = 0
     scanner_cursor: int = 0
     latest_seq: int = 0
     webhooks_active: int = 0

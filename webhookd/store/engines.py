@@ -21,6 +21,7 @@ def make_store(settings: Settings) -> Store:
             dead_after=db.peer_timeout,
             # Several beats per timeout, so one late beat never looks like a death.
             heartbeat_interval=max(0.2, min(2.0, db.peer_timeout / 6)),
+            max_event_bytes=settings.admin.max_body_bytes,
         )
     return RemoteStore(
         db.path,

@@ -508,6 +508,7 @@ async def status(con: Connection, tenant: str | None = None) -> StatusReport:
     report.scanner_cursor = cursor
     report.latest_seq = max(latest or 0, cursor)
     report.scanner_lag_events = lag
+    report.events_rejected = await con.fetchval("SELECT count(*) FROM rejected_events")
     for wid, active, reason in await con.fetch(
         f"SELECT webhook_id, active, disabled_reason FROM webhooks WHERE {mine} "
         "ORDER BY webhook_id",

@@ -19,7 +19,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from webhookd.events import NewEvent, same_content
+from webhookd.events import NewEvent
+from webhookd.queue.conflicts import same_content
 from webhookd.store.base import EventConflict, StoreUnavailable
 
 # Events one commit takes at most (a request bigger than this goes alone).
@@ -84,7 +85,7 @@ class IngestGroup:
         for request in batch:
             clash = any(
                 (prior := merged.get(e.event_id)) is not None
-                and not same_content(prior.event_type, prior.payload, e, prior.tenant)
+                and not same_content(e, prior.event_type, prior.tenant, prior.body)
                 for e in request.events
             )
             if clash:

@@ -26,8 +26,9 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from webhookd import logs
-from webhookd.events import NewEvent, same_content
+from webhookd.events import NewEvent
 from webhookd.events import body as event_body
+from webhookd.queue.conflicts import first_of_each, same_content
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -102,6 +103,7 @@ class PostgresStore:
         daemon_id: str | None = None,
         dead_after: float = 30.0,
         heartbeat_interval: float = 2.0,
+        max_event_bytes: int = 1_048_576,
     ) -> None:
         self._url = url
         self.schema = schema
@@ -109,6 +111,9 @@ class PostgresStore:
         self.daemon_id = daemon_id or f"{socket.gethostname()}:{os.getpid()}:{_random.token_hex(4)}"
         self.dead_after = dead_after
         self.heartbeat_interval = heartbeat_interval
+        # An event written in SQL with more data than this is set aside, as the API
+        # refuses a bigger request (admin.max_body_bytes).
+        self._max_event_bytes = max_event_bytes
         # Never set: this engine reconnects by itself (see base.Store.lost).
         self.lost = asyncio.Event()
         self.migrations_applied: list[int] = []
@@ -142,6 +147,9 @@ class PostgresStore:
             # Short statements, many of them: compiling one (jit_above_cost is met by a
             # claim's plan estimates on a big queue) costs a few hundred ms, not its run.
             "jit": "off",
+            # Tells the pipeline_events trigger (003_outbox_guards.sql) that this is the
+            # daemon: the bodies it writes are kept, where a producer's are not.
+            "webhookd.daemon": "on",
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -370,16 +378,9 @@ class PostgresStore:
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
         if not events:
             return IngestResult([], 0)
-        fresh: dict[str, NewEvent] = {}
-        conflicts: set[str] = set()
-        for event in events:
-            prior = fresh.get(event.event_id)
-            if prior is None:
-                fresh[event.event_id] = event
-            elif not same_content(prior.event_type, prior.payload, event, prior.tenant):
-                conflicts.add(event.event_id)
+        fresh, conflicts = first_of_each(events)
         if conflicts:
-            raise EventConflict(sorted(conflicts))
+            raise EventConflict(conflicts)
         group = self._ingests
         if group is None:
             raise StoreUnavailable("the database is closed")
@@ -407,16 +408,17 @@ class PostgresStore:
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
-                old = [i for i, event_id in enumerate(ids) if event_id not in new]
-                differing = await con.fetch(
-                    query("ingest_conflicts"),
-                    [ids[i] for i in old],
-                    [types[i] for i in old],
-                    [payloads[i] for i in old],
-                    [events[i].tenant for i in old],
-                )
+                old = [e for e in events if e.event_id not in new]
+                rows = await con.fetch(query("ingest_known"), [e.event_id for e in old])
+                stored = {r["event_id"]: r for r in rows}
+                differing = [
+                    e.event_id
+                    for e in old
+                    if (r := stored.get(e.event_id)) is not None
+                    and not same_content(e, r["event_type"], r["tenant"], r["body"], r["data"])
+                ]
                 if differing:
-                    raise EventConflict(sorted(r[0] for r in differing))  # rolls back
+                    raise EventConflict(sorted(differing))  # rolls back
         return new
 
     async def scan(self, batch_size: int) -> ScanResult:
@@ -444,22 +446,41 @@ class PostgresStore:
         async with con.transaction():
             if not await con.fetchval(query("scan_lock"), self._scan_key):
                 return ScanResult(0, 0, self._cursor)  # another daemon is scanning
-            rows = await con.fetch(query("scan_read"), batch_size)
+            rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
             if not rows:
                 raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
             events = [r for r in rows if r["event_id"] is not None]
             if not events:
                 self._cursor = rows[0]["cursor_seq"]
                 return ScanResult(0, 0, self._cursor)
-            built = [r for r in events if r["payload"] is not None]
+            built_ids: list[str] = []
+            bodies: list[bytes] = []
+            rejected: dict[str, str] = {r["event_id"]: r["problem"] for r in events if r["problem"]}
+            for r in events:
+                if r["payload"] is None or r["event_id"] in rejected:
+                    continue
+                try:
+                    bodies.append(_build_body(r))
+                except Exception as exc:  # set aside, never in the way of the others
+                    rejected[r["event_id"]] = f"cannot build its body: {type(exc).__name__}: {exc}"
+                    continue
+                built_ids.append(r["event_id"])
+            for event_id, problem in rejected.items():
+                log.error(
+                    "an outbox event cannot be delivered; set aside in rejected_events",
+                    event_id=event_id,
+                    error=problem,
+                )
             last = events[-1]
             enqueued, fifo_ids, _ = await con.fetchrow(
                 query("scan_enqueue"),
-                [r["event_id"] for r in events],
+                [r["event_id"] for r in events if r["event_id"] not in rejected],
                 last["xid"],
                 last["seq"],
-                [r["event_id"] for r in built],
-                [_build_body(r) for r in built],
+                built_ids,
+                bodies,
+                list(rejected),
+                list(rejected.values()),
             )
             if fifo_ids:
                 await fifo.settle(con, fifo_ids)

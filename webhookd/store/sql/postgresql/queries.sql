@@ -19,8 +19,8 @@ DELETE FROM daemons WHERE daemon_id = $1;
 
 
 -- name: ingest
--- The events of one request; ids already stored are left alone and checked by
--- ingest_conflicts in the same transaction (a later statement: its snapshot sees the
+-- The events of one request; ids already stored are left alone and checked with
+-- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
 INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
                              tenant)
@@ -32,14 +32,12 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
--- name: ingest_conflicts
--- Of the ids given, those stored with another type, tenant or other data (jsonb equality).
-SELECT u.event_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-    AS u(event_id, event_type, payload, tenant)
-JOIN pipeline_events e ON e.event_id = u.event_id
-WHERE e.event_type <> u.event_type OR e.payload <> u.payload::jsonb
-   OR e.tenant IS DISTINCT FROM u.tenant;
+-- name: ingest_known
+-- The stored type, tenant and body of the ids given, for queue/conflicts.same_content (an
+-- event a producer wrote in SQL may have no body yet: then its data as text).
+SELECT event_id, event_type, tenant, body, CASE WHEN body IS NULL THEN payload::text END AS data
+FROM pipeline_events
+WHERE event_id = ANY ($1::text[]);
 
 
 -- name: scan_lock
@@ -52,14 +50,28 @@ SELECT pg_try_advisory_xact_lock($1);
 -- older than every transaction still running: a producer's transaction that is still
 -- open holds the scan back instead of being skipped when it commits. One statement, so
 -- one snapshot, taken before this transaction writes (it has no xid of its own yet).
--- The payload and time come back only for events without a body (written in SQL).
+-- The payload and time come back only for events without a body (written in SQL), and
+-- only when the body can be built: a time out of Python's range or data over $2 bytes
+-- comes back as `problem` instead (the scan sets the event aside), so that one such row
+-- never fails the scan, nor is loaded whole into the daemon.
 SELECT c.seq AS cursor_seq, e.event_id, e.event_type, e.xid, e.seq,
-       CASE WHEN e.body IS NULL THEN e.payload::text END AS payload,
-       CASE WHEN e.body IS NULL THEN e.occurred_at END AS occurred_at
+       CASE WHEN e.problem IS NULL THEN e.payload END AS payload,
+       CASE WHEN e.problem IS NULL THEN e.occurred_at END AS occurred_at,
+       e.problem
 FROM scanner_cursor c
 LEFT JOIN LATERAL (
-    SELECT p.event_id, p.event_type, p.xid, p.seq, p.body, p.payload, p.occurred_at
+    SELECT p.event_id, p.event_type, p.xid, p.seq, t.payload,
+           CASE WHEN p.body IS NULL THEN p.occurred_at END AS occurred_at,
+           CASE WHEN p.body IS NOT NULL THEN NULL
+                WHEN NOT (p.occurred_at >= '0001-01-01' AND p.occurred_at < '10000-01-01')
+                    THEN format('occurred_at %s is out of range (years 1 to 9999)',
+                                p.occurred_at)
+                WHEN octet_length(t.payload) > $2
+                    THEN format('data of %s bytes is over admin.max_body_bytes (%s)',
+                                octet_length(t.payload), $2)
+           END AS problem
     FROM pipeline_events p
+    CROSS JOIN LATERAL (SELECT CASE WHEN p.body IS NULL THEN p.payload::text END AS payload) t
     WHERE (p.xid, p.seq) > (c.xid, c.seq)
       AND p.xid < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY p.xid, p.seq
@@ -74,8 +86,14 @@ WHERE c.name = 'main';
 -- cursor to the last event read, and wake the daemons' workers if anything was enqueued.
 -- A fifo webhook's rows wait behind its head (no next_attempt_at); the fifo webhooks that
 -- got rows come back in `fifo`, for fifo.settle in the same transaction.
--- $1 event ids read, $2/$3 the last (xid, seq), $4/$5 ids and bodies built here.
-WITH built AS (
+-- $1 event ids read, $2/$3 the last (xid, seq), $4/$5 ids and bodies built here, $6/$7
+-- ids and reasons of the events set aside (not enqueued).
+WITH rejected AS (
+    INSERT INTO rejected_events (event_id, error, rejected_at)
+    SELECT r.event_id, r.error, now() AT TIME ZONE 'UTC'
+    FROM unnest($6::text[], $7::text[]) AS r(event_id, error)
+    ON CONFLICT (event_id) DO NOTHING
+), built AS (
     SELECT * FROM unnest($4::text[], $5::bytea[]) AS b(event_id, body)
 ), filled AS (
     UPDATE pipeline_events p SET body = b.body

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from webhookd import logs
+from webhookd import logs, network
 from webhookd.events import NewEvent
 from webhookd.events import body as event_body
 from webhookd.queue.conflicts import first_of_each, same_content
@@ -61,7 +61,7 @@ from webhookd.store.postgres.listen import Listener
 from webhookd.store.postgres.migrate import CLAIM, LEADER, SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import naive_utc, signing_secrets
+from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
 from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
@@ -570,6 +570,7 @@ class PostgresStore:
                     r["lease_until"],
                     r["own_cap"],
                     bool(r["paced"]),
+                    network.decode(r["delivery_options"]),
                 )
             )
         return claims
@@ -667,7 +668,7 @@ class PostgresStore:
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
         return await self._call(admin.get_webhook, webhook_id)
 
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         return await self._call(admin.get_webhook_secrets, webhook_id)
 
     async def list_webhooks(self, limit: int, after: str | None, tenant: str | None = None) -> Page:

@@ -5,7 +5,7 @@ shared ClientSession to the same sink with the same concurrency as the daemon. R
 subprocess (its own core and GIL, like the daemon); prints one JSON line:
 {"posts", "seconds", "per_second", "errors", "cpu_us_per_post", "workers", ...}.
 
-    python bench/baseline.py --url http://127.0.0.1:PORT/hook --posts 20000 --workers 64
+    python -m bench.baseline --url http://127.0.0.1:PORT/hook --posts 20000 --workers 64
 """
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import canonical_body, event_data
-
+from bench.events import canonical_body, event_data
 from webhookd import signing
 
 

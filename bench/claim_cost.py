@@ -1,10 +1,10 @@
 """What a claim costs with many rows waiting behind a fifo head or a rate limit (issue 12).
 
-    python bench/claim_cost.py [--engine duckdb|postgresql|both] [--waiting 100000]
+    python -m bench.claim_cost [--engine duckdb|postgresql|both] [--waiting 100000]
                                [--claims 40] [--cases base,fifo,rate,capped,burst]
 
 Each case builds a queue in SQL on a fresh database (a DuckDB file, or a schema on a
-throwaway PostgreSQL server from tests/pg.py), then times the claim itself: the engine's
+throwaway PostgreSQL server from tests/kit/pg.py), then times the claim itself: the engine's
 claim code (DuckDB's `_claim` on a connection set up as the store's, PostgreSQL's claim
 statement with its lock), claim(128, per_webhook 8), each inside a transaction that is
 rolled back, so that every claim meets the same queue and no commit (an fsync) is timed.
@@ -32,16 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.append(str(Path(__file__).resolve().parent.parent))  # PYTHONPATH first
-
-from tests.pg import drop_schema, fresh_schema, pg_cluster
+from tests.kit.pg import drop_schema, fresh_schema, pg_cluster
 from webhookd.signing import new_secret
 from webhookd.store.base import Store
 from webhookd.store.duckdb.store import DuckDBStore

@@ -1,6 +1,6 @@
 """The floor under issue 11's idle target (send -> 202, p99 of 200 sequential, <= 5 ms).
 
-    python bench/idle_floor.py [--n 200]
+    python -m bench.idle_floor [--n 200]
 
 Times each thing an idle 202 cannot do without, alone, with nothing of webhookd in it, the
 way the latency scenario times its idle phase (N requests one at a time, 20 ms apart):
@@ -9,11 +9,11 @@ way the latency scenario times its idle phase (N requests one at a time, 20 ms a
   a process of its own, as the daemon is) that answers 202 once it has read the body;
 - `duckdb commit`: a one-row INSERT and COMMIT on a fresh DuckDB file (its WAL's fsync);
 - `postgresql commit`: a one-row INSERT, committed, through asyncpg, on a throwaway server
-  (tests/pg.py: fsync on, loopback) or WEBHOOKD_TEST_POSTGRES_URL's.
+  (the test kit's, tests/kit/pg.py: fsync on, loopback) or WEBHOOKD_TEST_POSTGRES_URL's.
 
 An engine's commit plus the HTTP row is what no code of webhookd can go under on this
 machine; the daemon adds the request's validation, its own bookkeeping and, on DuckDB, the
-hop to the database process (bench/ingest_phases.py times those).
+hop to the database process (bench.ingest_phases times those).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import free_port, percentile
+from bench.procfs import percentile
+from tests.kit.pg import pg_cluster
+from tests.kit.procs import free_port
 
 GAP = 0.02  # between requests, as the latency scenario's idle phase
 
@@ -121,11 +123,8 @@ def main() -> int:
     if args.serve:
         serve(args.serve)
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from pg import pg_cluster
-
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    server = subprocess.Popen([sys.executable, "-m", "bench.idle_floor", "--serve", str(port)])
     try:
         results: dict[str, list[float]] = {"http 202": asyncio.run(http_202(port, args.n))}
     finally:

@@ -1,6 +1,6 @@
 """Where an idle ingest's time goes on DuckDB (issue 11), phase by phase.
 
-    python bench/ingest_phases.py [--code DIR] [--n 200]
+    python -m bench.ingest_phases [--code DIR] [--n 200]
 
 Runs the store as the daemon does (RemoteStore: the database in its child process), with
 two scanner loops and two claim loops waiting in it as the daemon's do, and a fake worker

@@ -1,6 +1,6 @@
 """What single-event ingests cost the DuckDB database process (issue 11).
 
-    python bench/ingest_rate.py [--code DIR] [--rate 100] [--seconds 10]
+    python -m bench.ingest_rate [--code DIR] [--rate 100] [--seconds 10]
 
 The store in its child process as the daemon runs it (RemoteStore), with two scanner loops
 and two claim loops waiting in it, and a fake worker that records every claim delivered

@@ -1,6 +1,6 @@
 """Summarise a `py-spy record --format raw --threads` file: where the daemon's time goes.
 
-    python bench/profile_top.py /tmp/profile.txt [--top 25]
+    python -m bench.profile_top /tmp/profile.txt [--top 25]
 
 Prints samples per thread, then per thread the top frames by self time (the frame on top of
 the stack) and by inclusive time (anywhere on the stack), as a share of that thread's samples.
@@ -9,7 +9,7 @@ py-spy records only threads that are running (not idle) unless --idle was given.
 With `record --subprocesses` each stack starts with `process <pid>:"<cmdline>"` frames, the
 recorded process then the chain of descendants down to the sampled one; threads of the
 recorded process (the daemon) keep their names, those of a descendant are named
-"<label>:<name>" ("store:MainThread" for webhookd.store.duckdb.server, "pid<N>:..." otherwise).
+"<label>:<name>" ("store:MainThread" for the DuckDB database process, "pid<N>:..." otherwise).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import argparse
 import collections
 import re
 from pathlib import Path
+
+from bench.procfs import PROCESS_LABELS
 
 # A cmdline may hold ';' and '"': a process frame ends where the next one or the thread
 # frame starts. Without --threads there is no thread frame (all samples are thread "?"),
@@ -28,8 +30,6 @@ _PREFIX = re.compile(
 )
 _PREFIX_NO_THREAD = re.compile(r'^(?P<procs>(?:process \d+:"(?:[^"]|"(?!;))*";)*)')
 _PROCESS = re.compile(r'process (?P<pid>\d+):"(?P<cmd>.*?)";(?=process \d+:"|$)')
-# Descendants by a word of their command line (as bench/harness.py PROCESS_LABELS).
-_PROCESS_LABELS = {"webhookd.store.duckdb.server": "store"}
 _LOCATION = re.compile(r" \((?P<file>[^:()]+):\d+\)$")
 
 
@@ -58,7 +58,7 @@ _ACTIVITIES = [
 
 
 def _process_label(pid: str, cmd: str) -> str:
-    for key, label in _PROCESS_LABELS.items():
+    for key, label in PROCESS_LABELS.items():  # descendants by a word of their command line
         if key in cmd:
             return label
     return f"pid{pid}"

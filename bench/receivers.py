@@ -1,9 +1,9 @@
 """Receivers the bench runs in their own processes, on 127.0.0.1 only.
 
-    python bench/receivers.py timestamp PORT   # 204 to every POST, records time.time() of
+    python -m bench.receivers timestamp PORT   # 204 to every POST, records time.time() of
                                                # arrival by webhook-id; GET /records returns
                                                # {"records": [[webhook_id, unix_time], ...]}
-    python bench/receivers.py blackhole PORT   # accepts connections, reads, never answers
+    python -m bench.receivers blackhole PORT   # accepts connections, reads, never answers
 
 Both stop on SIGTERM / SIGINT.
 """

@@ -3,6 +3,7 @@
 # for `--engine postgresql` (the bench runs its own throwaway server, as the tests do); and,
 # best effort, py-spy in the venv (thread names and --profile). Idempotent and quiet.
 # The bench runs its own nginx instances (own config, prefix and port in a temp dir).
+# Then, from the repository's root: .venv/bin/python -m bench.run --scenario NAME [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 apt_updated=0

@@ -1,27 +1,26 @@
 """Shared fixtures: settings on a temporary DuckDB file, the daemon in-process or as a
-subprocess, and a small API client. Everything listens on 127.0.0.1 only."""
+subprocess. The daemon process, the API client and the throwaway PostgreSQL server come
+from the test kit (tests/kit/, shared with bench/), re-exported here for the tests that
+import them from conftest. Everything listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ipaddress
-import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import tomli_w
 
-from tests.pg import PgCluster, drop_schema, fresh_schema, pg_cluster
+from tests.kit.api import TOKEN as TOKEN
+from tests.kit.api import Api as Api
+from tests.kit.daemon import REPO as REPO
+from tests.kit.daemon import DaemonProcess as DaemonProcess
+from tests.kit.pg import PgCluster, drop_schema, fresh_schema, pg_cluster
 from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
 from webhookd.store.base import Store
@@ -31,7 +30,6 @@ from webhookd.store.postgres import PostgresStore
 # PostgresStore fixtures (`stores`, `con`) for the PostgreSQL engine's tests.
 pytest_plugins = ["tests.pg_stores"]
 
-TOKEN = "test-admin-token-0123456789abcdef"
 LOCAL_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
@@ -56,8 +54,6 @@ def no_dns_off_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
-
-REPO = Path(__file__).resolve().parent.parent
 
 # The storage engines every conformance test runs on (see `store` below).
 ENGINES = ("duckdb", "postgresql")
@@ -142,90 +138,6 @@ def make_settings(tmp_path: Path, **overrides: Mapping[str, Any]) -> Settings:
     return load_settings(write_config(tmp_path, **overrides))
 
 
-class Api:
-    """A thin client for the daemon's API, for tests."""
-
-    def __init__(self, base: str, token: str = TOKEN) -> None:
-        self.base = base
-        self.token = token
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Api:
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._session is not None
-        await self._session.close()
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        raw: bytes | None = None,
-        token: str | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        assert self._session is not None
-        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        async with self._session.request(
-            method, self.base + path, data=data, headers=headers, params=params
-        ) as resp:
-            text = await resp.text()
-            try:
-                return resp.status, json.loads(text) if text else None
-            except ValueError:
-                return resp.status, text
-
-    async def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
-        status, payload = await self.request(method, path, body, **kw)
-        assert 200 <= status < 300, (status, payload)
-        return payload
-
-    async def create_webhook(self, url: str, **fields: Any) -> dict[str, Any]:
-        created: dict[str, Any] = await self.ok("POST", "/v1/webhooks", {"url": url, **fields})
-        return created
-
-    async def emit(self, events: Any) -> list[str]:
-        payload = await self.ok("POST", "/v1/events", events)
-        ids: list[str] = payload["ids"]
-        return ids
-
-    async def deliveries(self, **params: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            query = {"limit": "1000", **params}
-            if cursor:
-                query["cursor"] = cursor
-            page = await self.ok("GET", "/v1/deliveries", params=query)
-            items.extend(page["items"])
-            cursor = page["next"]
-            if not cursor:
-                return items
-
-    async def wait_status(
-        self, expected: Mapping[str, int], *, deadline: float = 15.0, **params: str
-    ) -> list[dict[str, Any]]:
-        """Poll deliveries until the counts by status are as expected."""
-        end = time.monotonic() + deadline
-        while True:
-            items = await self.deliveries(**params)
-            counts: dict[str, int] = {}
-            for item in items:
-                counts[item["status"]] = counts.get(item["status"], 0) + 1
-            if counts == dict(expected):
-                return items
-            if time.monotonic() > end:
-                raise AssertionError(f"deliveries are {counts}, expected {dict(expected)}")
-            await asyncio.sleep(0.02)
-
-
 class RunningDaemon:
     def __init__(self, daemon: Daemon, task: asyncio.Task[int]) -> None:
         self.daemon = daemon
@@ -256,69 +168,6 @@ async def running(settings: Settings) -> AsyncIterator[RunningDaemon]:
     finally:
         if not task.done():
             await handle.stop()
-
-
-class DaemonProcess:
-    """`python -m webhookd run` as a real subprocess, its stdout in a file."""
-
-    def __init__(self, config: Path, log_path: Path, env: Mapping[str, str] | None = None) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self._log_offset = 0
-
-    def start(self, *, deadline: float = 30.0) -> DaemonProcess:
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        out = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webhookd", "run", "--config", str(self.config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=REPO,
-        )
-        out.close()
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            for line in self.lines():
-                if line.get("event") == "webhookd ready":
-                    self.url = "http://" + line["listen"]
-                    return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
-            time.sleep(0.02)
-        raise AssertionError(f"daemon not ready in {deadline}s: {self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[self._log_offset :]
-
-    def lines(self) -> list[dict[str, Any]]:
-        result = []
-        for raw in self.output().splitlines():
-            with contextlib.suppress(ValueError):
-                result.append(json.loads(raw))
-        return result
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.signal(signal.SIGTERM)
-        return self.wait()
 
 
 @pytest.fixture

@@ -225,31 +225,6 @@ def test_importing_the_fence_leaves_this_process_alone() -> None:
     assert "no_names" not in getattr(socket.getaddrinfo, "__qualname__", "")
 
 
-class FencedDaemon(DaemonProcess):
-    """`python -m tests.fenced_daemon run`: the daemon, its deliveries fenced to loopback."""
-
-    def start(self, *, deadline: float = 30.0) -> DaemonProcess:
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.fenced_daemon", "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=REPO,
-            )
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            for line in self.lines():
-                if line.get("event") == "webhookd ready":
-                    self.url = "http://" + line["listen"]
-                    return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
-            time.sleep(0.02)
-        raise AssertionError(f"daemon not ready in {deadline}s: {self.output()}")
-
-
 @dataclass
 class Seeds:
     """Real ids, so generated requests reach more than 404s: some path parameters and replay
@@ -384,10 +359,11 @@ async def test_schemathesis_runs_the_whole_api_against_a_live_daemon(
             delivery={"max_attempts": 2, "retry_schedule": ["100ms"]},
             logging={"level": "info"},
         )
-        daemon = FencedDaemon(
+        daemon = DaemonProcess(
             config,
             tmp_path / "daemon.log",
             env={"WEBHOOKD_TEST_FENCE": f"127.0.0.1:{receiver.port}"},
+            module="tests.fenced_daemon",  # its deliveries fenced to the receiver
         )
         daemon_process.append(daemon)
         await asyncio.to_thread(daemon.start)

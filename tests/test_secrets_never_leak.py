@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import REPO, TOKEN, DaemonProcess, config_sections, to_toml
+from tests.kit.api import Api
 from tests.receivers import Recorder, Reply
 
 DEADLINE = 20.0
@@ -38,22 +38,12 @@ def needles(secret: str) -> list[str]:
     return [secret, encoded, base64.b64decode(encoded).hex()]
 
 
-class Transcript:
-    """Every answer of the API, as raw text, with what was asked."""
+class Transcript(Api):
+    """The kit's API client, keeping every answer as raw text with what was asked."""
 
     def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.token = token
+        super().__init__(base, token)
         self.answers: list[tuple[str, int, str]] = []
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Transcript:
-        self._session = aiohttp.ClientSession()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._session is not None
-        await self._session.close()
 
     async def call(
         self,
@@ -64,15 +54,10 @@ class Transcript:
         token: str | None = None,
         keep: bool = True,
     ) -> tuple[int, str]:
-        assert self._session is not None
-        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
-        async with self._session.request(
-            method, self.base + path, json=body, headers=headers
-        ) as resp:
-            text = await resp.text()
+        status, text = await self.text(method, path, body, token=token)
         if keep:
-            self.answers.append((f"{method} {path}", resp.status, text))
-        return resp.status, text
+            self.answers.append((f"{method} {path}", status, text))
+        return status, text
 
     async def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         status, text = await self.call(method, path, body, **kw)

@@ -152,8 +152,3 @@ def body(event_id: str, event_type: str, occurred_at: datetime, payload: str) ->
 
 def _string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-def same_content(stored_type: str, stored_payload: str, event: NewEvent) -> bool:
-    """A re-post is the same event when type and data match (occurred_at defaults differ)."""
-    return stored_type == event.event_type and stored_payload == event.payload

@@ -34,8 +34,11 @@ def names() -> dict[str, str]:
     return found
 
 
-def load(dialect: str, fragments: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Every query of sql/<dialect>/queries.sql by name, placeholders substituted."""
+def load(
+    dialect: str, fragments: Mapping[str, str] | None = None, *, comments: bool = True
+) -> dict[str, str]:
+    """Every query of sql/<dialect>/queries.sql by name, placeholders substituted, and
+    without its comment lines unless `comments`."""
     text = (
         resources.files("webhookd.store")
         .joinpath("sql", dialect, "queries.sql")
@@ -53,5 +56,7 @@ def load(dialect: str, fragments: Mapping[str, str] | None = None) -> dict[str, 
         left = _PLACEHOLDER.search(sql)
         if left is not None:
             raise ValueError(f"{dialect}/queries.sql: {name!r} has unknown {left.group()}")
+        if not comments:
+            sql = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
         found[name] = sql.strip().rstrip(";")
     return found

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from webhookd.states import Event, Status, sources
+from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
     UNSET,
@@ -24,13 +24,11 @@ from webhookd.store.base import (
     burst,
 )
 from webhookd.store.duckdb.batches import scan_once
-from webhookd.store.duckdb.common import MATCHES, Q, park_inactive, sql_in
+from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
+from webhookd.store.duckdb.queries import query
 from webhookd.store.pacing import Pace, tokens_now
 from webhookd.store.records import (
-    ATTEMPT_COLUMNS,
-    DELIVERY_COLUMNS,
-    WEBHOOK_COLUMNS,
     attempt_row,
     delivery_cursor,
     delivery_row,
@@ -46,9 +44,7 @@ def _new_webhook_id() -> str:
 
 
 def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] | None:
-    row = con.execute(
-        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = ?", [webhook_id]
-    ).fetchone()
+    row = con.execute(query("get_webhook"), [webhook_id]).fetchone()
     return None if row is None else webhook_row(row, now)
 
 
@@ -60,12 +56,7 @@ def create_webhook(
     for url, event_types, secret, description, limits in payloads:
         webhook_id = _new_webhook_id()
         con.execute(
-            """
-            INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
-                                  created_at, updated_at, health_reset_at,
-                                  rate_limit, max_in_flight, ordering)
-            VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?)
-            """,
+            query("create_webhook"),
             [
                 webhook_id,
                 url,
@@ -94,11 +85,7 @@ def get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
 
 
 def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
-    row = con.execute(
-        "SELECT url, secret, previous_secret, previous_secret_expires_at FROM webhooks "
-        "WHERE webhook_id = ?",
-        [webhook_id],
-    ).fetchone()
+    row = con.execute(query("get_webhook_secrets"), [webhook_id]).fetchone()
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     url, secret, prev, prev_exp = row
@@ -107,10 +94,7 @@ def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]
 
 def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
     now = utcnow()
-    rows = con.execute(
-        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? ORDER BY webhook_id LIMIT ?",
-        [after or "", limit + 1],
-    ).fetchall()
+    rows = con.execute(query("list_webhooks"), [after or "", limit + 1]).fetchall()
     items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
 
@@ -121,11 +105,7 @@ def update_webhook(
     results: list[dict[str, Any] | NotFound] = []
     for webhook_id, patch in payloads:
         now = utcnow()
-        row = con.execute(
-            "SELECT active, webhook_id, ordering, max_in_flight, rate_limit, "
-            "rate_tokens, rate_refilled_at, rate_next_at FROM webhooks WHERE webhook_id = ?",
-            [webhook_id],
-        ).fetchone()
+        row = con.execute(query("webhook_pace"), [webhook_id]).fetchone()
         if row is None:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
@@ -174,22 +154,12 @@ def update_webhook(
             f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", [*params, webhook_id]
         )
         if rate_changed:
-            con.execute(
-                f"UPDATE {Q} SET next_attempt_at = ?, updated_at = ? "
-                f"WHERE webhook_id = ? AND status = '{Status.PENDING}' "
-                "AND next_attempt_at > ? AND last_error = ?",
-                [now, now, webhook_id, now, RATE_LIMITED],
-            )
+            con.execute(query("rate_limited_due"), [now, now, webhook_id, now, RATE_LIMITED])
         if ordering_changed and patch.ordering == Ordering.NONE:
             # Rows that waited behind the head: due now, in any order.
-            con.execute(
-                f"UPDATE {Q} SET next_attempt_at = ?, updated_at = ? "
-                f"WHERE webhook_id = ? AND status = '{Status.PENDING}' "
-                "AND next_attempt_at IS NULL",
-                [now, now, webhook_id],
-            )
+            con.execute(query("fifo_waiting_due"), [now, now, webhook_id])
         if patch.active is True and not was_active:
-            _set_due(con, Event.ENABLE, "webhook_id = ?", [webhook_id], now)
+            _set_due(con, "enable", [webhook_id], now)
         elif patch.active is False:
             park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
@@ -204,9 +174,7 @@ def delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
     results: list[NotFound | None] = []
     now = utcnow()
     for webhook_id in payloads:
-        rows = con.execute(
-            "DELETE FROM webhooks WHERE webhook_id = ? RETURNING 1", [webhook_id]
-        ).fetchall()
+        rows = con.execute(query("delete_webhook"), [webhook_id]).fetchall()
         if not rows:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
@@ -223,12 +191,7 @@ def rotate_secret(
     for webhook_id, secret, grace in payloads:
         now = utcnow()
         rows = con.execute(
-            """
-            UPDATE webhooks SET previous_secret = secret, secret = ?,
-                previous_secret_expires_at = ?, updated_at = ?
-            WHERE webhook_id = ? RETURNING 1
-            """,
-            [secret, now + timedelta(seconds=grace), now, webhook_id],
+            query("rotate_secret"), [secret, now + timedelta(seconds=grace), now, webhook_id]
         ).fetchall()
         if not rows:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
@@ -240,25 +203,20 @@ def rotate_secret(
 
 
 def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
-    where = ["true"]
-    params: list[Any] = []
-    if filt.webhook_id is not None:
-        where.append("webhook_id = ?")
-        params.append(filt.webhook_id)
-    if filt.event_id is not None:
-        where.append("event_id = ?")
-        params.append(filt.event_id)
-    if filt.status is not None:
-        where.append("status = ?")
-        params.append(str(filt.status))
-    if after:
-        created, wid, eid = parse_delivery_cursor(after)
-        where.append("(created_at, webhook_id, event_id) < (?::TIMESTAMP, ?, ?)")
-        params.extend([created, wid, eid])
+    # No cursor: the condition on it is NULL IS NULL, true for every row.
+    created, wid, eid = parse_delivery_cursor(after) if after else (None, None, None)
     rows = con.execute(
-        f"SELECT {DELIVERY_COLUMNS} FROM {Q} WHERE {' AND '.join(where)} "
-        "ORDER BY created_at DESC, webhook_id DESC, event_id DESC LIMIT ?",
-        [*params, limit + 1],
+        query("list_deliveries"),
+        [
+            filt.webhook_id,
+            filt.event_id,
+            None if filt.status is None else str(filt.status),
+            created,
+            created,
+            wid,
+            eid,
+            limit + 1,
+        ],
     ).fetchall()
     items = [delivery_row(r) for r in rows[:limit]]
     cursor = None
@@ -269,32 +227,19 @@ def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | Non
 
 
 def list_attempts(con: Any, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
-    rows = con.execute(
-        f"SELECT {ATTEMPT_COLUMNS} FROM webhook_deliveries "
-        "WHERE webhook_id = ? AND event_id = ? ORDER BY attempt_id",
-        [webhook_id, event_id],
-    ).fetchall()
+    rows = con.execute(query("list_attempts"), [webhook_id, event_id]).fetchall()
     items = [attempt_row(row) for row in rows]
     if not items:
-        exists = con.execute(
-            f"SELECT 1 FROM {Q} WHERE webhook_id = ? AND event_id = ?", [webhook_id, event_id]
-        ).fetchone()
+        exists = con.execute(query("delivery_exists"), [webhook_id, event_id]).fetchone()
         if exists is None:
             raise NotFound(f"no delivery of {event_id!r} to {webhook_id!r}")
     return items
 
 
-def _set_due(con: Any, event: Event, where: str, params: list[Any], now: datetime) -> int:
-    """Apply an operator event (enable, redrive, replay): matching rows due now, fresh budget."""
-    rows = con.execute(
-        f"""
-        UPDATE {Q} SET status = '{Status.PENDING}', next_attempt_at = ?, lease_until = NULL,
-            retry_base = attempts, updated_at = ?
-        WHERE status IN {sql_in(sources(event))} AND {where}
-        RETURNING webhook_id
-        """,
-        [now, now, *params],
-    ).fetchall()
+def _set_due(con: Any, name: str, params: list[Any], now: datetime) -> int:
+    """Apply an operator event (queries enable, redrive, replay): matching rows due now,
+    with a fresh budget."""
+    rows = con.execute(query(name), [now, now, *params]).fetchall()
     reparked = park_inactive(con, [r[0] for r in rows], now)
     # A fifo webhook's rows due again take their places by seq behind one head.
     settle_fifo(con, [r[0] for r in rows], now)
@@ -304,15 +249,10 @@ def _set_due(con: Any, event: Event, where: str, params: list[Any], now: datetim
 def redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None]]) -> list[int]:
     results = []
     for status, webhook_id, since in payloads:
-        where = ["status = ?"]
-        params: list[Any] = [str(status)]
-        if webhook_id is not None:
-            where.append("webhook_id = ?")
-            params.append(webhook_id)
-        if since is not None:
-            where.append("last_attempt_at >= ?")
-            params.append(since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since)
-        results.append(_set_due(con, Event.REDRIVE, " AND ".join(where), params, utcnow()))
+        if since is not None and since.tzinfo:
+            since = since.astimezone(UTC).replace(tzinfo=None)
+        params = [str(status), webhook_id, since, since]
+        results.append(_set_due(con, "redrive", params, utcnow()))
     return results
 
 
@@ -320,9 +260,7 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
     results: list[int | NotFound] = []
     for event_id, webhook_id in payloads:
         now = utcnow()
-        event = con.execute(
-            "SELECT event_type, seq FROM pipeline_events WHERE event_id = ?", [event_id]
-        ).fetchone()
+        event = con.execute(query("replay_event"), [event_id]).fetchone()
         if event is None:
             results.append(NotFound(f"no event {event_id!r}"))
             continue
@@ -333,43 +271,21 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
         while scanned.cursor < event[1]:
             scanned = scan_once(con, 10_000, careful=True, upto=event[1])
         if webhook_id is not None:
-            hook = con.execute(
-                "SELECT 1 FROM webhooks WHERE webhook_id = ?", [webhook_id]
-            ).fetchone()
+            hook = con.execute(query("webhook_exists"), [webhook_id]).fetchone()
             if hook is None:
                 results.append(NotFound(f"no webhook {webhook_id!r}"))
                 continue
-            match, params = "w.webhook_id = ?", [webhook_id]
-        else:
-            match = MATCHES
-            params = []
-        where, where_params = "event_id = ?", [event_id]
-        if webhook_id is not None:
-            where += " AND webhook_id = ?"
-            where_params.append(webhook_id)
         # The rows that scan enqueued are due now, as a replay would make them: they count.
         fresh = (
-            con.execute(
-                f"SELECT count(*) FROM {Q} WHERE {where} AND status = '{Status.PENDING}'",
-                where_params,
-            ).fetchone()[0]
+            con.execute(query("replay_pending"), [event_id, webhook_id]).fetchone()[0]
             if forced
             else 0
         )
         # Rows pruned after delivery come back from the event source.
         inserted = con.execute(
-            f"""
-            INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                             next_attempt_at, body, created_at, updated_at, seq)
-            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, ?, e.body, ?, ?, e.seq
-            FROM pipeline_events e JOIN webhooks w ON {match}
-            WHERE e.event_id = ?
-            ON CONFLICT DO NOTHING
-            RETURNING webhook_id
-            """,
-            [now, now, now, *params, event_id],
+            query("replay_enqueue"), [now, now, now, webhook_id, webhook_id, event_id]
         ).fetchall()
-        again = _set_due(con, Event.REPLAY, where, where_params, now)
+        again = _set_due(con, "replay", [event_id, webhook_id], now)
         reparked = park_inactive(con, [r[0] for r in inserted], now)
         settle_fifo(con, [r[0] for r in inserted], now)
         results.append(fresh + again + len(inserted) - reparked)
@@ -379,28 +295,17 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
 def status(con: Any) -> StatusReport:
     now = utcnow()
     report = StatusReport()
-    for wid, status, n in con.execute(
-        f"SELECT webhook_id, status, count(*) FROM {Q} GROUP BY ALL"
-    ).fetchall():
+    for wid, status, n in con.execute(query("status_counts")).fetchall():
         report.by_status[status] = report.by_status.get(status, 0) + n
         report.by_webhook.setdefault(wid, {})[status] = n
-    oldest = con.execute(
-        f"SELECT min(next_attempt_at) FROM {Q} WHERE status = '{Status.PENDING}' "
-        "AND next_attempt_at <= ?",
-        [now],
-    ).fetchone()[0]
+    oldest = con.execute(query("status_oldest_due"), [now]).fetchone()[0]
     if oldest is not None:
         report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
-    cursor, latest = con.execute(
-        "SELECT (SELECT seq FROM scanner_cursor WHERE name = 'main'), "
-        "(SELECT coalesce(max(seq), 0) FROM pipeline_events)"
-    ).fetchone()
+    cursor, latest = con.execute(query("status_scanner")).fetchone()
     report.scanner_cursor = cursor
     report.latest_seq = max(latest, cursor)
     report.scanner_lag_events = max(0, latest - cursor)
-    for wid, active, reason in con.execute(
-        "SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id"
-    ).fetchall():
+    for wid, active, reason in con.execute(query("status_webhooks")).fetchall():
         if active:
             report.webhooks_active += 1
         else:
@@ -416,24 +321,8 @@ def _fifo_blocked(con: Any) -> dict[str, FifoBlocked]:
     if not fifo:
         return {}
     blocked: dict[str, FifoBlocked] = {}
-    for wid, eid, attempts, base, last in con.execute(
-        f"""
-        SELECT q.webhook_id, q.event_id, q.attempts, q.retry_base, q.last_attempt_at
-        FROM {Q} q
-        JOIN (SELECT webhook_id, min(seq) AS head FROM {Q}
-              WHERE status IN ('{Status.PENDING}', '{Status.INFLIGHT}')
-                AND list_contains(?::VARCHAR[], webhook_id)
-              GROUP BY webhook_id) h ON q.webhook_id = h.webhook_id AND q.seq = h.head
-        WHERE q.status IN ('{Status.PENDING}', '{Status.INFLIGHT}') AND q.attempts > q.retry_base
-        ORDER BY q.webhook_id
-        """,
-        [fifo],
-    ).fetchall():
-        (first,) = con.execute(
-            "SELECT min(attempted_at) FROM webhook_deliveries "
-            "WHERE webhook_id = ? AND event_id = ? AND attempt > ?",
-            [wid, eid, base],
-        ).fetchone()
+    for wid, eid, attempts, base, last in con.execute(query("fifo_blocked"), [fifo]).fetchall():
+        (first,) = con.execute(query("fifo_blocked_since"), [wid, eid, base]).fetchone()
         since = first or last
         if since is not None:
             blocked[wid] = FifoBlocked(eid, since, attempts)
@@ -450,35 +339,8 @@ def auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
     results = []
     for failing_before in payloads:
         now = utcnow()
-        con.execute(
-            """
-            UPDATE webhooks AS w SET failing_since = f.since
-            FROM (
-                SELECT w.webhook_id,
-                       (SELECT min(l.attempted_at) FROM webhook_deliveries l
-                        WHERE l.webhook_id = w.webhook_id
-                          AND l.attempted_at >= coalesce(w.health_reset_at, w.created_at)
-                          AND l.attempted_at > coalesce(
-                              (SELECT max(ok.attempted_at) FROM webhook_deliveries ok
-                               WHERE ok.webhook_id = w.webhook_id
-                                 AND ok.outcome = 'delivered'),
-                              '-infinity'::TIMESTAMP)) AS since
-                FROM webhooks w WHERE w.active
-            ) f
-            WHERE w.webhook_id = f.webhook_id
-              AND w.failing_since IS DISTINCT FROM f.since
-            """
-        )
-        rows = con.execute(
-            """
-            UPDATE webhooks SET active = false, updated_at = ?,
-                disabled_reason = 'every attempt failed since '
-                    || strftime(failing_since, '%Y-%m-%dT%H:%M:%SZ')
-            WHERE active AND failing_since IS NOT NULL AND failing_since < ?
-            RETURNING webhook_id
-            """,
-            [now, failing_before],
-        ).fetchall()
+        con.execute(query("failing_since"))
+        rows = con.execute(query("auto_disable"), [now, failing_before]).fetchall()
         disabled = [r[0] for r in rows]
         park_inactive(con, disabled, now)
         results.append(disabled)

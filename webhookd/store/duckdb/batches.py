@@ -8,28 +8,25 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from webhookd.events import NewEvent, same_content
-from webhookd.states import Event, Status, sources
+from webhookd.events import NewEvent
+from webhookd.queue.conflicts import first_of_each, same_content
+from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
     Claim,
     EventConflict,
     IngestResult,
-    Ordering,
     Outcome,
     Pruned,
     ScanResult,
 )
 from webhookd.store.duckdb.common import (
-    CURSOR,
-    MATCHES,
-    Q,
     active_hooks,
     park_inactive,
     remembered,
-    sql_in,
 )
 from webhookd.store.duckdb.fifo import settle_fifo
+from webhookd.store.duckdb.queries import query
 from webhookd.store.pacing import Pace, cap, first_slot, tokens_now
 from webhookd.store.records import signing_secrets, utcnow
 
@@ -44,16 +41,10 @@ def rescue(con: Any, payloads: Sequence[datetime | None]) -> list[int]:
     results = []
     for expired_before in payloads:
         now = utcnow()
-        condition = "" if expired_before is None else "AND lease_until < ?"
-        params: list[Any] = [now, now] if expired_before is None else [now, now, expired_before]
-        rows = con.execute(
-            f"""
-            UPDATE {Q} SET status = '{Status.PENDING}', lease_until = NULL,
-                next_attempt_at = ?, updated_at = ?
-            WHERE status IN {sql_in(sources(Event.LEASE_EXPIRED))} {condition}
-            RETURNING webhook_id
-            """,
-            params,
+        rows = (
+            con.execute(query("rescue_orphans"), [now, now])
+            if expired_before is None
+            else con.execute(query("rescue_expired"), [now, now, expired_before])
         ).fetchall()
         park_inactive(con, [r[0] for r in rows], now)
         settle_fifo(con, [r[0] for r in rows], now)
@@ -73,52 +64,38 @@ def ingest_carefully(
     con: Any, payloads: Sequence[list[NewEvent]]
 ) -> list[IngestResult | EventConflict]:
     all_ids = list({e.event_id for events in payloads for e in events})
-    existing: dict[str, tuple[str, str]] = {
-        row[0]: (row[1], row[2])
-        for row in con.execute(
-            "SELECT event_id, event_type, payload::VARCHAR FROM pipeline_events "
-            "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
-            [all_ids],
-        ).fetchall()
+    existing: dict[str, tuple[str, bytes]] = {
+        row[0]: (row[1], bytes(row[2]))
+        for row in con.execute(query("ingest_known"), [all_ids]).fetchall()
     }
     return _ingest_new(con, payloads, existing)
 
 
 def _ingest_new(
-    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, str]]
+    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, bytes]]
 ) -> list[IngestResult | EventConflict]:
-    """Insert what is new; `existing` maps the ids already stored to (type, payload)."""
+    """Insert what is new; `existing` maps the ids already stored to (type, body)."""
     new_events: list[NewEvent] = []
     results: list[IngestResult | EventConflict] = []
     now = utcnow()
     for events in payloads:
-        conflicts: list[str] = []
-        fresh: dict[str, NewEvent] = {}
-        for event in events:
-            known = existing.get(event.event_id)
-            if known is None and event.event_id in fresh:
-                prior = fresh[event.event_id]
-                known = (prior.event_type, prior.payload)
-            if known is not None:
-                if not same_content(known[0], known[1], event):
-                    conflicts.append(event.event_id)
-                continue
-            fresh[event.event_id] = event
+        fresh, conflicts = first_of_each(events)
+        conflicts += [
+            e.event_id
+            for e in fresh.values()
+            if e.event_id in existing and not same_content(e, *existing[e.event_id])
+        ]
         if conflicts:
             results.append(EventConflict(sorted(set(conflicts))))
             continue
-        for event in fresh.values():
-            existing[event.event_id] = (event.event_type, event.payload)
-        new_events.extend(fresh.values())
-        results.append(IngestResult([e.event_id for e in events], len(fresh)))
+        new = [e for e in fresh.values() if e.event_id not in existing]
+        for event in new:
+            existing[event.event_id] = (event.event_type, event.body)
+        new_events.extend(new)
+        results.append(IngestResult([e.event_id for e in events], len(new)))
     if new_events:
         con.execute(
-            """
-            INSERT INTO pipeline_events
-                (event_id, event_type, payload, body, occurred_at, ingested_at)
-            SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
-                   unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?
-            """,
+            query("ingest"),
             [
                 [e.event_id for e in new_events],
                 [e.event_type for e in new_events],
@@ -141,7 +118,7 @@ NEW_EVENTS = frozenset({new_events_kick})
 
 
 def scan_cursor(con: Any) -> int:
-    return int(con.execute(CURSOR).fetchone()[0])
+    return int(con.execute(query("scan_cursor")).fetchone()[0])
 
 
 def scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
@@ -162,8 +139,7 @@ def scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = No
     rows: `careful` adds it back for the retry after a conflict (see DuckDBStore.scan).
     """
     cursor, n_events, high = con.execute(
-        f"SELECT ({CURSOR}), count(*), max(seq) FROM (SELECT seq FROM pipeline_events "
-        f"WHERE seq > ({CURSOR}) AND seq <= ? ORDER BY seq LIMIT ?)",
+        query("scan_read"),
         [upto if upto is not None else 2**62, batch_size],
     ).fetchone()
     if not n_events:
@@ -172,22 +148,10 @@ def scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = No
     # A fifo webhook's new rows wait behind its head (no next_attempt_at); settle_fifo
     # makes the lowest due if the webhook had no head.
     (enqueued,) = con.execute(
-        f"""
-        INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                         next_attempt_at, body, created_at, updated_at, seq)
-        SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0,
-               CASE WHEN w.ordering = '{Ordering.FIFO}' THEN NULL ELSE ?::TIMESTAMP END,
-               e.body, ?, ?, e.seq
-        FROM pipeline_events e
-        JOIN webhooks w ON {MATCHES}
-        WHERE e.seq > ? AND e.seq <= ?
-        {"ON CONFLICT DO NOTHING" if careful else ""}
-        """,
+        query("scan_enqueue_again" if careful else "scan_enqueue"),
         [now, now, now, cursor, high],
     ).fetchone()
-    con.execute(
-        "UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main'", [high, now]
-    )
+    con.execute(query("scan_advance"), [high, now])
     if enqueued:
         settle_fifo(con, None, now)
     return ScanResult(n_events, int(enqueued), high)
@@ -201,14 +165,7 @@ def _paces(con: Any) -> dict[str, Pace]:
 
 
 def _read_paces(con: Any) -> dict[str, Pace]:
-    return {
-        r[0]: Pace(*r)
-        for r in con.execute(
-            "SELECT webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, "
-            "rate_refilled_at, rate_next_at FROM webhooks WHERE active AND "
-            "(ordering = 'fifo' OR max_in_flight IS NOT NULL OR rate_limit IS NOT NULL)"
-        ).fetchall()
-    }
+    return {r[0]: Pace(*r) for r in con.execute(query("paces")).fetchall()}
 
 
 def claim(
@@ -232,25 +189,11 @@ def claim(
     results: list[list[Claim]] = []
     for limit, per_webhook, lease, caps in payloads:
         now = utcnow()
-        held: dict[str, int] = dict(
-            con.execute(
-                f"SELECT webhook_id, count(*) FROM {Q} "
-                f"WHERE status = '{Status.INFLIGHT}' GROUP BY webhook_id"
-            ).fetchall()
-        )
+        held: dict[str, int] = dict(con.execute(query("claim_held")).fetchall())
         paces = _paces(con)
         room = {w: cap(paces.get(w), per_webhook, caps.get(w)) for w in {*held, *caps, *paces}}
         full = [w for w, n in held.items() if n >= room[w]]
-        candidates = con.execute(
-            f"""
-            SELECT rowid, webhook_id, event_id, attempts, retry_base, body FROM {Q}
-            WHERE status IN {sql_in(sources(Event.CLAIM))} AND next_attempt_at <= ?
-              AND NOT list_contains(?::VARCHAR[], webhook_id)
-            ORDER BY next_attempt_at
-            LIMIT ?
-            """,
-            [now, full, limit * 4],
-        ).fetchall()
+        candidates = con.execute(query("claim"), [now, full, limit * 4]).fetchall()
         if not candidates:
             results.append([])
             continue
@@ -283,13 +226,7 @@ def claim(
         _pace_rate_limited(con, paces, tokens, taken, short, now)
         rowids = [p[0] for p in picked]
         lease_until = now + timedelta(seconds=lease)
-        con.execute(
-            f"""
-            UPDATE {Q} SET status = '{Status.INFLIGHT}', lease_until = ?, updated_at = ?
-            WHERE list_contains(?::BIGINT[], rowid)
-            """,
-            [lease_until, now, rowids],
-        )
+        con.execute(query("claim_take"), [lease_until, now, rowids])
         claims = []
         for _, webhook_id, event_id, attempts, base, body in picked:
             url, secret, prev, prev_exp = hooks[webhook_id]
@@ -335,26 +272,12 @@ def _pace_rate_limited(
         first = first_slot(pace, tokens[w] - len(taken.get(w, ())), now)
         step = round(1_000_000 / pace.rate_limit)  # microseconds
         (moved,) = con.execute(
-            f"""
-            UPDATE {Q} AS q SET next_attempt_at = ? + to_microseconds((v.k - 1) * ?),
-                last_error = ?, updated_at = ?
-            FROM (SELECT rowid AS id,
-                         row_number() OVER (ORDER BY next_attempt_at, seq, event_id) AS k
-                  FROM {Q}
-                  WHERE webhook_id = ? AND status = '{Status.PENDING}' AND next_attempt_at <= ?
-                    AND NOT list_contains(?::BIGINT[], rowid)) v
-            WHERE q.rowid = v.id
-            """,
+            query("claim_move"),
             [first, step, RATE_LIMITED, now, w, now, taken.get(w, [])],
         ).fetchone()
         next_at[w] = first + timedelta(microseconds=moved * step)
     con.execute(
-        """
-        UPDATE webhooks SET rate_tokens = v.tokens, rate_refilled_at = ?, rate_next_at = v.next_at
-        FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::DOUBLE[]) AS tokens,
-                     unnest(?::TIMESTAMP[]) AS next_at) v
-        WHERE webhooks.webhook_id = v.webhook_id
-        """,
+        query("claim_buckets"),
         [
             now,
             touched,
@@ -383,38 +306,11 @@ def record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
         [o.claimed_until for o in outcomes],
         [o.spent for o in outcomes],
     ]
-    con.execute(
-        f"""
-        UPDATE {Q} AS q SET status = o.status,
-            attempts = CASE WHEN o.spent THEN o.attempt ELSE q.attempts END,
-            next_attempt_at = o.next_attempt_at, lease_until = NULL,
-            last_status_code = o.status_code, last_error = o.error,
-            last_attempt_at = CASE WHEN o.spent THEN o.attempted_at ELSE q.last_attempt_at END,
-            updated_at = ?
-        FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id,
-                     unnest(?::VARCHAR[]) AS status, unnest(?::INTEGER[]) AS attempt,
-                     unnest(?::TIMESTAMP[]) AS next_attempt_at,
-                     unnest(?::INTEGER[]) AS status_code, unnest(?::VARCHAR[]) AS error,
-                     unnest(?::TIMESTAMP[]) AS attempted_at,
-                     unnest(?::TIMESTAMP[]) AS claimed_until,
-                     unnest(?::BOOLEAN[]) AS spent) o
-        WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
-          AND q.status = '{Status.INFLIGHT}'
-          AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
-        """,
-        [now, *columns],
-    )
+    con.execute(query("record"), [now, *columns])
     made = [o for o in outcomes if o.spent]
     if made:
         con.execute(
-            """
-            INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at,
-                                            duration_ms, status_code, error,
-                                            response_excerpt, outcome)
-            SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
-                   unnest(?::TIMESTAMP[]), unnest(?::DOUBLE[]), unnest(?::INTEGER[]),
-                   unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])
-            """,
+            query("record_attempts"),
             [
                 [o.webhook_id for o in made],
                 [o.event_id for o in made],
@@ -429,12 +325,7 @@ def record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
         )
     gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
     if gone:
-        con.execute(
-            "UPDATE webhooks SET active = false, updated_at = ?, "
-            "disabled_reason = 'the endpoint answered 410 Gone' "
-            "WHERE active AND list_contains(?::VARCHAR[], webhook_id)",
-            [now, gone],
-        )
+        con.execute(query("record_gone"), [now, gone])
     retried = [o.webhook_id for o in outcomes if o.status is Status.PENDING] + gone
     if retried:
         park_inactive(con, retried, now)
@@ -451,15 +342,7 @@ def release(con: Any, payloads: Sequence[list[tuple[str, str]]]) -> list[int]:
             results.append(0)
             continue
         rows = con.execute(
-            f"""
-            UPDATE {Q} AS q SET status = '{Status.PENDING}', lease_until = NULL,
-                next_attempt_at = ?, updated_at = ?
-            FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_id) k
-            WHERE q.webhook_id = k.webhook_id AND q.event_id = k.event_id
-              AND q.status IN {sql_in(sources(Event.RELEASE))}
-            RETURNING q.webhook_id
-            """,
-            [now, now, [k[0] for k in keys], [k[1] for k in keys]],
+            query("release"), [now, now, [k[0] for k in keys], [k[1] for k in keys]]
         ).fetchall()
         park_inactive(con, [r[0] for r in rows], now)
         settle_fifo(con, [r[0] for r in rows], now)
@@ -470,22 +353,7 @@ def release(con: Any, payloads: Sequence[list[tuple[str, str]]]) -> list[int]:
 def prune(con: Any, payloads: Sequence[tuple[datetime, datetime, int]]) -> list[Pruned]:
     results = []
     for delivered_before, log_before, batch in payloads:
-        queue_rows = con.execute(
-            f"""
-            DELETE FROM {Q} WHERE rowid IN (
-                SELECT rowid FROM {Q} WHERE status = '{Status.DELIVERED}' AND updated_at < ?
-                LIMIT ?)
-            RETURNING 1
-            """,
-            [delivered_before, batch],
-        ).fetchall()
-        log_rows = con.execute(
-            """
-            DELETE FROM webhook_deliveries WHERE rowid IN (
-                SELECT rowid FROM webhook_deliveries WHERE attempted_at < ? LIMIT ?)
-            RETURNING 1
-            """,
-            [log_before, batch],
-        ).fetchall()
+        queue_rows = con.execute(query("prune_delivered"), [delivered_before, batch]).fetchall()
+        log_rows = con.execute(query("prune_attempts"), [log_before, batch]).fetchall()
         results.append(Pruned(len(queue_rows), len(log_rows)))
     return results

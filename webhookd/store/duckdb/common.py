@@ -1,6 +1,6 @@
-"""What the DuckDB engine's modules share: the queue's name, the webhook match, the
-cursor every statement runs through (full-disk errors, the memo of the webhooks table),
-and the parking of rows whose webhook is inactive or gone."""
+"""What the DuckDB engine's modules share: the cursor every statement runs through
+(full-disk errors, the memo of the webhooks table), and the parking of rows whose
+webhook is inactive or gone."""
 
 from __future__ import annotations
 
@@ -11,23 +11,13 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from webhookd.states import Event, Status, sources
 from webhookd.store.duckdb.disk import Disk
-
-Q = "webhook_delivery_queue"
-# An active webhook takes an event when it lists its type, or lists no type at all.
-MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
-CURSOR = "SELECT seq FROM scanner_cursor WHERE name = 'main'"
-
+from webhookd.store.duckdb.queries import query
 
 T = TypeVar("T")
 
 # A statement that changes the webhooks table (see Cursor.memo).
 _WRITES_WEBHOOKS = re.compile(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhooks\b", re.I)
-
-
-def sql_in(statuses: Sequence[Status]) -> str:
-    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 
 
 class Cursor:
@@ -90,15 +80,7 @@ def park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
     inactive = sorted(wanted - active)
     if not inactive:
         return 0
-    rows = con.execute(
-        f"""
-        UPDATE {Q} SET status = '{Status.PARKED}', lease_until = NULL, updated_at = ?
-        WHERE status IN {sql_in(sources(Event.DISABLE))}
-          AND list_contains(?::VARCHAR[], webhook_id)
-        RETURNING 1
-        """,
-        [now, inactive],
-    ).fetchall()
+    rows = con.execute(query("park_inactive"), [now, inactive]).fetchall()
     return len(rows)
 
 
@@ -132,10 +114,6 @@ def active_hooks(
     if missing:
         known.update(
             (r[0], (r[1], r[2], r[3], r[4]))
-            for r in con.execute(
-                "SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at "
-                "FROM webhooks WHERE active AND list_contains(?::VARCHAR[], webhook_id)",
-                [missing],
-            ).fetchall()
+            for r in con.execute(query("active_hooks"), [missing]).fetchall()
         )
     return {w: known[w] for w in webhook_ids if w in known}

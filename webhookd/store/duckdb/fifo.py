@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from webhookd.states import Status
-from webhookd.store.base import Ordering
-from webhookd.store.duckdb.common import Q, remembered
+from webhookd.store.duckdb.common import remembered
+from webhookd.store.duckdb.queries import query
 
 
 def fifo_ids(con: Any, webhook_ids: Sequence[str] | None = None) -> list[str]:
@@ -20,12 +19,7 @@ def fifo_ids(con: Any, webhook_ids: Sequence[str] | None = None) -> list[str]:
 
 
 def _read_fifo(con: Any) -> frozenset[str]:
-    return frozenset(
-        r[0]
-        for r in con.execute(
-            f"SELECT webhook_id FROM webhooks WHERE ordering = '{Ordering.FIFO}'"
-        ).fetchall()
-    )
+    return frozenset(r[0] for r in con.execute(query("fifo_webhooks")).fetchall())
 
 
 def settle_fifo(con: Any, webhook_ids: Sequence[str] | None, now: datetime) -> None:
@@ -39,17 +33,4 @@ def settle_fifo(con: Any, webhook_ids: Sequence[str] | None, now: datetime) -> N
     fifo = fifo_ids(con, webhook_ids)
     if not fifo:
         return
-    con.execute(
-        f"""
-        UPDATE {Q} AS q
-        SET next_attempt_at = CASE WHEN q.seq = h.head THEN ? ELSE NULL END, updated_at = ?
-        FROM (SELECT webhook_id, min(seq) AS head FROM {Q}
-              WHERE status IN ('{Status.PENDING}', '{Status.INFLIGHT}')
-                AND list_contains(?::VARCHAR[], webhook_id)
-              GROUP BY webhook_id) h
-        WHERE q.webhook_id = h.webhook_id AND q.status = '{Status.PENDING}'
-          AND ((q.seq = h.head AND q.next_attempt_at IS NULL)
-               OR (q.seq > h.head AND q.next_attempt_at IS NOT NULL))
-        """,
-        [now, now, fifo],
-    )
+    con.execute(query("fifo_settle"), [now, now, fifo])

@@ -24,7 +24,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from webhookd.events import NewEvent, same_content
+from webhookd.events import NewEvent
+from webhookd.queue.conflicts import same_content
 from webhookd.store.base import EventConflict, StoreUnavailable
 from webhookd.store.postgres.errors import LockTimeout
 
@@ -94,7 +95,7 @@ class IngestGroup:
         for request in batch:
             clash = any(
                 (prior := merged.get(e.event_id)) is not None
-                and not same_content(prior.event_type, prior.payload, e)
+                and not same_content(e, prior.event_type, prior.body)
                 for e in request.events
             )
             if clash:

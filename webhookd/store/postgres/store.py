@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from webhookd import logs
-from webhookd.events import NewEvent, same_content
+from webhookd.events import NewEvent
 from webhookd.events import body as event_body
+from webhookd.queue.conflicts import first_of_each, same_content
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -395,16 +396,9 @@ class PostgresStore:
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
         if not events:
             return IngestResult([], 0)
-        fresh: dict[str, NewEvent] = {}
-        conflicts: set[str] = set()
-        for event in events:
-            prior = fresh.get(event.event_id)
-            if prior is None:
-                fresh[event.event_id] = event
-            elif not same_content(prior.event_type, prior.payload, event):
-                conflicts.add(event.event_id)
+        fresh, conflicts = first_of_each(events)
         if conflicts:
-            raise EventConflict(sorted(conflicts))
+            raise EventConflict(conflicts)
         group = self._ingests
         if group is None:
             raise StoreUnavailable("the database is closed")
@@ -436,15 +430,17 @@ class PostgresStore:
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
-                old = [i for i, event_id in enumerate(ids) if event_id not in new]
-                differing = await con.fetch(
-                    query("ingest_conflicts"),
-                    [ids[i] for i in old],
-                    [types[i] for i in old],
-                    [payloads[i] for i in old],
-                )
+                old = [e for e in events if e.event_id not in new]
+                rows = await con.fetch(query("ingest_known"), [e.event_id for e in old])
+                stored = {r["event_id"]: r for r in rows}
+                differing = [
+                    e.event_id
+                    for e in old
+                    if (r := stored.get(e.event_id)) is not None
+                    and not same_content(e, r["event_type"], r["body"], r["data"])
+                ]
                 if differing:
-                    raise EventConflict(sorted(r[0] for r in differing))
+                    raise EventConflict(sorted(differing))
             await con.execute("COMMIT")
         except BaseException:
             if not con.is_closed() and con.is_in_transaction():

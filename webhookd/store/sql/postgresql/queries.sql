@@ -19,8 +19,8 @@ DELETE FROM daemons WHERE daemon_id = $1;
 
 
 -- name: ingest
--- The events of one request; ids already stored are left alone and checked by
--- ingest_conflicts in the same transaction (a later statement: its snapshot sees the
+-- The events of one request; ids already stored are left alone and checked with
+-- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
 INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
 SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
@@ -31,12 +31,12 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
--- name: ingest_conflicts
--- Of the ids given, those stored with another type or other data (jsonb equality).
-SELECT u.event_id
-FROM unnest($1::text[], $2::text[], $3::text[]) AS u(event_id, event_type, payload)
-JOIN pipeline_events e ON e.event_id = u.event_id
-WHERE e.event_type <> u.event_type OR e.payload <> u.payload::jsonb;
+-- name: ingest_known
+-- The stored type and body of the ids given, for queue/conflicts.same_content (an event
+-- a producer wrote in SQL may have no body yet: then its data as text).
+SELECT event_id, event_type, body, CASE WHEN body IS NULL THEN payload::text END AS data
+FROM pipeline_events
+WHERE event_id = ANY ($1::text[]);
 
 
 -- name: scan_lock

@@ -1,0 +1,31 @@
+"""The DuckDB engine's named queries (sql/duckdb/queries.sql, see store/queries.py)."""
+
+from __future__ import annotations
+
+import functools
+
+from webhookd.store import queries as named
+from webhookd.store.records import ATTEMPT_COLUMNS, DELIVERY_COLUMNS, WEBHOOK_COLUMNS
+
+# An active webhook takes an event when it lists its type, or lists no type at all.
+MATCHES = "w.active AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
+
+
+@functools.cache
+def queries() -> dict[str, str]:
+    # Without comments: a statement's text is searched for writes to the webhooks table
+    # on every execution (common.Cursor), and a comment must not look like one.
+    return named.load(
+        "duckdb",
+        {
+            "MATCHES": MATCHES,
+            "WEBHOOK_COLUMNS": WEBHOOK_COLUMNS,
+            "DELIVERY_COLUMNS": DELIVERY_COLUMNS,
+            "ATTEMPT_COLUMNS": ATTEMPT_COLUMNS,
+        },
+        comments=False,
+    )
+
+
+def query(name: str) -> str:
+    return queries()[name]

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from webhookd import logs
+from webhookd import logs, network
 from webhookd.events import NewEvent
 from webhookd.events import body as event_body
 from webhookd.queue.conflicts import first_of_each, same_content
@@ -64,7 +64,7 @@ from webhookd.store.postgres.listen import Listener
 from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import naive_utc, signing_secrets
+from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
 
 log = logs.get("webhookd.store")
 
@@ -598,6 +598,7 @@ class PostgresStore:
                     r["lease_until"],
                     r["own_cap"],
                     bool(r["paced"]),
+                    network.decode(r["delivery_options"]),
                 )
             )
         return claims
@@ -688,7 +689,7 @@ class PostgresStore:
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
         return await self._call(admin.get_webhook, webhook_id)
 
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         return await self._call(admin.get_webhook_secrets, webhook_id)
 
     async def list_webhooks(self, limit: int, after: str | None) -> Page:

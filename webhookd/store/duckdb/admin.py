@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from webhookd import network
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -29,10 +30,12 @@ from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
 from webhookd.store.duckdb.queries import query
 from webhookd.store.pacing import Pace, tokens_now
 from webhookd.store.records import (
+    WebhookSecrets,
     attempt_row,
     delivery_cursor,
     delivery_row,
     parse_delivery_cursor,
+    public_key_of,
     signing_secrets,
     utcnow,
     webhook_row,
@@ -69,6 +72,8 @@ def create_webhook(
                 limits.rate_limit,
                 limits.max_in_flight,
                 str(limits.ordering),
+                limits.delivery_options,
+                limits.public_key,
             ],
         )
         created = _fetch_webhook(con, webhook_id, now)
@@ -84,12 +89,12 @@ def get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
     return found
 
 
-def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+def get_webhook_secrets(con: Any, webhook_id: str) -> WebhookSecrets:
     row = con.execute(query("get_webhook_secrets"), [webhook_id]).fetchone()
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
-    url, secret, prev, prev_exp = row
-    return url, signing_secrets(secret, prev, prev_exp, utcnow())
+    url, secret, prev, prev_exp, options = row
+    return url, signing_secrets(secret, prev, prev_exp, utcnow()), network.decode(options)
 
 
 def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
@@ -110,9 +115,13 @@ def update_webhook(
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
         was_active = bool(row[0])
-        pace = Pace(*row[1:])
+        pace = Pace(*row[1:8])
         sets: list[str] = ["updated_at = ?"]
         params: list[Any] = [now]
+        options = patch.delivery_options(row[8])
+        if not isinstance(options, Unset):
+            sets.append("delivery_options = ?")
+            params.append(options)
         new_rate = patch.rate_limit
         rate_changed = False
         if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
@@ -191,7 +200,8 @@ def rotate_secret(
     for webhook_id, secret, grace in payloads:
         now = utcnow()
         rows = con.execute(
-            query("rotate_secret"), [secret, now + timedelta(seconds=grace), now, webhook_id]
+            query("rotate_secret"),
+            [secret, now + timedelta(seconds=grace), now, public_key_of(secret), webhook_id],
         ).fetchall()
         if not rows:
             results.append(NotFound(f"no webhook {webhook_id!r}"))

@@ -42,6 +42,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from webhookd import guard, signing
 from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, shown
+from webhookd.api.network_fields import NetworkChange, NetworkShown, Signing
 from webhookd.events import MAX_ID_LENGTH, MAX_TYPE_LENGTH, token_problem
 from webhookd.states import Status
 from webhookd.store.records import parse_delivery_cursor
@@ -422,7 +423,7 @@ class Events(RootModel[Event | Annotated[list[Event], Field(min_length=1)]]):
     accepted or none."""
 
 
-class WebhookCreate(Request):
+class WebhookCreate(Request, NetworkChange):
     """A new subscription."""
 
     codes: ClassVar[Mapping[str, str]] = {"url": "invalid_url", "secret": "invalid_secret"}
@@ -434,9 +435,10 @@ class WebhookCreate(Request):
     rate_limit: RateLimit = None
     max_in_flight: MaxInFlight = None
     ordering: Annotated[OrderingField, Field(json_schema_extra=_absent)] = "none"
+    signing: Annotated[Signing, Field(json_schema_extra=_absent)] = "v1"
 
 
-class WebhookChange(Request):
+class WebhookChange(Request, NetworkChange):
     """A change to a subscription: only the fields present change."""
 
     codes: ClassVar[Mapping[str, str]] = {"url": "invalid_url"}
@@ -621,7 +623,7 @@ class Accepted(Response):
     ids: list[str]
 
 
-class Webhook(Response):
+class Webhook(Response, NetworkShown):
     """A subscription, without its secrets."""
 
     webhook_id: str
@@ -648,7 +650,7 @@ class Webhook(Response):
 class WebhookWithSecret(Webhook):
     """A webhook and its (new) secret: shown once, on creation and rotation."""
 
-    secret: str
+    secret: str | None = Field(description="null for signing v1a (see public_key)")
 
 
 class Delivery(Response):

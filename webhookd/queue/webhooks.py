@@ -30,9 +30,19 @@ class PatchPlan:
     park: bool
 
 
-def plan_patch(patch: WebhookPatch, active: bool, pace: Pace, now: datetime) -> PatchPlan:
-    """The plan for `patch` on a webhook that is `active` with this `pace` (as stored)."""
+def plan_patch(
+    patch: WebhookPatch,
+    active: bool,
+    pace: Pace,
+    now: datetime,
+    delivery_options: str | None = None,
+) -> PatchPlan:
+    """The plan for `patch` on a webhook that is `active` with this `pace` and these
+    `delivery_options` (as stored)."""
     sets: dict[str, Any] = {"updated_at": now}
+    options = patch.delivery_options(delivery_options)
+    if not isinstance(options, Unset):
+        sets["delivery_options"] = options
     new_rate = patch.rate_limit
     rate_changed = False
     if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:

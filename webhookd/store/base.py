@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from webhookd import network
 from webhookd.events import NewEvent
 from webhookd.network import DeliveryOptions
 from webhookd.states import Status
+from webhookd.store.records import WebhookSecrets
 
 
 class StoreUnavailable(Exception):
@@ -146,6 +148,10 @@ class WebhookLimits:
     rate_limit: float | None = None
     max_in_flight: int | None = None
     ordering: Ordering = Ordering.NONE
+    # What the receiver's network requires (network.encode: headers, client certificate,
+    # timeout; None: nothing), and the v1a public key (None: v1, HMAC).
+    delivery_options: str | None = None
+    public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,21 @@ class WebhookPatch:
     rate_limit: float | Unset | None = UNSET
     max_in_flight: int | Unset | None = UNSET
     ordering: Ordering | None = None
+    # UNSET: unchanged; None (or {} for headers): cleared.
+    headers: dict[str, str] | Unset | None = UNSET
+    client_certificate: str | Unset | None = UNSET
+    timeout: float | Unset | None = UNSET
+
+    def delivery_options(self, stored: str | None) -> str | Unset | None:
+        """The webhook's stored delivery_options after this patch; UNSET if unchanged."""
+        if self.headers is UNSET and self.client_certificate is UNSET and self.timeout is UNSET:
+            return UNSET
+        return network.patched(
+            stored,
+            network.KEEP if isinstance(self.headers, Unset) else self.headers,
+            network.KEEP if isinstance(self.client_certificate, Unset) else self.client_certificate,
+            network.KEEP if isinstance(self.timeout, Unset) else self.timeout,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +332,8 @@ class Store(Protocol):
         limits: WebhookLimits | None = None,
     ) -> dict[str, Any]: ...
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]: ...
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
-        """(url, signing secrets): for the test route only, never for a listing."""
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
+        """(url, signing secrets, delivery options): for the test route only."""
         ...
 
     async def list_webhooks(self, limit: int, after: str | None) -> Page: ...

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from webhookd import network
 from webhookd.queue.pacing import Pace
 from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Status
@@ -26,10 +27,12 @@ from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
 from webhookd.store.duckdb.queries import query
 from webhookd.store.records import (
+    WebhookSecrets,
     attempt_row,
     delivery_cursor,
     delivery_row,
     parse_delivery_cursor,
+    public_key_of,
     signing_secrets,
     utcnow,
     webhook_row,
@@ -66,6 +69,8 @@ def create_webhook(
                 limits.rate_limit,
                 limits.max_in_flight,
                 str(limits.ordering),
+                limits.delivery_options,
+                limits.public_key,
             ],
         )
         created = _fetch_webhook(con, webhook_id, now)
@@ -81,12 +86,12 @@ def get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
     return found
 
 
-def get_webhook_secrets(con: Any, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+def get_webhook_secrets(con: Any, webhook_id: str) -> WebhookSecrets:
     row = con.execute(query("get_webhook_secrets"), [webhook_id]).fetchone()
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
-    url, secret, prev, prev_exp = row
-    return url, signing_secrets(secret, prev, prev_exp, utcnow())
+    url, secret, prev, prev_exp, options = row
+    return url, signing_secrets(secret, prev, prev_exp, utcnow()), network.decode(options)
 
 
 def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
@@ -106,7 +111,7 @@ def update_webhook(
         if row is None:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
-        plan = plan_patch(patch, bool(row[0]), Pace(*row[1:]), now)
+        plan = plan_patch(patch, bool(row[0]), Pace(*row[1:8]), now, row[8])
         # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
         con.execute(
             f"UPDATE webhooks SET {', '.join(f'{c} = ?' for c in plan.sets)} WHERE webhook_id = ?",
@@ -149,7 +154,8 @@ def rotate_secret(
     for webhook_id, secret, grace in payloads:
         now = utcnow()
         rows = con.execute(
-            query("rotate_secret"), [secret, now + timedelta(seconds=grace), now, webhook_id]
+            query("rotate_secret"),
+            [secret, now + timedelta(seconds=grace), now, public_key_of(secret), webhook_id],
         ).fetchall()
         if not rows:
             results.append(NotFound(f"no webhook {webhook_id!r}"))

@@ -229,7 +229,7 @@ def claim(
         con.execute(query("claim_take"), [lease_until, now, rowids])
         claims = []
         for _, webhook_id, event_id, attempts, base, body in picked:
-            url, secret, prev, prev_exp = hooks[webhook_id]
+            url, secret, prev, prev_exp, options = hooks[webhook_id]
             secrets = signing_secrets(secret, prev, prev_exp, now)
             pace = paces.get(webhook_id)
             claims.append(
@@ -244,6 +244,7 @@ def claim(
                     lease_until,
                     None if pace is None else pace.own_cap(),
                     pace is not None and pace.paced,
+                    options,
                 )
             )
         results.append(claims)

@@ -44,6 +44,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
+from webhookd.store.records import WebhookSecrets
 
 log = logs.get("webhookd.store")
 
@@ -369,8 +370,8 @@ class RemoteStore:
         result: dict[str, Any] = await self._call("get_webhook", webhook_id)
         return result
 
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
-        result: tuple[str, tuple[str, ...]] = await self._call("get_webhook_secrets", webhook_id)
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
+        result: WebhookSecrets = await self._call("get_webhook_secrets", webhook_id)
         return result
 
     async def list_webhooks(self, limit: int, after: str | None) -> Page:

@@ -61,7 +61,7 @@ from webhookd.store.duckdb.common import Cursor
 from webhookd.store.duckdb.disk import FULL_PAUSE, HOLD_OUTCOME, REOPEN_EVERY, RETRY_OUTCOME, Disk
 from webhookd.store.duckdb.migrate import migrate, open_connection
 from webhookd.store.duckdb.writer import Writer
-from webhookd.store.records import utcnow
+from webhookd.store.records import WebhookSecrets, utcnow
 
 log = logs.get("webhookd.store")
 
@@ -427,11 +427,9 @@ class DuckDBStore:
         result: dict[str, Any] = await self._read(admin.get_webhook, webhook_id)
         return result
 
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
-        """(url, signing secrets) for the test route; never exposed through the API."""
-        result: tuple[str, tuple[str, ...]] = await self._read(
-            admin.get_webhook_secrets, webhook_id
-        )
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
+        """(url, signing secrets, delivery options) for the test route only."""
+        result: WebhookSecrets = await self._read(admin.get_webhook_secrets, webhook_id)
         return result
 
     async def list_webhooks(self, limit: int, after: str | None) -> Page:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from webhookd import logs
+from webhookd import logs, network
 from webhookd.events import body as event_body
 from webhookd.events import canonical_json
 from webhookd.queue.pacing import Pace
@@ -44,11 +44,13 @@ from webhookd.store.records import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     WEBHOOK_COLUMNS,
+    WebhookSecrets,
     attempt_row,
     delivery_cursor,
     delivery_row,
     naive_utc,
     parse_delivery_cursor,
+    public_key_of,
     signing_secrets,
     utcnow,
     webhook_row,
@@ -105,8 +107,9 @@ async def create_webhook(
         f"""
         INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                               created_at, updated_at, health_reset_at,
-                              rate_limit, max_in_flight, ordering)
-        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9)
+                              rate_limit, max_in_flight, ordering,
+                              delivery_options, public_key)
+        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9, $10, $11)
         RETURNING {WEBHOOK_COLUMNS}
         """,
         new_webhook_id(),
@@ -118,6 +121,8 @@ async def create_webhook(
         limits.rate_limit,
         limits.max_in_flight,
         str(limits.ordering),
+        limits.delivery_options,
+        limits.public_key,
     )
     return webhook_row(row, now)
 
@@ -126,16 +131,17 @@ async def get_webhook(con: Connection, webhook_id: str) -> dict[str, Any]:
     return await _fetch_webhook(con, webhook_id, utcnow())
 
 
-async def get_webhook_secrets(con: Connection, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+async def get_webhook_secrets(con: Connection, webhook_id: str) -> WebhookSecrets:
     row = await con.fetchrow(
-        "SELECT url, secret, previous_secret, previous_secret_expires_at FROM webhooks "
-        "WHERE webhook_id = $1",
+        "SELECT url, secret, previous_secret, previous_secret_expires_at, delivery_options "
+        "FROM webhooks WHERE webhook_id = $1",
         webhook_id,
     )
     if row is None:
         raise _not_found(webhook_id)
-    url, secret, previous, previous_expires_at = row
-    return url, signing_secrets(secret, previous, previous_expires_at, utcnow())
+    url, secret, previous, previous_expires_at, options = row
+    secrets = signing_secrets(secret, previous, previous_expires_at, utcnow())
+    return url, secrets, network.decode(options)
 
 
 async def list_webhooks(con: Connection, limit: int, after: str | None) -> Page:
@@ -156,12 +162,19 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
         # Locked: two operators enabling and disabling at once apply one after the other.
         current = await con.fetchrow(
             "SELECT active, webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, "
-            "rate_refilled_at, rate_next_at FROM webhooks WHERE webhook_id = $1 FOR UPDATE",
+            "rate_refilled_at, rate_next_at, delivery_options FROM webhooks "
+            "WHERE webhook_id = $1 FOR UPDATE",
             webhook_id,
         )
         if current is None:
             raise _not_found(webhook_id)
-        plan = plan_patch(patch, current["active"], Pace(*list(current.values())[1:]), now)
+        plan = plan_patch(
+            patch,
+            current["active"],
+            Pace(*list(current.values())[1:8]),
+            now,
+            current["delivery_options"],
+        )
         p = _Params()
         # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
         sets = ", ".join(f"{column} = {p(value)}" for column, value in plan.sets.items())
@@ -220,7 +233,7 @@ async def rotate_secret(
     row = await con.fetchrow(
         f"""
         UPDATE webhooks SET previous_secret = secret, secret = $1,
-            previous_secret_expires_at = $2, updated_at = $3
+            previous_secret_expires_at = $2, updated_at = $3, public_key = $5
         WHERE webhook_id = $4
         RETURNING {WEBHOOK_COLUMNS}
         """,
@@ -228,6 +241,7 @@ async def rotate_secret(
         now + timedelta(seconds=grace),
         now,
         webhook_id,
+        public_key_of(secret),
     )
     if row is None:
         raise _not_found(webhook_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets as _random
 import socket
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from webhookd import logs
+from webhookd import logs, network
 from webhookd.events import NewEvent
 from webhookd.events import body as event_body
 from webhookd.queue.conflicts import first_of_each, same_content
@@ -50,18 +51,20 @@ from webhookd.store.postgres import admin, fifo, statistics
 from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
+    TIMED_OUT,
     is_unavailable,
     open_error,
     scrub,
+    timed_out,
     unavailable,
 )
 from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
-from webhookd.store.postgres.migrate import CLAIM, LEADER, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import naive_utc, signing_secrets
+from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
 
 log = logs.get("webhookd.store")
 
@@ -85,6 +88,16 @@ MOVE_BATCH = 5000
 REPOLL = 0.01
 MAX_REPOLL = 0.2
 HOLD_WINDOW = 1.0
+# Every statement of the daemon gives up on a lock after LOCK_TIMEOUT and runs at most
+# STATEMENT_TIMEOUT (a DBA's ALTER TABLE left open, a producer's transaction holding an
+# event id): the call fails as StoreUnavailable and its loop tries again, instead of
+# hanging every connection of the pool behind it. Migrations wait as long as they need.
+LOCK_TIMEOUT = 5.0
+STATEMENT_TIMEOUT = 120.0
+# An ingest of several requests together waits this long on a row lock (an id a producer's
+# open transaction holds) before its requests go alone, each with LOCK_TIMEOUT: requests
+# with other ids then commit without waiting on that transaction.
+GROUP_LOCK_WAIT = 0.1
 # How often the leader looks for tables whose planner statistics are stale (statistics.py):
 # PostgreSQL's activity counters it reads are themselves flushed about once a second.
 STATISTICS_EVERY = 1.0
@@ -103,6 +116,8 @@ class PostgresStore:
         dead_after: float = 30.0,
         heartbeat_interval: float = 2.0,
         max_event_bytes: int = 1_048_576,
+        lock_timeout: float = LOCK_TIMEOUT,
+        statement_timeout: float = STATEMENT_TIMEOUT,
     ) -> None:
         self._url = url
         self.schema = schema
@@ -149,6 +164,8 @@ class PostgresStore:
             # Tells the pipeline_events trigger (003_outbox_guards.sql) that this is the
             # daemon: the bodies it writes are kept, where a producer's are not.
             "webhookd.daemon": "on",
+            "lock_timeout": f"{max(1, round(lock_timeout * 1000))}ms",
+            "statement_timeout": f"{max(1, round(statement_timeout * 1000))}ms",
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -187,7 +204,9 @@ class PostgresStore:
             await self._teardown()
             raise open_error(exc, self._url, self.schema) from None
         self._up = True
-        self._leader = Leader(self._connect, lock_key(self.schema, LEADER))
+        self._leader = Leader(
+            functools.partial(self._call, operations=0), self.daemon_id, self.dead_after
+        )
         self._writer = OutcomeWriter(
             self._write_outcomes,
             retryable=lambda exc: isinstance(exc, (StoreUnavailable, *RETRYABLE)),
@@ -222,9 +241,7 @@ class PostgresStore:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._leader is not None:
-            await self._leader.close()
-            self._leader = None
+        self._leader = None
         pool, self._pool = self._pool, None
         self._up = False
         if pool is not None:
@@ -285,6 +302,8 @@ class PostgresStore:
             self._reachable(True, None)  # it answered, with an error of another kind
             if isinstance(exc, asyncpg.DiskFullError):
                 raise unavailable(exc, self._url) from None
+            if isinstance(exc, TIMED_OUT):
+                raise timed_out(exc, self._url) from None
             raise
         finally:
             del self._outstanding[token]
@@ -386,16 +405,21 @@ class PostgresStore:
         inserted = await group.ingest(list(fresh.values()))
         return IngestResult([e.event_id for e in events], inserted)
 
-    async def _insert_events(self, events: list[NewEvent]) -> set[str]:
-        return await self._call(self._ingest, events, operations=len(events))
+    async def _insert_events(self, events: list[NewEvent], grouped: bool) -> set[str]:
+        return await self._call(self._ingest, events, grouped, operations=len(events))
 
-    async def _ingest(self, con: Connection, events: list[NewEvent]) -> set[str]:
+    async def _ingest(self, con: Connection, events: list[NewEvent], grouped: bool) -> set[str]:
         """The ids that were new; EventConflict (nothing stored) if a stored event has
-        one of these ids with other content."""
+        one of these ids with other content. Several requests' events (`grouped`) wait
+        GROUP_LOCK_WAIT at most on another transaction holding one of their ids."""
         ids = [e.event_id for e in events]
         types = [e.event_type for e in events]
         payloads = [e.payload for e in events]
-        async with con.transaction():
+        # BEGIN and the shorter lock wait in one round trip (con.transaction() would send
+        # BEGIN alone): this is every request's latency on an idle daemon.
+        wait = f"SET LOCAL lock_timeout = '{round(GROUP_LOCK_WAIT * 1000)}ms'" if grouped else ""
+        await con.execute(f"BEGIN; {wait}")
+        try:
             rows = await con.fetch(
                 query("ingest"),
                 ids,
@@ -416,7 +440,13 @@ class PostgresStore:
                     and not same_content(e, r["event_type"], r["body"], r["data"])
                 ]
                 if differing:
-                    raise EventConflict(sorted(differing))  # rolls back
+                    raise EventConflict(sorted(differing))
+            await con.execute("COMMIT")
+        except BaseException:
+            if not con.is_closed() and con.is_in_transaction():
+                with contextlib.suppress(Exception):
+                    await con.execute("ROLLBACK")
+            raise
         return new
 
     async def scan(self, batch_size: int) -> ScanResult:
@@ -568,6 +598,7 @@ class PostgresStore:
                     r["lease_until"],
                     r["own_cap"],
                     bool(r["paced"]),
+                    network.decode(r["delivery_options"]),
                 )
             )
         return claims
@@ -658,7 +689,7 @@ class PostgresStore:
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
         return await self._call(admin.get_webhook, webhook_id)
 
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         return await self._call(admin.get_webhook_secrets, webhook_id)
 
     async def list_webhooks(self, limit: int, after: str | None) -> Page:

@@ -21,7 +21,7 @@ RETURNING 1;
 
 
 -- name: active_hooks
-SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at
+SELECT webhook_id, url, secret, previous_secret, previous_secret_expires_at, delivery_options
 FROM webhooks WHERE active AND list_contains(?::VARCHAR[], webhook_id);
 
 
@@ -274,13 +274,13 @@ SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = ?;
 -- name: create_webhook
 INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                       created_at, updated_at, health_reset_at,
-                      rate_limit, max_in_flight, ordering)
-VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?);
+                      rate_limit, max_in_flight, ordering, delivery_options, public_key)
+VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 
 -- name: get_webhook_secrets
-SELECT url, secret, previous_secret, previous_secret_expires_at FROM webhooks
-WHERE webhook_id = ?;
+SELECT url, secret, previous_secret, previous_secret_expires_at, delivery_options
+FROM webhooks WHERE webhook_id = ?;
 
 
 -- name: list_webhooks
@@ -290,7 +290,7 @@ SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? ORDER BY webhook_id 
 -- name: webhook_pace
 -- What an update of a webhook compares its patch with.
 SELECT active, webhook_id, ordering, max_in_flight, rate_limit, rate_tokens,
-       rate_refilled_at, rate_next_at
+       rate_refilled_at, rate_next_at, delivery_options
 FROM webhooks WHERE webhook_id = ?;
 
 
@@ -311,8 +311,9 @@ DELETE FROM webhooks WHERE webhook_id = ? RETURNING 1;
 
 
 -- name: rotate_secret
+-- public_key: the new key's, for a v1a webhook (NULL for v1).
 UPDATE webhooks SET previous_secret = secret, secret = ?,
-    previous_secret_expires_at = ?, updated_at = ?
+    previous_secret_expires_at = ?, updated_at = ?, public_key = ?
 WHERE webhook_id = ? RETURNING 1;
 
 

@@ -281,7 +281,7 @@ WITH clock AS (
 SELECT 'claimed' AS kind, c.webhook_id, c.event_id, c.attempts, c.retry_base, c.body,
        c.lease_until, c.next_attempt_at, w.url, w.secret, w.previous_secret,
        w.previous_secret_expires_at, r.own_cap, r.paced, r.fifo, NULL::timestamp AS first_slot,
-       NULL::float8 AS rate, (SELECT now FROM clock) AS now
+       NULL::float8 AS rate, (SELECT now FROM clock) AS now, w.delivery_options
 FROM claimed c
 JOIN webhooks w ON w.webhook_id = c.webhook_id
 JOIN room r ON r.webhook_id = c.webhook_id
@@ -289,14 +289,14 @@ UNION ALL
 SELECT DISTINCT 'stray', r.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
        NULL::timestamp, NULL::int, NULL::bool, NULL::bool, NULL::timestamp, NULL::float8,
-       (SELECT now FROM clock)
+       (SELECT now FROM clock), NULL::text
 FROM ranked r
 WHERE r.room IS NULL
 UNION ALL
 SELECT 'short', p.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
        NULL::timestamp, NULL::int, NULL::bool, NULL::bool, p.first_slot, p.rate,
-       (SELECT now FROM clock)
+       (SELECT now FROM clock), NULL::text
 FROM paced p
 WHERE p.short;
 

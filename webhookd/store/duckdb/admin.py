@@ -49,11 +49,11 @@ def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] |
 
 
 def create_webhook(
-    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits]]
+    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits, str | None]]
 ) -> list[dict[str, Any]]:
     results = []
     now = utcnow()
-    for url, event_types, secret, description, limits in payloads:
+    for url, event_types, secret, description, limits, tenant in payloads:
         webhook_id = _new_webhook_id()
         con.execute(
             query("create_webhook"),
@@ -71,6 +71,7 @@ def create_webhook(
                 str(limits.ordering),
                 limits.delivery_options,
                 limits.public_key,
+                tenant,
             ],
         )
         created = _fetch_webhook(con, webhook_id, now)
@@ -94,9 +95,9 @@ def get_webhook_secrets(con: Any, webhook_id: str) -> WebhookSecrets:
     return url, signing_secrets(secret, prev, prev_exp, utcnow()), network.decode(options)
 
 
-def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
+def list_webhooks(con: Any, limit: int, after: str | None, tenant: str | None = None) -> Page:
     now = utcnow()
-    rows = con.execute(query("list_webhooks"), [after or "", limit + 1]).fetchall()
+    rows = con.execute(query("list_webhooks"), [after or "", tenant, tenant, limit + 1]).fetchall()
     items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
 
@@ -175,6 +176,8 @@ def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | Non
             filt.webhook_id,
             filt.event_id,
             None if filt.status is None else str(filt.status),
+            filt.tenant,
+            filt.tenant,
             created,
             created,
             wid,
@@ -210,22 +213,28 @@ def _set_due(con: Any, name: str, params: list[Any], now: datetime) -> int:
     return len(rows) - reparked
 
 
-def redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None]]) -> list[int]:
+def redrive(
+    con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None, str | None]]
+) -> list[int]:
     results = []
-    for status, webhook_id, since in payloads:
+    for status, webhook_id, since, tenant in payloads:
         if since is not None and since.tzinfo:
             since = since.astimezone(UTC).replace(tzinfo=None)
-        params = [str(status), webhook_id, since, since]
+        params = [str(status), webhook_id, since, since, tenant, tenant]
         results.append(_set_due(con, "redrive", params, utcnow()))
     return results
 
 
-def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | NotFound]:
+def replay(
+    con: Any, payloads: Sequence[tuple[str, str | None, str | None]]
+) -> list[int | NotFound]:
+    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
+    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
     results: list[int | NotFound] = []
-    for event_id, webhook_id in payloads:
+    for event_id, webhook_id, tenant in payloads:
         now = utcnow()
         event = con.execute(query("replay_event"), [event_id]).fetchone()
-        if event is None:
+        if event is None or (tenant is not None and event[2] != tenant):
             results.append(NotFound(f"no event {event_id!r}"))
             continue
         # An event the scanner has not reached yet: scan up to it first, so that the rows
@@ -236,7 +245,7 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
             scanned = scan_once(con, 10_000, careful=True, upto=event[1])
         if webhook_id is not None:
             hook = con.execute(query("webhook_exists"), [webhook_id]).fetchone()
-            if hook is None:
+            if hook is None or hook[0] != event[2]:
                 results.append(NotFound(f"no webhook {webhook_id!r}"))
                 continue
         # The rows that scan enqueued are due now, as a replay would make them: they count.
@@ -256,25 +265,31 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
     return results
 
 
-def status(con: Any) -> StatusReport:
+def status(con: Any, tenant: str | None = None) -> StatusReport:
+    """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
     report = StatusReport()
-    for wid, status, n in con.execute(query("status_counts")).fetchall():
+    mine = [tenant, tenant]
+    for wid, status, n in con.execute(query("status_counts"), mine).fetchall():
         report.by_status[status] = report.by_status.get(status, 0) + n
         report.by_webhook.setdefault(wid, {})[status] = n
-    oldest = con.execute(query("status_oldest_due"), [now]).fetchone()[0]
+    oldest = con.execute(query("status_oldest_due"), [now, *mine]).fetchone()[0]
     if oldest is not None:
         report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
     cursor, latest = con.execute(query("status_scanner")).fetchone()
     report.scanner_cursor = cursor
     report.latest_seq = max(latest, cursor)
     report.scanner_lag_events = max(0, latest - cursor)
-    for wid, active, reason in con.execute(query("status_webhooks")).fetchall():
+    for wid, active, reason in con.execute(query("status_webhooks"), mine).fetchall():
         if active:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
-    report.fifo_blocked = _fifo_blocked(con)
+    blocked = _fifo_blocked(con)
+    if tenant is not None:
+        ids = set(report.by_webhook) | set(report.disabled_webhooks)
+        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
+    report.fifo_blocked = blocked
     return report
 
 

@@ -64,17 +64,19 @@ def ingest_carefully(
     con: Any, payloads: Sequence[list[NewEvent]]
 ) -> list[IngestResult | EventConflict]:
     all_ids = list({e.event_id for events in payloads for e in events})
-    existing: dict[str, tuple[str, bytes]] = {
-        row[0]: (row[1], bytes(row[2]))
+    existing: dict[str, tuple[str, str | None, bytes]] = {
+        row[0]: (row[1], row[2], bytes(row[3]))
         for row in con.execute(query("ingest_known"), [all_ids]).fetchall()
     }
     return _ingest_new(con, payloads, existing)
 
 
 def _ingest_new(
-    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, bytes]]
+    con: Any,
+    payloads: Sequence[list[NewEvent]],
+    existing: dict[str, tuple[str, str | None, bytes]],
 ) -> list[IngestResult | EventConflict]:
-    """Insert what is new; `existing` maps the ids already stored to (type, body)."""
+    """Insert what is new; `existing` maps the ids already stored to (type, tenant, body)."""
     new_events: list[NewEvent] = []
     results: list[IngestResult | EventConflict] = []
     now = utcnow()
@@ -90,7 +92,7 @@ def _ingest_new(
             continue
         new = [e for e in fresh.values() if e.event_id not in existing]
         for event in new:
-            existing[event.event_id] = (event.event_type, event.body)
+            existing[event.event_id] = (event.event_type, event.tenant, event.body)
         new_events.extend(new)
         results.append(IngestResult([e.event_id for e in events], len(new)))
     if new_events:
@@ -103,6 +105,7 @@ def _ingest_new(
                 [e.body for e in new_events],
                 [e.occurred_at.replace(tzinfo=None) for e in new_events],
                 now,
+                [e.tenant for e in new_events],
             ],
         )
     return results

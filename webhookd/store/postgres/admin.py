@@ -100,6 +100,7 @@ async def create_webhook(
     secret: str,
     description: str,
     limits: WebhookLimits | None = None,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     limits = limits or WebhookLimits()
     now = utcnow()
@@ -108,8 +109,8 @@ async def create_webhook(
         INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                               created_at, updated_at, health_reset_at,
                               rate_limit, max_in_flight, ordering,
-                              delivery_options, public_key)
-        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9, $10, $11)
+                              delivery_options, public_key, tenant)
+        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9, $10, $11, $12)
         RETURNING {WEBHOOK_COLUMNS}
         """,
         new_webhook_id(),
@@ -123,6 +124,7 @@ async def create_webhook(
         str(limits.ordering),
         limits.delivery_options,
         limits.public_key,
+        tenant,
     )
     return webhook_row(row, now)
 
@@ -144,13 +146,16 @@ async def get_webhook_secrets(con: Connection, webhook_id: str) -> WebhookSecret
     return url, secrets, network.decode(options)
 
 
-async def list_webhooks(con: Connection, limit: int, after: str | None) -> Page:
+async def list_webhooks(
+    con: Connection, limit: int, after: str | None, tenant: str | None = None
+) -> Page:
     now = utcnow()
     rows = await con.fetch(
         f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > $1 "
-        "ORDER BY webhook_id LIMIT $2",
+        "AND ($3::text IS NULL OR tenant = $3) ORDER BY webhook_id LIMIT $2",
         after or "",
         limit + 1,
+        tenant,
     )
     items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
@@ -262,6 +267,10 @@ async def list_deliveries(
         where.append(f"event_id = {p(filt.event_id)}")
     if filt.status is not None:
         where.append(f"status = {p(str(filt.status))}")
+    if filt.tenant is not None:
+        where.append(
+            f"webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = {p(filt.tenant)})"
+        )
     if after:
         created, wid, eid = parse_delivery_cursor(after)  # ValueError for a bad cursor
         where.append(
@@ -323,12 +332,18 @@ async def _set_due(
 
 
 async def redrive(
-    con: Connection, status: Status, webhook_id: str | None, since: datetime | None
+    con: Connection,
+    status: Status,
+    webhook_id: str | None,
+    since: datetime | None,
+    tenant: str | None = None,
 ) -> int:
     p = _Params()
     where = [f"status = {p(str(status))}"]
     if webhook_id is not None:
         where.append(f"webhook_id = {p(webhook_id)}")
+    if tenant is not None:
+        where.append(f"webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = {p(tenant)})")
     if since is not None:
         where.append(f"last_attempt_at >= {p(naive_utc(since))}::timestamp")
     async with con.transaction():
@@ -367,23 +382,27 @@ def build_body_or_stored(
         return event_body(event_id, event_type, occurred_at.replace(tzinfo=UTC), payload_text)
 
 
-async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
+async def replay(
+    con: Connection, event_id: str, webhook_id: str | None, tenant: str | None = None
+) -> int:
+    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
+    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
     async with con.transaction():
         now = utcnow()
         event = await con.fetchrow(
-            "SELECT event_type, occurred_at, payload::text, body FROM pipeline_events "
+            "SELECT event_type, occurred_at, payload::text, body, tenant FROM pipeline_events "
             "WHERE event_id = $1",
             event_id,
         )
-        if event is None:
+        if event is None or (tenant is not None and event["tenant"] != tenant):
             raise NotFound(f"no event {event_id!r}")
-        if (
-            webhook_id is not None
-            and await con.fetchval("SELECT 1 FROM webhooks WHERE webhook_id = $1", webhook_id)
-            is None
-        ):
-            raise _not_found(webhook_id)
-        event_type, occurred_at, payload_text, body = event
+        if webhook_id is not None:
+            found = await con.fetchrow(
+                "SELECT tenant FROM webhooks WHERE webhook_id = $1", webhook_id
+            )
+            if found is None or found["tenant"] != event["tenant"]:
+                raise _not_found(webhook_id)
+        event_type, occurred_at, payload_text, body, _ = event
         if body is None:
             # Written by a producer in SQL and not scanned yet: build the body as the
             # scanner would (the same bytes, whoever stores them first).
@@ -428,17 +447,26 @@ async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
     return count
 
 
-async def status(con: Connection) -> StatusReport:
+async def status(con: Connection, tenant: str | None = None) -> StatusReport:
+    """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
     report = StatusReport()
+    mine = "true"
+    params: list[Any] = []
+    if tenant is not None:
+        mine = "webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $1)"
+        params = [tenant]
     for wid, state, n in await con.fetch(
-        f"SELECT webhook_id, status, count(*) FROM {Q} GROUP BY webhook_id, status"
+        f"SELECT webhook_id, status, count(*) FROM {Q} WHERE {mine} GROUP BY webhook_id, status",
+        *params,
     ):
         report.by_status[state] = report.by_status.get(state, 0) + n
         report.by_webhook.setdefault(wid, {})[state] = n
     oldest = await con.fetchval(
         f"SELECT min(next_attempt_at) FROM {Q} "
-        f"WHERE status = '{Status.PENDING}' AND next_attempt_at <= $1",
+        f"WHERE status = '{Status.PENDING}' AND next_attempt_at <= ${len(params) + 1} "
+        f"AND {mine}",
+        *params,
         now,
     )
     if oldest is not None:
@@ -459,13 +487,19 @@ async def status(con: Connection) -> StatusReport:
     report.scanner_lag_events = lag
     report.events_rejected = await con.fetchval("SELECT count(*) FROM rejected_events")
     for wid, active, reason in await con.fetch(
-        "SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id"
+        f"SELECT webhook_id, active, disabled_reason FROM webhooks WHERE {mine} "
+        "ORDER BY webhook_id",
+        *params,
     ):
         if active:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
-    report.fifo_blocked = await fifo.blocked(con)
+    blocked = await fifo.blocked(con)
+    if tenant is not None:
+        ids = set(report.by_webhook) | set(report.disabled_webhooks)
+        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
+    report.fifo_blocked = blocked
     return report
 
 

@@ -22,19 +22,20 @@ DELETE FROM daemons WHERE daemon_id = $1;
 -- The events of one request; ids already stored are left alone and checked with
 -- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
-INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
+                             tenant)
 SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
-       now() AT TIME ZONE 'UTC'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[])
-    AS u(event_id, event_type, payload, body, occurred_at)
+       now() AT TIME ZONE 'UTC', u.tenant
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[])
+    AS u(event_id, event_type, payload, body, occurred_at, tenant)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
 -- name: ingest_known
--- The stored type and body of the ids given, for queue/conflicts.same_content (an event
--- a producer wrote in SQL may have no body yet: then its data as text).
-SELECT event_id, event_type, body, CASE WHEN body IS NULL THEN payload::text END AS data
+-- The stored type, tenant and body of the ids given, for queue/conflicts.same_content (an
+-- event a producer wrote in SQL may have no body yet: then its data as text).
+SELECT event_id, event_type, tenant, body, CASE WHEN body IS NULL THEN payload::text END AS data
 FROM pipeline_events
 WHERE event_id = ANY ($1::text[]);
 
@@ -99,7 +100,7 @@ WITH rejected AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, p.seq, coalesce(p.body, b.body) AS body
+    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])

@@ -143,7 +143,7 @@ SELECT pg_advisory_xact_lock($1);
 -- any) may claim ahead up to what it asks (rounds of a fast receiver, as on DuckDB): it
 -- attempts no more than the cap at once, and while it holds more than the cap no other
 -- daemon gets any, so the cap holds across daemons either way. A rate-limited webhook also gets no more rows than its token bucket
--- holds (store/pacing.py does the same arithmetic for DuckDB): refilled here, and written
+-- holds (queue/pacing.py does the same arithmetic for DuckDB): refilled here, and written
 -- back with what this claim took. Webhooks with no room are excluded before the LIMIT, so
 -- their rows cannot fill the candidates; candidates are ranked per webhook to keep within
 -- the room left. A fifo webhook's rows behind its head have no next_attempt_at: only the

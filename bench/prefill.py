@@ -23,49 +23,67 @@ from pathlib import Path
 
 from bench.events import event_data
 from webhookd.config import load_settings
-from webhookd.events import parse_event
+from webhookd.events import NewEvent, parse_event
 from webhookd.sender import AttemptResult
-from webhookd.store.base import Store
 from webhookd.store.engines import make_store
 from webhookd.workers import RetryPolicy, decide
 
 BATCH = 5_000  # events per ingest, scan and claim
 LEASE = 3600.0  # seconds: longer than any prefill
-DEADLINE = 120.0  # seconds for one batch: a store that stops taking rows fails the run
+DEADLINE = 120.0  # seconds without progress: a store that stops taking rows fails the run
 DELIVERED = AttemptResult(204, None, 1.5, "", None)
 POLICY = RetryPolicy(max_attempts=1, schedule=[1.0], jitter=0.0)
 
 
-async def deliver_batch(store: Store, first: int, count: int) -> None:
-    """Events first .. first+count-1, ingested, enqueued, claimed and delivered."""
+def events(first: int, count: int) -> list[NewEvent]:
     now = datetime.now(UTC)
-    events = [
+    return [
         parse_event({"id": f"evt_pre_{i:09d}", "type": "t0", "data": event_data(i)}, i, now)
         for i in range(first, first + count)
     ]
-    await store.ingest(events)
-    deadline = time.monotonic() + DEADLINE
-    enqueued = claimed = 0
-    while enqueued < count:
-        enqueued += (await store.scan(count - enqueued)).enqueued
-        if time.monotonic() > deadline:
-            raise SystemExit(f"prefill: {enqueued} of {count} events enqueued in {DEADLINE}s")
-    while claimed < count:
-        claims = await store.claim(count - claimed, count, LEASE)
-        now = datetime.now(UTC)
-        await asyncio.gather(*(store.record(decide(c, DELIVERED, POLICY, now)) for c in claims))
-        claimed += len(claims)
-        if time.monotonic() > deadline:
-            raise SystemExit(f"prefill: {claimed} of {count} rows claimed in {DEADLINE}s")
+
+
+class Progress:
+    """Fails the prefill when a stage has made no progress for DEADLINE seconds."""
+
+    def __init__(self, stage: str, rows: int) -> None:
+        self.stage, self.rows, self.done = stage, rows, 0
+        self._since = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if count:
+            self._since = time.monotonic()
+        elif time.monotonic() - self._since > DEADLINE:
+            raise SystemExit(f"prefill: {self.stage} stuck at {self.done} of {self.rows}")
 
 
 async def prefill(config: Path, rows: int) -> float:
+    """The three stages run side by side, as in the daemon (the ingests commit on a writer
+    of their own): a batch is scanned and delivered while the next is ingested."""
     started = time.perf_counter()
     store = make_store(load_settings(config))
     await store.open()
-    try:
+
+    async def ingest() -> None:
         for first in range(0, rows, BATCH):
-            await deliver_batch(store, first, min(BATCH, rows - first))
+            await store.ingest(events(first, min(BATCH, rows - first)))
+
+    async def scan() -> None:
+        enqueued = Progress("scan", rows)
+        while enqueued.done < rows:
+            enqueued.add((await store.scan(BATCH)).enqueued)
+
+    async def deliver() -> None:
+        delivered = Progress("delivery", rows)
+        while delivered.done < rows:
+            claims = await store.claim(BATCH, BATCH, LEASE)
+            now = datetime.now(UTC)
+            await asyncio.gather(*(store.record(decide(c, DELIVERED, POLICY, now)) for c in claims))
+            delivered.add(len(claims))
+
+    try:
+        await asyncio.gather(ingest(), scan(), deliver())
     finally:
         await store.close()
     return time.perf_counter() - started

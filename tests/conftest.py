@@ -27,6 +27,9 @@ from webhookd.store.base import Store
 from webhookd.store.duckdb.store import DuckDBStore
 from webhookd.store.engines import make_store
 
+# PostgresStore fixtures (`stores`, `con`) for the PostgreSQL engine's tests.
+pytest_plugins = ["tests.pg_stores"]
+
 LOCAL_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 

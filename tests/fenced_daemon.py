@@ -25,6 +25,7 @@ from yarl import URL
 
 from webhookd import sender
 from webhookd.cli import main
+from webhookd.network import DeliveryOptions
 
 FENCE_ERROR = "refused by the test fence: not an allowed loopback receiver"
 
@@ -49,7 +50,11 @@ def install() -> None:
     getaddrinfo = socket.getaddrinfo
 
     async def fenced_post(
-        self: sender.Sender, url: str, body: bytes, headers: Mapping[str, str]
+        self: sender.Sender,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        options: DeliveryOptions | None = None,
     ) -> sender.AttemptResult:
         try:
             parsed = URL(url)
@@ -58,7 +63,7 @@ def install() -> None:
             target = ("", 0)
         if target not in allowed:
             return sender.AttemptResult(None, FENCE_ERROR, 0.0, "", None)
-        return await post(self, url, body, headers)
+        return await post(self, url, body, headers, options)
 
     def no_names(host: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else host

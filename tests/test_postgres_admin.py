@@ -205,14 +205,18 @@ async def test_create_get_and_list_webhooks(con: Any) -> None:
 async def test_secrets_and_rotation(con: Any) -> None:
     created = await admin.create_webhook(con, "https://a.example/h", [], "old", "")
     wid = created["webhook_id"]
-    assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("old",))
+    assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("old",), None)
     assert created["previous_secret_expires_at"] is None
     rotated = await admin.rotate_secret(con, wid, "new", 3600)
     assert rotated["previous_secret_expires_at"] is not None
     assert rotated["updated_at"] >= created["updated_at"]
-    assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("new", "old"))
+    assert await admin.get_webhook_secrets(con, wid) == (
+        "https://a.example/h",
+        ("new", "old"),
+        None,
+    )
     await admin.rotate_secret(con, wid, "newer", 0)  # no grace: only the new one signs
-    assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("newer",))
+    assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("newer",), None)
     assert (await admin.get_webhook(con, wid))["previous_secret_expires_at"] is None
     assert "secret" not in " ".join(k for k in rotated if k != "previous_secret_expires_at")
     with pytest.raises(NotFound):

@@ -658,16 +658,19 @@ async def test_one_daemon_leads_and_another_takes_over(make: Make, db: Any) -> N
     leader = (a, b, c)[first.index(True)]
     others = [s for s in (a, b, c) if s is not leader]
 
-    # Its connection killed (as by a network failure): the lock goes with it.
-    assert leader._leader is not None and leader._leader.server_pid is not None
-    await db.fetchval("SELECT pg_terminate_backend($1)", leader._leader.server_pid)
-    for _ in range(int(DEADLINE / 0.05)):  # it notices at its next call, or the one after
-        if not await leader.lead():
-            break
-        await asyncio.sleep(0.05)
+    # Its heartbeat stale past peer_timeout (as when it is frozen): leadership goes with it.
+    await db.execute(
+        "UPDATE daemons SET heartbeat_at = heartbeat_at - interval '1 hour' WHERE daemon_id = $1",
+        leader.daemon_id,
+    )
+    assert not await leader.lead()  # its own heartbeat is stale: it does not lead either
     took = [await s.lead() for s in others]
     assert took.count(True) == 1
-    assert not await leader.lead()  # it tries again, and finds the lock taken
+    await db.execute(
+        "UPDATE daemons SET heartbeat_at = now() AT TIME ZONE 'UTC' WHERE daemon_id = $1",
+        leader.daemon_id,
+    )
+    assert not await leader.lead()  # alive again, and finds the lead taken
     successor = others[took.index(True)]
 
     # Closed: the next daemon takes over at its next call.

@@ -6,11 +6,8 @@ and can read nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -20,50 +17,10 @@ import pytest
 
 from tests.conftest import Api, make_settings, running
 from tests.pg import PgCluster
-from tests.test_postgres_engine import DEADLINE, Q, connect, events, hook
+from tests.pg_stores import Make, poll, scan_all
+from tests.test_postgres_engine import DEADLINE, Q, events, hook
 from webhookd import events as events_module
 from webhookd.events import canonical_json
-from webhookd.store.postgres import PostgresStore
-
-Make = Callable[..., Awaitable[PostgresStore]]
-
-
-@pytest.fixture
-async def make(pg: PgCluster, pg_schema: str) -> AsyncIterator[Make]:
-    opened: list[PostgresStore] = []
-
-    async def open_store(**kwargs: Any) -> PostgresStore:
-        store = PostgresStore(pg.url, schema=pg_schema, **kwargs)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def db(pg: PgCluster, pg_schema: str) -> AsyncIterator[Any]:
-    con = await connect(pg, pg_schema)
-    yield con
-    await con.close()
-
-
-async def poll(check: Callable[[], Awaitable[bool]], deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not await check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def scan_all(store: PostgresStore) -> int:
-    """Scan until the scanner finds nothing more; the events it passed."""
-    seen = 0
-    while (n := (await store.scan(100)).events) > 0:
-        seen += n
-    return seen
 
 
 def expected_body(event_id: str, event_type: str, occurred: Any, data: Any) -> bytes:
@@ -72,25 +29,25 @@ def expected_body(event_id: str, event_type: str, occurred: Any, data: Any) -> b
     )
 
 
-async def test_a_producer_cannot_set_xid_seq_or_body(make: Make, db: Any) -> None:
+async def test_a_producer_cannot_set_xid_seq_or_body(stores: Make, con: Any) -> None:
     """An INSERT that names xid, seq and body gets the transaction's xid, a fresh seq and
     the body the daemon builds: the event is neither put below the cursor nor sent with
     bytes the producer chose."""
-    store = await make()
+    store = await stores()
     webhook = await hook(store)
     await store.ingest(events("first"))
     assert await scan_all(store) == 1  # the cursor is now past a real transaction's xid
-    first_seq = await db.fetchval("SELECT seq FROM pipeline_events WHERE event_id = 'first'")
+    first_seq = await con.fetchval("SELECT seq FROM pipeline_events WHERE event_id = 'first'")
 
     forged = b'{"id":"someone-else","type":"admin.granted","timestamp":"x","data":{}}'
-    async with db.transaction():
-        xid = await db.fetchval("SELECT pg_current_xact_id()::text")
-        await db.execute(
+    async with con.transaction():
+        xid = await con.fetchval("SELECT pg_current_xact_id()::text")
+        await con.execute(
             "INSERT INTO pipeline_events (event_id, event_type, payload, xid, seq, body) "
             "OVERRIDING SYSTEM VALUE VALUES ('sneaky', 'order.paid', '{\"n\": 1}', '5', 1, $1)",
             forged,
         )
-    row = await db.fetchrow(
+    row = await con.fetchrow(
         "SELECT xid::text, seq, body, occurred_at FROM pipeline_events WHERE event_id = 'sneaky'"
     )
     assert row["xid"] == xid
@@ -98,96 +55,96 @@ async def test_a_producer_cannot_set_xid_seq_or_body(make: Make, db: Any) -> Non
     assert row["body"] is None  # the scanner builds it
 
     # A later UPDATE cannot move it either.
-    await db.execute("UPDATE pipeline_events SET xid = '5' WHERE event_id = 'sneaky'")
+    await con.execute("UPDATE pipeline_events SET xid = '5' WHERE event_id = 'sneaky'")
     assert (
-        await db.fetchval("SELECT xid::text FROM pipeline_events WHERE event_id = 'sneaky'") == xid
+        await con.fetchval("SELECT xid::text FROM pipeline_events WHERE event_id = 'sneaky'") == xid
     )
 
     assert (await store.status()).scanner_lag_events == 1
     assert await scan_all(store) == 1
-    body = await db.fetchval(f"SELECT body FROM {Q} WHERE webhook_id = $1 AND event_id = 'sneaky'",
+    body = await con.fetchval(f"SELECT body FROM {Q} WHERE webhook_id = $1 AND event_id = 'sneaky'",
                              webhook)  # fmt: skip
     assert body == expected_body("sneaky", "order.paid", row["occurred_at"], {"n": 1})
     assert json.loads(body)["id"] == "sneaky"
     # Nor can a producer replace a body the daemon stored.
-    await db.execute("UPDATE pipeline_events SET body = $1 WHERE event_id = 'sneaky'", forged)
-    assert await db.fetchval("SELECT body FROM pipeline_events WHERE event_id = 'sneaky'") == body
+    await con.execute("UPDATE pipeline_events SET body = $1 WHERE event_id = 'sneaky'", forged)
+    assert await con.fetchval("SELECT body FROM pipeline_events WHERE event_id = 'sneaky'") == body
 
 
-async def test_the_daemons_own_ingest_keeps_its_body(make: Make, db: Any) -> None:
-    store = await make()
+async def test_the_daemons_own_ingest_keeps_its_body(stores: Make, con: Any) -> None:
+    store = await stores()
     (event,) = events("api")
     await store.ingest([event])
-    stored = await db.fetchval("SELECT body FROM pipeline_events WHERE event_id = 'api'")
+    stored = await con.fetchval("SELECT body FROM pipeline_events WHERE event_id = 'api'")
     assert stored == event.body
 
 
 async def test_an_event_with_a_time_out_of_range_is_refused_or_set_aside(
-    make: Make, db: Any
+    stores: Make, con: Any
 ) -> None:
     """publish() of a time Python cannot carry is refused by the table; such a row stored
     before the check (or by any other way around it) is set aside with its reason and
     counted, and the events after it are delivered."""
-    store = await make()
+    store = await stores()
     webhook = await hook(store)
     with pytest.raises(asyncpg.CheckViolationError):
-        await db.fetchval("SELECT publish('bc', 't', '{}', '0001-01-01 BC')")
+        await con.fetchval("SELECT publish('bc', 't', '{}', '0001-01-01 BC')")
     with pytest.raises(asyncpg.CheckViolationError):
-        await db.execute(
+        await con.execute(
             "INSERT INTO pipeline_events (event_id, event_type, payload, occurred_at) "
             "VALUES ('y10k', 't', '{}', '10000-01-01')"
         )
     # A row from before the constraint (NOT VALID: old rows are not checked).
-    await db.execute(
+    await con.execute(
         "ALTER TABLE pipeline_events DROP CONSTRAINT IF EXISTS pipeline_events_occurred_at_in_range"
     )
-    await db.execute(
+    await con.execute(
         "INSERT INTO pipeline_events (event_id, event_type, payload, occurred_at) "
         "VALUES ('old-bc', 't', '{}', '0001-01-01 BC'), ('old-y10k', 't', '{}', 'infinity')"
     )
-    await db.fetchval("SELECT publish('after', 't', '{}')")
+    await con.fetchval("SELECT publish('after', 't', '{}')")
 
     assert await scan_all(store) == 3
-    queued = {r[0] for r in await db.fetch(f"SELECT event_id FROM {Q} WHERE webhook_id = $1",
+    queued = {r[0] for r in await con.fetch(f"SELECT event_id FROM {Q} WHERE webhook_id = $1",
                                            webhook)}  # fmt: skip
     assert queued == {"after"}
-    rejected = dict(await db.fetch("SELECT event_id, error FROM rejected_events"))
+    rejected = dict(await con.fetch("SELECT event_id, error FROM rejected_events"))
     assert set(rejected) == {"old-bc", "old-y10k"}
     assert "out of range" in rejected["old-bc"]
     assert (await store.status()).events_rejected == 2
 
 
-async def test_an_outbox_event_over_the_size_limit_is_set_aside(make: Make, db: Any) -> None:
+async def test_an_outbox_event_over_the_size_limit_is_set_aside(stores: Make, con: Any) -> None:
     """Data over admin.max_body_bytes written in SQL is set aside with its reason, not
     sent and not loaded into the scan: the events after it are delivered."""
-    store = await make(max_event_bytes=4096)
+    store = await stores(max_event_bytes=4096)
     webhook = await hook(store)
-    await db.fetchval("SELECT publish('big', 't', $1::jsonb)", json.dumps({"x": "a" * 10_000}))
-    await db.fetchval("SELECT publish('small', 't', $1::jsonb)", json.dumps({"x": "a" * 1000}))
+    await con.fetchval("SELECT publish('big', 't', $1::jsonb)", json.dumps({"x": "a" * 10_000}))
+    await con.fetchval("SELECT publish('small', 't', $1::jsonb)", json.dumps({"x": "a" * 1000}))
     assert await scan_all(store) == 2
-    queued = {r[0] for r in await db.fetch(f"SELECT event_id FROM {Q} WHERE webhook_id = $1",
+    queued = {r[0] for r in await con.fetch(f"SELECT event_id FROM {Q} WHERE webhook_id = $1",
                                            webhook)}  # fmt: skip
     assert queued == {"small"}
-    error = await db.fetchval("SELECT error FROM rejected_events WHERE event_id = 'big'")
+    error = await con.fetchval("SELECT error FROM rejected_events WHERE event_id = 'big'")
     assert "admin.max_body_bytes" in error
     assert (await store.status()).events_rejected == 1
 
 
 async def test_readyz_says_so_when_the_scanner_keeps_failing(
-    tmp_path: Path, pg: PgCluster, pg_schema: str, db: Any
+    tmp_path: Path, pg: PgCluster, pg_schema: str, con: Any
 ) -> None:
     settings = make_settings(tmp_path, database={"url": pg.url, "schema": pg_schema})
     async with running(settings) as d, Api(d.url) as api:
         assert (await api.request("GET", "/readyz"))[0] == 200
-        saved = await db.fetchrow("SELECT * FROM scanner_cursor WHERE name = 'main'")
-        await db.execute("DELETE FROM scanner_cursor WHERE name = 'main'")  # every scan fails
+        saved = await con.fetchrow("SELECT * FROM scanner_cursor WHERE name = 'main'")
+        await con.execute("DELETE FROM scanner_cursor WHERE name = 'main'")  # every scan fails
 
         async def not_ready() -> bool:
             status, body = await api.request("GET", "/readyz")
             return status == 503 and body["checks"]["scanner"] is False
 
         await poll(not_ready, DEADLINE, "/readyz to report the failing scanner")
-        await db.execute("INSERT INTO scanner_cursor VALUES ($1, $2, $3, $4)", *saved.values())
+        await con.execute("INSERT INTO scanner_cursor VALUES ($1, $2, $3, $4)", *saved.values())
 
         async def ready() -> bool:
             return (await api.request("GET", "/readyz"))[0] == 200
@@ -196,23 +153,23 @@ async def test_readyz_says_so_when_the_scanner_keeps_failing(
 
 
 async def test_a_producer_role_publishes_and_inserts_and_reads_nothing(
-    make: Make, pg: PgCluster, pg_schema: str, db: Any
+    stores: Make, pg: PgCluster, pg_schema: str, con: Any
 ) -> None:
     """The grants README "Scaling out" documents: USAGE on the schema, EXECUTE on publish()
     and INSERT on (event_id, event_type, payload, occurred_at). publish() runs with its
     owner's rights and a search_path no temporary table can enter."""
-    store = await make()
+    store = await stores()
     webhook = await hook(store)
     await store.ingest(events("someone-elses"))
     role = "producer_" + uuid.uuid4().hex[:8]
     s = f'"{pg_schema}"'
-    await db.execute(f"CREATE ROLE {role} LOGIN")
+    await con.execute(f"CREATE ROLE {role} LOGIN")
     try:
-        await db.execute(f"GRANT USAGE ON SCHEMA {s} TO {role}")
-        await db.execute(
+        await con.execute(f"GRANT USAGE ON SCHEMA {s} TO {role}")
+        await con.execute(
             f"GRANT EXECUTE ON FUNCTION {s}.publish(text, text, jsonb, timestamptz) TO {role}"
         )
-        await db.execute(
+        await con.execute(
             f"GRANT INSERT (event_id, event_type, payload, occurred_at) "
             f"ON {s}.pipeline_events TO {role}"
         )
@@ -244,9 +201,9 @@ async def test_a_producer_role_publishes_and_inserts_and_reads_nothing(
         finally:
             await producer.close()
         assert await scan_all(store) == 3
-        queued = {r[0] for r in await db.fetch(f"SELECT event_id FROM {Q} WHERE webhook_id = $1",
+        queued = {r[0] for r in await con.fetch(f"SELECT event_id FROM {Q} WHERE webhook_id = $1",
                                                webhook)}  # fmt: skip
         assert queued == {"someone-elses", "p1", "p2"}
     finally:
-        await db.execute(f"DROP OWNED BY {role}")
-        await db.execute(f"DROP ROLE {role}")
+        await con.execute(f"DROP OWNED BY {role}")
+        await con.execute(f"DROP ROLE {role}")

@@ -9,9 +9,11 @@ sender agree on them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -19,8 +21,12 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_VALUE",
     "DeliveryOptions",
+    "decode",
+    "encode",
     "header_problem",
     "masked_headers",
+    "patched",
+    "shown",
 ]
 
 MAX_HEADERS = 20
@@ -83,3 +89,68 @@ class DeliveryOptions:
         if not headers and client_certificate is None and timeout is None:
             return None
         return cls(tuple((headers or {}).items()), client_certificate, timeout)
+
+
+# -- how the stores keep them: one JSON text column, NULL for a webhook that sets none --------
+
+
+def encode(
+    headers: Mapping[str, str] | None, client_certificate: str | None, timeout: float | None
+) -> str | None:
+    """The stored form of a webhook's options (``delivery_options``), or ``None``."""
+    kept: dict[str, Any] = {}
+    if headers:
+        kept["headers"] = dict(headers)
+    if client_certificate is not None:
+        kept["client_certificate"] = client_certificate
+    if timeout is not None:
+        kept["timeout"] = timeout
+    return json.dumps(kept, sort_keys=True, separators=(",", ":")) if kept else None
+
+
+def _fields(stored: str | None) -> tuple[dict[str, str], str | None, float | None]:
+    if not stored:
+        return {}, None, None
+    data = json.loads(stored)
+    return dict(data.get("headers") or {}), data.get("client_certificate"), data.get("timeout")
+
+
+@lru_cache(maxsize=4096)
+def decode(stored: str | None) -> DeliveryOptions | None:
+    """What a claim carries for a stored ``delivery_options`` (cached: claims repeat it)."""
+    return DeliveryOptions.of(*_fields(stored))
+
+
+class Keep:
+    """A field a patch leaves as it is."""
+
+
+KEEP = Keep()
+
+
+def patched(
+    stored: str | None,
+    headers: Mapping[str, str] | Keep | None = KEEP,
+    client_certificate: str | Keep | None = KEEP,
+    timeout: float | Keep | None = KEEP,
+) -> str | None:
+    """The stored options after a change of some of them (None or {} clears a field)."""
+    now_headers, now_certificate, now_timeout = _fields(stored)
+    return encode(
+        now_headers if isinstance(headers, Keep) else headers,
+        now_certificate if isinstance(client_certificate, Keep) else client_certificate,
+        now_timeout if isinstance(timeout, Keep) else timeout,
+    )
+
+
+def shown(stored: str | None, public_key: str | None) -> dict[str, Any]:
+    """The webhook object's fields for these options: header values masked (the create or
+    PATCH answer shows them once, from the request)."""
+    headers, certificate, timeout = _fields(stored)
+    return {
+        "headers": masked_headers(headers),
+        "signing": "v1a" if public_key else "v1",
+        "public_key": public_key,
+        "client_certificate": certificate,
+        "timeout": timeout,
+    }

@@ -42,6 +42,8 @@ from pydantic.json_schema import SkipJsonSchema
 
 from webhookd import guard, signing
 from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, shown
+from webhookd.api.network_fields import NetworkChange, NetworkShown, Signing
+from webhookd.api.tenant_fields import OptionalTenant, QueryTenant
 from webhookd.events import MAX_ID_LENGTH, MAX_TYPE_LENGTH, token_problem
 from webhookd.states import Status
 from webhookd.store.records import parse_delivery_cursor
@@ -415,6 +417,7 @@ class Event(Request):
         Missing("required"),
     ]
     occurred_at: Timestamp = Field(default=None, json_schema_extra=_absent)
+    tenant: OptionalTenant = None
 
 
 class Events(RootModel[Event | Annotated[list[Event], Field(min_length=1)]]):
@@ -422,7 +425,7 @@ class Events(RootModel[Event | Annotated[list[Event], Field(min_length=1)]]):
     accepted or none."""
 
 
-class WebhookCreate(Request):
+class WebhookCreate(Request, NetworkChange):
     """A new subscription."""
 
     codes: ClassVar[Mapping[str, str]] = {"url": "invalid_url", "secret": "invalid_secret"}
@@ -434,9 +437,11 @@ class WebhookCreate(Request):
     rate_limit: RateLimit = None
     max_in_flight: MaxInFlight = None
     ordering: Annotated[OrderingField, Field(json_schema_extra=_absent)] = "none"
+    tenant: OptionalTenant = None
+    signing: Annotated[Signing, Field(json_schema_extra=_absent)] = "v1"
 
 
-class WebhookChange(Request):
+class WebhookChange(Request, NetworkChange):
     """A change to a subscription: only the fields present change."""
 
     codes: ClassVar[Mapping[str, str]] = {"url": "invalid_url"}
@@ -453,6 +458,8 @@ class WebhookChange(Request):
         BeforeValidator(_ordering),
         Field(json_schema_extra=_absent),
     ] = None
+    # Set at creation: the same value is accepted, another is a 400 (handler).
+    tenant: OptionalTenant = None
 
 
 class Redrive(Request):
@@ -469,6 +476,7 @@ class Redrive(Request):
         BeforeValidator(_since),
     ] = None
     webhook_id: OptionalWebhookId = None
+    tenant: OptionalTenant = None
 
 
 class Replay(Request):
@@ -511,6 +519,7 @@ class WebhookQuery(Query):
         Field(description="`next` of the previous page"),
         BeforeValidator(_webhook_cursor),
     ] = Field(default=None, json_schema_extra=_absent)
+    tenant: QueryTenant = Field(default=None, json_schema_extra=_absent)
 
 
 class DeliveryQuery(Query):
@@ -529,6 +538,7 @@ class DeliveryQuery(Query):
         Field(description="`next` of the previous page"),
         BeforeValidator(_delivery_cursor),
     ] = Field(default=None, json_schema_extra=_absent)
+    tenant: QueryTenant = Field(default=None, json_schema_extra=_absent)
 
 
 # -- turning pydantic's errors into the API's -------------------------------------------------
@@ -621,7 +631,7 @@ class Accepted(Response):
     ids: list[str]
 
 
-class Webhook(Response):
+class Webhook(Response, NetworkShown):
     """A subscription, without its secrets."""
 
     webhook_id: str
@@ -643,12 +653,13 @@ class Webhook(Response):
         description="concurrent attempts; null: delivery.per_webhook_concurrency"
     )
     ordering: Literal["none", "fifo"]
+    tenant: str | None = Field(description="the tenant it belongs to; null: none")
 
 
 class WebhookWithSecret(Webhook):
     """A webhook and its (new) secret: shown once, on creation and rotation."""
 
-    secret: str
+    secret: str | None = Field(description="null for signing v1a (see public_key)")
 
 
 class Delivery(Response):

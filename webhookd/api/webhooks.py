@@ -9,8 +9,16 @@ from typing import Any
 
 from aiohttp import web
 
-from webhookd import signing
-from webhookd.api.common import Operation, documented, read_json, services
+from webhookd import network, signing
+from webhookd.api.common import (
+    ApiError,
+    Operation,
+    documented,
+    owned,
+    read_json,
+    services,
+    tenant_scope,
+)
 from webhookd.api.models import (
     TestResult,
     Webhook,
@@ -34,57 +42,99 @@ _UNKNOWN = {404: "no webhook with this id (`not_found`)"}
 
 
 def _context(request: web.Request) -> dict[str, Any]:
-    """What URL checks depend on: private destinations are refused unless allowed."""
-    return {"allow_private": services(request).settings.delivery.allow_private_destinations}
+    """What checks depend on: private destinations are refused unless allowed, client
+    certificates are those of the config, a timeout is at most delivery.timeout."""
+    settings = services(request).settings
+    return {
+        "allow_private": settings.delivery.allow_private_destinations,
+        "client_certificates": frozenset(settings.tls.client_certificates),
+        "max_timeout": settings.delivery.timeout,
+    }
 
 
 @routes.post("/v1/webhooks")
 @documented(
     Operation(
         summary="Create a webhook",
-        description="The answer holds the secret: the only time it is shown.",
+        description="The answer holds the secret (v1) and the header values: the only time "
+        "they are shown. With `signing: v1a` webhookd makes an ed25519 key pair; the answer "
+        "shows its public key, and `secret` is null (the private key is never shown).",
         tag="webhooks",
         body=WebhookCreate,
         responses={201: WebhookWithSecret},
         errors={
             400: "a field is invalid (`invalid_url`, `invalid_secret`, `invalid_request`), "
-            "naming it, or the body is not JSON (`invalid_json`)"
+            "naming it, or the body is not JSON (`invalid_json`)",
+            403: "a tenant token naming another tenant (`forbidden`)",
         },
+        tenant=True,
     )
 )
 async def create(request: web.Request) -> web.Response:
     body = parse(WebhookCreate, await read_json(request), context=_context(request))
-    secret = body.secret if body.secret is not None else signing.new_secret()
-    limits = WebhookLimits(body.rate_limit, body.max_in_flight, Ordering(body.ordering))
-    created = await services(request).store.create_webhook(
-        body.url, body.event_types or [], secret, body.description or "", limits
+    tenant = tenant_scope(request, body.tenant)
+    public_key = None
+    shown_secret: str | None
+    if body.signing == "v1a":
+        if body.secret is not None:
+            raise ApiError(
+                400, "invalid_secret", "secret: not with signing v1a (webhookd makes its keys)"
+            )
+        secret, public_key = signing.new_key_pair()
+        shown_secret = None
+    else:
+        secret = body.secret if body.secret is not None else signing.new_secret()
+        shown_secret = secret
+    limits = WebhookLimits(
+        body.rate_limit,
+        body.max_in_flight,
+        Ordering(body.ordering),
+        network.encode(body.headers, body.client_certificate, body.timeout),
+        public_key,
     )
-    # The only time the secret is shown: the subscriber needs it to verify signatures.
-    return web.json_response({**created, "secret": secret}, status=201)
+    created = await services(request).store.create_webhook(
+        body.url, body.event_types or [], secret, body.description or "", limits, tenant
+    )
+    # The only time the secret and the header values are shown.
+    shown = {**created, "secret": shown_secret, "headers": body.headers or {}}
+    return web.json_response(shown, status=201)
 
 
 @routes.get("/v1/webhooks")
 @documented(
     Operation(
         summary="List webhooks",
-        description="In order of webhook id, a page at a time.",
+        description="In order of webhook id, a page at a time. With a tenant token: that "
+        "tenant's only.",
         tag="webhooks",
         query=WebhookQuery,
         responses={200: WebhookPage},
+        errors={403: "a tenant token naming another tenant (`forbidden`)"},
+        tenant=True,
     )
 )
 async def list_all(request: web.Request) -> web.Response:
     query = parse_query(WebhookQuery, request.query)
-    page = await services(request).store.list_webhooks(query.limit, query.cursor)
+    tenant = tenant_scope(request, query.tenant)
+    page = await services(request).store.list_webhooks(query.limit, query.cursor, tenant)
     return web.json_response({"items": page.items, "next": page.next})
 
 
 @routes.get("/v1/webhooks/{webhook_id}")
 @documented(
-    Operation(summary="Show a webhook", tag="webhooks", responses={200: Webhook}, errors=_UNKNOWN)
+    Operation(
+        summary="Show a webhook",
+        tag="webhooks",
+        responses={200: Webhook},
+        errors=_UNKNOWN,
+        tenant=True,
+    )
 )
 async def show(request: web.Request) -> web.Response:
-    found = await services(request).store.get_webhook(request.match_info["webhook_id"])
+    webhook_id = request.match_info["webhook_id"]
+    found = await owned(request, webhook_id)
+    if found is None:
+        found = await services(request).store.get_webhook(webhook_id)
     return web.json_response(found)
 
 
@@ -95,16 +145,37 @@ async def show(request: web.Request) -> web.Response:
         description="Only the fields present change. `active: false` parks its deliveries; "
         "`active: true` re-drives them. `rate_limit` and `max_in_flight` are cleared with "
         "null. Switching to `ordering: fifo` delivers the pending rows in order from the "
-        "oldest; changing `rate_limit` makes the rows it was holding back due now.",
+        "oldest; changing `rate_limit` makes the rows it was holding back due now. "
+        "`headers` replaces every header (its values are shown in this answer only); "
+        "`client_certificate` and `timeout` are cleared with null.",
         tag="webhooks",
         body=WebhookChange,
         responses={200: Webhook},
-        errors=_UNKNOWN,
+        errors={
+            **_UNKNOWN,
+            400: "a field is invalid, naming it, or `tenant` differs from the webhook's "
+            "(set at creation)",
+            403: "a tenant token naming another tenant (`forbidden`)",
+        },
+        tenant=True,
     )
 )
 async def change(request: web.Request) -> web.Response:
     body = parse(WebhookChange, await read_json(request), context=_context(request))
     given = body.model_fields_set
+    webhook_id = request.match_info["webhook_id"]
+    found = await owned(request, webhook_id)
+    if "tenant" in given:
+        tenant_scope(request, body.tenant)
+        if found is None:
+            found = await services(request).store.get_webhook(webhook_id)
+        if body.tenant != found.get("tenant"):
+            raise ApiError(
+                400,
+                "invalid_request",
+                "tenant: set when the webhook is created and not changeable; "
+                "create a webhook in the other tenant instead",
+            )
     patch = WebhookPatch(
         url=body.url if "url" in given else None,
         event_types=(body.event_types or []) if "event_types" in given else None,
@@ -113,11 +184,16 @@ async def change(request: web.Request) -> web.Response:
         rate_limit=body.rate_limit if "rate_limit" in given else UNSET,
         max_in_flight=body.max_in_flight if "max_in_flight" in given else UNSET,
         ordering=Ordering(body.ordering) if body.ordering is not None else None,
+        headers=(body.headers or {}) if "headers" in given else UNSET,
+        client_certificate=body.client_certificate if "client_certificate" in given else UNSET,
+        timeout=body.timeout if "timeout" in given else UNSET,
     )
     svc = services(request)
-    updated = await svc.store.update_webhook(request.match_info["webhook_id"], patch)
+    updated = await svc.store.update_webhook(webhook_id, patch)
     if body.active or given & {"rate_limit", "ordering"}:
         svc.pool.wake()  # rows may be due now
+    if "headers" in given:
+        updated = {**updated, "headers": body.headers or {}}  # shown once, as set
     return web.json_response(updated)
 
 
@@ -129,9 +205,11 @@ async def change(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={204: None},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def remove(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     await services(request).store.delete_webhook(request.match_info["webhook_id"])
     return web.Response(status=204)
 
@@ -141,18 +219,26 @@ async def remove(request: web.Request) -> web.Response:
     Operation(
         summary="Rotate a webhook's secret",
         description="A new secret, shown once; the previous one keeps signing for "
-        "delivery.rotation_grace (default 1 day).",
+        "delivery.rotation_grace (default 1 day). A v1a webhook gets a new key pair: the "
+        "answer shows its public key, `secret` is null, and the previous key keeps signing "
+        "for the grace period.",
         tag="webhooks",
         responses={200: WebhookWithSecret},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def rotate_secret(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     svc = services(request)
-    secret = signing.new_secret()
+    webhook_id = request.match_info["webhook_id"]
+    current = await svc.store.get_webhook(webhook_id)
+    # The scheme never changes: a v1a webhook gets a new key pair, a v1 one a new secret.
+    v1a = current["signing"] == "v1a"
+    secret = signing.new_key_pair()[0] if v1a else signing.new_secret()
     grace = svc.settings.delivery.rotation_grace
-    updated = await svc.store.rotate_secret(request.match_info["webhook_id"], secret, grace)
-    return web.json_response({**updated, "secret": secret})
+    updated = await svc.store.rotate_secret(webhook_id, secret, grace)
+    return web.json_response({**updated, "secret": None if v1a else secret})
 
 
 @routes.post("/v1/webhooks/{webhook_id}/test")
@@ -164,12 +250,14 @@ async def rotate_secret(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={200: TestResult},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def send_test(request: web.Request) -> web.Response:
     """A test event now, with a short inline burst; not queued, so it never lingers."""
+    await owned(request, request.match_info["webhook_id"])
     svc = services(request)
-    url, secrets = await svc.store.get_webhook_secrets(request.match_info["webhook_id"])
+    url, secrets, options = await svc.store.get_webhook_secrets(request.match_info["webhook_id"])
     event_id = "evt_test_" + new_event_id()[4:]
     now = datetime.now(UTC)
     body = canonical_json(
@@ -184,7 +272,7 @@ async def send_test(request: web.Request) -> web.Response:
     attempts: list[dict[str, Any]] = []
     for attempt in range(1, TEST_ATTEMPTS + 1):
         headers = signing.headers(keys, event_id, int(time.time()), body)
-        result = await svc.sender.post(url, body, headers)
+        result = await svc.sender.post(url, body, headers, options)
         ok = result.status_code is not None and 200 <= result.status_code < 300
         attempts.append(
             {

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from webhookd import network
 from webhookd.events import NewEvent
 from webhookd.network import DeliveryOptions
 from webhookd.states import Status
+from webhookd.store.records import WebhookSecrets
+from webhookd.tenants import StoredToken
 
 
 class StoreUnavailable(Exception):
@@ -146,6 +149,10 @@ class WebhookLimits:
     rate_limit: float | None = None
     max_in_flight: int | None = None
     ordering: Ordering = Ordering.NONE
+    # What the receiver's network requires (network.encode: headers, client certificate,
+    # timeout; None: nothing), and the v1a public key (None: v1, HMAC).
+    delivery_options: str | None = None
+    public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,21 @@ class WebhookPatch:
     rate_limit: float | Unset | None = UNSET
     max_in_flight: int | Unset | None = UNSET
     ordering: Ordering | None = None
+    # UNSET: unchanged; None (or {} for headers): cleared.
+    headers: dict[str, str] | Unset | None = UNSET
+    client_certificate: str | Unset | None = UNSET
+    timeout: float | Unset | None = UNSET
+
+    def delivery_options(self, stored: str | None) -> str | Unset | None:
+        """The webhook's stored delivery_options after this patch; UNSET if unchanged."""
+        if self.headers is UNSET and self.client_certificate is UNSET and self.timeout is UNSET:
+            return UNSET
+        return network.patched(
+            stored,
+            network.KEEP if isinstance(self.headers, Unset) else self.headers,
+            network.KEEP if isinstance(self.client_certificate, Unset) else self.client_certificate,
+            network.KEEP if isinstance(self.timeout, Unset) else self.timeout,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +187,7 @@ class DeliveryFilter:
     webhook_id: str | None = None
     event_id: str | None = None
     status: Status | None = None
+    tenant: str | None = None  # only the deliveries to this tenant's webhooks
 
 
 @dataclass(slots=True)
@@ -309,13 +332,16 @@ class Store(Protocol):
         secret: str,
         description: str,
         limits: WebhookLimits | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]: ...
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]: ...
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
-        """(url, signing secrets): for the test route only, never for a listing."""
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
+        """(url, signing secrets, delivery options): for the test route only."""
         ...
 
-    async def list_webhooks(self, limit: int, after: str | None) -> Page: ...
+    async def list_webhooks(
+        self, limit: int, after: str | None, tenant: str | None = None
+    ) -> Page: ...
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]: ...
     async def delete_webhook(self, webhook_id: str) -> None: ...
     async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]: ...
@@ -326,10 +352,28 @@ class Store(Protocol):
     ) -> Page: ...
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]: ...
     async def redrive(
-        self, status: Status, webhook_id: str | None, since: datetime | None
+        self,
+        status: Status,
+        webhook_id: str | None,
+        since: datetime | None,
+        tenant: str | None = None,
     ) -> int: ...
-    async def replay(self, event_id: str, webhook_id: str | None) -> int: ...
-    async def status(self) -> StatusReport: ...
+    async def replay(self, event_id: str, webhook_id: str | None, tenant: str | None = None) -> int:
+        """With `tenant`: only an event of that tenant, to its webhooks (NotFound else)."""
+        ...
+
+    async def status(self, tenant: str | None = None) -> StatusReport:
+        """With `tenant`: the counts and webhooks of that tenant's webhooks only."""
+        ...
+
+    # tenant tokens (digests only: webhookd.tenants)
+    async def create_tenant_token(self, token: StoredToken) -> None: ...
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]: ...
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        """Delete it; NotFound if the tenant has no such token."""
+        ...
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None: ...
 
 
 async def sleep_until_work(

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from webhookd import network, signing
+from webhookd.network import DeliveryOptions
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -62,14 +65,15 @@ def parse_delivery_cursor(cursor: str) -> tuple[datetime, str, str]:
 
 WEBHOOK_COLUMNS = (
     "webhook_id, url, event_types, active, description, disabled_reason, failing_since, "
-    "previous_secret_expires_at, created_at, updated_at, rate_limit, max_in_flight, ordering"
+    "previous_secret_expires_at, created_at, updated_at, rate_limit, max_in_flight, ordering, "
+    "delivery_options, public_key, tenant"
 )
 
 
 def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     """A webhook as the API shows it (no secrets), from a row of WEBHOOK_COLUMNS."""
     (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row[:10]
-    rate_limit, max_in_flight, ordering = row[10:13]
+    rate_limit, max_in_flight, ordering, options, public_key, tenant = row[10:16]
     return {
         "webhook_id": wid,
         "url": url,
@@ -84,6 +88,8 @@ def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
         "rate_limit": rate_limit,
         "max_in_flight": max_in_flight,
         "ordering": ordering or "none",
+        "tenant": tenant,
+        **network.shown(options, public_key),
     }
 
 
@@ -130,3 +136,12 @@ def signing_secrets(
     if previous and previous_expires_at and previous_expires_at > now:
         return (secret, previous)
     return (secret,)
+
+
+# The test route's view of a webhook: url, signing secrets, delivery options.
+WebhookSecrets = tuple[str, tuple[str, ...], DeliveryOptions | None]
+
+
+def public_key_of(secret: str) -> str | None:
+    """The v1a public key of a `whsk_` secret; None for an HMAC (v1) secret."""
+    return signing.public_key(secret) if signing.scheme(secret) == "v1a" else None

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from webhookd import network
+from webhookd.network import DeliveryOptions
 from webhookd.store.duckdb.disk import Disk
 from webhookd.store.duckdb.queries import query
 
@@ -101,19 +103,19 @@ def remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
     return value
 
 
-def active_hooks(
-    con: Any, webhook_ids: set[str]
-) -> dict[str, tuple[str, str, str | None, datetime | None]]:
-    """URL, secret, previous secret and its expiry of the active webhooks among these;
-    those remembered from an earlier claim are not read again (see Cursor)."""
+Hook = tuple[str, str, str | None, datetime | None, DeliveryOptions | None]
+
+
+def active_hooks(con: Any, webhook_ids: set[str]) -> dict[str, Hook]:
+    """URL, secret, previous secret and its expiry, and delivery options of the active
+    webhooks among these; those remembered from an earlier claim are not read again (see
+    Cursor)."""
     memo = _memo(con)
-    known: dict[str, tuple[str, str, str | None, datetime | None]] = (
-        {} if memo is None else memo.setdefault("hooks", {})
-    )
+    known: dict[str, Hook] = {} if memo is None else memo.setdefault("hooks", {})
     missing = [w for w in webhook_ids if w not in known]
     if missing:
         known.update(
-            (r[0], (r[1], r[2], r[3], r[4]))
+            (r[0], (r[1], r[2], r[3], r[4], network.decode(r[5])))
             for r in con.execute(query("active_hooks"), [missing]).fetchall()
         )
     return {w: known[w] for w in webhook_ids if w in known}

@@ -29,6 +29,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 # Worth running the same statement again: the server chose this transaction as a victim.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# A statement that waited on a lock past lock_timeout, or ran past statement_timeout: the
+# server answers, but something else (a DBA's ALTER TABLE, a producer's open transaction)
+# holds what it needs. The call fails as StoreUnavailable (503, loops try again) without
+# the database being taken for unreachable.
+TIMED_OUT = (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)
+
+
+class LockTimeout(StoreUnavailable):
+    """A statement gave up waiting for a lock (lock_timeout) or ran too long."""
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -41,6 +50,11 @@ def is_unavailable(exc: BaseException) -> bool:
         or "pool is closing" in str(exc)
         or "pool is closed" in str(exc)
     )
+
+
+def timed_out(exc: BaseException, url: str) -> LockTimeout:
+    detail = scrub(str(exc) or type(exc).__name__, url)
+    return LockTimeout(f"the database is busy: {detail}")
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -11,6 +11,11 @@ What each request sees is what it would see alone: its 202 only after the commit
 holds its events, the count of its events that were new, and a conflict (same id, other
 content) for itself only: a batch that meets one is rolled back and its requests are
 committed one by one, as they would have been without the grouping.
+
+A producer's transaction that holds one of the ids (published, not yet committed) makes
+the insert wait on its row lock: requests committed together give up after a short wait
+(LockTimeout) and then each goes alone, at once and side by side, so that only the one
+holding that id waits, up to the store's lock timeout, and gets a 503 if it runs out.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from webhookd.events import NewEvent, same_content
+from webhookd.events import NewEvent
+from webhookd.queue.conflicts import same_content
 from webhookd.store.base import EventConflict, StoreUnavailable
+from webhookd.store.postgres.errors import LockTimeout
 
 # Events one commit takes at most (a request bigger than this goes alone).
 MAX_EVENTS = 5000
@@ -30,15 +37,18 @@ MAX_EVENTS = 5000
 class _Request:
     events: list[NewEvent]
     future: asyncio.Future[int]
+    spawned: bool = False  # answered by a task of its own (_spawn)
 
 
 class IngestGroup:
-    def __init__(self, insert: Callable[[list[NewEvent]], Awaitable[set[str]]]) -> None:
-        """`insert(events)` stores events with distinct ids in one transaction and
-        returns the ids that were new, or raises EventConflict having stored nothing."""
+    def __init__(self, insert: Callable[[list[NewEvent], bool], Awaitable[set[str]]]) -> None:
+        """`insert(events, grouped)` stores events with distinct ids in one transaction
+        and returns the ids that were new, or raises EventConflict having stored nothing
+        (LockTimeout after a short wait on a row lock when `grouped`)."""
         self._insert = insert
         self._waiting: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
+        self._alone_tasks: set[asyncio.Task[None]] = set()
         self.commits = 0
 
     async def ingest(self, events: list[NewEvent]) -> int:
@@ -57,7 +67,8 @@ class IngestGroup:
                     await self._commit(batch)
                 finally:
                     for request in batch:  # cancelled mid-batch: none hangs
-                        _fail(request, StoreUnavailable("the database is closed"))
+                        if not request.spawned:
+                            _fail(request, StoreUnavailable("the database is closed"))
         finally:
             # Cancelled (the store closing) with requests still waiting: none hangs.
             for request in self._waiting:
@@ -84,7 +95,7 @@ class IngestGroup:
         for request in batch:
             clash = any(
                 (prior := merged.get(e.event_id)) is not None
-                and not same_content(prior.event_type, prior.payload, e)
+                and not same_content(e, prior.event_type, prior.tenant, prior.body)
                 for e in request.events
             )
             if clash:
@@ -96,8 +107,15 @@ class IngestGroup:
         while len(together) > 1:
             try:
                 new = await self._insert(
-                    list({e.event_id: e for r in together for e in r.events}.values())
+                    list({e.event_id: e for r in together for e in r.events}.values()), True
                 )
+            except LockTimeout:
+                # Another transaction holds one of the ids: each request alone, side by
+                # side, and the flush goes on with the requests arriving meanwhile.
+                for request in together:
+                    self._spawn(request)
+                together = []
+                break
             except EventConflict as conflict:
                 # Rolled back: the requests holding those ids go alone (each then says
                 # whose conflict it is), the others try again together.
@@ -121,11 +139,28 @@ class IngestGroup:
                     request.future.set_result(len(own))
             together = []
         for request in together + apart:
-            await self._alone(request)
+            await self._alone(request, patient=False)
 
-    async def _alone(self, request: _Request) -> None:
+    def _spawn(self, request: _Request) -> None:
+        request.spawned = True
+        task = asyncio.create_task(
+            self._alone(request, patient=True), name="webhookd-pg-ingest-alone"
+        )
+        self._alone_tasks.add(task)
+        task.add_done_callback(self._alone_tasks.discard)
+
+    async def _alone(self, request: _Request, *, patient: bool) -> None:
+        """One request in a transaction of its own. Not `patient`: after a short wait on
+        another transaction's row lock it goes on in a task of its own, which waits up
+        to the store's lock timeout, so that the flush is not held up behind it."""
         try:
-            new = await self._insert(request.events)
+            new = await self._insert(request.events, not patient)
+        except LockTimeout as exc:
+            if patient:
+                _fail(request, exc)
+            else:
+                self._spawn(request)
+            return
         except Exception as exc:
             _fail(request, exc)
         else:

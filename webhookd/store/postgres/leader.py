@@ -1,15 +1,16 @@
-"""Leader election for upkeep: a session-level advisory lock on a dedicated connection.
+"""Leader election for upkeep: a row that names the leading daemon, valid while that
+daemon's heartbeat is fresh.
 
-The daemon whose connection holds `pg_try_advisory_lock(<leader key of the schema>)`
-leads; the lock goes with the session, so a daemon that dies, or whose connection is
-killed, loses it at once and another daemon takes it at its next try. The connection is
-not from the pool: a pooled connection would carry the lock into other work.
+A session-level advisory lock went with the session, not with the daemon: a daemon frozen
+(SIGSTOP, a VM paused, a debugger) kept its connection and so the lock, while its heartbeat
+went stale, and no one rescued its rows. Here leadership follows the heartbeat: a daemon
+whose heartbeat (by the database's clock) is older than peer_timeout loses it to the next
+daemon that asks, and a daemon whose own heartbeat is stale (it has just woken up) does not
+lead until it has beaten again. Asking costs one statement, which writes only on a change.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,67 +18,57 @@ from webhookd import logs
 
 log = logs.get("webhookd.store")
 
-TIMEOUT = 5.0
+# Take over from a leader whose heartbeat is stale (or who left), and say whether this
+# daemon ($1) leads, its own heartbeat fresh ($2 seconds, peer_timeout). A concurrent
+# takeover by another daemon makes this UPDATE wait for it, then find the row taken by a
+# live daemon (READ COMMITTED re-checks the row), and update nothing.
+LEAD = """
+WITH fresh AS (
+    SELECT d.daemon_id FROM daemons d
+    WHERE d.heartbeat_at >= now() AT TIME ZONE 'UTC' - make_interval(secs => $2)
+), took AS (
+    UPDATE upkeep_leader l SET daemon_id = $1, since = now() AT TIME ZONE 'UTC'
+    WHERE l.name = 'upkeep'
+      AND $1 IN (SELECT daemon_id FROM fresh)
+      AND l.daemon_id IS DISTINCT FROM $1
+      AND (l.daemon_id IS NULL OR l.daemon_id NOT IN (SELECT daemon_id FROM fresh))
+    RETURNING l.daemon_id
+)
+SELECT EXISTS (SELECT 1 FROM took)
+    OR EXISTS (SELECT 1 FROM upkeep_leader l
+               WHERE l.name = 'upkeep' AND l.daemon_id = $1
+                 AND $1 IN (SELECT daemon_id FROM fresh))
+"""
 
 
 class Leader:
-    def __init__(self, connect: Callable[[], Awaitable[Any]], key: int) -> None:
-        self._connect = connect
-        self._key = key
-        self._con: Any = None
+    def __init__(
+        self, call: Callable[..., Awaitable[Any]], daemon_id: str, dead_after: float
+    ) -> None:
+        """`call(fn, *args)` runs `fn(connection, *args)` on a pooled connection."""
+        self._call = call
+        self._daemon_id = daemon_id
+        self._dead_after = dead_after
         self._held = False
-        self._lock = asyncio.Lock()
         self._failing = False
 
-    @property
-    def server_pid(self) -> int | None:
-        """The backend holding (or trying for) the lock, for tests and logs."""
-        con = self._con
-        return None if con is None else int(con.get_server_pid())
-
     async def lead(self) -> bool:
-        """True while this daemon holds the lock on a live connection. A lost connection
-        answers False once; the next call connects again and tries for the lock."""
-        async with self._lock:
-            con = self._con
-            if con is not None and con.is_closed():
-                self._drop("the leader's connection was lost")
-                return False
-            try:
-                if con is not None and self._held:
-                    await asyncio.wait_for(con.fetchval("SELECT 1"), TIMEOUT)
-                    return True
-                if con is None:
-                    con = self._con = await asyncio.wait_for(self._connect(), TIMEOUT)
-                self._held = bool(
-                    await asyncio.wait_for(
-                        con.fetchval("SELECT pg_try_advisory_lock($1)", self._key), TIMEOUT
-                    )
-                )
-            except Exception as exc:
-                self._drop(f"cannot hold the upkeep lock: {type(exc).__name__}: {exc}")
-                return False
-            if self._failing:
-                self._failing = False
-            if self._held:
-                log.info("this daemon leads upkeep")
-            return self._held
-
-    def _drop(self, why: str) -> None:
-        if self._held or not self._failing:
-            log.warning("upkeep leadership lost or unavailable", problem=why)
-        self._failing = True
-        self._held = False
-        con, self._con = self._con, None
-        if con is not None:
-            con.terminate()
-
-    async def close(self) -> None:
-        async with self._lock:
-            con, self._con = self._con, None
+        """True while this daemon leads; False when the database cannot say so."""
+        try:
+            held = bool(await self._call(self._ask))
+        except Exception as exc:
+            if self._held or not self._failing:
+                log.warning("upkeep leadership lost or unavailable", problem=str(exc))
+            self._failing = True
             self._held = False
-            if con is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(con.close(), TIMEOUT)
-                if not con.is_closed():
-                    con.terminate()
+            return False
+        self._failing = False
+        if held and not self._held:
+            log.info("this daemon leads upkeep")
+        elif self._held and not held:
+            log.warning("upkeep leadership lost: another daemon took over")
+        self._held = held
+        return held
+
+    async def _ask(self, con: Any) -> bool:
+        return bool(await con.fetchval(LEAD, self._daemon_id, float(self._dead_after)))

@@ -17,7 +17,6 @@ from typing import Any
 MIGRATE = "migrate"
 SCANNER = "scanner"
 CLAIM = "claim"
-LEADER = "leader"
 
 
 def lock_key(schema: str, purpose: str) -> int:
@@ -47,6 +46,9 @@ async def migrate(con: Any, schema: str) -> list[int]:
     """Create the schema if needed and apply the migrations it lacks; the versions applied."""
     applied: list[int] = []
     async with con.transaction():
+        # A daemon's statements have timeouts (store.py); a migration, run once at start
+        # while /readyz says not ready, waits for its peers' and takes as long as it takes.
+        await con.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
         await con.execute("SELECT pg_advisory_xact_lock($1)", lock_key(schema, MIGRATE))
         # Checked first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even
         # when the schema exists, which a daemon's role need not have.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets as _random
 import socket
@@ -25,9 +26,10 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from webhookd import logs
-from webhookd.events import NewEvent, same_content
+from webhookd import logs, network
+from webhookd.events import NewEvent
 from webhookd.events import body as event_body
+from webhookd.queue.conflicts import first_of_each, same_content
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -45,22 +47,25 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, fifo, statistics
+from webhookd.store.postgres import admin, fifo, statistics, tenant_tokens
 from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
+    TIMED_OUT,
     is_unavailable,
     open_error,
     scrub,
+    timed_out,
     unavailable,
 )
 from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
-from webhookd.store.postgres.migrate import CLAIM, LEADER, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import naive_utc, signing_secrets
+from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
+from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
 
@@ -84,6 +89,16 @@ MOVE_BATCH = 5000
 REPOLL = 0.01
 MAX_REPOLL = 0.2
 HOLD_WINDOW = 1.0
+# Every statement of the daemon gives up on a lock after LOCK_TIMEOUT and runs at most
+# STATEMENT_TIMEOUT (a DBA's ALTER TABLE left open, a producer's transaction holding an
+# event id): the call fails as StoreUnavailable and its loop tries again, instead of
+# hanging every connection of the pool behind it. Migrations wait as long as they need.
+LOCK_TIMEOUT = 5.0
+STATEMENT_TIMEOUT = 120.0
+# An ingest of several requests together waits this long on a row lock (an id a producer's
+# open transaction holds) before its requests go alone, each with LOCK_TIMEOUT: requests
+# with other ids then commit without waiting on that transaction.
+GROUP_LOCK_WAIT = 0.1
 # How often the leader looks for tables whose planner statistics are stale (statistics.py):
 # PostgreSQL's activity counters it reads are themselves flushed about once a second.
 STATISTICS_EVERY = 1.0
@@ -102,6 +117,8 @@ class PostgresStore:
         dead_after: float = 30.0,
         heartbeat_interval: float = 2.0,
         max_event_bytes: int = 1_048_576,
+        lock_timeout: float = LOCK_TIMEOUT,
+        statement_timeout: float = STATEMENT_TIMEOUT,
     ) -> None:
         self._url = url
         self.schema = schema
@@ -148,6 +165,8 @@ class PostgresStore:
             # Tells the pipeline_events trigger (003_outbox_guards.sql) that this is the
             # daemon: the bodies it writes are kept, where a producer's are not.
             "webhookd.daemon": "on",
+            "lock_timeout": f"{max(1, round(lock_timeout * 1000))}ms",
+            "statement_timeout": f"{max(1, round(statement_timeout * 1000))}ms",
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -186,7 +205,9 @@ class PostgresStore:
             await self._teardown()
             raise open_error(exc, self._url, self.schema) from None
         self._up = True
-        self._leader = Leader(self._connect, lock_key(self.schema, LEADER))
+        self._leader = Leader(
+            functools.partial(self._call, operations=0), self.daemon_id, self.dead_after
+        )
         self._writer = OutcomeWriter(
             self._write_outcomes,
             retryable=lambda exc: isinstance(exc, (StoreUnavailable, *RETRYABLE)),
@@ -221,9 +242,7 @@ class PostgresStore:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._leader is not None:
-            await self._leader.close()
-            self._leader = None
+        self._leader = None
         pool, self._pool = self._pool, None
         self._up = False
         if pool is not None:
@@ -284,6 +303,8 @@ class PostgresStore:
             self._reachable(True, None)  # it answered, with an error of another kind
             if isinstance(exc, asyncpg.DiskFullError):
                 raise unavailable(exc, self._url) from None
+            if isinstance(exc, TIMED_OUT):
+                raise timed_out(exc, self._url) from None
             raise
         finally:
             del self._outstanding[token]
@@ -376,32 +397,30 @@ class PostgresStore:
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
         if not events:
             return IngestResult([], 0)
-        fresh: dict[str, NewEvent] = {}
-        conflicts: set[str] = set()
-        for event in events:
-            prior = fresh.get(event.event_id)
-            if prior is None:
-                fresh[event.event_id] = event
-            elif not same_content(prior.event_type, prior.payload, event):
-                conflicts.add(event.event_id)
+        fresh, conflicts = first_of_each(events)
         if conflicts:
-            raise EventConflict(sorted(conflicts))
+            raise EventConflict(conflicts)
         group = self._ingests
         if group is None:
             raise StoreUnavailable("the database is closed")
         inserted = await group.ingest(list(fresh.values()))
         return IngestResult([e.event_id for e in events], inserted)
 
-    async def _insert_events(self, events: list[NewEvent]) -> set[str]:
-        return await self._call(self._ingest, events, operations=len(events))
+    async def _insert_events(self, events: list[NewEvent], grouped: bool) -> set[str]:
+        return await self._call(self._ingest, events, grouped, operations=len(events))
 
-    async def _ingest(self, con: Connection, events: list[NewEvent]) -> set[str]:
+    async def _ingest(self, con: Connection, events: list[NewEvent], grouped: bool) -> set[str]:
         """The ids that were new; EventConflict (nothing stored) if a stored event has
-        one of these ids with other content."""
+        one of these ids with other content. Several requests' events (`grouped`) wait
+        GROUP_LOCK_WAIT at most on another transaction holding one of their ids."""
         ids = [e.event_id for e in events]
         types = [e.event_type for e in events]
         payloads = [e.payload for e in events]
-        async with con.transaction():
+        # BEGIN and the shorter lock wait in one round trip (con.transaction() would send
+        # BEGIN alone): this is every request's latency on an idle daemon.
+        wait = f"SET LOCAL lock_timeout = '{round(GROUP_LOCK_WAIT * 1000)}ms'" if grouped else ""
+        await con.execute(f"BEGIN; {wait}")
+        try:
             rows = await con.fetch(
                 query("ingest"),
                 ids,
@@ -409,18 +428,27 @@ class PostgresStore:
                 payloads,
                 [e.body for e in events],
                 [naive_utc(e.occurred_at) for e in events],
+                [e.tenant for e in events],
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
-                old = [i for i, event_id in enumerate(ids) if event_id not in new]
-                differing = await con.fetch(
-                    query("ingest_conflicts"),
-                    [ids[i] for i in old],
-                    [types[i] for i in old],
-                    [payloads[i] for i in old],
-                )
+                old = [e for e in events if e.event_id not in new]
+                rows = await con.fetch(query("ingest_known"), [e.event_id for e in old])
+                stored = {r["event_id"]: r for r in rows}
+                differing = [
+                    e.event_id
+                    for e in old
+                    if (r := stored.get(e.event_id)) is not None
+                    and not same_content(e, r["event_type"], r["tenant"], r["body"], r["data"])
+                ]
                 if differing:
-                    raise EventConflict(sorted(r[0] for r in differing))  # rolls back
+                    raise EventConflict(sorted(differing))
+            await con.execute("COMMIT")
+        except BaseException:
+            if not con.is_closed() and con.is_in_transaction():
+                with contextlib.suppress(Exception):
+                    await con.execute("ROLLBACK")
+            raise
         return new
 
     async def scan(self, batch_size: int) -> ScanResult:
@@ -572,6 +600,7 @@ class PostgresStore:
                     r["lease_until"],
                     r["own_cap"],
                     bool(r["paced"]),
+                    network.decode(r["delivery_options"]),
                 )
             )
         return claims
@@ -654,19 +683,26 @@ class PostgresStore:
         secret: str,
         description: str,
         limits: WebhookLimits | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         return await self._call(
-            admin.create_webhook, url, event_types, secret, description, limits or WebhookLimits()
+            admin.create_webhook,
+            url,
+            event_types,
+            secret,
+            description,
+            limits or WebhookLimits(),
+            tenant,
         )
 
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
         return await self._call(admin.get_webhook, webhook_id)
 
-    async def get_webhook_secrets(self, webhook_id: str) -> tuple[str, tuple[str, ...]]:
+    async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         return await self._call(admin.get_webhook_secrets, webhook_id)
 
-    async def list_webhooks(self, limit: int, after: str | None) -> Page:
-        return await self._call(admin.list_webhooks, limit, after)
+    async def list_webhooks(self, limit: int, after: str | None, tenant: str | None = None) -> Page:
+        return await self._call(admin.list_webhooks, limit, after, tenant)
 
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
         return await self._call(admin.update_webhook, webhook_id, patch)
@@ -685,14 +721,34 @@ class PostgresStore:
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
         return await self._call(admin.list_attempts, webhook_id, event_id)
 
-    async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
-        return await self._call(admin.redrive, status, webhook_id, since)
+    async def redrive(
+        self,
+        status: Status,
+        webhook_id: str | None,
+        since: datetime | None,
+        tenant: str | None = None,
+    ) -> int:
+        return await self._call(admin.redrive, status, webhook_id, since, tenant)
 
-    async def replay(self, event_id: str, webhook_id: str | None) -> int:
-        return await self._call(admin.replay, event_id, webhook_id)
+    async def replay(self, event_id: str, webhook_id: str | None, tenant: str | None = None) -> int:
+        return await self._call(admin.replay, event_id, webhook_id, tenant)
 
-    async def status(self) -> StatusReport:
-        return await self._call(admin.status)
+    async def status(self, tenant: str | None = None) -> StatusReport:
+        return await self._call(admin.status, tenant)
+
+    # -- tenant tokens (tenant_tokens.py) -----------------------------------------------------
+
+    async def create_tenant_token(self, token: StoredToken) -> None:
+        await self._call(tenant_tokens.create, token)
+
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
+        return await self._call(tenant_tokens.list_for, tenant)
+
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        await self._call(tenant_tokens.revoke, tenant, token_id)
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
+        return await self._call(tenant_tokens.find, token_id)
 
 
 async def _keep_session(con: Connection) -> None:

@@ -19,24 +19,25 @@ DELETE FROM daemons WHERE daemon_id = $1;
 
 
 -- name: ingest
--- The events of one request; ids already stored are left alone and checked by
--- ingest_conflicts in the same transaction (a later statement: its snapshot sees the
+-- The events of one request; ids already stored are left alone and checked with
+-- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
-INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
+                             tenant)
 SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
-       now() AT TIME ZONE 'UTC'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[])
-    AS u(event_id, event_type, payload, body, occurred_at)
+       now() AT TIME ZONE 'UTC', u.tenant
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[])
+    AS u(event_id, event_type, payload, body, occurred_at, tenant)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
--- name: ingest_conflicts
--- Of the ids given, those stored with another type or other data (jsonb equality).
-SELECT u.event_id
-FROM unnest($1::text[], $2::text[], $3::text[]) AS u(event_id, event_type, payload)
-JOIN pipeline_events e ON e.event_id = u.event_id
-WHERE e.event_type <> u.event_type OR e.payload <> u.payload::jsonb;
+-- name: ingest_known
+-- The stored type, tenant and body of the ids given, for queue/conflicts.same_content (an
+-- event a producer wrote in SQL may have no body yet: then its data as text).
+SELECT event_id, event_type, tenant, body, CASE WHEN body IS NULL THEN payload::text END AS data
+FROM pipeline_events
+WHERE event_id = ANY ($1::text[]);
 
 
 -- name: scan_lock
@@ -99,7 +100,7 @@ WITH rejected AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, p.seq, coalesce(p.body, b.body) AS body
+    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])
@@ -142,7 +143,7 @@ SELECT pg_advisory_xact_lock($1);
 -- any) may claim ahead up to what it asks (rounds of a fast receiver, as on DuckDB): it
 -- attempts no more than the cap at once, and while it holds more than the cap no other
 -- daemon gets any, so the cap holds across daemons either way. A rate-limited webhook also gets no more rows than its token bucket
--- holds (store/pacing.py does the same arithmetic for DuckDB): refilled here, and written
+-- holds (queue/pacing.py does the same arithmetic for DuckDB): refilled here, and written
 -- back with what this claim took. Webhooks with no room are excluded before the LIMIT, so
 -- their rows cannot fill the candidates; candidates are ranked per webhook to keep within
 -- the room left. A fifo webhook's rows behind its head have no next_attempt_at: only the
@@ -281,7 +282,7 @@ WITH clock AS (
 SELECT 'claimed' AS kind, c.webhook_id, c.event_id, c.attempts, c.retry_base, c.body,
        c.lease_until, c.next_attempt_at, w.url, w.secret, w.previous_secret,
        w.previous_secret_expires_at, r.own_cap, r.paced, r.fifo, NULL::timestamp AS first_slot,
-       NULL::float8 AS rate, (SELECT now FROM clock) AS now
+       NULL::float8 AS rate, (SELECT now FROM clock) AS now, w.delivery_options
 FROM claimed c
 JOIN webhooks w ON w.webhook_id = c.webhook_id
 JOIN room r ON r.webhook_id = c.webhook_id
@@ -289,14 +290,14 @@ UNION ALL
 SELECT DISTINCT 'stray', r.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
        NULL::timestamp, NULL::int, NULL::bool, NULL::bool, NULL::timestamp, NULL::float8,
-       (SELECT now FROM clock)
+       (SELECT now FROM clock), NULL::text
 FROM ranked r
 WHERE r.room IS NULL
 UNION ALL
 SELECT 'short', p.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
        NULL::timestamp, NULL::int, NULL::bool, NULL::bool, p.first_slot, p.rate,
-       (SELECT now FROM clock)
+       (SELECT now FROM clock), NULL::text
 FROM paced p
 WHERE p.short;
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from webhookd import tracing
+
 MAX_ID_LENGTH = 256
 MAX_TYPE_LENGTH = 256
 # Printable ASCII but space: what ids and types are made of (see the module docstring).
@@ -45,10 +47,19 @@ class NewEvent:
     payload: str  # canonical JSON of `data`
     occurred_at: datetime
     body: bytes  # what every subscriber receives, byte for byte
+    # The producer's W3C trace context (webhookd/tracing.py), None when it sent none.
+    traceparent: str | None = None
 
     def __reduce__(self) -> tuple[type[NewEvent], tuple[Any, ...]]:
         # Ingests cross to the database process 500 events at a time (see Claim).
-        return NewEvent, (self.event_id, self.event_type, self.payload, self.occurred_at, self.body)
+        return NewEvent, (
+            self.event_id,
+            self.event_type,
+            self.payload,
+            self.occurred_at,
+            self.body,
+            self.traceparent,
+        )
 
 
 def canonical_json(value: Any) -> str:
@@ -114,10 +125,11 @@ def _token(value: Any, where: str, max_length: int) -> str:
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
+def parse_event(raw: Any, index: int, now: datetime, traceparent: str | None = None) -> NewEvent:
+    """`traceparent`: the request's, for an event that carries none of its own."""
     if not isinstance(raw, dict):
         raise EventError(f"events[{index}]: expected an object")
-    unknown = set(raw) - {"id", "type", "data", "occurred_at"}
+    unknown = set(raw) - {"id", "type", "data", "occurred_at", "traceparent"}
     if unknown:
         raise EventError(f"events[{index}]: unknown field(s) {', '.join(sorted(unknown))}")
     event_type = _token(raw.get("type"), f"events[{index}].type", MAX_TYPE_LENGTH)
@@ -135,8 +147,18 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
             f"events[{index}].data: a string holds U+0000 (NUL), which no engine can store "
             "(PostgreSQL's jsonb refuses it) and many receivers mishandle"
         )
+    if "traceparent" in raw:
+        problem = tracing.traceparent_problem(raw["traceparent"])
+        if problem is not None:
+            raise EventError(f"events[{index}].traceparent: {problem}")
+        traceparent = tracing.stored(raw["traceparent"])
     return NewEvent(
-        event_id, event_type, payload, occurred_at, body(event_id, event_type, occurred_at, payload)
+        event_id,
+        event_type,
+        payload,
+        occurred_at,
+        body(event_id, event_type, occurred_at, payload),
+        traceparent,
     )
 
 

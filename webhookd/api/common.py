@@ -20,6 +20,7 @@ from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.store.base import Store
+from webhookd.tracing import NoTracer, Tracer
 from webhookd.workers import WorkerPool
 
 
@@ -36,6 +37,7 @@ class Services:
     producer_tokens: list[str] = field(default_factory=list)
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    tracer: Tracer = field(default_factory=NoTracer)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")

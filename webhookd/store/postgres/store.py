@@ -427,6 +427,7 @@ class PostgresStore:
                 payloads,
                 [e.body for e in events],
                 [naive_utc(e.occurred_at) for e in events],
+                [e.traceparent for e in events],
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
@@ -599,6 +600,7 @@ class PostgresStore:
                     r["own_cap"],
                     bool(r["paced"]),
                     network.decode(r["delivery_options"]),
+                    r["traceparent"],
                 )
             )
         return claims

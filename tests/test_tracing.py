@@ -115,7 +115,7 @@ async def test_a_malformed_traceparent_is_a_400_naming_the_field(bad: str, tmp_p
         assert status == 202, body
 
 
-async def test_an_outbox_insert_stores_a_traceparent_that_attempts_carry(
+async def test_publish_and_an_outbox_insert_store_a_traceparent_that_attempts_carry(
     pg: PgCluster, pg_schema: str, tmp_path: Path
 ) -> None:
     settings = make_settings(tmp_path, database={"url": pg.url, "schema": pg_schema})
@@ -125,6 +125,10 @@ async def test_an_outbox_insert_stores_a_traceparent_that_attempts_carry(
         con = await asyncpg.connect(pg.url)
         try:
             await con.execute(
+                f"SELECT {pg_schema}.publish('published', 't', '{{}}'::jsonb, "
+                f"traceparent => '{OTHER}')"
+            )
+            await con.execute(
                 f"INSERT INTO {pg_schema}.pipeline_events (event_id, event_type, payload, "
                 f"traceparent) VALUES ('inserted', 't', '{{}}', '{TRACEPARENT}')"
             )
@@ -133,11 +137,17 @@ async def test_an_outbox_insert_stores_a_traceparent_that_attempts_carry(
                     f"INSERT INTO {pg_schema}.pipeline_events (event_id, event_type, payload, "
                     "traceparent) VALUES ('bad', 't', '{}', 'not-a-traceparent')"
                 )
+            with pytest.raises(asyncpg.CheckViolationError, match="traceparent"):
+                await con.execute(
+                    f"SELECT {pg_schema}.publish('bad', 't', '{{}}'::jsonb, "
+                    "traceparent => 'not-a-traceparent')"
+                )
         finally:
             await con.close()
-        (received,) = await rx.wait_for_requests(1, deadline=DEADLINE)
-    sent = _parts(received.headers["traceparent"])
-    assert sent[1] == TRACE and sent[2] != PARENT
+        received = await rx.wait_for_requests(2, deadline=DEADLINE)
+    sent = {r.headers["webhook-id"]: _parts(r.headers["traceparent"]) for r in received}
+    assert sent["inserted"][1] == TRACE and sent["inserted"][2] != PARENT
+    assert sent["published"][1] == OTHER.split("-")[1]
 
 
 class OtlpReceiver:

@@ -41,6 +41,7 @@ EXIT_INTERRUPTED = 130
 WEBHOOK_COLUMNS = (
     "webhook_id",
     "url",
+    "tenant",
     "active",
     "event_types",
     "ordering",
@@ -301,6 +302,7 @@ def webhooks_add(client: Client, args: argparse.Namespace) -> Result:
         rate_limit=args.rate_limit,
         max_in_flight=args.max_in_flight,
         ordering=args.ordering,
+        tenant=args.tenant,
     )
     return Result(client.request("POST", "/v1/webhooks", body), show_secret_once)
 
@@ -318,7 +320,7 @@ def webhooks_set(client: Client, args: argparse.Namespace) -> Result:
 
 
 def webhooks_list(client: Client, args: argparse.Namespace) -> Result:
-    params = {"limit": str(args.limit), "cursor": args.cursor or ""}
+    params = {"limit": str(args.limit), "cursor": args.cursor or "", "tenant": args.tenant or ""}
     return Result(client.request("GET", "/v1/webhooks", params=params), show_webhooks)
 
 
@@ -347,7 +349,8 @@ def send_test(client: Client, args: argparse.Namespace) -> Result:
 
 
 def status(client: Client, args: argparse.Namespace) -> Result:
-    return Result(client.request("GET", "/v1/status"), show_status)
+    params = {"tenant": args.tenant or ""}
+    return Result(client.request("GET", "/v1/status", params=params), show_status)
 
 
 def deliveries(client: Client, args: argparse.Namespace) -> Result:
@@ -355,6 +358,7 @@ def deliveries(client: Client, args: argparse.Namespace) -> Result:
         "webhook_id": args.webhook or "",
         "event_id": args.event or "",
         "status": args.status or "",
+        "tenant": args.tenant or "",
         "limit": str(args.limit),
         "cursor": args.cursor or "",
     }
@@ -368,7 +372,7 @@ def attempts(client: Client, args: argparse.Namespace) -> Result:
 
 
 def redrive(client: Client, args: argparse.Namespace) -> Result:
-    body = _some(status=args.status, webhook_id=args.webhook, since=args.since)
+    body = _some(status=args.status, webhook_id=args.webhook, since=args.since, tenant=args.tenant)
     payload = client.request("POST", "/v1/redrive", body)
     return Result(payload, partial(show_count, "set due now"))
 
@@ -380,7 +384,9 @@ def replay(client: Client, args: argparse.Namespace) -> Result:
 
 
 def events_emit(client: Client, args: argparse.Namespace) -> Result:
-    body = _some(id=args.id, type=args.type, data=args.data, occurred_at=args.occurred_at)
+    body = _some(
+        id=args.id, type=args.type, data=args.data, occurred_at=args.occurred_at, tenant=args.tenant
+    )
     return Result(client.request("POST", "/v1/events", body), show_ids)
 
 
@@ -435,6 +441,11 @@ def _command(
     return parser
 
 
+def _tenant(parser: argparse.ArgumentParser, help_text: str) -> argparse.ArgumentParser:
+    parser.add_argument("--tenant", metavar="TENANT", help=help_text)
+    return parser
+
+
 def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=_limit, default=100, help="rows per page (1-1000)")
     parser.add_argument("--cursor", help="the next page, as a previous listing printed it")
@@ -473,7 +484,9 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
         help="fifo: one at a time, in the events' order (a failing event holds the rest "
         "back); default: none",
     )
-    _paging(_command(hooks, with_config, "list", "list subscriptions", webhooks_list))
+    _tenant(add, "the tenant (customer) it belongs to: only its events reach it; for good")
+    listing = _command(hooks, with_config, "list", "list subscriptions", webhooks_list)
+    _paging(_tenant(listing, "only this tenant's"))
     change = _command(
         hooks,
         with_config,
@@ -528,6 +541,7 @@ def _add_delivery_commands(sub: SubParsers, with_config: WithConfig) -> None:
     listing.add_argument("--webhook", metavar="ID", help="only this webhook")
     listing.add_argument("--event", metavar="ID", help="only this event")
     listing.add_argument("--status", choices=[s.value for s in Status])
+    _tenant(listing, "only deliveries to this tenant's webhooks")
     _paging(listing)
     log = _command(sub, with_config, "attempts", "the attempt log of one delivery", attempts)
     log.add_argument("webhook_id", metavar="WEBHOOK_ID")
@@ -538,6 +552,7 @@ def _add_delivery_commands(sub: SubParsers, with_config: WithConfig) -> None:
     again.add_argument(
         "--since", type=_since, metavar="TIME", help="only rows failed since (RFC 3339, or 2h ago)"
     )
+    _tenant(again, "only this tenant's webhooks")
     replayed = _command(sub, with_config, "replay", "deliver an event again", replay)
     replayed.add_argument("event_id", metavar="EVENT_ID")
     replayed.add_argument("--webhook", metavar="ID", help="only to this webhook")
@@ -553,6 +568,7 @@ def _add_event_commands(sub: SubParsers, with_config: WithConfig) -> None:
     )
     emit.add_argument("--id", metavar="ID", help="idempotency id (default: a new one)")
     emit.add_argument("--occurred-at", metavar="TIME", help="RFC 3339 (default: now)")
+    _tenant(emit, "deliver to this tenant's webhooks only (default: to those of no tenant)")
 
 
 def add_commands(sub: SubParsers, with_config: WithConfig) -> None:
@@ -561,6 +577,9 @@ def add_commands(sub: SubParsers, with_config: WithConfig) -> None:
     _command(
         sub, with_config, "test", "send a test event now; exit 1 unless delivered", send_test
     ).add_argument("id", metavar="ID")
-    _command(sub, with_config, "status", "queue counts, lag and workers", status)
+    _tenant(
+        _command(sub, with_config, "status", "queue counts, lag and workers", status),
+        "only this tenant's counts and webhooks",
+    )
     _add_delivery_commands(sub, with_config)
     _add_event_commands(sub, with_config)

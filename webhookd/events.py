@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhookd import tracing
+from webhookd.tenants import tenant_problem
 
 MAX_ID_LENGTH = 256
 MAX_TYPE_LENGTH = 256
@@ -47,6 +48,7 @@ class NewEvent:
     payload: str  # canonical JSON of `data`
     occurred_at: datetime
     body: bytes  # what every subscriber receives, byte for byte
+    tenant: str | None = None  # only this tenant's webhooks receive it (SPEC "Tenants")
     # The producer's W3C trace context (webhookd/tracing.py), None when it sent none.
     traceparent: str | None = None
 
@@ -58,6 +60,7 @@ class NewEvent:
             self.payload,
             self.occurred_at,
             self.body,
+            self.tenant,
             self.traceparent,
         )
 
@@ -129,7 +132,7 @@ def parse_event(raw: Any, index: int, now: datetime, traceparent: str | None = N
     """`traceparent`: the request's, for an event that carries none of its own."""
     if not isinstance(raw, dict):
         raise EventError(f"events[{index}]: expected an object")
-    unknown = set(raw) - {"id", "type", "data", "occurred_at", "traceparent"}
+    unknown = set(raw) - {"id", "type", "data", "occurred_at", "tenant", "traceparent"}
     if unknown:
         raise EventError(f"events[{index}]: unknown field(s) {', '.join(sorted(unknown))}")
     event_type = _token(raw.get("type"), f"events[{index}].type", MAX_TYPE_LENGTH)
@@ -141,6 +144,9 @@ def parse_event(raw: Any, index: int, now: datetime, traceparent: str | None = N
     if "data" not in raw:
         raise EventError(f"events[{index}].data: required")
     occurred_at = _parse_time(raw["occurred_at"], index) if "occurred_at" in raw else now
+    tenant = raw.get("tenant")
+    if tenant is not None and (problem := tenant_problem(tenant)) is not None:
+        raise EventError(f"events[{index}].tenant: {problem}")
     payload = canonical_json(raw["data"])
     if "\\u0000" in payload and _NUL_ESCAPE.search(payload):
         raise EventError(
@@ -158,6 +164,7 @@ def parse_event(raw: Any, index: int, now: datetime, traceparent: str | None = N
         payload,
         occurred_at,
         body(event_id, event_type, occurred_at, payload),
+        tenant,
         traceparent,
     )
 

@@ -22,20 +22,21 @@ DELETE FROM daemons WHERE daemon_id = $1;
 -- The events of one request; ids already stored are left alone and checked with
 -- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
-INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, traceparent,
-                             ingested_at)
-SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at, u.traceparent,
-       now() AT TIME ZONE 'UTC'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[])
-    AS u(event_id, event_type, payload, body, occurred_at, traceparent)
+INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
+                             tenant, traceparent)
+SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
+       now() AT TIME ZONE 'UTC', u.tenant, u.traceparent
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[],
+            $7::text[])
+    AS u(event_id, event_type, payload, body, occurred_at, tenant, traceparent)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
 -- name: ingest_known
--- The stored type and body of the ids given, for queue/conflicts.same_content (an event
--- a producer wrote in SQL may have no body yet: then its data as text).
-SELECT event_id, event_type, body, CASE WHEN body IS NULL THEN payload::text END AS data
+-- The stored type, tenant and body of the ids given, for queue/conflicts.same_content (an
+-- event a producer wrote in SQL may have no body yet: then its data as text).
+SELECT event_id, event_type, tenant, body, CASE WHEN body IS NULL THEN payload::text END AS data
 FROM pipeline_events
 WHERE event_id = ANY ($1::text[]);
 
@@ -100,7 +101,8 @@ WITH rejected AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, p.seq, coalesce(p.body, b.body) AS body, p.traceparent
+    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body,
+           p.traceparent
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])
@@ -144,7 +146,7 @@ SELECT pg_advisory_xact_lock($1);
 -- any) may claim ahead up to what it asks (rounds of a fast receiver, as on DuckDB): it
 -- attempts no more than the cap at once, and while it holds more than the cap no other
 -- daemon gets any, so the cap holds across daemons either way. A rate-limited webhook also gets no more rows than its token bucket
--- holds (store/pacing.py does the same arithmetic for DuckDB): refilled here, and written
+-- holds (queue/pacing.py does the same arithmetic for DuckDB): refilled here, and written
 -- back with what this claim took. Webhooks with no room are excluded before the LIMIT, so
 -- their rows cannot fill the candidates; candidates are ranked per webhook to keep within
 -- the room left. A fifo webhook's rows behind its head have no next_attempt_at: only the

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from webhookd.queue.pacing import Pace
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from tests.pg import PgCluster
+from webhookd.queue.pacing import Pace, cap
 from webhookd.queue.webhooks import DISABLED_BY_OPERATOR, plan_patch
 from webhookd.store.base import Ordering, WebhookPatch
+from webhookd.store.postgres import queries as postgres_queries
 
 NOW = datetime(2026, 1, 1, 12, 0, 0)
 
@@ -67,3 +72,53 @@ def test_an_empty_patch_writes_only_the_time() -> None:
     plan = plan_patch(WebhookPatch(), True, pace(max_in_flight=3), NOW)
     assert plan.sets == {"updated_at": NOW}
     assert not (plan.rate_limited_due or plan.waiting_due or plan.enable or plan.park)
+
+
+# fifo, rate_limit, max_in_flight, silent, alone, asked -> cap (per_webhook 4)
+CAPS: list[tuple[bool, float | None, int | None, bool, bool, int | None, int]] = [
+    (False, None, None, False, True, None, 4),  # the daemon's per_webhook
+    (False, None, 2, False, True, None, 2),  # its own max_in_flight
+    (True, None, None, False, True, 12, 1),  # fifo: one, whatever is asked
+    (False, None, None, True, True, 12, 1),  # silent: one probe at a time
+    (False, None, 2, False, True, 12, 12),  # alone, a fast receiver: claimed ahead
+    (False, None, 2, False, False, 12, 2),  # other daemons hold rows: within its own
+    (False, None, None, False, False, 1, 1),  # asked for fewer: fewer
+    (False, 5.0, 2, False, True, 12, 2),  # rate-limited: never claimed ahead
+    (False, 5.0, None, False, True, 1, 1),
+]
+
+
+@pytest.mark.parametrize(("fifo", "rate", "own", "silent", "alone", "asked", "expected"), CAPS)
+def test_a_webhooks_cap_in_python(
+    fifo: bool,
+    rate: float | None,
+    own: int | None,
+    silent: bool,
+    alone: bool,
+    asked: int | None,
+    expected: int,
+) -> None:
+    the_pace = pace("fifo" if fifo else "none", own, rate)
+    assert cap(the_pace, 4, asked, silent=silent, alone=alone) == expected
+
+
+async def test_a_webhooks_cap_in_postgresql_sql_is_the_same_rule(pg: PgCluster) -> None:
+    """The CAP fragment of the PostgreSQL claim, run alone on the same table."""
+    fragment = postgres_queries.queries()["CAP"]
+    con = await asyncpg.connect(pg.url)
+    try:
+        for fifo, rate, own, silent, alone, asked, expected in CAPS:
+            got = await con.fetchval(
+                f"SELECT {fragment} FROM (VALUES ($1::bool, $2::bool, $3::bool, $4::int, "
+                "$5::int, $6::float8, 4)) AS h(silent, fifo, alone, asked, own_cap, rate, "
+                "per_webhook)",
+                silent,
+                fifo,
+                alone,
+                asked,
+                1 if fifo else own,
+                rate,
+            )
+            assert got == expected, (fifo, rate, own, silent, alone, asked)
+    finally:
+        await con.close()

@@ -71,6 +71,9 @@ async def test_headers_are_sent_and_masked_but_where_they_were_set(
         second = (await rx.wait_for_requests(2))[1]
         assert second.headers["X-Api-Key"] == "k-2"
         assert "Authorization" not in second.headers
+        tested = await api.ok("POST", f"/v1/webhooks/{wid}/test", {})
+        assert tested["delivered"] is True
+        assert rx.requests[2].headers["X-Api-Key"] == "k-2"  # the test route sends them too
     assert "k-123" not in (await_text := str(shown) + str(listed))
     assert "k-2" not in await_text
 

@@ -149,7 +149,12 @@ def show_object(payload: Any) -> None:
 
 def show_secret_once(payload: Any) -> None:
     print_fields(payload, reveal=SECRET_KEYS)
-    note("store the secret now: it is not shown again")
+    if payload.get("secret") is None and payload.get("public_key"):
+        note("signing v1a: receivers verify with public_key (the private key is never shown)")
+    else:
+        note("store the secret now: it is not shown again")
+    if payload.get("headers"):
+        note("header values are shown only now; listings mask them")
 
 
 def show_page(columns: Sequence[str], payload: Any) -> None:
@@ -275,6 +280,29 @@ def _max_in_flight(raw: str) -> int:
     return int(raw)
 
 
+def _header(raw: str) -> tuple[str, str]:
+    """NAME=VALUE (the daemon checks the name and value; this only splits them)."""
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("NAME=VALUE, e.g. X-Api-Key=abc123")
+    return name, value
+
+
+def _timeout(raw: str) -> float:
+    """A duration (5s, 1500ms) or a number of seconds."""
+    try:
+        value = float(raw) if raw.replace(".", "", 1).isdigit() else parse_duration(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a duration above zero (5s, 1500ms) or seconds")
+    return value
+
+
+def _headers(pairs: list[tuple[str, str]] | None) -> dict[str, str] | None:
+    return None if pairs is None else dict(pairs)
+
+
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse`, or `none` for no value (the setting cleared)."""
 
@@ -302,6 +330,10 @@ def webhooks_add(client: Client, args: argparse.Namespace) -> Result:
         rate_limit=args.rate_limit,
         max_in_flight=args.max_in_flight,
         ordering=args.ordering,
+        headers=_headers(args.header),
+        signing=args.signing,
+        client_certificate=args.client_certificate,
+        timeout=args.timeout,
         tenant=args.tenant,
     )
     return Result(client.request("POST", "/v1/webhooks", body), show_secret_once)
@@ -310,11 +342,16 @@ def webhooks_add(client: Client, args: argparse.Namespace) -> Result:
 def webhooks_set(client: Client, args: argparse.Namespace) -> Result:
     body = {
         name: getattr(args, name)
-        for name in ("rate_limit", "max_in_flight", "ordering")
+        for name in ("rate_limit", "max_in_flight", "ordering", "client_certificate", "timeout")
         if getattr(args, name) is not KEEP
     }
+    if args.header is not None or args.no_headers:
+        body["headers"] = _headers(args.header or [])
     if not body:
-        raise UsageError("nothing to change: give --rate-limit, --max-in-flight or --ordering")
+        raise UsageError(
+            "nothing to change: give --rate-limit, --max-in-flight, --ordering, --header, "
+            "--no-headers, --client-certificate or --timeout"
+        )
     payload = client.request("PATCH", f"/v1/webhooks/{segment(args.id)}", body)
     return Result(payload, show_object)
 
@@ -396,7 +433,7 @@ def events_emit(client: Client, args: argparse.Namespace) -> Result:
 def run_action(action: Action, args: argparse.Namespace) -> int:
     """Call the API, print the outcome, and map every failure to one line and an exit code."""
     try:
-        client = connect(args.config, args.url, args.token_file, args.timeout)
+        client = connect(args.config, args.url, args.token_file, args.wait)
         result = action(client, args)
     except UsageError as exc:
         note(str(exc))
@@ -418,8 +455,16 @@ def run_action(action: Action, args: argparse.Namespace) -> int:
 
 
 def _command(
-    sub: SubParsers, with_config: WithConfig, name: str, help_text: str, action: Action
+    sub: SubParsers,
+    with_config: WithConfig,
+    name: str,
+    help_text: str,
+    action: Action,
+    *,
+    wait_option: str = "--timeout",
 ) -> argparse.ArgumentParser:
+    """A command's parser. `wait_option` names how long to wait for the daemon: on the
+    commands where `--timeout` is a webhook's own attempt timeout, `--wait`."""
     parser = with_config(sub.add_parser(name, help=help_text, description=help_text))
     parser.add_argument(
         "--url",
@@ -430,7 +475,8 @@ def _command(
         "--token-file", metavar="PATH", help="bearer token file; default: the config's token"
     )
     parser.add_argument(
-        "--timeout",
+        wait_option,
+        dest="wait",
         type=_positive,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
@@ -451,11 +497,42 @@ def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cursor", help="the next page, as a previous listing printed it")
 
 
+def _network_options(parser: argparse.ArgumentParser, *, keep: bool = False) -> None:
+    """What a receiver's network requires: extra headers, a client certificate, a timeout."""
+    parser.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        metavar="NAME=VALUE",
+        help="an extra request header (repeatable)"
+        + ("; replaces every header the webhook had" if keep else ""),
+    )
+    parser.add_argument(
+        "--client-certificate",
+        type=_or_none(str) if keep else str,
+        default=KEEP if keep else None,
+        metavar="NAME|none" if keep else "NAME",
+        help="present [tls.client_certificates.NAME] of the daemon's config on https (mTLS)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_or_none(_timeout) if keep else _timeout,
+        default=KEEP if keep else None,
+        metavar="DURATION|none" if keep else "DURATION",
+        help="this webhook's attempt timeout (5s), at most delivery.timeout",
+    )
+
+
 def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
     group = sub.add_parser("webhooks", help="manage subscriptions", description="subscriptions")
     hooks = group.add_subparsers(dest="webhooks_command", required=True, metavar="COMMAND")
     add = _command(
-        hooks, with_config, "add", "subscribe a URL (prints its secret once)", webhooks_add
+        hooks,
+        with_config,
+        "add",
+        "subscribe a URL (prints its secret once)",
+        webhooks_add,
+        wait_option="--wait",
     )
     add.add_argument("url_to_deliver", metavar="URL", help="where to POST events")
     add.add_argument(
@@ -484,6 +561,13 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
         help="fifo: one at a time, in the events' order (a failing event holds the rest "
         "back); default: none",
     )
+    _network_options(add)
+    add.add_argument(
+        "--signing",
+        choices=["v1", "v1a"],
+        help="v1: HMAC-SHA256 with the secret (default); v1a: ed25519, webhookd makes the "
+        "key pair and prints the public key",
+    )
     _tenant(add, "the tenant (customer) it belongs to: only its events reach it; for good")
     listing = _command(hooks, with_config, "list", "list subscriptions", webhooks_list)
     _paging(_tenant(listing, "only this tenant's"))
@@ -491,8 +575,10 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
         hooks,
         with_config,
         "set",
-        "change a subscription's rate limit, concurrency or ordering",
+        "change a subscription's rate limit, concurrency, ordering, headers, client "
+        "certificate or timeout",
         webhooks_set,
+        wait_option="--wait",
     )
     change.add_argument("id", metavar="ID")
     change.add_argument(
@@ -515,6 +601,8 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
         default=KEEP,
         help="fifo: pending deliveries go one at a time from the oldest",
     )
+    _network_options(change, keep=True)
+    change.add_argument("--no-headers", action="store_true", help="remove every extra header")
     singles: list[tuple[str, str, Action]] = [
         ("show", "show one subscription", webhooks_show),
         ("disable", "stop delivering; pending deliveries are parked", partial(_set_active, False)),

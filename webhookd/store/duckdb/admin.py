@@ -9,26 +9,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from webhookd import network
+from webhookd.queue.pacing import Pace
+from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
-    UNSET,
     DeliveryFilter,
     FifoBlocked,
     NotFound,
-    Ordering,
     Page,
     StatusReport,
-    Unset,
     WebhookLimits,
     WebhookPatch,
-    burst,
 )
 from webhookd.store.duckdb.batches import scan_once
 from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
 from webhookd.store.duckdb.queries import query
-from webhookd.store.pacing import Pace, tokens_now
 from webhookd.store.records import (
     WebhookSecrets,
     attempt_row,
@@ -115,62 +112,19 @@ def update_webhook(
         if row is None:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
-        was_active = bool(row[0])
-        pace = Pace(*row[1:8])
-        sets: list[str] = ["updated_at = ?"]
-        params: list[Any] = [now]
-        options = patch.delivery_options(row[8])
-        if not isinstance(options, Unset):
-            sets.append("delivery_options = ?")
-            params.append(options)
-        new_rate = patch.rate_limit
-        rate_changed = False
-        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
-            # The bucket keeps what it holds, within the new burst; the slots the old limit
-            # gave out are void: its waiting rows are due now, and paced again.
-            rate_changed = True
-            held_tokens = None
-            if new_rate is not None and pace.rate_limit is not None:
-                held_tokens = min(burst(new_rate), tokens_now(pace, now))
-            sets.append("rate_limit = ?, rate_tokens = ?, rate_refilled_at = ?")
-            params.extend([new_rate, held_tokens, now])
-        if rate_changed or (patch.active is not None and patch.active != was_active):
-            sets.append("rate_next_at = NULL")
-        if patch.max_in_flight is not UNSET:
-            sets.append("max_in_flight = ?")
-            params.append(patch.max_in_flight)
-        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
-        if ordering_changed:
-            sets.append("ordering = ?")
-            params.append(str(patch.ordering))
-        if patch.url is not None:
-            sets.append("url = ?")
-            params.append(patch.url)
-        if patch.event_types is not None:
-            sets.append("event_types = ?")
-            params.append(patch.event_types)
-        if patch.description is not None:
-            sets.append("description = ?")
-            params.append(patch.description)
-        if patch.active is not None:
-            sets.append("active = ?")
-            params.append(patch.active)
-            if patch.active and not was_active:
-                sets.append("disabled_reason = NULL, failing_since = NULL, health_reset_at = ?")
-                params.append(now)
-            elif not patch.active and was_active:
-                sets.append("disabled_reason = 'disabled by an operator'")
+        plan = plan_patch(patch, bool(row[0]), Pace(*row[1:8]), now, row[8])
+        # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
         con.execute(
-            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", [*params, webhook_id]
+            f"UPDATE webhooks SET {', '.join(f'{c} = ?' for c in plan.sets)} WHERE webhook_id = ?",
+            [*plan.sets.values(), webhook_id],
         )
-        if rate_changed:
+        if plan.rate_limited_due:
             con.execute(query("rate_limited_due"), [now, now, webhook_id, now, RATE_LIMITED])
-        if ordering_changed and patch.ordering == Ordering.NONE:
-            # Rows that waited behind the head: due now, in any order.
+        if plan.waiting_due:
             con.execute(query("fifo_waiting_due"), [now, now, webhook_id])
-        if patch.active is True and not was_active:
+        if plan.enable:
             _set_due(con, "enable", [webhook_id], now)
-        elif patch.active is False:
+        elif plan.park:
             park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
         settle_fifo(con, [webhook_id], now)

@@ -10,6 +10,7 @@ from typing import Any
 
 from webhookd.events import NewEvent
 from webhookd.queue.conflicts import first_of_each, same_content
+from webhookd.queue.pacing import Pace, cap, first_slot, tokens_now
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -27,7 +28,6 @@ from webhookd.store.duckdb.common import (
 )
 from webhookd.store.duckdb.fifo import settle_fifo
 from webhookd.store.duckdb.queries import query
-from webhookd.store.pacing import Pace, cap, first_slot, tokens_now
 from webhookd.store.records import signing_secrets, utcnow
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def claim(
     update). Lists are matched with list_contains: `IN (SELECT unnest(?))` plans a
     semi-join that costs twice as much.
 
-    A webhook's cap (store/pacing.py): fifo 1, else what the pool asked, within its
+    A webhook's cap (queue/pacing.py): fifo 1, else what the pool asked, within its
     max_in_flight if it is rate-limited. Rows waiting behind a fifo head have no
     next_attempt_at and are never due. A rate-limited webhook takes a token per row; its
     candidates the bucket cannot serve are moved to the next free slots, once each.
@@ -263,7 +263,7 @@ def _pace_rate_limited(
     now: datetime,
 ) -> None:
     """Write back the buckets a claim drew on, and move every due row of a webhook whose
-    bucket came up short (but those handed out) to its next free slots (store/pacing.py),
+    bucket came up short (but those handed out) to its next free slots (queue/pacing.py),
     in one statement each: no attempt, no log row, and no later claim reads them before
     their time."""
     touched = sorted(w for w in tokens if w in taken or w in short)

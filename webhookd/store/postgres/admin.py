@@ -25,22 +25,19 @@ from typing import Any
 from webhookd import logs, network
 from webhookd.events import body as event_body
 from webhookd.events import canonical_json
+from webhookd.queue.pacing import Pace
+from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
     RATE_LIMITED,
-    UNSET,
     DeliveryFilter,
     NotFound,
-    Ordering,
     Page,
     Pruned,
     StatusReport,
-    Unset,
     WebhookLimits,
     WebhookPatch,
-    burst,
 )
-from webhookd.store.pacing import Pace, tokens_now
 from webhookd.store.postgres import fifo
 from webhookd.store.postgres.common import MATCHES, Q, in_states, notify, park_inactive
 from webhookd.store.records import (
@@ -176,52 +173,21 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
         )
         if current is None:
             raise _not_found(webhook_id)
-        was_active = current["active"]
-        pace = Pace(*list(current.values())[1:8])
+        plan = plan_patch(
+            patch,
+            current["active"],
+            Pace(*list(current.values())[1:8]),
+            now,
+            current["delivery_options"],
+        )
         p = _Params()
-        sets = [f"updated_at = {p(now)}"]
-        options = patch.delivery_options(current["delivery_options"])
-        if not isinstance(options, Unset):
-            sets.append(f"delivery_options = {p(options)}")
-        new_rate = patch.rate_limit
-        rate_changed = False
-        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
-            # The bucket keeps what it holds, within the new burst; the slots the old limit
-            # gave out are void: its waiting rows are due now, and paced again.
-            rate_changed = True
-            held = None
-            if new_rate is not None and pace.rate_limit is not None:
-                held = min(burst(new_rate), tokens_now(pace, now))
-            sets.append(f"rate_limit = {p(new_rate)}, rate_tokens = {p(held)}")
-            sets.append(f"rate_refilled_at = {p(now)}")
-        if rate_changed or (patch.active is not None and patch.active != was_active):
-            sets.append("rate_next_at = NULL")
-        if patch.max_in_flight is not UNSET:
-            sets.append(f"max_in_flight = {p(patch.max_in_flight)}")
-        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
-        if ordering_changed:
-            sets.append(f"ordering = {p(str(patch.ordering))}")
-        if patch.url is not None:
-            sets.append(f"url = {p(patch.url)}")
-        if patch.event_types is not None:
-            sets.append(f"event_types = {p(list(patch.event_types))}::text[]")
-        if patch.description is not None:
-            sets.append(f"description = {p(patch.description)}")
-        enabling = patch.active is True and not was_active
-        if patch.active is not None:
-            sets.append(f"active = {p(patch.active)}")
-            if enabling:
-                sets.append(
-                    f"disabled_reason = NULL, failing_since = NULL, health_reset_at = {p(now)}"
-                )
-            elif not patch.active and was_active:
-                sets.append("disabled_reason = 'disabled by an operator'")
+        # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
+        sets = ", ".join(f"{column} = {p(value)}" for column, value in plan.sets.items())
         await con.execute(
-            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = {p(webhook_id)}",
-            *p.values,
+            f"UPDATE webhooks SET {sets} WHERE webhook_id = {p(webhook_id)}", *p.values
         )
         due = 0
-        if rate_changed:
+        if plan.rate_limited_due:
             due += _rowcount(
                 await con.execute(
                     f"UPDATE {Q} SET next_attempt_at = $2, updated_at = $2 "
@@ -232,7 +198,7 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
                     RATE_LIMITED,
                 )
             )
-        if ordering_changed and patch.ordering == Ordering.NONE:
+        if plan.waiting_due:
             # Rows that waited behind the head: due now, in any order.
             due += _rowcount(
                 await con.execute(
@@ -243,9 +209,9 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
                     now,
                 )
             )
-        if enabling:
+        if plan.enable:
             due += await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now)
-        elif patch.active is False:
+        elif plan.park:
             await park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
         due += await fifo.settle(con, [webhook_id])

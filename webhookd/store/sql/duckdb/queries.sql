@@ -133,7 +133,7 @@ UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main';
 
 
 -- name: paces
--- The active webhooks with a setting of their own (store/pacing.Pace).
+-- The active webhooks with a setting of their own (queue/pacing.Pace).
 SELECT webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, rate_refilled_at,
        rate_next_at
 FROM webhooks

@@ -64,10 +64,12 @@ def test_route_modules_share_only_public_names_of_common() -> None:
 
 def test_models_import_no_route_module() -> None:
     modules = [module for module, _ in imports(API / "models.py")]
-    # common, and the field types split off by subject (network_fields, tenant_fields).
+    # common, and the field types split off by subject (network_fields, tenant_fields,
+    # trace_fields).
     api = [m for m in modules if m.startswith("webhookd.api")]
     assert set(api) <= {
         "webhookd.api.common",
         "webhookd.api.network_fields",
         "webhookd.api.tenant_fields",
+        "webhookd.api.trace_fields",
     }, api

@@ -273,6 +273,34 @@ async def test_without_a_client_certificate_the_refusal_is_the_attempts_error(
     assert receiver.requests == []
 
 
+async def test_a_client_certificate_is_presented_through_the_proxys_tunnel(
+    make_sender: MakeSender, ca: trustme.CA, tmp_path: Path
+) -> None:
+    contexts = tls.load_contexts(certificate_settings(tmp_path, ca))
+    context = server_context(ca, "hooks.example.com")
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    dns = FakeResolver({"hooks.example.com": [PUBLIC]})
+    async with (
+        Recorder(ssl_context=context) as receiver,
+        ForwardProxy(route=to_receiver(receiver)) as proxy,
+    ):
+        sender = await make_sender(
+            resolver=dns,
+            ssl_context=contexts.default,
+            client_contexts=contexts.clients,
+            proxy=parse_proxy(proxy.url, []),
+        )
+        url = f"https://hooks.example.com:{receiver.port}/hook"
+        options = DeliveryOptions(client_certificate="partner")
+        result = await sender.post(url, BODY, HEADERS, options)
+        without = await sender.post(url, BODY, HEADERS)
+    assert (result.status_code, result.error) == (200, None)
+    assert without.status_code is None and without.error is not None
+    assert [a.target for a in proxy.asked] == [f"{PUBLIC}:{receiver.port}"] * 2
+    assert len(receiver.requests) == 1
+
+
 async def test_a_certificate_name_not_configured_is_the_attempts_error(
     make_sender: MakeSender,
 ) -> None:

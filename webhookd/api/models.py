@@ -44,6 +44,7 @@ from webhookd import guard, signing
 from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, shown
 from webhookd.api.network_fields import NetworkChange, NetworkShown, Signing
 from webhookd.api.tenant_fields import OptionalTenant, QueryTenant
+from webhookd.api.trace_fields import Traceparent
 from webhookd.events import MAX_ID_LENGTH, MAX_TYPE_LENGTH, token_problem
 from webhookd.states import Status
 from webhookd.store.records import parse_delivery_cursor
@@ -418,6 +419,7 @@ class Event(Request):
     ]
     occurred_at: Timestamp = Field(default=None, json_schema_extra=_absent)
     tenant: OptionalTenant = None
+    traceparent: Traceparent = Field(default=None, json_schema_extra=_absent)
 
 
 class Events(RootModel[Event | Annotated[list[Event], Field(min_length=1)]]):

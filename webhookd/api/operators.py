@@ -118,8 +118,8 @@ async def redrive(request: web.Request) -> web.Response:
         body=Replay,
         responses={200: Count},
         errors={
-            404: "no such event, or no such webhook (`not_found`); with a tenant "
-            "token, also an event or webhook of another tenant"
+            404: "no such event, or no such webhook of the event's tenant (`not_found`); "
+            "with a tenant token, also an event of another tenant"
         },
         tenant=True,
     )

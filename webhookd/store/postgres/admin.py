@@ -429,9 +429,10 @@ async def replay(
         inserted = await con.fetch(
             f"""
             INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
-                             next_attempt_at, body, created_at, updated_at, seq)
+                             next_attempt_at, body, created_at, updated_at, seq,
+                             traceparent)
             SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, {at}::timestamp,
-                   {p(body)}::bytea, {at}::timestamp, {at}::timestamp, e.seq
+                   {p(body)}::bytea, {at}::timestamp, {at}::timestamp, e.seq, e.traceparent
             FROM pipeline_events e JOIN webhooks w ON {match}
             WHERE e.event_id = {p(event_id)}
             ON CONFLICT DO NOTHING

@@ -429,6 +429,7 @@ class PostgresStore:
                 [e.body for e in events],
                 [naive_utc(e.occurred_at) for e in events],
                 [e.tenant for e in events],
+                [e.traceparent for e in events],
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
@@ -601,6 +602,7 @@ class PostgresStore:
                     r["own_cap"],
                     bool(r["paced"]),
                     network.decode(r["delivery_options"]),
+                    r["traceparent"],
                 )
             )
         return claims

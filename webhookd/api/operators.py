@@ -22,15 +22,12 @@ from webhookd.api.models import (
     Count,
     DeliveryPage,
     DeliveryQuery,
-    Health,
-    MetricsText,
-    QueueStatus,
-    Readiness,
     Redrive,
     Replay,
     parse,
     parse_query,
 )
+from webhookd.api.operation_models import Health, MetricsText, QueueStatus, Readiness
 from webhookd.api.tenant_models import StatusQuery
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter, StatusReport

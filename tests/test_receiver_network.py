@@ -19,6 +19,7 @@ from forward_proxy import ForwardProxy
 from receivers import RawServer, RecordedRequest, Recorder, never_answer
 
 from tests.pg import PgCluster
+from webhookd.daemon import EXIT_CONFIG, Daemon
 
 
 def database(engine: str, request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -282,3 +283,11 @@ async def test_every_attempt_goes_through_the_proxy_of_the_config(
     [received] = rx.requests
     assert received.headers["X-Api-Key"] == "k" and "Proxy-Authorization" not in received.headers
     assert [r.path for r in direct.requests] == ["/direct"]  # no_proxy: reached directly
+
+
+async def test_the_daemon_does_not_start_with_an_unreadable_client_certificate(
+    tmp_path: Path,
+) -> None:
+    pair = {"cert_file": str(tmp_path / "none.crt"), "key_file": str(tmp_path / "none.key")}
+    settings = make_settings(tmp_path, tls={"client_certificates": {"partner": pair}})
+    assert await Daemon(settings).run() == EXIT_CONFIG

@@ -432,3 +432,31 @@ def test_check_config_names_an_unreadable_proxy_file(
     code, _, err = check_config(config, capsys)
     assert code == 2
     assert "delivery.proxy_file: cannot read" in err
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_an_ipv6_answer_is_asked_of_the_proxy_in_brackets(
+    make_sender: MakeSender, ca: trustme.CA, scheme: str
+) -> None:
+    public6 = "2606:2800:220:1:248:1893:25c8:1946"
+    dns = FakeResolver({"hooks.example.com": [public6]})
+    served = server_context(ca, "hooks.example.com") if scheme == "https" else None
+
+    def route(host: str, port: int) -> tuple[str, int]:
+        assert host == public6, host
+        return "127.0.0.1", receiver.port
+
+    async with (
+        Recorder(ssl_context=served) as receiver,
+        ForwardProxy(route=route) as proxy,
+    ):
+        sender = await make_sender(
+            resolver=dns, ssl_context=client_context(ca), proxy=parse_proxy(proxy.url, [])
+        )
+        result = await sender.post(
+            f"{scheme}://hooks.example.com:{receiver.port}/hook", BODY, HEADERS
+        )
+    assert (result.status_code, result.error) == (200, None)
+    [asked] = proxy.asked
+    expected = f"[{public6}]:{receiver.port}"
+    assert asked.target == (expected if scheme == "https" else f"http://{expected}/hook")

@@ -388,9 +388,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
     async def auto_disable(self, failing_before: datetime) -> list[str]:
         return await self._call(admin.auto_disable, failing_before)
 
-    async def checkpoint(self) -> None:
-        return None  # PostgreSQL checkpoints by itself
-
     # -- the data path -------------------------------------------------------------------------
 
     async def ingest(self, events: list[NewEvent]) -> IngestResult:

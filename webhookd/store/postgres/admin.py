@@ -477,14 +477,18 @@ async def status(con: Connection) -> StatusReport:
     )
     if oldest is not None:
         report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
-    # The scanner tails events by (xid, seq): those after its cursor are its lag, read
-    # through the (xid, seq) index. latest_seq is the highest seq it passed or has to scan.
+    # The scanner's lag: the events of transactions it has not scanned yet (those running
+    # at its snapshot, and those that began later), less the part of a batch in progress
+    # it has scanned (scan_read in queries.sql). latest_seq is the highest seq to scan.
     cursor, lag, latest = await con.fetchrow(
         """
         SELECT c.seq, l.n, l.high FROM scanner_cursor c
         CROSS JOIN LATERAL (
             SELECT count(*) AS n, max(e.seq) AS high FROM pipeline_events e
-            WHERE (e.xid, e.seq) > (c.xid, c.seq)) l
+            WHERE (e.xid = ANY (ARRAY(SELECT pg_snapshot_xip(c.snap)))
+                   OR e.xid >= pg_snapshot_xmax(c.snap))
+              AND NOT (c.target IS NOT NULL AND pg_visible_in_snapshot(e.xid, c.target)
+                       AND (e.xid, e.seq) <= (c.xid, c.seq))) l
         WHERE c.name = 'main'
         """
     )

@@ -81,10 +81,10 @@ CANDIDATES_PER_ROW = 4
 CLOSE_TIMEOUT = 5.0
 # Rows a claim moves at most per rate-limited webhook (claim_move in queries.sql).
 MOVE_BATCH = 5000
-# An event committed while an older transaction (any daemon's claim or outcomes, a
-# producer's) still runs is held back by the scan until that transaction ends, which no
-# notification announces: a scan soon after a notification that did not fill its batch
-# looks again after REPOLL seconds, doubling to MAX_REPOLL, for HOLD_WINDOW seconds.
+# An event committed while a scan runs (of this daemon or another) may be past that scan's
+# snapshot, and its notification consumed by a scanner that found the scan lock taken: a
+# scan soon after a notification that did not fill its batch looks again after REPOLL
+# seconds, doubling to MAX_REPOLL, for HOLD_WINDOW seconds.
 REPOLL = 0.01
 MAX_REPOLL = 0.2
 HOLD_WINDOW = 1.0
@@ -151,6 +151,7 @@ class PostgresStore:
         self._cursor = 0
         self._repoll = REPOLL
         self._scanning = False
+        self._scan_failed: str | None = None  # the last scan's error, while it fails
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
@@ -454,13 +455,20 @@ class PostgresStore:
             # This daemon's other scan holds scan_lock: asking the database would cost a
             # transaction (BEGIN, the lock refused, COMMIT) to learn just that. Measured
             # at 500 events/s: 2,864 of 6,097 scans, most of them empty.
+            if self._scan_failed is not None:
+                # The scan this one would wait for keeps failing: say so (/readyz counts it).
+                raise RuntimeError(self._scan_failed)
             result = ScanResult(0, 0, self._cursor)
         else:
             self._scanning = True
             try:
                 result = await self._call(self._scan, batch_size)
+            except Exception as exc:
+                self._scan_failed = str(exc) or type(exc).__name__
+                raise
             finally:
                 self._scanning = False
+            self._scan_failed = None
         listener = self._listener
         if listener is not None:
             if result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
@@ -474,13 +482,19 @@ class PostgresStore:
         async with con.transaction():
             if not await con.fetchval(query("scan_lock"), self._scan_key):
                 return ScanResult(0, 0, self._cursor)  # another daemon is scanning
-            rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
-            if not rows:
-                raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
-            events = [r for r in rows if r["event_id"] is not None]
-            if not events:
-                self._cursor = rows[0]["cursor_seq"]
-                return ScanResult(0, 0, self._cursor)
+            while True:
+                rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
+                if not rows:
+                    raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
+                head = rows[0]
+                events = [r for r in rows if r["event_id"] is not None]
+                if events:
+                    break
+                if head["fresh"]:
+                    self._cursor = head["cursor_seq"]
+                    return ScanResult(0, 0, self._cursor)
+                # The batch in progress had no event left: the next one starts now.
+                await con.execute(query("scan_finish"))
             built_ids: list[str] = []
             bodies: list[bytes] = []
             rejected: dict[str, str] = {r["event_id"]: r["problem"] for r in events if r["problem"]}
@@ -509,6 +523,8 @@ class PostgresStore:
                 bodies,
                 list(rejected),
                 list(rejected.values()),
+                head["target"],
+                len(events) < batch_size,
             )
             if fifo_ids:
                 await fifo.settle(con, fifo_ids)

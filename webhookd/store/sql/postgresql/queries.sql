@@ -45,23 +45,42 @@ SELECT pg_try_advisory_xact_lock($1);
 
 
 -- name: scan_read
--- The cursor and the events after it, in (xid, seq) order, only those of transactions
--- older than every transaction still running: a producer's transaction that is still
--- open holds the scan back instead of being skipped when it commits. One statement, so
--- one snapshot, taken before this transaction writes (it has no xid of its own yet).
+-- The next events to scan, in (xid, seq) order: those of the transactions that finished
+-- between the cursor's snapshot (snap) and the batch's (target; taken now when no batch is
+-- in progress), after the last event scanned in this batch. A transaction still running
+-- at `target` is read in a later batch, when it has finished, however many events of
+-- younger transactions were scanned meanwhile; one left open for hours costs nothing but
+-- its place in the snapshots' xip lists. Each part is read through the (xid, seq) index:
+-- the transactions running at `snap` that finished since (a handful), and the range of
+-- transactions that began since `snap`. One statement, so one snapshot, taken before this
+-- transaction writes (it has no xid of its own yet).
 -- The payload and time come back only for events without a body (written in SQL), and
 -- only when the body can be built: a time out of Python's range or data over $2 bytes
 -- comes back as `problem` instead (the scan sets the event aside), so that one such row
 -- never fails the scan, nor is loaded whole into the daemon.
-SELECT c.seq AS cursor_seq, e.event_id, e.event_type, e.xid, e.seq,
+WITH c AS (
+    SELECT s.seq AS cursor_seq, s.snap, coalesce(s.target, pg_current_snapshot()) AS target,
+           s.target IS NULL AS fresh,
+           CASE WHEN s.target IS NULL THEN '0'::xid8 ELSE s.xid END AS pos_xid,
+           CASE WHEN s.target IS NULL THEN 0 ELSE s.seq END AS pos_seq
+    FROM scanner_cursor s
+    WHERE s.name = 'main'
+), finished AS (
+    SELECT coalesce(array_agg(x.xid), '{}') AS xids
+    FROM c CROSS JOIN LATERAL pg_snapshot_xip(c.snap) AS x(xid)
+    WHERE pg_visible_in_snapshot(x.xid, c.target)
+)
+SELECT c.cursor_seq, c.target::text AS target, c.fresh, e.event_id, e.event_type, e.xid,
+       e.seq,
        CASE WHEN e.problem IS NULL THEN e.payload END AS payload,
        CASE WHEN e.problem IS NULL THEN e.occurred_at END AS occurred_at,
        e.problem
-FROM scanner_cursor c
+FROM c
+CROSS JOIN finished f
 LEFT JOIN LATERAL (
     SELECT p.event_id, p.event_type, p.xid, p.seq, t.payload,
-           CASE WHEN p.body IS NULL THEN p.occurred_at END AS occurred_at,
-           CASE WHEN p.body IS NOT NULL THEN NULL
+           CASE WHEN p.no_body THEN p.occurred_at END AS occurred_at,
+           CASE WHEN NOT p.no_body THEN NULL
                 WHEN NOT (p.occurred_at >= '0001-01-01' AND p.occurred_at < '10000-01-01')
                     THEN format('occurred_at %s is out of range (years 1 to 9999)',
                                 p.occurred_at)
@@ -69,14 +88,33 @@ LEFT JOIN LATERAL (
                     THEN format('data of %s bytes is over admin.max_body_bytes (%s)',
                                 octet_length(t.payload), $2)
            END AS problem
-    FROM pipeline_events p
-    CROSS JOIN LATERAL (SELECT CASE WHEN p.body IS NULL THEN p.payload::text END AS payload) t
-    WHERE (p.xid, p.seq) > (c.xid, c.seq)
-      AND p.xid < pg_snapshot_xmin(pg_current_snapshot())
+    FROM (
+        (SELECT q.event_id, q.event_type, q.xid, q.seq, q.body IS NULL AS no_body, q.payload,
+                q.occurred_at
+         FROM pipeline_events q
+         WHERE q.xid = ANY (f.xids) AND (q.xid, q.seq) > (c.pos_xid, c.pos_seq)
+         ORDER BY q.xid, q.seq
+         LIMIT $1)
+        UNION ALL
+        (SELECT q.event_id, q.event_type, q.xid, q.seq, q.body IS NULL, q.payload,
+                q.occurred_at
+         FROM pipeline_events q
+         WHERE q.xid >= pg_snapshot_xmax(c.snap) AND q.xid < pg_snapshot_xmax(c.target)
+           AND (q.xid, q.seq) > (c.pos_xid, c.pos_seq)
+           AND pg_visible_in_snapshot(q.xid, c.target)
+         ORDER BY q.xid, q.seq
+         LIMIT $1)
+    ) p
+    CROSS JOIN LATERAL (SELECT CASE WHEN p.no_body THEN p.payload::text END AS payload) t
     ORDER BY p.xid, p.seq
     LIMIT $1
-) e ON true
-WHERE c.name = 'main';
+) e ON true;
+
+
+-- name: scan_finish
+-- A batch read to its end without an event left: the cursor's snapshot moves to its target.
+UPDATE scanner_cursor SET snap = target, target = NULL, updated_at = now() AT TIME ZONE 'UTC'
+WHERE name = 'main' AND target IS NOT NULL;
 
 
 -- name: scan_enqueue
@@ -86,7 +124,8 @@ WHERE c.name = 'main';
 -- A fifo webhook's rows wait behind its head (no next_attempt_at); the fifo webhooks that
 -- got rows come back in `fifo`, for fifo.settle in the same transaction.
 -- $1 event ids read, $2/$3 the last (xid, seq), $4/$5 ids and bodies built here, $6/$7
--- ids and reasons of the events set aside (not enqueued).
+-- ids and reasons of the events set aside (not enqueued), $8 the batch's target snapshot,
+-- $9 whether the batch is read to its end (the cursor's snapshot then moves to the target).
 WITH rejected AS (
     INSERT INTO rejected_events (event_id, error, rejected_at)
     SELECT r.event_id, r.error, now() AT TIME ZONE 'UTC'
@@ -113,7 +152,11 @@ WITH rejected AS (
     ON CONFLICT DO NOTHING
     RETURNING webhook_id, next_attempt_at IS NULL AS waiting
 ), moved AS (
-    UPDATE scanner_cursor SET xid = $2::xid8, seq = $3, updated_at = now() AT TIME ZONE 'UTC'
+    UPDATE scanner_cursor
+    SET xid = $2::xid8, seq = $3,
+        snap = CASE WHEN $9::bool THEN $8::text::pg_snapshot ELSE snap END,
+        target = CASE WHEN $9::bool THEN NULL ELSE $8::text::pg_snapshot END,
+        updated_at = now() AT TIME ZONE 'UTC'
     WHERE name = 'main'
 ), counted AS (
     SELECT count(*) AS n,

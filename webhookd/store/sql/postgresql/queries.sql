@@ -58,13 +58,22 @@ SELECT pg_try_advisory_xact_lock($1);
 -- only when the body can be built: a time out of Python's range or data over $2 bytes
 -- comes back as `problem` instead (the scan sets the event aside), so that one such row
 -- never fails the scan, nor is loaded whole into the daemon.
-WITH c AS (
+WITH cursor AS (
     SELECT s.seq AS cursor_seq, s.snap, coalesce(s.target, pg_current_snapshot()) AS target,
            s.target IS NULL AS fresh,
            CASE WHEN s.target IS NULL THEN '0'::xid8 ELSE s.xid END AS pos_xid,
            CASE WHEN s.target IS NULL THEN 0 ELSE s.seq END AS pos_seq
     FROM scanner_cursor s
     WHERE s.name = 'main'
+), c AS (
+    -- Where the range of younger transactions starts reading, as one row comparison (the
+    -- index scan's start): after the last event scanned if it is in that range, else at
+    -- the first transaction begun since `snap` (seq starts at 1).
+    SELECT cursor.*,
+           CASE WHEN pos_xid >= pg_snapshot_xmax(snap) THEN pos_xid
+                ELSE pg_snapshot_xmax(snap) END AS range_xid,
+           CASE WHEN pos_xid >= pg_snapshot_xmax(snap) THEN pos_seq + 1 ELSE 0 END AS range_seq
+    FROM cursor
 ), finished AS (
     SELECT coalesce(array_agg(x.xid), '{}') AS xids
     FROM c CROSS JOIN LATERAL pg_snapshot_xip(c.snap) AS x(xid)
@@ -99,8 +108,8 @@ LEFT JOIN LATERAL (
         (SELECT q.event_id, q.event_type, q.xid, q.seq, q.body IS NULL, q.payload,
                 q.occurred_at
          FROM pipeline_events q
-         WHERE q.xid >= pg_snapshot_xmax(c.snap) AND q.xid < pg_snapshot_xmax(c.target)
-           AND (q.xid, q.seq) > (c.pos_xid, c.pos_seq)
+         WHERE (q.xid, q.seq) >= (c.range_xid, c.range_seq)
+           AND q.xid < pg_snapshot_xmax(c.target)
            AND pg_visible_in_snapshot(q.xid, c.target)
          ORDER BY q.xid, q.seq
          LIMIT $1)

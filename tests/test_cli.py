@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.conftest import REPO, DaemonProcess, write_config
 from tests.receivers import Recorder, Reply, unused_port
@@ -232,6 +233,50 @@ async def test_stored_strings_are_escaped_for_humans_and_exact_in_json(
     exact = await cli.json("webhooks", "list")
     assert exact["items"][0]["event_types"] == [NASTY]
     assert (await cli.json("webhooks", "show", wid))["description"] == NASTY
+
+
+async def test_webhooks_add_and_set_what_a_receivers_network_requires(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    client = ca.issue_cert("webhookd@example.com")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    pair = {"cert_file": str(tmp_path / "client.crt"), "key_file": str(tmp_path / "client.key")}
+    cli = start_daemon(tls={"client_certificates": {"partner": pair}})
+    added = await cli.ok(
+        "webhooks",
+        "add",
+        "https://127.0.0.1:9/hook",
+        "--header",
+        "X-Api-Key=k-secret-1",
+        "--signing",
+        "v1a",
+        "--client-certificate",
+        "partner",
+        "--timeout",
+        "2500ms",
+    )
+    shown = fields(added.out)
+    assert shown["headers"] == '{"X-Api-Key":"k-secret-1"}'  # shown once, on creation
+    assert (shown["signing"], shown["client_certificate"], shown["timeout"]) == (
+        "v1a",
+        "partner",
+        "2.5",
+    )
+    assert shown["public_key"].startswith("whpk_") and shown["secret"] == "-"
+    assert "receivers verify with public_key" in added.err
+    wid = shown["webhook_id"]
+    for ran in (await cli.ok("webhooks", "show", wid), await cli.ok("webhooks", "list")):
+        assert "k-secret-1" not in ran.out
+    assert fields((await cli.ok("webhooks", "show", wid)).out)["headers"] == (
+        '{"X-Api-Key":"**********"}'
+    )
+    changed = await cli.json("webhooks", "set", wid, "--no-headers", "--timeout", "none")
+    assert (changed["headers"], changed["timeout"]) == ({}, None)
+    assert changed["client_certificate"] == "partner"
+    refused = await cli("webhooks", "set", wid, "--client-certificate", "other")
+    assert refused.code == 1 and "client_certificate: not a client certificate" in refused.err
 
 
 async def test_webhooks_add_refused_by_the_api(start_daemon: StartDaemon) -> None:

@@ -3,7 +3,8 @@
 The bench runs only in CI's last step, so these check here what would break it first: that
 every module of bench/ imports as a package from the repository's root (its commands are
 `python -m bench.run`, ...), that none reaches the tests by putting a path on sys.path, and
-that the kit's daemon process finds a daemon that logs warnings only, as the bench's do.
+that the kit's daemon process finds a daemon that logs warnings only, as the bench's do,
+and that the scale scenario's prefill still fills a database through the store.
 """
 
 from __future__ import annotations
@@ -73,3 +74,35 @@ async def test_the_kit_finds_a_daemon_that_logs_warnings_only_by_its_notify_stat
         status, _ = await api.request("GET", "/healthz")
     assert status == 200
     assert daemon.stop() == 0
+
+
+async def test_the_bench_prefill_leaves_delivered_rows_through_the_store(
+    tmp_path: Path, daemon_process: list[DaemonProcess]
+) -> None:
+    # The scale scenario fills its big database with bench.prefill (the store's own calls),
+    # so a change of the store's interface that breaks it shows here, not in CI's last step.
+    config = write_config(tmp_path)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon_process.append(daemon)
+    await asyncio.to_thread(daemon.start)
+    async with Api(daemon.url) as api:
+        webhook = await api.create_webhook("http://127.0.0.1:9/hook", event_types=["t0"])
+    assert daemon.stop() == 0
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench.prefill", "--config", str(config), "--rows", "300"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    await asyncio.to_thread(daemon.start)
+    async with Api(daemon.url) as api:
+        items = await api.deliveries(webhook_id=webhook["webhook_id"])
+        last = f"/v1/deliveries/{webhook['webhook_id']}/evt_pre_000000299/attempts"
+        attempts = await api.ok("GET", last)
+    assert len(items) == 300
+    assert {(item["status"], item["attempts"]) for item in items} == {("delivered", 1)}
+    assert [a["status_code"] for a in attempts["items"]] == [204]

@@ -86,7 +86,7 @@ def test_every_route_of_the_router_is_in_the_document() -> None:
     # The SPEC's table, HEAD for each GET, and the document itself.
     assert ("post", "/v1/events") in documented_routes(doc)
     assert ("get", "/openapi.json") in documented_routes(doc)
-    assert len(documented_routes(doc)) == 26
+    assert len(documented_routes(doc)) == 30  # 26, and the 3 tenant token routes and a HEAD
 
 
 def test_a_route_without_a_description_fails_the_document() -> None:
@@ -159,13 +159,21 @@ def test_request_bodies_are_the_models_the_handlers_validate_with() -> None:
             assert model.model_config.get("extra") == "forbid", model
             assert model.model_config.get("strict") is True, model
             assert model.model_json_schema()["additionalProperties"] is False, model
-    assert bodies == 5  # events, create and change webhooks, redrive, replay
+    assert bodies == 6  # events, create and change webhooks, redrive, replay, tenant tokens
 
 
 def test_security_and_error_answers_of_every_operation() -> None:
     doc = generated()
     schemes = doc["components"]["securitySchemes"]
-    assert set(schemes) == {"operatorToken", "producerToken"}
+    assert set(schemes) == {"operatorToken", "producerToken", "tenantToken"}
+    # What a tenant token may call (each limited to its tenant); every other route is a 403.
+    tenant_routes = {
+        (method, path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if path.startswith(("/v1/webhooks", "/v1/deliveries"))
+        or path in ("/v1/redrive", "/v1/replay", "/v1/status")
+    }
     assert all(s == {**s, "type": "http", "scheme": "bearer"} for s in schemes.values())
     for path, item in doc["paths"].items():
         for method, entry in item.items():
@@ -178,8 +186,10 @@ def test_security_and_error_answers_of_every_operation() -> None:
             assert {401, 503} <= statuses, where
             if (method, path) == ("post", "/v1/events"):
                 assert entry["security"] == [{"operatorToken": []}, {"producerToken": []}]
-                assert 403 not in statuses
-                assert {202, 400, 409, 413} <= statuses
+                assert {202, 400, 403, 409, 413} <= statuses  # 403: a tenant token
+            elif (method, path) in tenant_routes:
+                assert entry["security"] == [{"operatorToken": []}, {"tenantToken": []}], where
+                assert 403 in statuses, where
             else:
                 assert entry["security"] == [{"operatorToken": []}], where
                 assert 403 in statuses, where
@@ -206,6 +216,8 @@ POSITIVE_EXAMPLES = 20
 NEGATIVE_EXAMPLES = 12
 HEAD_EXAMPLES = 5
 MIN_REQUESTS = 1000
+# The run with a tenant token: fewer examples, the same checks.
+TENANT_EXAMPLES = 6
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -277,16 +289,20 @@ def _can_be_invalid(operation: Any) -> bool:
     return bool(raw.get("parameters") or raw.get("requestBody") or raw.get("security") != [])
 
 
-def run_schemathesis(doc: dict[str, Any], base_url: str, seeds: Seeds) -> Report:
-    """Every operation of `doc`, positive and negative examples, against `base_url`."""
+def run_schemathesis(
+    doc: dict[str, Any], base_url: str, seeds: Seeds, token: str = TOKEN, examples: int = 0
+) -> Report:
+    """Every operation of `doc`, positive and negative examples, against `base_url`, with
+    `token` (the operator's unless given); `examples`: per operation and mode, if not the
+    defaults."""
     report = Report()
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_dict(doc)
     session = requests.Session()
 
     def exercise(operation: Any, mode: GenerationMode) -> Callable[[], None]:
         @hypothesis.settings(
-            max_examples=_examples(operation, mode),
+            max_examples=examples or _examples(operation, mode),
             deadline=None,
             database=None,
             phases=[Phase.explicit, Phase.generate, Phase.shrink],
@@ -350,6 +366,19 @@ async def seed(api: Api, receiver: Recorder) -> Seeds:
     return Seeds(webhooks[:4], webhooks[4:], target["webhook_id"], deliveries, events)
 
 
+async def seed_tenant(api: Api, receiver: Recorder, tenant: str) -> Seeds:
+    """The same for one tenant, for the run with its token."""
+    target = await api.create_webhook(receiver.url_for("/t-target"), tenant=tenant)
+    webhooks = [
+        (await api.create_webhook(receiver.url_for(f"/t-seed-{i}"), tenant=tenant))["webhook_id"]
+        for i in range(4)
+    ]
+    events = await api.emit([{"type": "seed", "data": {"n": n}, "tenant": tenant} for n in (0, 1)])
+    await api.wait_status({"delivered": 10}, deadline=30, tenant=tenant)
+    deliveries = [(d["webhook_id"], d["event_id"]) for d in await api.deliveries(tenant=tenant)]
+    return Seeds(webhooks[:2], webhooks[2:], target["webhook_id"], deliveries, events)
+
+
 async def test_schemathesis_runs_the_whole_api_against_a_live_daemon(
     tmp_path: Path, daemon_process: list[DaemonProcess]
 ) -> None:
@@ -393,6 +422,25 @@ async def test_schemathesis_runs_the_whole_api_against_a_live_daemon(
                 assert tried == operations - (skipped if phase == "negative" else set()), phase
             assert report.requests >= MIN_REQUESTS
             assert all(status < 500 for _, status in report.by_status), report.by_status
+
+            # Again with a tenant token: every route, each answer as documented (403 where
+            # the token may not go, 404 for what is not its tenant's).
+            tenant_seeds = await seed_tenant(api, receiver, "schemathesis-tenant")
+            made = await api.ok("POST", "/v1/tenants/schemathesis-tenant/tokens", {})
+            as_tenant = await asyncio.to_thread(
+                run_schemathesis, doc, daemon.url, tenant_seeds, made["token"], TENANT_EXAMPLES
+            )
+            print(f"  with a tenant token: {as_tenant.requests} requests")
+            for (label, status), count in sorted(as_tenant.by_status.items()):
+                print(f"    {label} -> {status}: {count}")
+            assert as_tenant.failures == [], "\n\n".join(as_tenant.failures)
+            tried = {tuple(label.split(" ", 1)) for label, _ in as_tenant.by_operation}
+            assert tried == operations
+            statuses = collections.Counter(status for _, status in as_tenant.by_status)
+            assert statuses[200] and statuses[403] and statuses[404], statuses
+            others = await api.ok("GET", "/v1/webhooks", params={"limit": "1000"})
+            tenants = {h["tenant"] for h in others["items"]}
+            assert "schemathesis-tenant" in tenants
 
             # The daemon still delivers: a new webhook to the Recorder gets a new event,
             # and every webhook schemathesis made up got it too, refused by the fence. Made-up

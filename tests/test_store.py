@@ -846,7 +846,7 @@ async def test_rescue_orphans_returns_inflight_rows(store: DuckDBStore) -> None:
 async def test_migrations_are_applied_once(tmp_path: Path) -> None:
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
-    assert s.migrations_applied == [1, 2, 3, 4]
+    assert s.migrations_applied == [1, 2, 3, 4, 5]
     await s.close()
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
@@ -875,7 +875,7 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     s = DuckDBStore(path)
     await s.open()
     try:
-        assert s.migrations_applied == [2, 3, 4]
+        assert s.migrations_applied == [2, 3, 4, 5]
         assert (await s.get_webhook("wh_old"))["url"] == "http://127.0.0.1:9/"
     finally:
         await s.close()

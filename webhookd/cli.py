@@ -99,11 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("check-config", help="validate and print the resolved settings")
     ).set_defaults(func=cmd_check_config)
     try:
-        from webhookd import client_cli
+        from webhookd import client_cli, tenant_cli
     except ImportError:  # the API commands arrive with their own module
         pass
     else:
         client_cli.add_commands(sub, with_config)
+        tenant_cli.add_tenant_commands(sub, with_config)
     return parser
 
 

@@ -41,6 +41,7 @@ EXIT_INTERRUPTED = 130
 WEBHOOK_COLUMNS = (
     "webhook_id",
     "url",
+    "tenant",
     "active",
     "event_types",
     "ordering",
@@ -148,7 +149,12 @@ def show_object(payload: Any) -> None:
 
 def show_secret_once(payload: Any) -> None:
     print_fields(payload, reveal=SECRET_KEYS)
-    note("store the secret now: it is not shown again")
+    if payload.get("secret") is None and payload.get("public_key"):
+        note("signing v1a: receivers verify with public_key (the private key is never shown)")
+    else:
+        note("store the secret now: it is not shown again")
+    if payload.get("headers"):
+        note("header values are shown only now; listings mask them")
 
 
 def show_page(columns: Sequence[str], payload: Any) -> None:
@@ -274,6 +280,29 @@ def _max_in_flight(raw: str) -> int:
     return int(raw)
 
 
+def _header(raw: str) -> tuple[str, str]:
+    """NAME=VALUE (the daemon checks the name and value; this only splits them)."""
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("NAME=VALUE, e.g. X-Api-Key=abc123")
+    return name, value
+
+
+def _timeout(raw: str) -> float:
+    """A duration (5s, 1500ms) or a number of seconds."""
+    try:
+        value = float(raw) if raw.replace(".", "", 1).isdigit() else parse_duration(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a duration above zero (5s, 1500ms) or seconds")
+    return value
+
+
+def _headers(pairs: list[tuple[str, str]] | None) -> dict[str, str] | None:
+    return None if pairs is None else dict(pairs)
+
+
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse`, or `none` for no value (the setting cleared)."""
 
@@ -301,6 +330,11 @@ def webhooks_add(client: Client, args: argparse.Namespace) -> Result:
         rate_limit=args.rate_limit,
         max_in_flight=args.max_in_flight,
         ordering=args.ordering,
+        headers=_headers(args.header),
+        signing=args.signing,
+        client_certificate=args.client_certificate,
+        timeout=args.timeout,
+        tenant=args.tenant,
     )
     return Result(client.request("POST", "/v1/webhooks", body), show_secret_once)
 
@@ -308,17 +342,22 @@ def webhooks_add(client: Client, args: argparse.Namespace) -> Result:
 def webhooks_set(client: Client, args: argparse.Namespace) -> Result:
     body = {
         name: getattr(args, name)
-        for name in ("rate_limit", "max_in_flight", "ordering")
+        for name in ("rate_limit", "max_in_flight", "ordering", "client_certificate", "timeout")
         if getattr(args, name) is not KEEP
     }
+    if args.header is not None or args.no_headers:
+        body["headers"] = _headers(args.header or [])
     if not body:
-        raise UsageError("nothing to change: give --rate-limit, --max-in-flight or --ordering")
+        raise UsageError(
+            "nothing to change: give --rate-limit, --max-in-flight, --ordering, --header, "
+            "--no-headers, --client-certificate or --timeout"
+        )
     payload = client.request("PATCH", f"/v1/webhooks/{segment(args.id)}", body)
     return Result(payload, show_object)
 
 
 def webhooks_list(client: Client, args: argparse.Namespace) -> Result:
-    params = {"limit": str(args.limit), "cursor": args.cursor or ""}
+    params = {"limit": str(args.limit), "cursor": args.cursor or "", "tenant": args.tenant or ""}
     return Result(client.request("GET", "/v1/webhooks", params=params), show_webhooks)
 
 
@@ -347,7 +386,8 @@ def send_test(client: Client, args: argparse.Namespace) -> Result:
 
 
 def status(client: Client, args: argparse.Namespace) -> Result:
-    return Result(client.request("GET", "/v1/status"), show_status)
+    params = {"tenant": args.tenant or ""}
+    return Result(client.request("GET", "/v1/status", params=params), show_status)
 
 
 def deliveries(client: Client, args: argparse.Namespace) -> Result:
@@ -355,6 +395,7 @@ def deliveries(client: Client, args: argparse.Namespace) -> Result:
         "webhook_id": args.webhook or "",
         "event_id": args.event or "",
         "status": args.status or "",
+        "tenant": args.tenant or "",
         "limit": str(args.limit),
         "cursor": args.cursor or "",
     }
@@ -368,7 +409,7 @@ def attempts(client: Client, args: argparse.Namespace) -> Result:
 
 
 def redrive(client: Client, args: argparse.Namespace) -> Result:
-    body = _some(status=args.status, webhook_id=args.webhook, since=args.since)
+    body = _some(status=args.status, webhook_id=args.webhook, since=args.since, tenant=args.tenant)
     payload = client.request("POST", "/v1/redrive", body)
     return Result(payload, partial(show_count, "set due now"))
 
@@ -380,7 +421,9 @@ def replay(client: Client, args: argparse.Namespace) -> Result:
 
 
 def events_emit(client: Client, args: argparse.Namespace) -> Result:
-    body = _some(id=args.id, type=args.type, data=args.data, occurred_at=args.occurred_at)
+    body = _some(
+        id=args.id, type=args.type, data=args.data, occurred_at=args.occurred_at, tenant=args.tenant
+    )
     return Result(client.request("POST", "/v1/events", body), show_ids)
 
 
@@ -390,7 +433,7 @@ def events_emit(client: Client, args: argparse.Namespace) -> Result:
 def run_action(action: Action, args: argparse.Namespace) -> int:
     """Call the API, print the outcome, and map every failure to one line and an exit code."""
     try:
-        client = connect(args.config, args.url, args.token_file, args.timeout)
+        client = connect(args.config, args.url, args.token_file, args.wait)
         result = action(client, args)
     except UsageError as exc:
         note(str(exc))
@@ -412,8 +455,16 @@ def run_action(action: Action, args: argparse.Namespace) -> int:
 
 
 def _command(
-    sub: SubParsers, with_config: WithConfig, name: str, help_text: str, action: Action
+    sub: SubParsers,
+    with_config: WithConfig,
+    name: str,
+    help_text: str,
+    action: Action,
+    *,
+    wait_option: str = "--timeout",
 ) -> argparse.ArgumentParser:
+    """A command's parser. `wait_option` names how long to wait for the daemon: on the
+    commands where `--timeout` is a webhook's own attempt timeout, `--wait`."""
     parser = with_config(sub.add_parser(name, help=help_text, description=help_text))
     parser.add_argument(
         "--url",
@@ -424,7 +475,8 @@ def _command(
         "--token-file", metavar="PATH", help="bearer token file; default: the config's token"
     )
     parser.add_argument(
-        "--timeout",
+        wait_option,
+        dest="wait",
         type=_positive,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
@@ -435,16 +487,52 @@ def _command(
     return parser
 
 
+def _tenant(parser: argparse.ArgumentParser, help_text: str) -> argparse.ArgumentParser:
+    parser.add_argument("--tenant", metavar="TENANT", help=help_text)
+    return parser
+
+
 def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=_limit, default=100, help="rows per page (1-1000)")
     parser.add_argument("--cursor", help="the next page, as a previous listing printed it")
+
+
+def _network_options(parser: argparse.ArgumentParser, *, keep: bool = False) -> None:
+    """What a receiver's network requires: extra headers, a client certificate, a timeout."""
+    parser.add_argument(
+        "--header",
+        action="append",
+        type=_header,
+        metavar="NAME=VALUE",
+        help="an extra request header (repeatable)"
+        + ("; replaces every header the webhook had" if keep else ""),
+    )
+    parser.add_argument(
+        "--client-certificate",
+        type=_or_none(str) if keep else str,
+        default=KEEP if keep else None,
+        metavar="NAME|none" if keep else "NAME",
+        help="present [tls.client_certificates.NAME] of the daemon's config on https (mTLS)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_or_none(_timeout) if keep else _timeout,
+        default=KEEP if keep else None,
+        metavar="DURATION|none" if keep else "DURATION",
+        help="this webhook's attempt timeout (5s), at most delivery.timeout",
+    )
 
 
 def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
     group = sub.add_parser("webhooks", help="manage subscriptions", description="subscriptions")
     hooks = group.add_subparsers(dest="webhooks_command", required=True, metavar="COMMAND")
     add = _command(
-        hooks, with_config, "add", "subscribe a URL (prints its secret once)", webhooks_add
+        hooks,
+        with_config,
+        "add",
+        "subscribe a URL (prints its secret once)",
+        webhooks_add,
+        wait_option="--wait",
     )
     add.add_argument("url_to_deliver", metavar="URL", help="where to POST events")
     add.add_argument(
@@ -473,13 +561,24 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
         help="fifo: one at a time, in the events' order (a failing event holds the rest "
         "back); default: none",
     )
-    _paging(_command(hooks, with_config, "list", "list subscriptions", webhooks_list))
+    _network_options(add)
+    add.add_argument(
+        "--signing",
+        choices=["v1", "v1a"],
+        help="v1: HMAC-SHA256 with the secret (default); v1a: ed25519, webhookd makes the "
+        "key pair and prints the public key",
+    )
+    _tenant(add, "the tenant (customer) it belongs to: only its events reach it; for good")
+    listing = _command(hooks, with_config, "list", "list subscriptions", webhooks_list)
+    _paging(_tenant(listing, "only this tenant's"))
     change = _command(
         hooks,
         with_config,
         "set",
-        "change a subscription's rate limit, concurrency or ordering",
+        "change a subscription's rate limit, concurrency, ordering, headers, client "
+        "certificate or timeout",
         webhooks_set,
+        wait_option="--wait",
     )
     change.add_argument("id", metavar="ID")
     change.add_argument(
@@ -502,6 +601,8 @@ def _add_webhook_commands(sub: SubParsers, with_config: WithConfig) -> None:
         default=KEEP,
         help="fifo: pending deliveries go one at a time from the oldest",
     )
+    _network_options(change, keep=True)
+    change.add_argument("--no-headers", action="store_true", help="remove every extra header")
     singles: list[tuple[str, str, Action]] = [
         ("show", "show one subscription", webhooks_show),
         ("disable", "stop delivering; pending deliveries are parked", partial(_set_active, False)),
@@ -528,6 +629,7 @@ def _add_delivery_commands(sub: SubParsers, with_config: WithConfig) -> None:
     listing.add_argument("--webhook", metavar="ID", help="only this webhook")
     listing.add_argument("--event", metavar="ID", help="only this event")
     listing.add_argument("--status", choices=[s.value for s in Status])
+    _tenant(listing, "only deliveries to this tenant's webhooks")
     _paging(listing)
     log = _command(sub, with_config, "attempts", "the attempt log of one delivery", attempts)
     log.add_argument("webhook_id", metavar="WEBHOOK_ID")
@@ -538,6 +640,7 @@ def _add_delivery_commands(sub: SubParsers, with_config: WithConfig) -> None:
     again.add_argument(
         "--since", type=_since, metavar="TIME", help="only rows failed since (RFC 3339, or 2h ago)"
     )
+    _tenant(again, "only this tenant's webhooks")
     replayed = _command(sub, with_config, "replay", "deliver an event again", replay)
     replayed.add_argument("event_id", metavar="EVENT_ID")
     replayed.add_argument("--webhook", metavar="ID", help="only to this webhook")
@@ -553,6 +656,7 @@ def _add_event_commands(sub: SubParsers, with_config: WithConfig) -> None:
     )
     emit.add_argument("--id", metavar="ID", help="idempotency id (default: a new one)")
     emit.add_argument("--occurred-at", metavar="TIME", help="RFC 3339 (default: now)")
+    _tenant(emit, "deliver to this tenant's webhooks only (default: to those of no tenant)")
 
 
 def add_commands(sub: SubParsers, with_config: WithConfig) -> None:
@@ -561,6 +665,9 @@ def add_commands(sub: SubParsers, with_config: WithConfig) -> None:
     _command(
         sub, with_config, "test", "send a test event now; exit 1 unless delivered", send_test
     ).add_argument("id", metavar="ID")
-    _command(sub, with_config, "status", "queue counts, lag and workers", status)
+    _tenant(
+        _command(sub, with_config, "status", "queue counts, lag and workers", status),
+        "only this tenant's counts and webhooks",
+    )
     _add_delivery_commands(sub, with_config)
     _add_event_commands(sub, with_config)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from webhookd.tenants import tenant_problem
+
 MAX_ID_LENGTH = 256
 MAX_TYPE_LENGTH = 256
 # Printable ASCII but space: what ids and types are made of (see the module docstring).
@@ -45,10 +47,18 @@ class NewEvent:
     payload: str  # canonical JSON of `data`
     occurred_at: datetime
     body: bytes  # what every subscriber receives, byte for byte
+    tenant: str | None = None  # only this tenant's webhooks receive it (SPEC "Tenants")
 
     def __reduce__(self) -> tuple[type[NewEvent], tuple[Any, ...]]:
         # Ingests cross to the database process 500 events at a time (see Claim).
-        return NewEvent, (self.event_id, self.event_type, self.payload, self.occurred_at, self.body)
+        return NewEvent, (
+            self.event_id,
+            self.event_type,
+            self.payload,
+            self.occurred_at,
+            self.body,
+            self.tenant,
+        )
 
 
 def canonical_json(value: Any) -> str:
@@ -117,7 +127,7 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
     if not isinstance(raw, dict):
         raise EventError(f"events[{index}]: expected an object")
-    unknown = set(raw) - {"id", "type", "data", "occurred_at"}
+    unknown = set(raw) - {"id", "type", "data", "occurred_at", "tenant"}
     if unknown:
         raise EventError(f"events[{index}]: unknown field(s) {', '.join(sorted(unknown))}")
     event_type = _token(raw.get("type"), f"events[{index}].type", MAX_TYPE_LENGTH)
@@ -129,6 +139,9 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
     if "data" not in raw:
         raise EventError(f"events[{index}].data: required")
     occurred_at = _parse_time(raw["occurred_at"], index) if "occurred_at" in raw else now
+    tenant = raw.get("tenant")
+    if tenant is not None and (problem := tenant_problem(tenant)) is not None:
+        raise EventError(f"events[{index}].tenant: {problem}")
     payload = canonical_json(raw["data"])
     if "\\u0000" in payload and _NUL_ESCAPE.search(payload):
         raise EventError(
@@ -136,7 +149,12 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
             "(PostgreSQL's jsonb refuses it) and many receivers mishandle"
         )
     return NewEvent(
-        event_id, event_type, payload, occurred_at, body(event_id, event_type, occurred_at, payload)
+        event_id,
+        event_type,
+        payload,
+        occurred_at,
+        body(event_id, event_type, occurred_at, payload),
+        tenant,
     )
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from webhookd import backoff, logs, signing
 from webhookd.metrics import Metrics
+from webhookd.queue.pacing import running_cap
 from webhookd.sender import AttemptResult, Sender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
 from webhookd.store.base import Claim, Outcome, Store, sleep_until_work
@@ -251,9 +252,8 @@ class WorkerPool:
         """Attempts a webhook may have running at once: its share (its own max_in_flight,
         one for fifo, else per_webhook), or one while its receiver does not answer (as a
         circuit breaker half-open: one probe at a time)."""
-        if webhook_id in self._silent:
-            return 1
-        return self._caps.get(webhook_id, self._per_webhook)
+        own = self._caps.get(webhook_id)
+        return running_cap(own, self._per_webhook, silent=webhook_id in self._silent)
 
     def _learn(self, claims: list[Claim]) -> None:
         """A webhook's own cap and pace, as its latest claim says (they may change)."""

@@ -60,11 +60,12 @@ class Api:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            timeout = aiohttp.ClientTimeout(total=self._timeout) if self._timeout else None
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections),
-                **({"timeout": timeout} if timeout else {}),
-            )
+            connector = aiohttp.TCPConnector(limit=self._connections)
+            if self._timeout is None:
+                self._session = aiohttp.ClientSession(connector=connector)
+            else:
+                timeout = aiohttp.ClientTimeout(total=self._timeout)
+                self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self._session
 
     async def close(self) -> None:

@@ -5,19 +5,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from webhookd import logs
-from webhookd.api import ingest, operators, webhooks
+from webhookd.api import ingest, operators, tenant_routes, webhooks
 from webhookd.api import openapi as openapi_routes
 from webhookd.api.common import (
+    CALLER_TENANT,
     SERVICES,
+    TENANT_TOKENS,
     ApiError,
     ClientGone,
     Handler,
+    Operation,
     Services,
     error_response,
     operation_of,
     services,
 )
-from webhookd.api.tokens import Credentials, Role
+from webhookd.api.tenant_auth import TenantTokens
+from webhookd.api.tokens import Credentials, Role, bearer
 from webhookd.store.base import EventConflict, NotFound, StorageFull, StoreUnavailable
 
 log = logs.get("webhookd.api")
@@ -70,13 +74,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     operation = operation_of(request.match_info.handler)
     if operation is not None and operation.public:
         return await handler(request)
-    role = request.app[CREDENTIALS].role(request.headers.get("Authorization", ""))
+    authorization = request.headers.get("Authorization", "")
+    role = request.app[CREDENTIALS].role(authorization)
     if role is None:
-        return web.json_response(
-            {"error": {"code": "unauthorized", "message": "a valid bearer token is required"}},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
-        )
+        return await _as_tenant(request, handler, operation, authorization)
     if role is Role.PRODUCER and (operation is None or not operation.producer):
         return error_response(
             403,
@@ -84,6 +85,39 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "a producer token (admin.producer_token_file) may only POST /v1/events; "
             "this route needs the operator token",
         )
+    return await handler(request)
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": {"code": "unauthorized", "message": "a valid bearer token is required"}},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
+    )
+
+
+async def _as_tenant(
+    request: web.Request, handler: Handler, operation: Operation | None, authorization: str
+) -> web.StreamResponse:
+    """A token that is neither the operator's nor a producer's: a tenant token, or a 401."""
+    presented = bearer(authorization)
+    if presented is None:
+        return _unauthorized()
+    if not services(request).ready:  # the tokens live in the database, not open yet
+        return error_response(
+            503, "starting", "webhookd is starting (database migrations and rescue)"
+        )
+    tenant = await request.app[TENANT_TOKENS].tenant_of(presented)
+    if tenant is None:
+        return _unauthorized()
+    if operation is None or not operation.tenant:
+        return error_response(
+            403,
+            "forbidden",
+            "a tenant token may use the webhook, delivery, redrive, replay and filtered "
+            "status routes of its own tenant; this route needs the operator token",
+        )
+    request[CALLER_TENANT] = tenant
     return await handler(request)
 
 
@@ -111,9 +145,12 @@ def build_app(svc: Services) -> web.Application:
     )
     app[SERVICES] = svc
     app[CREDENTIALS] = Credentials()
+    # Looked up when used: the store is opened after the app is built.
+    app[TENANT_TOKENS] = TenantTokens(lambda token_id: svc.store.find_tenant_token(token_id))
     app.on_startup.append(_load_credentials)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(webhooks.routes)
     app.router.add_routes(operators.routes)
+    app.router.add_routes(tenant_routes.routes)
     app.router.add_routes(openapi_routes.routes)
     return app

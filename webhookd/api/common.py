@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from webhookd.api.tenant_auth import TenantTokens
 from webhookd.config import Settings
 from webhookd.durations import format_duration
 from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
-from webhookd.store.base import Store
+from webhookd.store.base import NotFound, Store
 from webhookd.workers import WorkerPool
 
 
@@ -39,6 +40,7 @@ class Services:
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")
+TENANT_TOKENS: web.AppKey[TenantTokens] = web.AppKey("tenant_tokens")
 
 MAX_LIMIT = 1000
 # A cursor this API gives out is far shorter; anything longer is not one of them.
@@ -76,6 +78,8 @@ class Operation:
     media_type: str = "application/json"
     # Producer tokens (admin.producer_token_file) may call it; the operator token calls all.
     producer: bool = False
+    # Tenant tokens may call it, limited to their tenant (the handler sees to that).
+    tenant: bool = False
     # No token at all.
     public: bool = False
 
@@ -114,6 +118,46 @@ class ClientGone(Exception):
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+# -- tenants --------------------------------------------------------------------------------
+
+# The request's tenant when it came with a tenant token (set by the auth middleware); a
+# RequestKey where aiohttp has them (3.13+: a plain string key is warned about there).
+CALLER_TENANT: Any = (
+    web.RequestKey("caller_tenant", str) if hasattr(web, "RequestKey") else "caller_tenant"
+)
+
+
+def caller_tenant(request: web.Request) -> str | None:
+    """The tenant of the request's tenant token; None for the operator's token."""
+    tenant: str | None = request.get(CALLER_TENANT)
+    return tenant
+
+
+def tenant_scope(request: web.Request, named: str | None) -> str | None:
+    """The tenant a request acts within: a tenant token's own (naming another is a 403),
+    else the one the request names (None: every tenant, or a request about none)."""
+    own = caller_tenant(request)
+    if own is None:
+        return named
+    if named is not None and named != own:
+        raise ApiError(
+            403, "forbidden", "a tenant token acts only within its own tenant; this names another"
+        )
+    return own
+
+
+async def owned(request: web.Request, webhook_id: str) -> dict[str, Any] | None:
+    """The webhook, when the caller holds a tenant token and the webhook is of its tenant;
+    another tenant's is NotFound (its existence is not revealed). None for the operator."""
+    own = caller_tenant(request)
+    if own is None:
+        return None
+    found = await services(request).store.get_webhook(webhook_id)
+    if found.get("tenant") != own:
+        raise NotFound(f"no webhook {webhook_id!r}")
+    return found
 
 
 # -- JSON bodies ----------------------------------------------------------------------------

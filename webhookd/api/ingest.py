@@ -30,6 +30,7 @@ routes = web.RouteTableDef()
             "different content (`conflict`)",
             413: "the body is over admin.max_body_bytes (`payload_too_large`) or holds more "
             "events than admin.max_batch_events (`too_many_events`)",
+            403: "a tenant token: events are posted by producers and the operator (`forbidden`)",
             503: "starting, the database is unavailable, or its disk is full (`storage_full`)",
         },
         producer=True,

@@ -43,6 +43,7 @@ from pydantic.json_schema import SkipJsonSchema
 from webhookd import guard, signing
 from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, shown
 from webhookd.api.network_fields import NetworkChange, NetworkShown, Signing
+from webhookd.api.tenant_fields import OptionalTenant, QueryTenant
 from webhookd.events import MAX_ID_LENGTH, MAX_TYPE_LENGTH, token_problem
 from webhookd.states import Status
 from webhookd.store.records import parse_delivery_cursor
@@ -416,6 +417,7 @@ class Event(Request):
         Missing("required"),
     ]
     occurred_at: Timestamp = Field(default=None, json_schema_extra=_absent)
+    tenant: OptionalTenant = None
 
 
 class Events(RootModel[Event | Annotated[list[Event], Field(min_length=1)]]):
@@ -435,6 +437,7 @@ class WebhookCreate(Request, NetworkChange):
     rate_limit: RateLimit = None
     max_in_flight: MaxInFlight = None
     ordering: Annotated[OrderingField, Field(json_schema_extra=_absent)] = "none"
+    tenant: OptionalTenant = None
     signing: Annotated[Signing, Field(json_schema_extra=_absent)] = "v1"
 
 
@@ -455,6 +458,8 @@ class WebhookChange(Request, NetworkChange):
         BeforeValidator(_ordering),
         Field(json_schema_extra=_absent),
     ] = None
+    # Set at creation: the same value is accepted, another is a 400 (handler).
+    tenant: OptionalTenant = None
 
 
 class Redrive(Request):
@@ -471,6 +476,7 @@ class Redrive(Request):
         BeforeValidator(_since),
     ] = None
     webhook_id: OptionalWebhookId = None
+    tenant: OptionalTenant = None
 
 
 class Replay(Request):
@@ -513,6 +519,7 @@ class WebhookQuery(Query):
         Field(description="`next` of the previous page"),
         BeforeValidator(_webhook_cursor),
     ] = Field(default=None, json_schema_extra=_absent)
+    tenant: QueryTenant = Field(default=None, json_schema_extra=_absent)
 
 
 class DeliveryQuery(Query):
@@ -531,6 +538,7 @@ class DeliveryQuery(Query):
         Field(description="`next` of the previous page"),
         BeforeValidator(_delivery_cursor),
     ] = Field(default=None, json_schema_extra=_absent)
+    tenant: QueryTenant = Field(default=None, json_schema_extra=_absent)
 
 
 # -- turning pydantic's errors into the API's -------------------------------------------------
@@ -645,6 +653,7 @@ class Webhook(Response, NetworkShown):
         description="concurrent attempts; null: delivery.per_webhook_concurrency"
     )
     ordering: Literal["none", "fifo"]
+    tenant: str | None = Field(description="the tenant it belongs to; null: none")
 
 
 class WebhookWithSecret(Webhook):

@@ -7,7 +7,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from webhookd.api.common import Operation, documented, read_json, services
+from webhookd.api.common import (
+    ApiError,
+    Operation,
+    caller_tenant,
+    documented,
+    owned,
+    read_json,
+    services,
+    tenant_scope,
+)
 from webhookd.api.models import (
     AttemptPage,
     Count,
@@ -22,26 +31,37 @@ from webhookd.api.models import (
     parse,
     parse_query,
 )
+from webhookd.api.tenant_models import StatusQuery
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter, StatusReport
 from webhookd.store.records import iso, utcnow
 
 routes = web.RouteTableDef()
 
+_OTHER_TENANT = "a tenant token naming another tenant (`forbidden`)"
+
 
 @routes.get("/v1/deliveries")
 @documented(
     Operation(
         summary="List deliveries (queue rows)",
-        description="Newest first, a page at a time; filter by webhook, event and status.",
+        description="Newest first, a page at a time; filter by webhook, event, status and "
+        "tenant. With a tenant token: that tenant's only.",
         tag="deliveries",
         query=DeliveryQuery,
         responses={200: DeliveryPage},
+        errors={403: _OTHER_TENANT},
+        tenant=True,
     )
 )
 async def deliveries(request: web.Request) -> web.Response:
     query = parse_query(DeliveryQuery, request.query)
-    filt = DeliveryFilter(webhook_id=query.webhook_id, event_id=query.event_id, status=query.status)
+    filt = DeliveryFilter(
+        webhook_id=query.webhook_id,
+        event_id=query.event_id,
+        status=query.status,
+        tenant=tenant_scope(request, query.tenant),
+    )
     page = await services(request).store.list_deliveries(filt, query.limit, query.cursor)
     return web.json_response({"items": page.items, "next": page.next})
 
@@ -54,9 +74,11 @@ async def deliveries(request: web.Request) -> web.Response:
         tag="deliveries",
         responses={200: AttemptPage},
         errors={404: "no delivery of this event to this webhook (`not_found`)"},
+        tenant=True,
     )
 )
 async def attempts(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     items = await services(request).store.list_attempts(
         request.match_info["webhook_id"], request.match_info["event_id"]
     )
@@ -67,16 +89,22 @@ async def attempts(request: web.Request) -> web.Response:
 @documented(
     Operation(
         summary="Re-drive dead or parked deliveries",
-        description="Sets the matching deliveries due now; answers how many.",
+        description="Sets the matching deliveries due now; answers how many. With a tenant "
+        "token: that tenant's only.",
         tag="deliveries",
         body=Redrive,
         responses={200: Count},
+        errors={403: _OTHER_TENANT, 404: "a tenant token naming another tenant's webhook"},
+        tenant=True,
     )
 )
 async def redrive(request: web.Request) -> web.Response:
     body = parse(Redrive, await read_json(request))
+    tenant = tenant_scope(request, body.tenant)
+    if body.webhook_id is not None:
+        await owned(request, body.webhook_id)
     svc = services(request)
-    count = await svc.store.redrive(Status(body.status), body.webhook_id, body.since)
+    count = await svc.store.redrive(Status(body.status), body.webhook_id, body.since, tenant)
     svc.pool.wake()
     return web.json_response({"count": count})
 
@@ -89,13 +117,17 @@ async def redrive(request: web.Request) -> web.Response:
         tag="deliveries",
         body=Replay,
         responses={200: Count},
-        errors={404: "no such event, or no such webhook (`not_found`)"},
+        errors={
+            404: "no such event, or no such webhook (`not_found`); with a tenant "
+            "token, also an event or webhook of another tenant"
+        },
+        tenant=True,
     )
 )
 async def replay(request: web.Request) -> web.Response:
     body = parse(Replay, await read_json(request))
     svc = services(request)
-    count = await svc.store.replay(body.event_id, body.webhook_id)
+    count = await svc.store.replay(body.event_id, body.webhook_id, caller_tenant(request))
     svc.pool.wake()
     return web.json_response({"count": count})
 
@@ -104,14 +136,24 @@ async def replay(request: web.Request) -> web.Response:
 @documented(
     Operation(
         summary="Queue, scanner and workers",
+        description="`tenant=`: the counts, webhooks and oldest due delivery of that "
+        "tenant's webhooks only. A tenant token must name its own tenant.",
         tag="operations",
+        query=StatusQuery,
         responses={200: QueueStatus},
+        errors={403: "a tenant token without `tenant=` or naming another (`forbidden`)"},
+        tenant=True,
     )
 )
 async def status(request: web.Request) -> web.Response:
+    query = parse_query(StatusQuery, request.query)
+    if caller_tenant(request) is not None and query.tenant is None:
+        raise ApiError(403, "forbidden", "a tenant token may read /v1/status?tenant=<its own>")
+    tenant = tenant_scope(request, query.tenant)
     svc = services(request)
-    report = await svc.store.status()
-    svc.metrics.observe_status(report)
+    report = await svc.store.status(tenant)
+    if tenant is None:  # the metrics show the whole queue
+        svc.metrics.observe_status(report)
     return web.json_response(
         {
             "by_status": {s.value: report.by_status.get(s.value, 0) for s in Status},

@@ -34,7 +34,8 @@ class Role(enum.Enum):
     PRODUCER = "producer"
 
 
-def _presented(header: str) -> bytes | None:
+def bearer(header: str) -> bytes | None:
+    """The bearer token of an `Authorization` header, as bytes; None for another scheme."""
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -80,7 +81,7 @@ class Credentials:
 
     def role(self, authorization: str) -> Role | None:
         """The role of the `Authorization` header's bearer token, or None (401)."""
-        presented = _presented(authorization)
+        presented = bearer(authorization)
         if presented is None or self._operator is None:
             return None
         if hmac.compare_digest(presented, self._operator):

@@ -10,7 +10,15 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import network, signing
-from webhookd.api.common import ApiError, Operation, documented, read_json, services
+from webhookd.api.common import (
+    ApiError,
+    Operation,
+    documented,
+    owned,
+    read_json,
+    services,
+    tenant_scope,
+)
 from webhookd.api.models import (
     TestResult,
     Webhook,
@@ -56,12 +64,15 @@ def _context(request: web.Request) -> dict[str, Any]:
         responses={201: WebhookWithSecret},
         errors={
             400: "a field is invalid (`invalid_url`, `invalid_secret`, `invalid_request`), "
-            "naming it, or the body is not JSON (`invalid_json`)"
+            "naming it, or the body is not JSON (`invalid_json`)",
+            403: "a tenant token naming another tenant (`forbidden`)",
         },
+        tenant=True,
     )
 )
 async def create(request: web.Request) -> web.Response:
     body = parse(WebhookCreate, await read_json(request), context=_context(request))
+    tenant = tenant_scope(request, body.tenant)
     public_key = None
     shown_secret: str | None
     if body.signing == "v1a":
@@ -82,7 +93,7 @@ async def create(request: web.Request) -> web.Response:
         public_key,
     )
     created = await services(request).store.create_webhook(
-        body.url, body.event_types or [], secret, body.description or "", limits
+        body.url, body.event_types or [], secret, body.description or "", limits, tenant
     )
     # The only time the secret and the header values are shown.
     shown = {**created, "secret": shown_secret, "headers": body.headers or {}}
@@ -93,24 +104,37 @@ async def create(request: web.Request) -> web.Response:
 @documented(
     Operation(
         summary="List webhooks",
-        description="In order of webhook id, a page at a time.",
+        description="In order of webhook id, a page at a time. With a tenant token: that "
+        "tenant's only.",
         tag="webhooks",
         query=WebhookQuery,
         responses={200: WebhookPage},
+        errors={403: "a tenant token naming another tenant (`forbidden`)"},
+        tenant=True,
     )
 )
 async def list_all(request: web.Request) -> web.Response:
     query = parse_query(WebhookQuery, request.query)
-    page = await services(request).store.list_webhooks(query.limit, query.cursor)
+    tenant = tenant_scope(request, query.tenant)
+    page = await services(request).store.list_webhooks(query.limit, query.cursor, tenant)
     return web.json_response({"items": page.items, "next": page.next})
 
 
 @routes.get("/v1/webhooks/{webhook_id}")
 @documented(
-    Operation(summary="Show a webhook", tag="webhooks", responses={200: Webhook}, errors=_UNKNOWN)
+    Operation(
+        summary="Show a webhook",
+        tag="webhooks",
+        responses={200: Webhook},
+        errors=_UNKNOWN,
+        tenant=True,
+    )
 )
 async def show(request: web.Request) -> web.Response:
-    found = await services(request).store.get_webhook(request.match_info["webhook_id"])
+    webhook_id = request.match_info["webhook_id"]
+    found = await owned(request, webhook_id)
+    if found is None:
+        found = await services(request).store.get_webhook(webhook_id)
     return web.json_response(found)
 
 
@@ -127,12 +151,31 @@ async def show(request: web.Request) -> web.Response:
         tag="webhooks",
         body=WebhookChange,
         responses={200: Webhook},
-        errors=_UNKNOWN,
+        errors={
+            **_UNKNOWN,
+            400: "a field is invalid, naming it, or `tenant` differs from the webhook's "
+            "(set at creation)",
+            403: "a tenant token naming another tenant (`forbidden`)",
+        },
+        tenant=True,
     )
 )
 async def change(request: web.Request) -> web.Response:
     body = parse(WebhookChange, await read_json(request), context=_context(request))
     given = body.model_fields_set
+    webhook_id = request.match_info["webhook_id"]
+    found = await owned(request, webhook_id)
+    if "tenant" in given:
+        tenant_scope(request, body.tenant)
+        if found is None:
+            found = await services(request).store.get_webhook(webhook_id)
+        if body.tenant != found.get("tenant"):
+            raise ApiError(
+                400,
+                "invalid_request",
+                "tenant: set when the webhook is created and not changeable; "
+                "create a webhook in the other tenant instead",
+            )
     patch = WebhookPatch(
         url=body.url if "url" in given else None,
         event_types=(body.event_types or []) if "event_types" in given else None,
@@ -146,7 +189,7 @@ async def change(request: web.Request) -> web.Response:
         timeout=body.timeout if "timeout" in given else UNSET,
     )
     svc = services(request)
-    updated = await svc.store.update_webhook(request.match_info["webhook_id"], patch)
+    updated = await svc.store.update_webhook(webhook_id, patch)
     if body.active or given & {"rate_limit", "ordering"}:
         svc.pool.wake()  # rows may be due now
     if "headers" in given:
@@ -162,9 +205,11 @@ async def change(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={204: None},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def remove(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     await services(request).store.delete_webhook(request.match_info["webhook_id"])
     return web.Response(status=204)
 
@@ -180,9 +225,11 @@ async def remove(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={200: WebhookWithSecret},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def rotate_secret(request: web.Request) -> web.Response:
+    await owned(request, request.match_info["webhook_id"])
     svc = services(request)
     webhook_id = request.match_info["webhook_id"]
     current = await svc.store.get_webhook(webhook_id)
@@ -203,10 +250,12 @@ async def rotate_secret(request: web.Request) -> web.Response:
         tag="webhooks",
         responses={200: TestResult},
         errors=_UNKNOWN,
+        tenant=True,
     )
 )
 async def send_test(request: web.Request) -> web.Response:
     """A test event now, with a short inline burst; not queued, so it never lingers."""
+    await owned(request, request.match_info["webhook_id"])
     svc = services(request)
     url, secrets, options = await svc.store.get_webhook_secrets(request.match_info["webhook_id"])
     event_id = "evt_test_" + new_event_id()[4:]

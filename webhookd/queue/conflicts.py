@@ -1,5 +1,5 @@
-"""When a re-posted event id is the same event (SPEC: the same type and the same
-canonical data bytes), and when it is a conflict (409).
+"""When a re-posted event id is the same event (SPEC: the same type, the same tenant and
+the same canonical data bytes), and when it is a conflict (409).
 
 The bytes compared are those receivers get: 1 and 1.0 are other content, as are
 10000000000000000 and 1e16, although a database's JSON type holds them equal.
@@ -14,14 +14,18 @@ from webhookd.events import NewEvent, canonical_json
 
 
 def same_content(
-    event: NewEvent, stored_type: str, stored_body: bytes | None, stored_data: str | None = None
+    event: NewEvent,
+    stored_type: str,
+    stored_tenant: str | None,
+    stored_body: bytes | None,
+    stored_data: str | None = None,
 ) -> bool:
     """Whether `event` is the stored one again. A stored body begins with its canonical
     data (events.body: `{"data":<data>,"id":...`), and a JSON value is never a prefix of
     another followed by `,"id":`, so a prefix test compares the data exactly. An event a
     producer wrote in SQL may have no body yet: its data as the database keeps it
     (`stored_data`), made canonical as the scanner will."""
-    if stored_type != event.event_type:
+    if stored_type != event.event_type or stored_tenant != event.tenant:
         return False
     if stored_body is not None:
         return stored_body.startswith(b'{"data":' + event.payload.encode() + b',"id":')
@@ -42,6 +46,6 @@ def first_of_each(events: Iterable[NewEvent]) -> tuple[dict[str, NewEvent], list
         prior = fresh.get(event.event_id)
         if prior is None:
             fresh[event.event_id] = event
-        elif not same_content(event, prior.event_type, prior.body):
+        elif not same_content(event, prior.event_type, prior.tenant, prior.body):
             conflicts.add(event.event_id)
     return fresh, sorted(conflicts)

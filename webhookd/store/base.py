@@ -20,6 +20,7 @@ from webhookd.events import NewEvent
 from webhookd.network import DeliveryOptions
 from webhookd.states import Status
 from webhookd.store.records import WebhookSecrets
+from webhookd.tenants import StoredToken
 
 
 class StoreUnavailable(Exception):
@@ -186,6 +187,7 @@ class DeliveryFilter:
     webhook_id: str | None = None
     event_id: str | None = None
     status: Status | None = None
+    tenant: str | None = None  # only the deliveries to this tenant's webhooks
 
 
 @dataclass(slots=True)
@@ -330,13 +332,16 @@ class Store(Protocol):
         secret: str,
         description: str,
         limits: WebhookLimits | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]: ...
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]: ...
     async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         """(url, signing secrets, delivery options): for the test route only."""
         ...
 
-    async def list_webhooks(self, limit: int, after: str | None) -> Page: ...
+    async def list_webhooks(
+        self, limit: int, after: str | None, tenant: str | None = None
+    ) -> Page: ...
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]: ...
     async def delete_webhook(self, webhook_id: str) -> None: ...
     async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]: ...
@@ -347,10 +352,28 @@ class Store(Protocol):
     ) -> Page: ...
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]: ...
     async def redrive(
-        self, status: Status, webhook_id: str | None, since: datetime | None
+        self,
+        status: Status,
+        webhook_id: str | None,
+        since: datetime | None,
+        tenant: str | None = None,
     ) -> int: ...
-    async def replay(self, event_id: str, webhook_id: str | None) -> int: ...
-    async def status(self) -> StatusReport: ...
+    async def replay(self, event_id: str, webhook_id: str | None, tenant: str | None = None) -> int:
+        """With `tenant`: only an event of that tenant, to its webhooks (NotFound else)."""
+        ...
+
+    async def status(self, tenant: str | None = None) -> StatusReport:
+        """With `tenant`: the counts and webhooks of that tenant's webhooks only."""
+        ...
+
+    # tenant tokens (digests only: webhookd.tenants)
+    async def create_tenant_token(self, token: StoredToken) -> None: ...
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]: ...
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        """Delete it; NotFound if the tenant has no such token."""
+        ...
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None: ...
 
 
 async def sleep_until_work(

@@ -4,8 +4,9 @@ A file is sections headed "-- name: X"; both dialects use the same name for the 
 operation. State names are never written in SQL: `{PENDING}` stands for 'pending' (every
 Status of webhookd/states.py likewise), `{SOURCES_CLAIM}` for the parenthesised states an
 Event applies to (every Event likewise), `{FIFO}` and `{NONE}` for a webhook's ordering;
-an engine adds fragments of its own (its `{MATCHES}`). Each is substituted once, when the
-file is loaded, and a placeholder left over is an error then, not at run time.
+an engine adds fragments of its own (its `{MATCHES}`), and a section named in capitals
+is a fragment the others use as `{NAME}`. Each is substituted once, when the file is
+loaded, and a placeholder left over is an error then, not at run time.
 """
 
 from __future__ import annotations
@@ -47,16 +48,27 @@ def load(
     substitutions = names()
     substitutions.update({f"{{{k}}}": v for k, v in (fragments or {}).items()})
     parts = _NAME.split(text)
+    sections = list(zip(parts[1::2], parts[2::2], strict=True))
+    # A section named in capitals is a fragment, written into the others as {NAME}: a
+    # rule that runs inside a statement, kept where a test can run it alone.
+    for name, sql in sections:
+        if name.isupper():
+            substitutions[f"{{{name}}}"] = _without_comments(sql).strip().rstrip(";")
     found: dict[str, str] = {}
-    for name, sql in zip(parts[1::2], parts[2::2], strict=True):
+    for name, sql in sections:
         if name in found:
             raise ValueError(f"{dialect}/queries.sql: {name!r} defined twice")
-        for placeholder, value in substitutions.items():
-            sql = sql.replace(placeholder, value)
+        for _ in range(2):  # a fragment may hold placeholders of its own
+            for placeholder, value in substitutions.items():
+                sql = sql.replace(placeholder, value)
         left = _PLACEHOLDER.search(sql)
         if left is not None:
             raise ValueError(f"{dialect}/queries.sql: {name!r} has unknown {left.group()}")
         if not comments:
-            sql = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+            sql = _without_comments(sql)
         found[name] = sql.strip().rstrip(";")
     return found
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))

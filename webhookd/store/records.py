@@ -66,14 +66,14 @@ def parse_delivery_cursor(cursor: str) -> tuple[datetime, str, str]:
 WEBHOOK_COLUMNS = (
     "webhook_id, url, event_types, active, description, disabled_reason, failing_since, "
     "previous_secret_expires_at, created_at, updated_at, rate_limit, max_in_flight, ordering, "
-    "delivery_options, public_key"
+    "delivery_options, public_key, tenant"
 )
 
 
 def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     """A webhook as the API shows it (no secrets), from a row of WEBHOOK_COLUMNS."""
     (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row[:10]
-    rate_limit, max_in_flight, ordering, options, public_key = row[10:15]
+    rate_limit, max_in_flight, ordering, options, public_key, tenant = row[10:16]
     return {
         "webhook_id": wid,
         "url": url,
@@ -88,6 +88,7 @@ def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
         "rate_limit": rate_limit,
         "max_in_flight": max_in_flight,
         "ordering": ordering or "none",
+        "tenant": tenant,
         **network.shown(options, public_key),
     }
 

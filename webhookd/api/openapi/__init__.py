@@ -35,7 +35,7 @@ _METHODS = ("get", "head", "post", "put", "patch", "delete")
 ERRORS = {
     400: "the request is invalid; `message` names the field or parameter at fault",
     401: "no valid bearer token (`unauthorized`)",
-    403: "a producer token on a route only the operator token may call (`forbidden`)",
+    403: "a producer or tenant token on a route only the operator token may call (`forbidden`)",
     404: "not found (`not_found`)",
     408: "the request body did not arrive within admin.body_timeout (`request_timeout`)",
     409: "conflict (`conflict`)",
@@ -48,6 +48,7 @@ TAGS = [
     {"name": "webhooks", "description": "Subscriptions."},
     {"name": "deliveries", "description": "The delivery queue, its log, redrive and replay."},
     {"name": "operations", "description": "Status, health, metrics, this document."},
+    {"name": "tenants", "description": "Tokens for one tenant (customer): operator token only."},
 ]
 
 DESCRIPTION = f"""\
@@ -56,6 +57,9 @@ Durable at-least-once webhook delivery.
 Every route but `/healthz` needs `Authorization: Bearer <token>`. The operator token
 (`admin.token_file` or `WEBHOOKD_ADMIN__TOKEN`) may call every route; a producer token (a
 line of `admin.producer_token_file`) may only call `POST /v1/events` and gets 403 elsewhere.
+A tenant token (`POST /v1/tenants/{{tenant}}/tokens`) may call the webhook and delivery routes,
+redrive, replay and `/v1/status?tenant=`, each limited to its tenant: another tenant's objects
+answer 404, a body or query naming another tenant 403, and every other route 403.
 
 Errors are `{{"error": {{"code", "message"}}}}` with a 4xx status (503 while starting or when
 the database is unavailable). Lists answer `{{"items": [...], "next": cursor or null}}` and take
@@ -105,9 +109,8 @@ def _error_statuses(op: Operation, path: str, method: str) -> dict[int, str]:
     if "{" in path:
         statuses.add(404)
     if not op.public:
-        statuses |= {401, 503}
-        if not op.producer:
-            statuses.add(403)
+        # 403: a producer token off POST /v1/events, a tenant token off its routes.
+        statuses |= {401, 403, 503}
     statuses -= set(op.responses)
     return {status: op.errors.get(status, ERRORS[status]) for status in sorted(statuses)}
 
@@ -196,6 +199,8 @@ def document(app: web.Application) -> dict[str, Any]:
             entry["security"] = []
         elif op.producer:
             entry["security"] = [{"operatorToken": []}, {"producerToken": []}]
+        elif op.tenant:
+            entry["security"] = [{"operatorToken": []}, {"tenantToken": []}]
         else:
             entry["security"] = [{"operatorToken": []}]
         paths.setdefault(path, {})[method] = entry
@@ -218,6 +223,12 @@ def document(app: web.Application) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "a line of admin.producer_token_file: POST /v1/events only",
+                },
+                "tenantToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "made by POST /v1/tenants/{tenant}/tokens: one tenant's "
+                    "webhooks and deliveries only",
                 },
             },
         },

@@ -9,26 +9,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from webhookd import network
+from webhookd.queue.pacing import Pace
+from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
-    UNSET,
     DeliveryFilter,
     FifoBlocked,
     NotFound,
-    Ordering,
     Page,
     StatusReport,
-    Unset,
     WebhookLimits,
     WebhookPatch,
-    burst,
 )
 from webhookd.store.duckdb.batches import scan_once
 from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
 from webhookd.store.duckdb.queries import query
-from webhookd.store.pacing import Pace, tokens_now
 from webhookd.store.records import (
     WebhookSecrets,
     attempt_row,
@@ -52,11 +49,11 @@ def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] |
 
 
 def create_webhook(
-    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits]]
+    con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits, str | None]]
 ) -> list[dict[str, Any]]:
     results = []
     now = utcnow()
-    for url, event_types, secret, description, limits in payloads:
+    for url, event_types, secret, description, limits, tenant in payloads:
         webhook_id = _new_webhook_id()
         con.execute(
             query("create_webhook"),
@@ -74,6 +71,7 @@ def create_webhook(
                 str(limits.ordering),
                 limits.delivery_options,
                 limits.public_key,
+                tenant,
             ],
         )
         created = _fetch_webhook(con, webhook_id, now)
@@ -97,9 +95,9 @@ def get_webhook_secrets(con: Any, webhook_id: str) -> WebhookSecrets:
     return url, signing_secrets(secret, prev, prev_exp, utcnow()), network.decode(options)
 
 
-def list_webhooks(con: Any, limit: int, after: str | None) -> Page:
+def list_webhooks(con: Any, limit: int, after: str | None, tenant: str | None = None) -> Page:
     now = utcnow()
-    rows = con.execute(query("list_webhooks"), [after or "", limit + 1]).fetchall()
+    rows = con.execute(query("list_webhooks"), [after or "", tenant, tenant, limit + 1]).fetchall()
     items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
 
@@ -114,62 +112,19 @@ def update_webhook(
         if row is None:
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
-        was_active = bool(row[0])
-        pace = Pace(*row[1:8])
-        sets: list[str] = ["updated_at = ?"]
-        params: list[Any] = [now]
-        options = patch.delivery_options(row[8])
-        if not isinstance(options, Unset):
-            sets.append("delivery_options = ?")
-            params.append(options)
-        new_rate = patch.rate_limit
-        rate_changed = False
-        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
-            # The bucket keeps what it holds, within the new burst; the slots the old limit
-            # gave out are void: its waiting rows are due now, and paced again.
-            rate_changed = True
-            held_tokens = None
-            if new_rate is not None and pace.rate_limit is not None:
-                held_tokens = min(burst(new_rate), tokens_now(pace, now))
-            sets.append("rate_limit = ?, rate_tokens = ?, rate_refilled_at = ?")
-            params.extend([new_rate, held_tokens, now])
-        if rate_changed or (patch.active is not None and patch.active != was_active):
-            sets.append("rate_next_at = NULL")
-        if patch.max_in_flight is not UNSET:
-            sets.append("max_in_flight = ?")
-            params.append(patch.max_in_flight)
-        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
-        if ordering_changed:
-            sets.append("ordering = ?")
-            params.append(str(patch.ordering))
-        if patch.url is not None:
-            sets.append("url = ?")
-            params.append(patch.url)
-        if patch.event_types is not None:
-            sets.append("event_types = ?")
-            params.append(patch.event_types)
-        if patch.description is not None:
-            sets.append("description = ?")
-            params.append(patch.description)
-        if patch.active is not None:
-            sets.append("active = ?")
-            params.append(patch.active)
-            if patch.active and not was_active:
-                sets.append("disabled_reason = NULL, failing_since = NULL, health_reset_at = ?")
-                params.append(now)
-            elif not patch.active and was_active:
-                sets.append("disabled_reason = 'disabled by an operator'")
+        plan = plan_patch(patch, bool(row[0]), Pace(*row[1:8]), now, row[8])
+        # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
         con.execute(
-            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = ?", [*params, webhook_id]
+            f"UPDATE webhooks SET {', '.join(f'{c} = ?' for c in plan.sets)} WHERE webhook_id = ?",
+            [*plan.sets.values(), webhook_id],
         )
-        if rate_changed:
+        if plan.rate_limited_due:
             con.execute(query("rate_limited_due"), [now, now, webhook_id, now, RATE_LIMITED])
-        if ordering_changed and patch.ordering == Ordering.NONE:
-            # Rows that waited behind the head: due now, in any order.
+        if plan.waiting_due:
             con.execute(query("fifo_waiting_due"), [now, now, webhook_id])
-        if patch.active is True and not was_active:
+        if plan.enable:
             _set_due(con, "enable", [webhook_id], now)
-        elif patch.active is False:
+        elif plan.park:
             park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
         settle_fifo(con, [webhook_id], now)
@@ -221,6 +176,8 @@ def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | Non
             filt.webhook_id,
             filt.event_id,
             None if filt.status is None else str(filt.status),
+            filt.tenant,
+            filt.tenant,
             created,
             created,
             wid,
@@ -256,22 +213,28 @@ def _set_due(con: Any, name: str, params: list[Any], now: datetime) -> int:
     return len(rows) - reparked
 
 
-def redrive(con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None]]) -> list[int]:
+def redrive(
+    con: Any, payloads: Sequence[tuple[Status, str | None, datetime | None, str | None]]
+) -> list[int]:
     results = []
-    for status, webhook_id, since in payloads:
+    for status, webhook_id, since, tenant in payloads:
         if since is not None and since.tzinfo:
             since = since.astimezone(UTC).replace(tzinfo=None)
-        params = [str(status), webhook_id, since, since]
+        params = [str(status), webhook_id, since, since, tenant, tenant]
         results.append(_set_due(con, "redrive", params, utcnow()))
     return results
 
 
-def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | NotFound]:
+def replay(
+    con: Any, payloads: Sequence[tuple[str, str | None, str | None]]
+) -> list[int | NotFound]:
+    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
+    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
     results: list[int | NotFound] = []
-    for event_id, webhook_id in payloads:
+    for event_id, webhook_id, tenant in payloads:
         now = utcnow()
         event = con.execute(query("replay_event"), [event_id]).fetchone()
-        if event is None:
+        if event is None or (tenant is not None and event[2] != tenant):
             results.append(NotFound(f"no event {event_id!r}"))
             continue
         # An event the scanner has not reached yet: scan up to it first, so that the rows
@@ -282,7 +245,7 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
             scanned = scan_once(con, 10_000, careful=True, upto=event[1])
         if webhook_id is not None:
             hook = con.execute(query("webhook_exists"), [webhook_id]).fetchone()
-            if hook is None:
+            if hook is None or hook[0] != event[2]:
                 results.append(NotFound(f"no webhook {webhook_id!r}"))
                 continue
         # The rows that scan enqueued are due now, as a replay would make them: they count.
@@ -302,25 +265,31 @@ def replay(con: Any, payloads: Sequence[tuple[str, str | None]]) -> list[int | N
     return results
 
 
-def status(con: Any) -> StatusReport:
+def status(con: Any, tenant: str | None = None) -> StatusReport:
+    """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
     report = StatusReport()
-    for wid, status, n in con.execute(query("status_counts")).fetchall():
+    mine = [tenant, tenant]
+    for wid, status, n in con.execute(query("status_counts"), mine).fetchall():
         report.by_status[status] = report.by_status.get(status, 0) + n
         report.by_webhook.setdefault(wid, {})[status] = n
-    oldest = con.execute(query("status_oldest_due"), [now]).fetchone()[0]
+    oldest = con.execute(query("status_oldest_due"), [now, *mine]).fetchone()[0]
     if oldest is not None:
         report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
     cursor, latest = con.execute(query("status_scanner")).fetchone()
     report.scanner_cursor = cursor
     report.latest_seq = max(latest, cursor)
     report.scanner_lag_events = max(0, latest - cursor)
-    for wid, active, reason in con.execute(query("status_webhooks")).fetchall():
+    for wid, active, reason in con.execute(query("status_webhooks"), mine).fetchall():
         if active:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
-    report.fifo_blocked = _fifo_blocked(con)
+    blocked = _fifo_blocked(con)
+    if tenant is not None:
+        ids = set(report.by_webhook) | set(report.disabled_webhooks)
+        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
+    report.fifo_blocked = blocked
     return report
 
 

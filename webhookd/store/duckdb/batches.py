@@ -10,6 +10,7 @@ from typing import Any
 
 from webhookd.events import NewEvent
 from webhookd.queue.conflicts import first_of_each, same_content
+from webhookd.queue.pacing import Pace, cap, first_slot, tokens_now
 from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
@@ -27,7 +28,6 @@ from webhookd.store.duckdb.common import (
 )
 from webhookd.store.duckdb.fifo import settle_fifo
 from webhookd.store.duckdb.queries import query
-from webhookd.store.pacing import Pace, cap, first_slot, tokens_now
 from webhookd.store.records import signing_secrets, utcnow
 
 # ---------------------------------------------------------------------------------------
@@ -64,17 +64,19 @@ def ingest_carefully(
     con: Any, payloads: Sequence[list[NewEvent]]
 ) -> list[IngestResult | EventConflict]:
     all_ids = list({e.event_id for events in payloads for e in events})
-    existing: dict[str, tuple[str, bytes]] = {
-        row[0]: (row[1], bytes(row[2]))
+    existing: dict[str, tuple[str, str | None, bytes]] = {
+        row[0]: (row[1], row[2], bytes(row[3]))
         for row in con.execute(query("ingest_known"), [all_ids]).fetchall()
     }
     return _ingest_new(con, payloads, existing)
 
 
 def _ingest_new(
-    con: Any, payloads: Sequence[list[NewEvent]], existing: dict[str, tuple[str, bytes]]
+    con: Any,
+    payloads: Sequence[list[NewEvent]],
+    existing: dict[str, tuple[str, str | None, bytes]],
 ) -> list[IngestResult | EventConflict]:
-    """Insert what is new; `existing` maps the ids already stored to (type, body)."""
+    """Insert what is new; `existing` maps the ids already stored to (type, tenant, body)."""
     new_events: list[NewEvent] = []
     results: list[IngestResult | EventConflict] = []
     now = utcnow()
@@ -90,7 +92,7 @@ def _ingest_new(
             continue
         new = [e for e in fresh.values() if e.event_id not in existing]
         for event in new:
-            existing[event.event_id] = (event.event_type, event.body)
+            existing[event.event_id] = (event.event_type, event.tenant, event.body)
         new_events.extend(new)
         results.append(IngestResult([e.event_id for e in events], len(new)))
     if new_events:
@@ -103,6 +105,7 @@ def _ingest_new(
                 [e.body for e in new_events],
                 [e.occurred_at.replace(tzinfo=None) for e in new_events],
                 now,
+                [e.tenant for e in new_events],
             ],
         )
     return results
@@ -181,7 +184,7 @@ def claim(
     update). Lists are matched with list_contains: `IN (SELECT unnest(?))` plans a
     semi-join that costs twice as much.
 
-    A webhook's cap (store/pacing.py): fifo 1, else what the pool asked, within its
+    A webhook's cap (queue/pacing.py): fifo 1, else what the pool asked, within its
     max_in_flight if it is rate-limited. Rows waiting behind a fifo head have no
     next_attempt_at and are never due. A rate-limited webhook takes a token per row; its
     candidates the bucket cannot serve are moved to the next free slots, once each.
@@ -260,7 +263,7 @@ def _pace_rate_limited(
     now: datetime,
 ) -> None:
     """Write back the buckets a claim drew on, and move every due row of a webhook whose
-    bucket came up short (but those handed out) to its next free slots (store/pacing.py),
+    bucket came up short (but those handed out) to its next free slots (queue/pacing.py),
     in one statement each: no attempt, no log row, and no later claim reads them before
     their time."""
     touched = sorted(w for w in tokens if w in taken or w in short)

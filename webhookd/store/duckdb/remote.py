@@ -45,6 +45,7 @@ from webhookd.store.base import (
     WebhookPatch,
 )
 from webhookd.store.records import WebhookSecrets
+from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
 
@@ -360,9 +361,10 @@ class RemoteStore:
         secret: str,
         description: str,
         limits: WebhookLimits | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
-            "create_webhook", url, event_types, secret, description, limits
+            "create_webhook", url, event_types, secret, description, limits, tenant
         )
         return result
 
@@ -374,8 +376,8 @@ class RemoteStore:
         result: WebhookSecrets = await self._call("get_webhook_secrets", webhook_id)
         return result
 
-    async def list_webhooks(self, limit: int, after: str | None) -> Page:
-        result: Page = await self._call("list_webhooks", limit, after)
+    async def list_webhooks(self, limit: int, after: str | None, tenant: str | None = None) -> Page:
+        result: Page = await self._call("list_webhooks", limit, after, tenant)
         return result
 
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
@@ -400,16 +402,38 @@ class RemoteStore:
         result: list[dict[str, Any]] = await self._call("list_attempts", webhook_id, event_id)
         return result
 
-    async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
-        count = int(await self._call("redrive", status, webhook_id, since))
+    async def redrive(
+        self,
+        status: Status,
+        webhook_id: str | None,
+        since: datetime | None,
+        tenant: str | None = None,
+    ) -> int:
+        count = int(await self._call("redrive", status, webhook_id, since, tenant))
         self._claim_due = True
         return count
 
-    async def replay(self, event_id: str, webhook_id: str | None) -> int:
-        count = int(await self._call("replay", event_id, webhook_id))
+    async def replay(self, event_id: str, webhook_id: str | None, tenant: str | None = None) -> int:
+        count = int(await self._call("replay", event_id, webhook_id, tenant))
         self._claim_due = True
         return count
 
-    async def status(self) -> StatusReport:
-        result: StatusReport = await self._call("status")
+    async def status(self, tenant: str | None = None) -> StatusReport:
+        result: StatusReport = await self._call("status", tenant)
+        return result
+
+    # -- tenant tokens -----------------------------------------------------------------
+
+    async def create_tenant_token(self, token: StoredToken) -> None:
+        await self._call("create_tenant_token", token)
+
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
+        result: list[StoredToken] = await self._call("list_tenant_tokens", tenant)
+        return result
+
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        await self._call("revoke_tenant_token", tenant, token_id)
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
+        result: StoredToken | None = await self._call("find_tenant_token", token_id)
         return result

@@ -56,12 +56,13 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.duckdb import admin, batches
+from webhookd.store.duckdb import admin, batches, tenant_tokens
 from webhookd.store.duckdb.common import Cursor
 from webhookd.store.duckdb.disk import FULL_PAUSE, HOLD_OUTCOME, REOPEN_EVERY, RETRY_OUTCOME, Disk
 from webhookd.store.duckdb.migrate import migrate, open_connection
 from webhookd.store.duckdb.writer import Writer
 from webhookd.store.records import WebhookSecrets, utcnow
+from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
 
@@ -417,9 +418,11 @@ class DuckDBStore:
         secret: str,
         description: str,
         limits: WebhookLimits | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._write(
-            admin.create_webhook, (url, event_types, secret, description, limits or WebhookLimits())
+            admin.create_webhook,
+            (url, event_types, secret, description, limits or WebhookLimits(), tenant),
         )
         return result
 
@@ -432,8 +435,8 @@ class DuckDBStore:
         result: WebhookSecrets = await self._read(admin.get_webhook_secrets, webhook_id)
         return result
 
-    async def list_webhooks(self, limit: int, after: str | None) -> Page:
-        result: Page = await self._read(admin.list_webhooks, limit, after)
+    async def list_webhooks(self, limit: int, after: str | None, tenant: str | None = None) -> Page:
+        result: Page = await self._read(admin.list_webhooks, limit, after, tenant)
         return result
 
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
@@ -465,17 +468,41 @@ class DuckDBStore:
         result: list[dict[str, Any]] = await self._read(admin.list_attempts, webhook_id, event_id)
         return result
 
-    async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
-        return int(await self._write(admin.redrive, (status, webhook_id, since)))
+    async def redrive(
+        self,
+        status: Status,
+        webhook_id: str | None,
+        since: datetime | None,
+        tenant: str | None = None,
+    ) -> int:
+        return int(await self._write(admin.redrive, (status, webhook_id, since, tenant)))
 
-    async def replay(self, event_id: str, webhook_id: str | None) -> int:
-        result = await self._write(admin.replay, (event_id, webhook_id))
+    async def replay(self, event_id: str, webhook_id: str | None, tenant: str | None = None) -> int:
+        result = await self._write(admin.replay, (event_id, webhook_id, tenant))
         if isinstance(result, NotFound):
             raise result
         return int(result)
 
-    async def status(self) -> StatusReport:
-        result: StatusReport = await self._read(admin.status)
+    async def status(self, tenant: str | None = None) -> StatusReport:
+        result: StatusReport = await self._read(admin.status, tenant)
+        return result
+
+    # -- tenant tokens ----------------------------------------------------------------------
+
+    async def create_tenant_token(self, token: StoredToken) -> None:
+        await self._write(tenant_tokens.create, token)
+
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
+        result: list[StoredToken] = await self._read(tenant_tokens.list_for, tenant)
+        return result
+
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        result = await self._write(tenant_tokens.revoke, (tenant, token_id))
+        if isinstance(result, NotFound):
+            raise result
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
+        result: StoredToken | None = await self._read(tenant_tokens.find, token_id)
         return result
 
 

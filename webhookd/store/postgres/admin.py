@@ -25,22 +25,19 @@ from typing import Any
 from webhookd import logs, network
 from webhookd.events import body as event_body
 from webhookd.events import canonical_json
+from webhookd.queue.pacing import Pace
+from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
     RATE_LIMITED,
-    UNSET,
     DeliveryFilter,
     NotFound,
-    Ordering,
     Page,
     Pruned,
     StatusReport,
-    Unset,
     WebhookLimits,
     WebhookPatch,
-    burst,
 )
-from webhookd.store.pacing import Pace, tokens_now
 from webhookd.store.postgres import fifo
 from webhookd.store.postgres.common import MATCHES, Q, in_states, notify, park_inactive
 from webhookd.store.records import (
@@ -103,6 +100,7 @@ async def create_webhook(
     secret: str,
     description: str,
     limits: WebhookLimits | None = None,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     limits = limits or WebhookLimits()
     now = utcnow()
@@ -111,8 +109,8 @@ async def create_webhook(
         INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                               created_at, updated_at, health_reset_at,
                               rate_limit, max_in_flight, ordering,
-                              delivery_options, public_key)
-        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9, $10, $11)
+                              delivery_options, public_key, tenant)
+        VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9, $10, $11, $12)
         RETURNING {WEBHOOK_COLUMNS}
         """,
         new_webhook_id(),
@@ -126,6 +124,7 @@ async def create_webhook(
         str(limits.ordering),
         limits.delivery_options,
         limits.public_key,
+        tenant,
     )
     return webhook_row(row, now)
 
@@ -147,13 +146,16 @@ async def get_webhook_secrets(con: Connection, webhook_id: str) -> WebhookSecret
     return url, secrets, network.decode(options)
 
 
-async def list_webhooks(con: Connection, limit: int, after: str | None) -> Page:
+async def list_webhooks(
+    con: Connection, limit: int, after: str | None, tenant: str | None = None
+) -> Page:
     now = utcnow()
     rows = await con.fetch(
         f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > $1 "
-        "ORDER BY webhook_id LIMIT $2",
+        "AND ($3::text IS NULL OR tenant = $3) ORDER BY webhook_id LIMIT $2",
         after or "",
         limit + 1,
+        tenant,
     )
     items = [webhook_row(r, now) for r in rows[:limit]]
     return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
@@ -171,52 +173,21 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
         )
         if current is None:
             raise _not_found(webhook_id)
-        was_active = current["active"]
-        pace = Pace(*list(current.values())[1:8])
+        plan = plan_patch(
+            patch,
+            current["active"],
+            Pace(*list(current.values())[1:8]),
+            now,
+            current["delivery_options"],
+        )
         p = _Params()
-        sets = [f"updated_at = {p(now)}"]
-        options = patch.delivery_options(current["delivery_options"])
-        if not isinstance(options, Unset):
-            sets.append(f"delivery_options = {p(options)}")
-        new_rate = patch.rate_limit
-        rate_changed = False
-        if not isinstance(new_rate, Unset) and new_rate != pace.rate_limit:
-            # The bucket keeps what it holds, within the new burst; the slots the old limit
-            # gave out are void: its waiting rows are due now, and paced again.
-            rate_changed = True
-            held = None
-            if new_rate is not None and pace.rate_limit is not None:
-                held = min(burst(new_rate), tokens_now(pace, now))
-            sets.append(f"rate_limit = {p(new_rate)}, rate_tokens = {p(held)}")
-            sets.append(f"rate_refilled_at = {p(now)}")
-        if rate_changed or (patch.active is not None and patch.active != was_active):
-            sets.append("rate_next_at = NULL")
-        if patch.max_in_flight is not UNSET:
-            sets.append(f"max_in_flight = {p(patch.max_in_flight)}")
-        ordering_changed = patch.ordering is not None and patch.ordering != pace.ordering
-        if ordering_changed:
-            sets.append(f"ordering = {p(str(patch.ordering))}")
-        if patch.url is not None:
-            sets.append(f"url = {p(patch.url)}")
-        if patch.event_types is not None:
-            sets.append(f"event_types = {p(list(patch.event_types))}::text[]")
-        if patch.description is not None:
-            sets.append(f"description = {p(patch.description)}")
-        enabling = patch.active is True and not was_active
-        if patch.active is not None:
-            sets.append(f"active = {p(patch.active)}")
-            if enabling:
-                sets.append(
-                    f"disabled_reason = NULL, failing_since = NULL, health_reset_at = {p(now)}"
-                )
-            elif not patch.active and was_active:
-                sets.append("disabled_reason = 'disabled by an operator'")
+        # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
+        sets = ", ".join(f"{column} = {p(value)}" for column, value in plan.sets.items())
         await con.execute(
-            f"UPDATE webhooks SET {', '.join(sets)} WHERE webhook_id = {p(webhook_id)}",
-            *p.values,
+            f"UPDATE webhooks SET {sets} WHERE webhook_id = {p(webhook_id)}", *p.values
         )
         due = 0
-        if rate_changed:
+        if plan.rate_limited_due:
             due += _rowcount(
                 await con.execute(
                     f"UPDATE {Q} SET next_attempt_at = $2, updated_at = $2 "
@@ -227,7 +198,7 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
                     RATE_LIMITED,
                 )
             )
-        if ordering_changed and patch.ordering == Ordering.NONE:
+        if plan.waiting_due:
             # Rows that waited behind the head: due now, in any order.
             due += _rowcount(
                 await con.execute(
@@ -238,9 +209,9 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
                     now,
                 )
             )
-        if enabling:
+        if plan.enable:
             due += await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now)
-        elif patch.active is False:
+        elif plan.park:
             await park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
         due += await fifo.settle(con, [webhook_id])
@@ -296,6 +267,10 @@ async def list_deliveries(
         where.append(f"event_id = {p(filt.event_id)}")
     if filt.status is not None:
         where.append(f"status = {p(str(filt.status))}")
+    if filt.tenant is not None:
+        where.append(
+            f"webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = {p(filt.tenant)})"
+        )
     if after:
         created, wid, eid = parse_delivery_cursor(after)  # ValueError for a bad cursor
         where.append(
@@ -357,12 +332,18 @@ async def _set_due(
 
 
 async def redrive(
-    con: Connection, status: Status, webhook_id: str | None, since: datetime | None
+    con: Connection,
+    status: Status,
+    webhook_id: str | None,
+    since: datetime | None,
+    tenant: str | None = None,
 ) -> int:
     p = _Params()
     where = [f"status = {p(str(status))}"]
     if webhook_id is not None:
         where.append(f"webhook_id = {p(webhook_id)}")
+    if tenant is not None:
+        where.append(f"webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = {p(tenant)})")
     if since is not None:
         where.append(f"last_attempt_at >= {p(naive_utc(since))}::timestamp")
     async with con.transaction():
@@ -401,23 +382,27 @@ def build_body_or_stored(
         return event_body(event_id, event_type, occurred_at.replace(tzinfo=UTC), payload_text)
 
 
-async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
+async def replay(
+    con: Connection, event_id: str, webhook_id: str | None, tenant: str | None = None
+) -> int:
+    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
+    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
     async with con.transaction():
         now = utcnow()
         event = await con.fetchrow(
-            "SELECT event_type, occurred_at, payload::text, body FROM pipeline_events "
+            "SELECT event_type, occurred_at, payload::text, body, tenant FROM pipeline_events "
             "WHERE event_id = $1",
             event_id,
         )
-        if event is None:
+        if event is None or (tenant is not None and event["tenant"] != tenant):
             raise NotFound(f"no event {event_id!r}")
-        if (
-            webhook_id is not None
-            and await con.fetchval("SELECT 1 FROM webhooks WHERE webhook_id = $1", webhook_id)
-            is None
-        ):
-            raise _not_found(webhook_id)
-        event_type, occurred_at, payload_text, body = event
+        if webhook_id is not None:
+            found = await con.fetchrow(
+                "SELECT tenant FROM webhooks WHERE webhook_id = $1", webhook_id
+            )
+            if found is None or found["tenant"] != event["tenant"]:
+                raise _not_found(webhook_id)
+        event_type, occurred_at, payload_text, body, _ = event
         if body is None:
             # Written by a producer in SQL and not scanned yet: build the body as the
             # scanner would (the same bytes, whoever stores them first).
@@ -462,17 +447,26 @@ async def replay(con: Connection, event_id: str, webhook_id: str | None) -> int:
     return count
 
 
-async def status(con: Connection) -> StatusReport:
+async def status(con: Connection, tenant: str | None = None) -> StatusReport:
+    """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
     report = StatusReport()
+    mine = "true"
+    params: list[Any] = []
+    if tenant is not None:
+        mine = "webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $1)"
+        params = [tenant]
     for wid, state, n in await con.fetch(
-        f"SELECT webhook_id, status, count(*) FROM {Q} GROUP BY webhook_id, status"
+        f"SELECT webhook_id, status, count(*) FROM {Q} WHERE {mine} GROUP BY webhook_id, status",
+        *params,
     ):
         report.by_status[state] = report.by_status.get(state, 0) + n
         report.by_webhook.setdefault(wid, {})[state] = n
     oldest = await con.fetchval(
         f"SELECT min(next_attempt_at) FROM {Q} "
-        f"WHERE status = '{Status.PENDING}' AND next_attempt_at <= $1",
+        f"WHERE status = '{Status.PENDING}' AND next_attempt_at <= ${len(params) + 1} "
+        f"AND {mine}",
+        *params,
         now,
     )
     if oldest is not None:
@@ -497,13 +491,19 @@ async def status(con: Connection) -> StatusReport:
     report.scanner_lag_events = lag
     report.events_rejected = await con.fetchval("SELECT count(*) FROM rejected_events")
     for wid, active, reason in await con.fetch(
-        "SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id"
+        f"SELECT webhook_id, active, disabled_reason FROM webhooks WHERE {mine} "
+        "ORDER BY webhook_id",
+        *params,
     ):
         if active:
             report.webhooks_active += 1
         else:
             report.disabled_webhooks[wid] = reason
-    report.fifo_blocked = await fifo.blocked(con)
+    blocked = await fifo.blocked(con)
+    if tenant is not None:
+        ids = set(report.by_webhook) | set(report.disabled_webhooks)
+        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
+    report.fifo_blocked = blocked
     return report
 
 

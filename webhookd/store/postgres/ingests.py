@@ -95,7 +95,7 @@ class IngestGroup:
         for request in batch:
             clash = any(
                 (prior := merged.get(e.event_id)) is not None
-                and not same_content(e, prior.event_type, prior.body)
+                and not same_content(e, prior.event_type, prior.tenant, prior.body)
                 for e in request.events
             )
             if clash:

@@ -47,7 +47,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, fifo, statistics
+from webhookd.store.postgres import admin, fifo, statistics, tenant_tokens
 from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -65,6 +65,7 @@ from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, q
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
 from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
+from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
 
@@ -428,6 +429,7 @@ class PostgresStore:
                 payloads,
                 [e.body for e in events],
                 [naive_utc(e.occurred_at) for e in events],
+                [e.tenant for e in events],
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
@@ -438,7 +440,7 @@ class PostgresStore:
                     e.event_id
                     for e in old
                     if (r := stored.get(e.event_id)) is not None
-                    and not same_content(e, r["event_type"], r["body"], r["data"])
+                    and not same_content(e, r["event_type"], r["tenant"], r["body"], r["data"])
                 ]
                 if differing:
                     raise EventConflict(sorted(differing))
@@ -697,9 +699,16 @@ class PostgresStore:
         secret: str,
         description: str,
         limits: WebhookLimits | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         return await self._call(
-            admin.create_webhook, url, event_types, secret, description, limits or WebhookLimits()
+            admin.create_webhook,
+            url,
+            event_types,
+            secret,
+            description,
+            limits or WebhookLimits(),
+            tenant,
         )
 
     async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
@@ -708,8 +717,8 @@ class PostgresStore:
     async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         return await self._call(admin.get_webhook_secrets, webhook_id)
 
-    async def list_webhooks(self, limit: int, after: str | None) -> Page:
-        return await self._call(admin.list_webhooks, limit, after)
+    async def list_webhooks(self, limit: int, after: str | None, tenant: str | None = None) -> Page:
+        return await self._call(admin.list_webhooks, limit, after, tenant)
 
     async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
         return await self._call(admin.update_webhook, webhook_id, patch)
@@ -728,14 +737,34 @@ class PostgresStore:
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
         return await self._call(admin.list_attempts, webhook_id, event_id)
 
-    async def redrive(self, status: Status, webhook_id: str | None, since: datetime | None) -> int:
-        return await self._call(admin.redrive, status, webhook_id, since)
+    async def redrive(
+        self,
+        status: Status,
+        webhook_id: str | None,
+        since: datetime | None,
+        tenant: str | None = None,
+    ) -> int:
+        return await self._call(admin.redrive, status, webhook_id, since, tenant)
 
-    async def replay(self, event_id: str, webhook_id: str | None) -> int:
-        return await self._call(admin.replay, event_id, webhook_id)
+    async def replay(self, event_id: str, webhook_id: str | None, tenant: str | None = None) -> int:
+        return await self._call(admin.replay, event_id, webhook_id, tenant)
 
-    async def status(self) -> StatusReport:
-        return await self._call(admin.status)
+    async def status(self, tenant: str | None = None) -> StatusReport:
+        return await self._call(admin.status, tenant)
+
+    # -- tenant tokens (tenant_tokens.py) -----------------------------------------------------
+
+    async def create_tenant_token(self, token: StoredToken) -> None:
+        await self._call(tenant_tokens.create, token)
+
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
+        return await self._call(tenant_tokens.list_for, tenant)
+
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        await self._call(tenant_tokens.revoke, tenant, token_id)
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
+        return await self._call(tenant_tokens.find, token_id)
 
 
 async def _keep_session(con: Connection) -> None:

@@ -78,15 +78,16 @@ RETURNING webhook_id;
 
 
 -- name: ingest_known
--- The stored type and body of the ids ?, for queue/conflicts.same_content.
-SELECT event_id, event_type, body FROM pipeline_events
+-- The stored type, tenant and body of the ids ?, for queue/conflicts.same_content.
+SELECT event_id, event_type, tenant, body FROM pipeline_events
 WHERE event_id IN (SELECT unnest(?::VARCHAR[]));
 
 
 -- name: ingest
-INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
+                             tenant)
 SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
-       unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?;
+       unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?, unnest(?::VARCHAR[]);
 
 
 -- name: scan_cursor
@@ -132,7 +133,7 @@ UPDATE scanner_cursor SET seq = ?, updated_at = ? WHERE name = 'main';
 
 
 -- name: paces
--- The active webhooks with a setting of their own (store/pacing.Pace).
+-- The active webhooks with a setting of their own (queue/pacing.Pace).
 SELECT webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, rate_refilled_at,
        rate_next_at
 FROM webhooks
@@ -274,8 +275,9 @@ SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = ?;
 -- name: create_webhook
 INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
                       created_at, updated_at, health_reset_at,
-                      rate_limit, max_in_flight, ordering, delivery_options, public_key)
-VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+                      rate_limit, max_in_flight, ordering, delivery_options, public_key,
+                      tenant)
+VALUES (?, ?, ?, ?, true, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 
 -- name: get_webhook_secrets
@@ -284,7 +286,10 @@ FROM webhooks WHERE webhook_id = ?;
 
 
 -- name: list_webhooks
-SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > ? ORDER BY webhook_id LIMIT ?;
+-- After webhook ?, of tenant ? if not NULL (the tenant given twice).
+SELECT {WEBHOOK_COLUMNS} FROM webhooks
+WHERE webhook_id > ? AND (?::VARCHAR IS NULL OR tenant = ?)
+ORDER BY webhook_id LIMIT ?;
 
 
 -- name: webhook_pace
@@ -318,11 +323,12 @@ WHERE webhook_id = ? RETURNING 1;
 
 
 -- name: list_deliveries
--- Newest first, filtered by webhook ?, event ? and status ? (each if not NULL), after
--- the cursor (created_at, webhook_id, event_id) if there is one.
+-- Newest first, filtered by webhook ?, event ?, status ? and tenant ? (given twice; each
+-- if not NULL), after the cursor (created_at, webhook_id, event_id) if there is one.
 SELECT {DELIVERY_COLUMNS} FROM webhook_delivery_queue
 WHERE webhook_id = coalesce(?, webhook_id) AND event_id = coalesce(?, event_id)
   AND status = coalesce(?, status)
+  AND (?::VARCHAR IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = ?))
   AND (?::TIMESTAMP IS NULL OR (created_at, webhook_id, event_id) < (?::TIMESTAMP, ?, ?))
 ORDER BY created_at DESC, webhook_id DESC, event_id DESC LIMIT ?;
 
@@ -345,12 +351,13 @@ RETURNING webhook_id;
 
 
 -- name: redrive
--- The rows in state ? (of webhook ? and last attempted since ?, if not NULL): due now,
--- with a fresh budget.
+-- The rows in state ? (of webhook ?, last attempted since ? and of tenant ? (twice), if
+-- not NULL): due now, with a fresh budget.
 UPDATE webhook_delivery_queue SET status = {PENDING}, next_attempt_at = ?, lease_until = NULL,
     retry_base = attempts, updated_at = ?
 WHERE status IN {SOURCES_REDRIVE} AND status = ? AND webhook_id = coalesce(?, webhook_id)
   AND (?::TIMESTAMP IS NULL OR last_attempt_at >= ?)
+  AND (?::VARCHAR IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = ?))
 RETURNING webhook_id;
 
 
@@ -363,11 +370,12 @@ RETURNING webhook_id;
 
 
 -- name: replay_event
-SELECT event_type, seq FROM pipeline_events WHERE event_id = ?;
+SELECT event_type, seq, tenant FROM pipeline_events WHERE event_id = ?;
 
 
 -- name: webhook_exists
-SELECT 1 FROM webhooks WHERE webhook_id = ?;
+-- Its tenant (a row with NULL if none), or no row.
+SELECT tenant FROM webhooks WHERE webhook_id = ?;
 
 
 -- name: replay_pending
@@ -390,12 +398,13 @@ RETURNING webhook_id;
 
 
 -- name: status_counts
-SELECT webhook_id, status, count(*) FROM webhook_delivery_queue GROUP BY ALL;
+-- Of tenant ? (twice) if not NULL, as status_oldest_due and status_webhooks.
+SELECT webhook_id, status, count(*) FROM webhook_delivery_queue WHERE (?::VARCHAR IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = ?)) GROUP BY ALL;
 
 
 -- name: status_oldest_due
 SELECT min(next_attempt_at) FROM webhook_delivery_queue
-WHERE status = {PENDING} AND next_attempt_at <= ?;
+WHERE status = {PENDING} AND next_attempt_at <= ? AND (?::VARCHAR IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = ?));
 
 
 -- name: status_scanner
@@ -404,4 +413,5 @@ SELECT (SELECT seq FROM scanner_cursor WHERE name = 'main'),
 
 
 -- name: status_webhooks
-SELECT webhook_id, active, disabled_reason FROM webhooks ORDER BY webhook_id;
+SELECT webhook_id, active, disabled_reason FROM webhooks
+WHERE (?::VARCHAR IS NULL OR tenant = ?) ORDER BY webhook_id;

@@ -22,19 +22,20 @@ DELETE FROM daemons WHERE daemon_id = $1;
 -- The events of one request; ids already stored are left alone and checked with
 -- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
-INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at)
+INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
+                             tenant)
 SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
-       now() AT TIME ZONE 'UTC'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[])
-    AS u(event_id, event_type, payload, body, occurred_at)
+       now() AT TIME ZONE 'UTC', u.tenant
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[])
+    AS u(event_id, event_type, payload, body, occurred_at, tenant)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
 
 -- name: ingest_known
--- The stored type and body of the ids given, for queue/conflicts.same_content (an event
--- a producer wrote in SQL may have no body yet: then its data as text).
-SELECT event_id, event_type, body, CASE WHEN body IS NULL THEN payload::text END AS data
+-- The stored type, tenant and body of the ids given, for queue/conflicts.same_content (an
+-- event a producer wrote in SQL may have no body yet: then its data as text).
+SELECT event_id, event_type, tenant, body, CASE WHEN body IS NULL THEN payload::text END AS data
 FROM pipeline_events
 WHERE event_id = ANY ($1::text[]);
 
@@ -147,7 +148,7 @@ WITH rejected AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, p.seq, coalesce(p.body, b.body) AS body
+    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])
@@ -178,6 +179,19 @@ SELECT n, fifo,
 FROM counted;
 
 
+-- name: CAP
+-- A webhook's cap as a claim applies it, the rule of queue/pacing.cap written in SQL
+-- (tests/test_queue_rules.py runs both on one table): one for a webhook that is fifo or
+-- whose last attempt got no answer (silent); else its own (max_in_flight) or the
+-- daemon's per_webhook, unless the daemon asks for a cap of its own (asked): that one
+-- when the daemon is alone in holding the webhook's rows and the webhook is not
+-- rate-limited (claims ahead of a fast receiver), else within the webhook's own.
+CASE WHEN silent OR fifo THEN 1
+     WHEN asked IS NULL THEN coalesce(own_cap, per_webhook)
+     WHEN alone AND rate IS NULL THEN asked
+     ELSE least(asked, coalesce(own_cap, per_webhook)) END;
+
+
 -- name: claim_lock
 -- Claims are serialised across daemons: a webhook's cap is a read (its inflight rows,
 -- whoever holds them) then a write (more rows inflight) over many rows, which two
@@ -194,7 +208,7 @@ SELECT pg_advisory_xact_lock($1);
 -- any) may claim ahead up to what it asks (rounds of a fast receiver, as on DuckDB): it
 -- attempts no more than the cap at once, and while it holds more than the cap no other
 -- daemon gets any, so the cap holds across daemons either way. A rate-limited webhook also gets no more rows than its token bucket
--- holds (store/pacing.py does the same arithmetic for DuckDB): refilled here, and written
+-- holds (queue/pacing.py does the same arithmetic for DuckDB): refilled here, and written
 -- back with what this claim took. Webhooks with no room are excluded before the LIMIT, so
 -- their rows cannot fill the candidates; candidates are ranked per webhook to keep within
 -- the room left. A fifo webhook's rows behind its head have no next_attempt_at: only the
@@ -215,7 +229,7 @@ WITH clock AS (
     GROUP BY q.webhook_id
 ), hooks AS (
     SELECT w.webhook_id, w.silent, w.ordering = {FIFO} AS fifo, w.rate_limit AS rate,
-           w.rate_next_at, c.cap AS asked, coalesce(h.n, 0) AS n,
+           w.rate_next_at, c.cap AS asked, $2::int AS per_webhook, coalesce(h.n, 0) AS n,
            coalesce(h.n, 0) = coalesce(h.mine, 0) AS alone,
            CASE WHEN w.ordering = {FIFO} THEN 1 ELSE w.max_in_flight END AS own_cap,
            CASE WHEN w.rate_limit IS NOT NULL THEN
@@ -233,10 +247,7 @@ WITH clock AS (
 ), room AS (
     SELECT webhook_id, own_cap, rate, tokens, rate_next_at, fifo,
            fifo OR rate IS NOT NULL AS paced,
-           CASE WHEN silent OR fifo THEN 1
-                WHEN alone AND asked IS NOT NULL THEN asked
-                ELSE least(coalesce(asked, own_cap, $2::int), coalesce(own_cap, $2::int)) END
-               - n AS room,
+           {CAP} - n AS room,
            floor(tokens)::int AS allow
     FROM hooks
 ), few AS (

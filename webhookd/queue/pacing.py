@@ -49,18 +49,39 @@ class Pace:
         return 1 if self.fifo else self.max_in_flight
 
 
-def cap(pace: Pace | None, per_webhook: int, asked: int | None) -> int:
-    """The most rows a webhook may hold inflight after a claim: what the worker pool asked
-    (`asked`: fewer for a silent webhook, a few rounds more for a fast one), within the
-    webhook's own cap when it is paced (never claimed ahead) or fifo (one)."""
-    own = per_webhook
-    if pace is not None:
-        if pace.fifo:
-            return 1
-        own = pace.own_cap() or per_webhook
-        if pace.rate_limit is not None:
-            return own if asked is None else min(asked, own)
-    return own if asked is None else asked
+def cap(
+    pace: Pace | None,
+    per_webhook: int,
+    asked: int | None,
+    *,
+    silent: bool = False,
+    alone: bool = True,
+) -> int:
+    """The most rows a webhook may hold inflight after a claim. One for a fifo webhook or
+    a silent one (its last attempt got no answer); else its own cap (max_in_flight, or
+    the daemon's `per_webhook`), unless the worker pool asks for a cap of its own
+    (`asked`: a few rounds more for a fast receiver, one for a silent one): that one when
+    this daemon is `alone` in holding the webhook's rows and the webhook is not
+    rate-limited (never claimed ahead), else within the webhook's own. The PostgreSQL
+    claim applies the same rule in SQL (`CAP` in sql/postgresql/queries.sql); DuckDB,
+    one daemon, calls this."""
+    if silent or (pace is not None and pace.fifo):
+        return 1
+    own = (None if pace is None else pace.own_cap()) or per_webhook
+    if asked is None:
+        return own
+    if alone and (pace is None or pace.rate_limit is None):
+        return asked
+    return min(asked, own)
+
+
+def running_cap(own_cap: int | None, per_webhook: int, *, silent: bool) -> int:
+    """Attempts a webhook may have running at once in one daemon: one while its receiver
+    does not answer (as a circuit breaker half-open: one probe at a time), else its own
+    cap (fifo one, max_in_flight) or `per_webhook`."""
+    if silent:
+        return 1
+    return own_cap or per_webhook
 
 
 def tokens_now(pace: Pace, now: datetime) -> float:

@@ -21,7 +21,7 @@ import secrets as _random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -48,7 +48,7 @@ from webhookd.store.base import (
     WebhookPatch,
 )
 from webhookd.store.postgres import admin, fifo, statistics, tenant_tokens
-from webhookd.store.postgres.common import channel, park_inactive, stop_task
+from webhookd.store.postgres.common import channel, db_now, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
     TIMED_OUT,
@@ -65,6 +65,7 @@ from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, q
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
 from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
+from webhookd.store.records import utcnow as local_now
 from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
@@ -146,6 +147,11 @@ class PostgresStore:
         self._up = False
         self._outage_reported = False
         self._lease = 30.0  # the last claim's: how long an unwritten outcome is retried
+        # The database's clock less this daemon's, measured at each heartbeat: the times
+        # the daemon decides (an outcome's next attempt, retention and auto-disable
+        # thresholds) are written in the database's time, which every daemon shares, so a
+        # daemon whose clock is off neither re-drives others' rows early nor delays its own.
+        self.skew = timedelta(0)
         # Fifo webhooks, as this daemon's claims last found them: their outcomes are
         # recorded in a transaction that settles their order.
         self._fifo: set[str] = set()
@@ -316,7 +322,16 @@ class PostgresStore:
         return result
 
     async def _beat(self, con: Connection) -> None:
-        await con.execute(query("heartbeat"), self.daemon_id, socket.gethostname(), os.getpid())
+        sent = local_now()
+        db_now = await con.fetchval(
+            query("heartbeat"), self.daemon_id, socket.gethostname(), os.getpid()
+        )
+        received = local_now()
+        self.skew = db_now - (sent + (received - sent) / 2)
+
+    def _db_time(self, local: datetime) -> datetime:
+        """A time of this daemon's clock on the database's, naive UTC (see skew)."""
+        return naive_utc(local) + self.skew
 
     async def _beating(self) -> None:
         """Tell the other daemons this one lives; never fatal (errors logged once an outage)."""
@@ -359,9 +374,11 @@ class PostgresStore:
         return 0
 
     async def rescue_expired(self, now: datetime) -> int:
+        # `now` (this daemon's clock) on the database's: a daemon whose clock is ahead
+        # re-drives no lease early.
         forget_after = max(3600.0, 10 * self.dead_after)
         row = await self._call(
-            self._rescue_expired, naive_utc(now), float(self.dead_after), forget_after
+            self._rescue_expired, self._db_time(now), float(self.dead_after), forget_after
         )
         return int(row["n"])
 
@@ -377,7 +394,7 @@ class PostgresStore:
             await fifo.settle(con, None)
             strays = [r[0] for r in await con.fetch(query("park_strays"))]
             if strays:
-                await park_inactive(con, strays, now)
+                await park_inactive(con, strays, await db_now(con))
         return row
 
     async def lead(self) -> bool:
@@ -385,10 +402,12 @@ class PostgresStore:
         return False if leader is None or self._closing else await leader.lead()
 
     async def prune(self, delivered_before: datetime, log_before: datetime, batch: int) -> Pruned:
-        return await self._call(admin.prune, delivered_before, log_before, batch)
+        return await self._call(
+            admin.prune, self._db_time(delivered_before), self._db_time(log_before), batch
+        )
 
     async def auto_disable(self, failing_before: datetime) -> list[str]:
-        return await self._call(admin.auto_disable, failing_before)
+        return await self._call(admin.auto_disable, self._db_time(failing_before))
 
     async def checkpoint(self) -> None:
         return None  # PostgreSQL checkpoints by itself
@@ -664,8 +683,11 @@ class PostgresStore:
             [o.event_id for o in outcomes],
             [Status(o.status).value for o in outcomes],
             [o.attempt for o in outcomes],
-            [_naive(o.next_attempt_at) for o in outcomes],
-            [naive_utc(o.attempted_at) for o in outcomes],
+            [
+                None if o.next_attempt_at is None else self._db_time(o.next_attempt_at)
+                for o in outcomes
+            ],
+            [self._db_time(o.attempted_at) for o in outcomes],
             [float(o.duration_ms) for o in outcomes],
             [o.status_code for o in outcomes],
             [o.error for o in outcomes],

@@ -8,10 +8,12 @@
 
 -- name: heartbeat
 -- Register this daemon, or tell the others it is alive (re-registers it if the leader
--- forgot it while it could not reach the database).
+-- forgot it while it could not reach the database). Answers the database's clock, which
+-- the daemon's times are translated to (store.py, PostgresStore.skew).
 INSERT INTO daemons (daemon_id, hostname, pid, started_at, heartbeat_at)
 VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')
-ON CONFLICT (daemon_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at;
+ON CONFLICT (daemon_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at
+RETURNING heartbeat_at;
 
 
 -- name: unregister
@@ -420,7 +422,10 @@ SELECT count(*) FROM moved;
 -- Every CTE sees the same snapshot, so webhooks are updated by one CTE only. The fifo
 -- webhooks of the batch come back in `fifo`: their order is settled (fifo.settle) by a
 -- later statement, which sees these changes.
-WITH o AS (
+-- A late outcome (its row no longer holds the claim's lease: rescued, maybe claimed and
+-- delivered by another daemon) records what happened, in the log, marked late, and
+-- decides nothing: neither the row, nor the webhook's silent flag, nor a 410's deactivation.
+WITH given AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamp[],
                 $6::timestamp[], $7::float8[], $8::int[], $9::text[], $10::text[],
@@ -429,12 +434,20 @@ WITH o AS (
         AS o(webhook_id, event_id, status, attempt, next_attempt_at, attempted_at,
              duration_ms, status_code, error, response_excerpt, outcome, deactivate,
              claimed_until, spent, ord)
+), o AS (
+    SELECT g.*,
+           EXISTS (SELECT 1 FROM webhook_delivery_queue q
+                   WHERE q.webhook_id = g.webhook_id AND q.event_id = g.event_id
+                     AND q.status = {INFLIGHT}
+                     AND (g.claimed_until IS NULL OR q.lease_until = g.claimed_until)) AS live
+    FROM given g
 ), hooks AS (
     SELECT o.webhook_id,
-           bool_or(o.deactivate) AS gone,
+           coalesce(bool_or(o.deactivate) FILTER (WHERE o.live), false) AS gone,
            (array_agg(o.status_code IS NULL ORDER BY o.ord DESC)
-                FILTER (WHERE o.spent))[1] AS silent,
-           coalesce(bool_or(w.active), false) AND NOT bool_or(o.deactivate) AS active,
+                FILTER (WHERE o.spent AND o.live))[1] AS silent,
+           coalesce(bool_or(w.active), false)
+               AND NOT coalesce(bool_or(o.deactivate) FILTER (WHERE o.live), false) AS active,
            coalesce(bool_or(w.ordering = {FIFO}), false) AS fifo
     FROM o
     LEFT JOIN webhooks w ON w.webhook_id = o.webhook_id
@@ -467,15 +480,20 @@ WITH o AS (
     WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
       AND q.status = {INFLIGHT}
       AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
-    RETURNING 1
+    RETURNING q.webhook_id, q.event_id
 ), logged AS (
     INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at, duration_ms,
                                     status_code, error, response_excerpt, outcome)
-    SELECT webhook_id, event_id, attempt, attempted_at, duration_ms, status_code, error,
-           response_excerpt, outcome
+    SELECT o.webhook_id, o.event_id, o.attempt, o.attempted_at, o.duration_ms, o.status_code,
+           CASE WHEN r.event_id IS NULL
+                THEN 'late, not applied: the claim had lost its lease (the delivery was '
+                     || 're-driven)' || coalesce('; ' || o.error, '')
+                ELSE o.error END,
+           o.response_excerpt, o.outcome
     FROM o
-    WHERE spent
-    ORDER BY ord
+    LEFT JOIN rows_changed r ON r.webhook_id = o.webhook_id AND r.event_id = o.event_id
+    WHERE o.spent
+    ORDER BY o.ord
 ), gone_parked AS (
     -- pending rows only: never a row of rows_changed (inflight), so no row is changed twice
     UPDATE webhook_delivery_queue q
@@ -518,9 +536,10 @@ FROM counted;
 
 
 -- name: rescue_expired
--- Inflight rows whose lease ran out before $1, or whose daemon is not registered or has
--- not beaten its heart for $2 seconds (by the database's clock): due now, or parked when
--- their webhook is inactive or gone. Daemons silent for $3 seconds are forgotten (their
+-- Inflight rows whose lease ran out before $1 (the caller's time on the database's clock:
+-- store.py, PostgresStore.skew), or whose daemon is not registered or has not beaten its
+-- heart for $2 seconds by the database's clock: due now, or parked when their webhook is
+-- inactive or gone. Daemons silent for $3 seconds are forgotten (their
 -- rows are rescued here all the same: an unregistered claimant is a dead one).
 WITH rescued AS (
     UPDATE webhook_delivery_queue q

@@ -259,3 +259,29 @@ async def test_a_late_outcome_records_what_happened_and_decides_nothing(
     log = await con.fetch("SELECT outcome, error FROM webhook_deliveries ORDER BY attempt_id")
     assert [r["outcome"] for r in log] == ["delivered", "retry"]
     assert log[1]["error"].startswith("late, not applied") and "timeout" in log[1]["error"]
+
+
+async def test_daemons_with_disagreeing_settings_say_so(stores: Make) -> None:
+    """Two daemons on one queue with another max_attempts and another admin token: each
+    finds the other's settings at its heartbeat and lists the difference in its status
+    (and logs it, peers.py); a daemon with the same settings is not listed."""
+    same = {"admin.token": "0a1b2c3d", "delivery.max_attempts": 8}
+    a = await stores(shared_settings=same, heartbeat_interval=0.05)
+    b = await stores(
+        shared_settings={"admin.token": "ffffffff", "delivery.max_attempts": 3},
+        heartbeat_interval=0.05,
+    )
+    c = await stores(shared_settings=same, heartbeat_interval=0.05)
+
+    async def found() -> bool:
+        reports = [await s.status() for s in (a, b, c)]
+        return [r.settings_disagree for r in reports] == [
+            {b.daemon_id: ["admin.token", "delivery.max_attempts"]},
+            {
+                a.daemon_id: ["admin.token", "delivery.max_attempts"],
+                c.daemon_id: ["admin.token", "delivery.max_attempts"],
+            },
+            {b.daemon_id: ["admin.token", "delivery.max_attempts"]},
+        ]
+
+    await poll(found, DEADLINE, "every daemon to see the other's settings")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import secrets as _random
 import socket
@@ -63,6 +64,7 @@ from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
 from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
+from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
 from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
 from webhookd.store.records import utcnow as local_now
@@ -118,6 +120,7 @@ class PostgresStore:
         dead_after: float = 30.0,
         heartbeat_interval: float = 2.0,
         max_event_bytes: int = 1_048_576,
+        shared_settings: Mapping[str, Any] | None = None,
         lock_timeout: float = LOCK_TIMEOUT,
         statement_timeout: float = STATEMENT_TIMEOUT,
     ) -> None:
@@ -130,6 +133,9 @@ class PostgresStore:
         # An event written in SQL with more data than this is set aside, as the API
         # refuses a bigger request (admin.max_body_bytes).
         self._max_event_bytes = max_event_bytes
+        # Settings every daemon of this queue must share, compared at each heartbeat.
+        self.peers = Peers(shared_settings or {})
+        self._settings_json = json.dumps(self.peers.mine, sort_keys=True)
         # Never set: this engine reconnects by itself (see base.Store.lost).
         self.lost = asyncio.Event()
         self.migrations_applied: list[int] = []
@@ -323,11 +329,17 @@ class PostgresStore:
 
     async def _beat(self, con: Connection) -> None:
         sent = local_now()
-        db_now = await con.fetchval(
-            query("heartbeat"), self.daemon_id, socket.gethostname(), os.getpid()
+        db_now, peers = await con.fetchrow(
+            query("heartbeat"),
+            self.daemon_id,
+            socket.gethostname(),
+            os.getpid(),
+            self._settings_json,
+            float(self.dead_after),
         )
         received = local_now()
         self.skew = db_now - (sent + (received - sent) / 2)
+        self.peers.compare(json.loads(peers))
 
     def _db_time(self, local: datetime) -> datetime:
         """A time of this daemon's clock on the database's, naive UTC (see skew)."""
@@ -772,7 +784,9 @@ class PostgresStore:
         return await self._call(admin.replay, event_id, webhook_id, tenant)
 
     async def status(self, tenant: str | None = None) -> StatusReport:
-        return await self._call(admin.status, tenant)
+        report = await self._call(admin.status, tenant)
+        report.settings_disagree = dict(self.peers.disagreements)
+        return report
 
     # -- tenant tokens (tenant_tokens.py) -----------------------------------------------------
 

@@ -7,13 +7,23 @@
 
 
 -- name: heartbeat
--- Register this daemon, or tell the others it is alive (re-registers it if the leader
--- forgot it while it could not reach the database). Answers the database's clock, which
--- the daemon's times are translated to (store.py, PostgresStore.skew).
-INSERT INTO daemons (daemon_id, hostname, pid, started_at, heartbeat_at)
-VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')
-ON CONFLICT (daemon_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at
-RETURNING heartbeat_at;
+-- Register this daemon with its shared settings ($4, peers.py), or tell the others it is
+-- alive (re-registers it if the leader forgot it while it could not reach the database).
+-- Answers the database's clock, which the daemon's times are translated to (store.py,
+-- PostgresStore.skew), and the settings of the daemons whose heartbeat is fresh ($5
+-- seconds), to compare with its own.
+WITH beat AS (
+    INSERT INTO daemons (daemon_id, hostname, pid, started_at, heartbeat_at, settings)
+    VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', $4::text::jsonb)
+    ON CONFLICT (daemon_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
+                                          settings = EXCLUDED.settings
+    RETURNING heartbeat_at
+)
+SELECT (SELECT heartbeat_at FROM beat) AS now,
+       (SELECT coalesce(jsonb_object_agg(d.daemon_id, d.settings), '{}')::text
+        FROM daemons d
+        WHERE d.daemon_id <> $1
+          AND d.heartbeat_at >= now() AT TIME ZONE 'UTC' - make_interval(secs => $5)) AS peers;
 
 
 -- name: unregister

@@ -433,8 +433,9 @@ SELECT count(*) FROM moved;
 -- webhooks of the batch come back in `fifo`: their order is settled (fifo.settle) by a
 -- later statement, which sees these changes.
 -- A late outcome (its row no longer holds the claim's lease: rescued, maybe claimed and
--- delivered by another daemon) records what happened, in the log, marked late, and
--- decides nothing: neither the row, nor the webhook's silent flag, nor a 410's deactivation.
+-- delivered by another daemon) records what happened, in the log, marked late, and undoes
+-- nothing others decided: it changes neither the row nor the webhook's silent flag. (A
+-- 410 still deactivates the webhook: the endpoint asked to stop, whichever claim heard it.)
 WITH given AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamp[],
@@ -453,11 +454,10 @@ WITH given AS (
     FROM given g
 ), hooks AS (
     SELECT o.webhook_id,
-           coalesce(bool_or(o.deactivate) FILTER (WHERE o.live), false) AS gone,
+           bool_or(o.deactivate) AS gone,
            (array_agg(o.status_code IS NULL ORDER BY o.ord DESC)
                 FILTER (WHERE o.spent AND o.live))[1] AS silent,
-           coalesce(bool_or(w.active), false)
-               AND NOT coalesce(bool_or(o.deactivate) FILTER (WHERE o.live), false) AS active,
+           coalesce(bool_or(w.active), false) AND NOT bool_or(o.deactivate) AS active,
            coalesce(bool_or(w.ordering = {FIFO}), false) AS fifo
     FROM o
     LEFT JOIN webhooks w ON w.webhook_id = o.webhook_id

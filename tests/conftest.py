@@ -25,7 +25,7 @@ from webhookd.config import Settings, load_settings
 from webhookd.daemon import Daemon
 from webhookd.store.base import Store
 from webhookd.store.duckdb.store import DuckDBStore
-from webhookd.store.postgres import PostgresStore
+from webhookd.store.engines import make_store
 
 # PostgresStore fixtures (`stores`, `con`) for the PostgreSQL engine's tests.
 pytest_plugins = ["tests.pg_stores"]
@@ -57,6 +57,12 @@ def no_dns_off_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # The storage engines every conformance test runs on (see `store` below).
 ENGINES = ("duckdb", "postgresql")
+# DuckDBStore in this process, for the tests of its writer threads and its file.
+DUCKDB_IN_PROCESS = "duckdb-in-process"
+# Through RemoteStore a scan or claim with nothing new to do waits in the database
+# process for the next transaction, up to the poll interval; in a test nothing else
+# starts one, so each such call would wait its whole poll interval.
+CONFORMANCE_POLL = {"poll_interval": "5ms"}
 
 
 @pytest.fixture(scope="session")
@@ -75,12 +81,16 @@ def pg_schema(pg: PgCluster) -> Iterator[str]:
 
 
 def open_store(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """A store of `engine`, in this process, on a fresh file or schema."""
-    if engine == "duckdb":
+    """A store of `engine` on a fresh file or schema, as the daemon opens it
+    (store/engines.py): DuckDB through RemoteStore and its database process, PostgreSQL
+    through its pool. DUCKDB_IN_PROCESS: a DuckDBStore in this process."""
+    if engine == DUCKDB_IN_PROCESS:
         return DuckDBStore(tmp_path / "q.duckdb")
-    cluster: PgCluster = request.getfixturevalue("pg")
-    schema: str = request.getfixturevalue("pg_schema")
-    return PostgresStore(cluster.url, schema=schema, pool_size=4)
+    database: dict[str, Any] = {}
+    if engine == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("pg")
+        database = {"url": cluster.url, "schema": request.getfixturevalue("pg_schema")}
+    return make_store(make_settings(tmp_path, database=database, scanner=CONFORMANCE_POLL))
 
 
 @pytest.fixture(params=ENGINES)

@@ -15,7 +15,11 @@ from tests.conftest import REPO
 API = REPO / "webhookd" / "api"
 ROUTE_MODULES = ("ingest", "operators", "tenant_routes", "webhooks")
 # The models, split by subject: the fields of tenants and the tenant routes' models apart.
-MODEL_MODULES = ("webhookd.api.models", "webhookd.api.tenant_models")
+MODEL_MODULES = (
+    "webhookd.api.models",
+    "webhookd.api.operation_models",
+    "webhookd.api.tenant_models",
+)
 
 
 def imports(path: Path, *, top_level_only: bool = False) -> list[tuple[str, list[str]]]:
@@ -64,10 +68,12 @@ def test_route_modules_share_only_public_names_of_common() -> None:
 
 def test_models_import_no_route_module() -> None:
     modules = [module for module, _ in imports(API / "models.py")]
-    # common, and the field types split off by subject (network_fields, tenant_fields).
+    # common, and the field types split off by subject (network_fields, tenant_fields,
+    # trace_fields).
     api = [m for m in modules if m.startswith("webhookd.api")]
     assert set(api) <= {
         "webhookd.api.common",
         "webhookd.api.network_fields",
         "webhookd.api.tenant_fields",
+        "webhookd.api.trace_fields",
     }, api

@@ -167,7 +167,8 @@ async def test_a_producer_role_publishes_and_inserts_and_reads_nothing(
     try:
         await con.execute(f"GRANT USAGE ON SCHEMA {s} TO {role}")
         await con.execute(
-            f"GRANT EXECUTE ON FUNCTION {s}.publish(text, text, jsonb, timestamptz, text) TO {role}"
+            f"GRANT EXECUTE ON FUNCTION {s}.publish(text, text, jsonb, timestamptz, text, text) "
+            f"TO {role}"
         )
         await con.execute(
             f"GRANT INSERT (event_id, event_type, payload, occurred_at, tenant) "

@@ -1,7 +1,8 @@
 """The delivery queue under random interleavings of everything that touches it.
 
-A Hypothesis state machine drives a real store, on every engine (a DuckDB file, a
-PostgreSQL schema), through
+A Hypothesis state machine drives a real store, on every engine as the daemon opens it
+(a DuckDB file through RemoteStore and its database process, a PostgreSQL schema through
+its pool), through
 ingest + scan, claims, outcomes, lease expiry, late outcomes (a worker whose lease ran
 out reports after all), restarts (claims held in memory become void), release, webhook
 deactivate / enable / delete, redrive and replay, and keeps a model of what every row
@@ -41,13 +42,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.conftest import CONFORMANCE_POLL, make_settings
 from tests.pg import PgCluster, drop_schema, fresh_schema
 from webhookd.events import NewEvent, parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import Claim, DeliveryFilter, NotFound, Outcome, Store, WebhookPatch
-from webhookd.store.duckdb.store import DuckDBStore
-from webhookd.store.postgres import PostgresStore
+from webhookd.store.engines import make_store
 from webhookd.store.records import utcnow
 
 T = TypeVar("T")
@@ -164,11 +165,15 @@ class QueueMachine(RuleBasedStateMachine):
     pg: PgCluster | None = None
 
     def new_store(self) -> Store:
-        """A store on this machine's database: the same file or schema at every restart."""
+        """A store on this machine's database (the same file or schema at every restart),
+        as the daemon opens it: DuckDB through RemoteStore and its database process,
+        PostgreSQL through its pool."""
         if self.engine == "duckdb":
-            return DuckDBStore(self.path, checkpoint_interval=3600.0)
-        assert self.pg is not None
-        return PostgresStore(self.pg.url, schema=self.schema, pool_size=3)
+            database = {"path": str(self.path), "checkpoint_interval": "1h"}
+        else:
+            assert self.pg is not None
+            database = {"url": self.pg.url, "schema": self.schema}
+        return make_store(make_settings(self.dir, database=database, scanner=CONFORMANCE_POLL))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)

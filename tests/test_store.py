@@ -19,6 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 import duckdb
 import pytest
 
+from tests.conftest import DUCKDB_IN_PROCESS
 from webhookd.events import parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
@@ -43,9 +44,11 @@ from webhookd.store.records import utcnow
 DEADLINE = 30.0
 
 
-# `store` (tests/conftest.py) runs each test on every engine; these run on DuckDB alone.
+# `store` (tests/conftest.py) runs each test on every engine as the daemon opens it; these
+# run on one engine alone, or on a DuckDBStore in this process (its writer threads, its file).
 duckdb_only = pytest.mark.parametrize("store", ["duckdb"], indirect=True)
 postgresql_only = pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+duckdb_in_process = pytest.mark.parametrize("store", [DUCKDB_IN_PROCESS], indirect=True)
 
 
 def events(*specs: tuple[str, str]) -> list:  # type: ignore[type-arg]
@@ -567,7 +570,7 @@ async def test_a_claim_carries_the_webhooks_url_and_secrets_as_they_are_now(
     assert await store.claim(10, 8, 30) == []
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_duckdb_writer_forgets_the_fifo_webhooks_a_rolled_back_transaction_saw(
     store: Store,
 ) -> None:
@@ -760,7 +763,7 @@ def _other(con: object, payloads: list[str]) -> list[str]:
     return list(payloads)
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_enqueue_is_idempotent_even_if_the_cursor_is_rewound(
     store: DuckDBStore, tmp_path: Path
 ) -> None:
@@ -782,7 +785,7 @@ async def test_enqueue_is_idempotent_even_if_the_cursor_is_rewound(
     await store.open()  # the fixture closes it again
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_outcomes_queued_during_a_transaction_share_the_next_one(
     store: DuckDBStore,
 ) -> None:
@@ -813,7 +816,7 @@ async def test_outcomes_queued_during_a_transaction_share_the_next_one(
     assert set((await statuses(store)).values()) == {"delivered"}
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_a_failing_operation_fails_alone(store: DuckDBStore) -> None:
     await hook(store)
     await store.ingest(events(("e1", "t")))
@@ -833,7 +836,7 @@ async def test_a_failing_operation_fails_alone(store: DuckDBStore) -> None:
 
 
 @duckdb_only
-async def test_rescue_orphans_returns_inflight_rows(store: DuckDBStore) -> None:
+async def test_rescue_orphans_returns_inflight_rows(store: Store) -> None:
     await hook(store)
     await store.ingest(events(("e1", "t")))
     await store.scan(500)
@@ -846,7 +849,7 @@ async def test_rescue_orphans_returns_inflight_rows(store: DuckDBStore) -> None:
 async def test_migrations_are_applied_once(tmp_path: Path) -> None:
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
-    assert s.migrations_applied == [1, 2, 3, 4, 5]
+    assert s.migrations_applied == [1, 2, 3, 4, 5, 6]
     await s.close()
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
@@ -875,7 +878,7 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     s = DuckDBStore(path)
     await s.open()
     try:
-        assert s.migrations_applied == [2, 3, 4, 5]
+        assert s.migrations_applied == [2, 3, 4, 5, 6]
         assert (await s.get_webhook("wh_old"))["url"] == "http://127.0.0.1:9/"
     finally:
         await s.close()
@@ -966,7 +969,7 @@ async def test_a_version_2_database_gets_each_rows_seq(tmp_path: Path) -> None:
         await s.close()
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_a_queue_row_ahead_of_the_cursor_does_not_stop_the_scan(
     store: DuckDBStore,
 ) -> None:
@@ -991,7 +994,7 @@ async def test_a_queue_row_ahead_of_the_cursor_does_not_stop_the_scan(
     assert await statuses(store) == {(wh, "e1"): "pending", (wh, "e2"): "pending"}
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_a_rider_waits_for_other_work_and_shares_its_transaction(
     store: DuckDBStore,
 ) -> None:
@@ -1010,14 +1013,14 @@ async def test_a_rider_waits_for_other_work_and_shares_its_transaction(
     assert writer.transactions == before + 2  # one commit for the work and the rider
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_a_rider_alone_runs_when_its_time_is_up(store: DuckDBStore) -> None:
     writer = store._writer
     assert writer is not None
     assert await writer.submit(_noted, "poll", ride=0.05) == "poll"
 
 
-@duckdb_only
+@duckdb_in_process
 async def test_a_transaction_takes_one_rider_of_each_kind(store: DuckDBStore) -> None:
     """Two claims wait; a transaction takes one, so the next transaction has the other."""
     writer = store._writer

@@ -357,6 +357,28 @@ class RetentionSettings(_Section):
     prune_batch: int = Field(default=5000, ge=1)
 
 
+class OperationalSettings(_Section):
+    # A webhook failing this long (every attempt since its last delivery) is reported
+    # once, as webhookd.webhook.failing.
+    failing_after: Duration = Field(default=900.0, gt=0)
+
+
+class TracingSettings(_Section):
+    # OTLP/HTTP endpoint for spans (the webhookd[otel] extra); unset: no export.
+    otlp_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TracingSettings:
+        if self.otlp_endpoint is not None:
+            parts = urlsplit(self.otlp_endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    "tracing.otlp_endpoint: an http:// or https:// URL of an OTLP/HTTP "
+                    "receiver (e.g. http://127.0.0.1:4318)"
+                )
+        return self
+
+
 class ShutdownSettings(_Section):
     grace: Duration = 10.0
 
@@ -380,6 +402,8 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    operational: OperationalSettings = Field(default_factory=OperationalSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

@@ -20,6 +20,7 @@ from webhookd.sender import Sender
 from webhookd.signing import USER_AGENT
 from webhookd.store.base import StoreUnavailable
 from webhookd.store.engines import describe, make_store
+from webhookd.tracing import NoTracer, make_tracer
 from webhookd.upkeep import AutoDisabler, LeaseRescuer, Periodic, Pruner
 from webhookd.workers import RetryPolicy, WorkerPool
 
@@ -77,6 +78,15 @@ class Daemon:
             for problem in exc.problems:
                 log.error("configuration error", problem=problem)
             return EXIT_CONFIG
+        try:
+            tracer = make_tracer(s.tracing.otlp_endpoint)
+        except ImportError as exc:
+            log.error(
+                "configuration error",
+                problem=f"tracing.otlp_endpoint needs the OpenTelemetry SDK "
+                f"(pip install 'webhookd[otel]'): {exc}",
+            )
+            return EXIT_CONFIG
         metrics = Metrics()
         sender = Sender(
             timeout=s.delivery.timeout,
@@ -101,6 +111,7 @@ class Daemon:
             policy=RetryPolicy(
                 s.delivery.max_attempts, s.delivery.retry_schedule, s.delivery.jitter
             ),
+            tracer=None if isinstance(tracer, NoTracer) else tracer,
         )
         scanner = Scanner(
             store,
@@ -136,6 +147,7 @@ class Daemon:
             metrics=metrics,
             token=token,
             producer_tokens=producer_tokens,
+            tracer=tracer,
         )
         # Listen first: while migrations and the start-up rescue run, /readyz says so.
         runner = web.AppRunner(build_app(svc), **runner_options(s.admin))
@@ -145,6 +157,7 @@ class Daemon:
         except OSError as exc:
             log.error("cannot listen", listen=s.admin.listen, problem=str(exc))
             await runner.cleanup()
+            tracer.close()
             return EXIT_CONFIG
         self.listening = listening
         log.info(
@@ -158,6 +171,7 @@ class Daemon:
         except StoreUnavailable as exc:
             log.error("cannot open the database", problem=str(exc))
             await runner.cleanup()
+            tracer.close()
             return EXIT_CONFIG
         if store.migrations_applied:
             log.info("schema migrations applied", versions=store.migrations_applied)
@@ -222,6 +236,8 @@ class Daemon:
         await asyncio.gather(*tasks, watchdog, stop_wait, return_exceptions=True)
         await sender.close()
         await store.close()
+        # Sends the spans still waiting (the SDK's exporter blocks: off the loop).
+        await asyncio.get_running_loop().run_in_executor(None, tracer.close)
         log.info("webhookd stopped")
         return EXIT_OK if not crashed or self._stop.is_set() else 1
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from webhookd import tracing
 from webhookd.tenants import tenant_problem
 
 MAX_ID_LENGTH = 256
@@ -48,6 +49,8 @@ class NewEvent:
     occurred_at: datetime
     body: bytes  # what every subscriber receives, byte for byte
     tenant: str | None = None  # only this tenant's webhooks receive it (SPEC "Tenants")
+    # The producer's W3C trace context (webhookd/tracing.py), None when it sent none.
+    traceparent: str | None = None
 
     def __reduce__(self) -> tuple[type[NewEvent], tuple[Any, ...]]:
         # Ingests cross to the database process 500 events at a time (see Claim).
@@ -58,6 +61,7 @@ class NewEvent:
             self.occurred_at,
             self.body,
             self.tenant,
+            self.traceparent,
         )
 
 
@@ -124,10 +128,11 @@ def _token(value: Any, where: str, max_length: int) -> str:
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
+def parse_event(raw: Any, index: int, now: datetime, traceparent: str | None = None) -> NewEvent:
+    """`traceparent`: the request's, for an event that carries none of its own."""
     if not isinstance(raw, dict):
         raise EventError(f"events[{index}]: expected an object")
-    unknown = set(raw) - {"id", "type", "data", "occurred_at", "tenant"}
+    unknown = set(raw) - {"id", "type", "data", "occurred_at", "tenant", "traceparent"}
     if unknown:
         raise EventError(f"events[{index}]: unknown field(s) {', '.join(sorted(unknown))}")
     event_type = _token(raw.get("type"), f"events[{index}].type", MAX_TYPE_LENGTH)
@@ -148,6 +153,11 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
             f"events[{index}].data: a string holds U+0000 (NUL), which no engine can store "
             "(PostgreSQL's jsonb refuses it) and many receivers mishandle"
         )
+    if "traceparent" in raw:
+        problem = tracing.traceparent_problem(raw["traceparent"])
+        if problem is not None:
+            raise EventError(f"events[{index}].traceparent: {problem}")
+        traceparent = tracing.stored(raw["traceparent"])
     return NewEvent(
         event_id,
         event_type,
@@ -155,6 +165,7 @@ def parse_event(raw: Any, index: int, now: datetime) -> NewEvent:
         occurred_at,
         body(event_id, event_type, occurred_at, payload),
         tenant,
+        traceparent,
     )
 
 

@@ -22,12 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from webhookd import backoff, logs, signing
+from webhookd import backoff, logs, signing, tracing
 from webhookd.metrics import Metrics
 from webhookd.queue.pacing import running_cap
 from webhookd.sender import AttemptResult, Sender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
 from webhookd.store.base import Claim, Outcome, Store, sleep_until_work
+from webhookd.tracing import Tracer
 
 log = logs.get("webhookd.delivery")
 
@@ -138,6 +139,15 @@ def decide_failure(
         )
 
 
+def tracing_attributes(outcome: Outcome) -> dict[str, str | int]:
+    """What an attempt's span says of its outcome: no error text (it may quote a
+    receiver's answer), no body, no header."""
+    attributes: dict[str, str | int] = {"webhookd.outcome": outcome.outcome}
+    if outcome.status_code is not None:
+        attributes["http.response.status_code"] = outcome.status_code
+    return attributes
+
+
 @functools.lru_cache(maxsize=4096)
 def _key(secret: str) -> signing.Key:
     return signing.secret_key(secret)
@@ -184,8 +194,11 @@ class WorkerPool:
         timeout: float,
         poll_interval: float,
         policy: RetryPolicy,
+        tracer: Tracer | None = None,
     ) -> None:
         self._store = store
+        # None: no spans exported (an attempt of a traced event still sends a traceparent).
+        self._tracer = tracer
         self._sender = sender
         self._metrics = metrics
         self.size = workers
@@ -404,6 +417,16 @@ class WorkerPool:
         a stored id no header can carry), the attempt ends with an outcome: a failure
         with an `internal error: ...` text, counted and retried like any other.
         Cancellation (shutdown) propagates: the pool releases those rows."""
+        if self._tracer is not None:
+            with self._tracer.attempt(claim.traceparent, claim.webhook_id, claim.attempt) as span:
+                outcome = await self._attempt_traced(claim, span.traceparent)
+                span.attributes.update(tracing_attributes(outcome))
+        else:
+            await self._attempt_traced(
+                claim, None if claim.traceparent is None else tracing.child(claim.traceparent)
+            )
+
+    async def _attempt_traced(self, claim: Claim, traceparent: str | None) -> Outcome:
         started = time.perf_counter()
         internal = False
         try:
@@ -411,6 +434,8 @@ class WorkerPool:
             headers = signing.headers(
                 [_key(s) for s in claim.secrets], claim.event_id, timestamp, claim.body
             )
+            if traceparent is not None:
+                headers["traceparent"] = traceparent
             result = await self._sender.post(claim.url, claim.body, headers, claim.options)
             outcome = decide(claim, result, self._policy, datetime.now(UTC).replace(tzinfo=None))
         except Exception as exc:
@@ -450,9 +475,10 @@ class WorkerPool:
             write = self._store.record(outcome)
         except Exception as exc:  # the row stays inflight; its lease re-drives it
             self._written_failed(outcome, exc)
-            return
+            return outcome
         self._pending_writes.add(write)
         write.add_done_callback(functools.partial(self._written, outcome))
+        return outcome
 
     def _heard_from(self, webhook_id: str, result: AttemptResult) -> None:
         """What an attempt that reached the network says of its receiver (fast, or silent:

@@ -21,6 +21,7 @@ from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.store.base import NotFound, Store
+from webhookd.tracing import NoTracer, Tracer
 from webhookd.workers import WorkerPool
 
 
@@ -37,6 +38,7 @@ class Services:
     producer_tokens: list[str] = field(default_factory=list)
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    tracer: Tracer = field(default_factory=NoTracer)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")

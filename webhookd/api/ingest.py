@@ -9,6 +9,7 @@ from aiohttp import web
 from webhookd.api.common import ApiError, Operation, documented, read_json, services
 from webhookd.api.models import Accepted, Events, parse_events
 from webhookd.events import EventError, NewEvent, parse_event
+from webhookd.tracing import stored, traceparent_problem
 
 routes = web.RouteTableDef()
 
@@ -19,13 +20,15 @@ routes = web.RouteTableDef()
         summary="Append one event or a list of them",
         description="Answers 202 once the events are committed. The same id with the same "
         "type and data again is accepted and stored once; the same id with other content is "
-        "a 409. One bad event refuses the whole list. Producer tokens may call this route.",
+        "a 409. One bad event refuses the whole list. Producer tokens may call this route. "
+        "A W3C `traceparent` header is stored with every event that carries none of its own.",
         tag="events",
         body=Events,
         responses={202: Accepted},
         errors={
             400: "an event or a field of one is invalid (`invalid_event`, naming "
-            "`events[i].field`), the body is not JSON (`invalid_json`), or the list is empty",
+            "`events[i].field`), the body is not JSON (`invalid_json`), the list is empty, "
+            "or the traceparent header is not a W3C traceparent (`invalid_traceparent`)",
             409: "an id already stored with other content, or twice in one list with "
             "different content (`conflict`)",
             413: "the body is over admin.max_body_bytes (`payload_too_large`) or holds more "
@@ -54,21 +57,30 @@ async def post_events(request: web.Request) -> web.Response:
     # builds each event (its id, canonical body) and applies any rule of its own beyond
     # what a schema can say (U+0000 in data), so the API and the stores share one builder.
     parse_events(raw_events)
-    now = datetime.now(UTC)
-    events: list[NewEvent] = []
-    try:
-        for index, raw_event in enumerate(raw_events):
-            events.append(parse_event(raw_event, index, now))
-    except EventError as exc:
-        raise ApiError(400, "invalid_event", str(exc)) from None
-    except OverflowError:
-        raise ApiError(
-            400, "invalid_event", f"events[{len(events)}].occurred_at: out of the supported range"
-        ) from None
-    # Wake the scanner and the workers now: their scan and claim then queue behind this
-    # ingest and, while the writer is busy, share one transaction with it.
-    svc.scanner.wake()
-    svc.pool.wake()
-    result = await svc.store.ingest(events)
+    header = request.headers.get("traceparent")
+    if header is not None:
+        problem = traceparent_problem(header)
+        if problem is not None:
+            raise ApiError(400, "invalid_traceparent", f"traceparent (header): {problem}")
+        header = stored(header)
+    with svc.tracer.ingest(header, len(raw_events)) as ingest_span:
+        now = datetime.now(UTC)
+        events: list[NewEvent] = []
+        try:
+            for index, raw_event in enumerate(raw_events):
+                events.append(parse_event(raw_event, index, now, header or ingest_span))
+        except EventError as exc:
+            raise ApiError(400, "invalid_event", str(exc)) from None
+        except OverflowError:
+            raise ApiError(
+                400,
+                "invalid_event",
+                f"events[{len(events)}].occurred_at: out of the supported range",
+            ) from None
+        # Wake the scanner and the workers now: their scan and claim then queue behind this
+        # ingest and, while the writer is busy, share one transaction with it.
+        svc.scanner.wake()
+        svc.pool.wake()
+        result = await svc.store.ingest(events)
     svc.metrics.events_ingested.inc(result.inserted)
     return web.json_response({"ids": result.ids}, status=202)

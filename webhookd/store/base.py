@@ -85,6 +85,8 @@ class Claim:
     paced: bool = False
     # The webhook's own headers, client certificate and timeout; None when it sets none.
     options: DeliveryOptions | None = None
+    # The event's W3C traceparent (webhookd/tracing.py); None when it came with none.
+    traceparent: str | None = None
 
     def __reduce__(self) -> tuple[type[Claim], tuple[Any, ...]]:
         # Claims and outcomes cross to the database process by the thousand: positional

@@ -106,6 +106,7 @@ def _ingest_new(
                 [e.occurred_at.replace(tzinfo=None) for e in new_events],
                 now,
                 [e.tenant for e in new_events],
+                [e.traceparent for e in new_events],
             ],
         )
     return results
@@ -231,7 +232,7 @@ def claim(
         lease_until = now + timedelta(seconds=lease)
         con.execute(query("claim_take"), [lease_until, now, rowids])
         claims = []
-        for _, webhook_id, event_id, attempts, base, body in picked:
+        for _, webhook_id, event_id, attempts, base, body, traceparent in picked:
             url, secret, prev, prev_exp, options = hooks[webhook_id]
             secrets = signing_secrets(secret, prev, prev_exp, now)
             pace = paces.get(webhook_id)
@@ -248,6 +249,7 @@ def claim(
                     None if pace is None else pace.own_cap(),
                     pace is not None and pace.paced,
                     options,
+                    traceparent,
                 )
             )
         results.append(claims)

@@ -68,7 +68,6 @@ from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
 from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
 from webhookd.store.records import utcnow as local_now
-from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
 
@@ -107,7 +106,7 @@ GROUP_LOCK_WAIT = 0.1
 STATISTICS_EVERY = 1.0
 
 
-class PostgresStore:
+class PostgresStore(tenant_tokens.TenantTokenCalls):
     engine = "postgresql"
 
     def __init__(
@@ -461,6 +460,7 @@ class PostgresStore:
                 [e.body for e in events],
                 [naive_utc(e.occurred_at) for e in events],
                 [e.tenant for e in events],
+                [e.traceparent for e in events],
             )
             new = {r[0] for r in rows}
             if len(new) < len(events):
@@ -648,6 +648,7 @@ class PostgresStore:
                     r["own_cap"],
                     bool(r["paced"]),
                     network.decode(r["delivery_options"]),
+                    r["traceparent"],
                 )
             )
         return claims
@@ -787,20 +788,6 @@ class PostgresStore:
         report = await self._call(admin.status, tenant)
         report.settings_disagree = dict(self.peers.disagreements)
         return report
-
-    # -- tenant tokens (tenant_tokens.py) -----------------------------------------------------
-
-    async def create_tenant_token(self, token: StoredToken) -> None:
-        await self._call(tenant_tokens.create, token)
-
-    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
-        return await self._call(tenant_tokens.list_for, tenant)
-
-    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
-        await self._call(tenant_tokens.revoke, tenant, token_id)
-
-    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
-        return await self._call(tenant_tokens.find, token_id)
 
 
 async def _keep_session(con: Connection) -> None:

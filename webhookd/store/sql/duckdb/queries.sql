@@ -85,9 +85,9 @@ WHERE event_id IN (SELECT unnest(?::VARCHAR[]));
 
 -- name: ingest
 INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
-                             tenant)
+                             tenant, traceparent)
 SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),
-       unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?, unnest(?::VARCHAR[]);
+       unnest(?::BLOB[]), unnest(?::TIMESTAMP[]), ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[]);
 
 
 -- name: scan_cursor
@@ -107,10 +107,11 @@ FROM (SELECT seq FROM pipeline_events
 -- fifo webhook's new rows wait behind its head (no next_attempt_at). No ON CONFLICT
 -- (see batches.scan_once): scan_enqueue_again has it.
 INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
-                                    next_attempt_at, body, created_at, updated_at, seq)
+                                    next_attempt_at, body, created_at, updated_at, seq,
+                                    traceparent)
 SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
        CASE WHEN w.ordering = {FIFO} THEN NULL ELSE ?::TIMESTAMP END,
-       e.body, ?, ?, e.seq
+       e.body, ?, ?, e.seq, e.traceparent
 FROM pipeline_events e
 JOIN webhooks w ON {MATCHES}
 WHERE e.seq > ? AND e.seq <= ?;
@@ -118,10 +119,11 @@ WHERE e.seq > ? AND e.seq <= ?;
 
 -- name: scan_enqueue_again
 INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
-                                    next_attempt_at, body, created_at, updated_at, seq)
+                                    next_attempt_at, body, created_at, updated_at, seq,
+                                    traceparent)
 SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
        CASE WHEN w.ordering = {FIFO} THEN NULL ELSE ?::TIMESTAMP END,
-       e.body, ?, ?, e.seq
+       e.body, ?, ?, e.seq, e.traceparent
 FROM pipeline_events e
 JOIN webhooks w ON {MATCHES}
 WHERE e.seq > ? AND e.seq <= ?
@@ -147,7 +149,8 @@ WHERE status = {INFLIGHT} GROUP BY webhook_id;
 
 -- name: claim
 -- Candidates: due rows, oldest first, of the webhooks not in ? (those at their cap).
-SELECT rowid, webhook_id, event_id, attempts, retry_base, body FROM webhook_delivery_queue
+SELECT rowid, webhook_id, event_id, attempts, retry_base, body, traceparent
+FROM webhook_delivery_queue
 WHERE status IN {SOURCES_CLAIM} AND next_attempt_at <= ?
   AND NOT list_contains(?::VARCHAR[], webhook_id)
 ORDER BY next_attempt_at
@@ -388,8 +391,9 @@ WHERE event_id = ? AND webhook_id = coalesce(?, webhook_id) AND status = {PENDIN
 -- Rows pruned after delivery come back from the event source: event ? for webhook ? (any
 -- webhook, active, that takes it if NULL).
 INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
-                                    next_attempt_at, body, created_at, updated_at, seq)
-SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0, ?, e.body, ?, ?, e.seq
+                                    next_attempt_at, body, created_at, updated_at, seq,
+                                    traceparent)
+SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0, ?, e.body, ?, ?, e.seq, e.traceparent
 FROM pipeline_events e
 JOIN webhooks w ON (w.webhook_id = ? OR (?::VARCHAR IS NULL AND {MATCHES}))
 WHERE e.event_id = ?

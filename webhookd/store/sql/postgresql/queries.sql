@@ -35,11 +35,12 @@ DELETE FROM daemons WHERE daemon_id = $1;
 -- ingest_known in the same transaction (a later statement: its snapshot sees the
 -- rows a concurrent ingest of the same ids committed while this one waited on them).
 INSERT INTO pipeline_events (event_id, event_type, payload, body, occurred_at, ingested_at,
-                             tenant)
+                             tenant, traceparent)
 SELECT u.event_id, u.event_type, u.payload::jsonb, u.body, u.occurred_at,
-       now() AT TIME ZONE 'UTC', u.tenant
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[])
-    AS u(event_id, event_type, payload, body, occurred_at, tenant)
+       now() AT TIME ZONE 'UTC', u.tenant, u.traceparent
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamp[], $6::text[],
+            $7::text[])
+    AS u(event_id, event_type, payload, body, occurred_at, tenant, traceparent)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id;
 
@@ -160,16 +161,18 @@ WITH rejected AS (
     FROM built b
     WHERE p.event_id = b.event_id AND p.body IS NULL
 ), e AS (
-    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body
+    SELECT p.event_id, p.event_type, p.tenant, p.seq, coalesce(p.body, b.body) AS body,
+           p.traceparent
     FROM pipeline_events p
     LEFT JOIN built b ON b.event_id = p.event_id
     WHERE p.event_id = ANY ($1::text[])
 ), enqueued AS (
     INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
-                                        next_attempt_at, body, created_at, updated_at, seq)
+                                        next_attempt_at, body, created_at, updated_at, seq,
+                                        traceparent)
     SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
            CASE WHEN w.ordering = {FIFO} THEN NULL ELSE now() AT TIME ZONE 'UTC' END, e.body,
-           now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', e.seq
+           now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', e.seq, e.traceparent
     FROM e JOIN webhooks w ON {MATCHES}
     ON CONFLICT DO NOTHING
     RETURNING webhook_id, next_attempt_at IS NULL AS waiting
@@ -202,6 +205,20 @@ CASE WHEN silent OR fifo THEN 1
      WHEN asked IS NULL THEN coalesce(own_cap, per_webhook)
      WHEN alone AND rate IS NULL THEN asked
      ELSE least(asked, coalesce(own_cap, per_webhook)) END;
+
+
+-- name: TOKENS
+-- What the token bucket of webhook w holds at clock.now, the rule of
+-- queue/pacing.tokens_now written in SQL (tests/test_queue_rules.py runs both on one
+-- table): refilled at rate_limit a second since rate_refilled_at, at most one second's
+-- worth and at least one token; a bucket never written is full; NULL if not rate-limited.
+CASE WHEN w.rate_limit IS NOT NULL THEN
+    least(greatest(1.0::float8, w.rate_limit),
+          coalesce(w.rate_tokens, greatest(1.0::float8, w.rate_limit))
+          + greatest(0.0::float8, extract(epoch FROM clock.now
+                      - coalesce(w.rate_refilled_at, clock.now))::float8)
+            * w.rate_limit)
+END;
 
 
 -- name: claim_lock
@@ -244,13 +261,7 @@ WITH clock AS (
            w.rate_next_at, c.cap AS asked, $2::int AS per_webhook, coalesce(h.n, 0) AS n,
            coalesce(h.n, 0) = coalesce(h.mine, 0) AS alone,
            CASE WHEN w.ordering = {FIFO} THEN 1 ELSE w.max_in_flight END AS own_cap,
-           CASE WHEN w.rate_limit IS NOT NULL THEN
-               least(greatest(1.0::float8, w.rate_limit),
-                     coalesce(w.rate_tokens, greatest(1.0::float8, w.rate_limit))
-                     + greatest(0.0::float8, extract(epoch FROM clock.now
-                                 - coalesce(w.rate_refilled_at, clock.now))::float8)
-                       * w.rate_limit)
-           END AS tokens
+           {TOKENS} AS tokens
     FROM webhooks w
     CROSS JOIN clock
     LEFT JOIN held h ON h.webhook_id = w.webhook_id
@@ -351,12 +362,13 @@ WITH clock AS (
     FROM locked p
     WHERE q.webhook_id = p.webhook_id AND q.event_id = p.event_id
     RETURNING q.webhook_id, q.event_id, q.attempts, q.retry_base, q.body, q.lease_until,
-              q.next_attempt_at, q.seq
+              q.next_attempt_at, q.seq, q.traceparent
 )
 SELECT 'claimed' AS kind, c.webhook_id, c.event_id, c.attempts, c.retry_base, c.body,
        c.lease_until, c.next_attempt_at, w.url, w.secret, w.previous_secret,
        w.previous_secret_expires_at, r.own_cap, r.paced, r.fifo, NULL::timestamp AS first_slot,
-       NULL::float8 AS rate, (SELECT now FROM clock) AS now, w.delivery_options
+       NULL::float8 AS rate, (SELECT now FROM clock) AS now, w.delivery_options,
+       c.traceparent
 FROM claimed c
 JOIN webhooks w ON w.webhook_id = c.webhook_id
 JOIN room r ON r.webhook_id = c.webhook_id
@@ -364,14 +376,14 @@ UNION ALL
 SELECT DISTINCT 'stray', r.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
        NULL::timestamp, NULL::int, NULL::bool, NULL::bool, NULL::timestamp, NULL::float8,
-       (SELECT now FROM clock), NULL::text
+       (SELECT now FROM clock), NULL::text, NULL::text
 FROM ranked r
 WHERE r.room IS NULL
 UNION ALL
 SELECT 'short', p.webhook_id, NULL::text, NULL::int, NULL::int, NULL::bytea,
        NULL::timestamp, NULL::timestamp, NULL::text, NULL::text, NULL::text,
        NULL::timestamp, NULL::int, NULL::bool, NULL::bool, p.first_slot, p.rate,
-       (SELECT now FROM clock), NULL::text
+       (SELECT now FROM clock), NULL::text, NULL::text
 FROM paced p
 WHERE p.short;
 

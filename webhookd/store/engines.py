@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from webhookd.config import ConfigError, Settings, redact_url
-from webhookd.store.base import Store
+from webhookd.store.base import Notifier, Peer, Store
 from webhookd.store.duckdb.remote import RemoteStore
 
 
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """A storage engine's parts: the store, and for a database several daemons share,
+    the leader election (peer) and the wake-ups (notifier); None where one daemon owns
+    the database."""
+
+    store: Store
+    peer: Peer | None = None
+    notifier: Notifier | None = None
+
+
 def make_store(settings: Settings) -> Store:
+    return make_engine(settings).store
+
+
+def make_engine(settings: Settings) -> Engine:
     """DuckDB in a child process (database.path), or PostgreSQL (database.url or url_file).
     Raises ConfigError when the URL file cannot be read."""
     db = settings.database
@@ -15,7 +32,7 @@ def make_store(settings: Settings) -> Store:
         from webhookd.store.postgres import PostgresStore
         from webhookd.store.postgres.peers import shared_settings
 
-        return PostgresStore(
+        store = PostgresStore(
             db.resolve_url(),
             schema=db.db_schema,
             pool_size=db.pool(settings.delivery.workers),
@@ -25,7 +42,8 @@ def make_store(settings: Settings) -> Store:
             max_event_bytes=settings.admin.max_body_bytes,
             shared_settings=shared_settings(settings, _token(settings)),
         )
-    return RemoteStore(
+        return Engine(store, peer=store, notifier=store)
+    remote = RemoteStore(
         db.path,
         memory_limit=db.memory_limit,
         checkpoint_interval=db.checkpoint_interval,
@@ -34,6 +52,7 @@ def make_store(settings: Settings) -> Store:
         poll_interval=settings.scanner.poll_interval,
         stall_timeout=db.stall_timeout,
     )
+    return Engine(remote)
 
 
 def describe(settings: Settings) -> str:

@@ -420,9 +420,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
     async def auto_disable(self, failing_before: datetime) -> list[str]:
         return await self._call(admin.auto_disable, self._db_time(failing_before))
 
-    async def checkpoint(self) -> None:
-        return None  # PostgreSQL checkpoints by itself
-
     # -- the data path -------------------------------------------------------------------------
 
     async def ingest(self, events: list[NewEvent]) -> IngestResult:

@@ -179,6 +179,10 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             "webhookd.daemon": "on",
             "lock_timeout": f"{max(1, round(lock_timeout * 1000))}ms",
             "statement_timeout": f"{max(1, round(statement_timeout * 1000))}ms",
+            # A daemon frozen (SIGSTOP, a paused VM) between two statements of a
+            # transaction would hold its locks (the claim lock, rows it updated) while its
+            # peers take over: the server ends such a session well within peer_timeout.
+            "idle_in_transaction_session_timeout": f"{idle_in_transaction_ms(dead_after)}ms",
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -785,6 +789,12 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         report = await self._call(admin.status, tenant)
         report.settings_disagree = dict(self.peers.disagreements)
         return report
+
+
+def idle_in_transaction_ms(dead_after: float) -> int:
+    """Half of peer_timeout, within 1 to 10 s: the daemon's own transactions never wait
+    between statements for longer than a round trip."""
+    return round(max(1.0, min(10.0, dead_after / 2)) * 1000)
 
 
 async def _keep_session(con: Connection) -> None:

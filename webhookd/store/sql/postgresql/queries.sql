@@ -54,8 +54,12 @@ WHERE event_id = ANY ($1::text[]);
 
 
 -- name: scan_lock
--- One scanner advances the cursor at a time; the others return at once.
-SELECT pg_try_advisory_xact_lock($1);
+-- One scanner advances the cursor at a time; the others return at once. A scan builds the
+-- bodies of events written in SQL between its statements (up to a batch of events of
+-- admin.max_body_bytes each): its transaction may stay idle longer than the daemon's
+-- others (idle_in_transaction_session_timeout, store.py), up to a minute.
+SELECT pg_try_advisory_xact_lock($1)
+       AND set_config('idle_in_transaction_session_timeout', '60s', true) IS NOT NULL;
 
 
 -- name: scan_read

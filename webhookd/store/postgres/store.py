@@ -47,7 +47,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, fifo, statistics, tenant_tokens
+from webhookd.store.postgres import admin, fifo, operational, statistics, tenant_tokens
 from webhookd.store.postgres.common import channel, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -386,8 +386,10 @@ class PostgresStore:
     async def prune(self, delivered_before: datetime, log_before: datetime, batch: int) -> Pruned:
         return await self._call(admin.prune, delivered_before, log_before, batch)
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        return await self._call(admin.auto_disable, failing_before)
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        return await self._call(admin.auto_disable, failing_before, reported_failing_before)
 
     async def checkpoint(self) -> None:
         return None  # PostgreSQL checkpoints by itself
@@ -632,6 +634,9 @@ class PostgresStore:
         their order (fifo.settle) once they are applied. A webhook switched to fifo since
         its rows were claimed is settled right after, in a transaction of its own (and by
         the leader's safety net should this daemon die in between)."""
+        if operational.reportable(outcomes):  # a 410 or a dead delivery: reported with it
+            await operational.record(con, outcomes, self._apply_outcomes)
+            return
         if not any(o.webhook_id in self._fifo for o in outcomes):
             _, fifo_ids = await self._apply_outcomes(con, outcomes)
             if fifo_ids:

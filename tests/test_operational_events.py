@@ -294,3 +294,132 @@ def _run_sql(sql: str, *params: Any) -> Any:
         return [None] * len(payloads)
 
     return run
+
+
+def _failed(claim: Any) -> Outcome:
+    now = utcnow()
+    return Outcome(
+        claim.webhook_id,
+        claim.event_id,
+        claim.attempt,
+        Status.PENDING,
+        now + timedelta(hours=1),
+        now,
+        1.0,
+        500,
+        "HTTP 500",
+        "",
+        "retry",
+        claimed_until=claim.claimed_until,
+    )
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("engine", [DUCKDB_IN_PROCESS, "postgresql"])
+async def test_an_auto_disable_that_rolls_back_reports_nothing_one_that_commits_reports_it(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing the report fails (DuckDB: the write raises; PostgreSQL: a trigger refuses
+    the event): the webhook stays active and nothing is reported. Then it commits: the
+    webhook is disabled and reported once."""
+    store = open_store(engine, request, tmp_path)
+    await store.open()
+    try:
+        hook = await store.create_webhook("http://127.0.0.1:9/x", [], "whsec_" + "A" * 32, "")
+        operator = await store.create_webhook(
+            "http://127.0.0.1:9/op", [op.DISABLED], "whsec_" + "B" * 32, ""
+        )
+        await store.ingest([parse_event({"type": "t", "data": {}}, 0, utcnow())])
+        await store.scan(10)
+        (claim,) = await _claim_all(store)
+        await store.record(_failed(claim))
+        later = utcnow() + timedelta(seconds=1)
+        if isinstance(store, DuckDBStore):
+            from webhookd.store.duckdb import operational as duck
+
+            real = duck.write
+
+            def refusing(con: Any, events: Any, now: Any) -> None:
+                real(con, events, now)
+                if events:
+                    raise Refused("the report cannot be written")
+
+            monkeypatch.setattr(duck, "write", refusing)
+            with pytest.raises(Exception):  # noqa: B017 - whatever the writer makes of it
+                await store.auto_disable(later, None)
+            monkeypatch.setattr(duck, "write", real)
+        else:
+            schema: str = request.getfixturevalue("pg_schema")
+            pg: PgCluster = request.getfixturevalue("pg")
+            con = await asyncpg.connect(pg.url)
+            try:
+                await con.execute(
+                    f"""
+                    CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN RAISE EXCEPTION 'the report cannot be written'; END $$;
+                    CREATE TRIGGER refuse BEFORE INSERT ON {schema}.pipeline_events
+                    FOR EACH ROW WHEN (starts_with(NEW.event_type, 'webhookd.'))
+                    EXECUTE FUNCTION {schema}.refuse();
+                    """
+                )
+                with pytest.raises(Exception):  # noqa: B017
+                    await store.auto_disable(later, None)
+                await con.execute(f"DROP TRIGGER refuse ON {schema}.pipeline_events")
+            finally:
+                await con.close()
+        assert (await store.get_webhook(hook["webhook_id"]))["active"] is True
+        assert await _reports(store, operator["webhook_id"]) == []
+        assert await store.auto_disable(later, None) == [hook["webhook_id"]]
+        assert (await store.get_webhook(hook["webhook_id"]))["active"] is False
+        reports = await _reports(store, operator["webhook_id"])
+        assert [(b["type"], b["data"]["webhook_id"]) for b in reports] == [
+            (op.DISABLED, hook["webhook_id"])
+        ]
+    finally:
+        await store.close()
+
+
+async def test_two_daemons_on_postgresql_report_each_change_once(
+    pg: PgCluster, pg_schema: str, tmp_path: Path
+) -> None:
+    """Two daemons on one queue record dead deliveries of one webhook side by side and
+    one of them (the leader) auto-disables it: one webhookd.delivery.dead report (within
+    the minute), whose count and the tally still to report add up to every dead delivery
+    exactly, and one webhookd.webhook.disabled."""
+    n = 200
+    sections: dict[str, Any] = {
+        "database": {"url": pg.url, "schema": pg_schema},
+        "delivery": {"max_attempts": 1, "disable_after": "5s"},
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = make_settings(tmp_path / "a", **sections)
+    second = make_settings(tmp_path / "b", **sections)
+    async with Recorder() as rx, running(first) as a, running(second), Api(a.url) as api:
+        rx.reply_on("/failing", Reply(500))
+        await api.create_webhook(rx.url + "/operator", event_types=OPERATIONAL)
+        wid = (await api.create_webhook(rx.url + "/failing"))["webhook_id"]
+        await api.emit([{"type": "t", "data": {"i": i}} for i in range(n)])
+        await api.wait_status({"dead": n}, deadline=DEADLINE, webhook_id=wid)
+        await _wait_for(rx, op.DISABLED)
+        con = await asyncpg.connect(pg.url)
+        try:
+            rows = await con.fetch(
+                f"SELECT event_type, payload FROM {pg_schema}.pipeline_events "
+                "WHERE starts_with(event_type, 'webhookd.') AND payload->>'webhook_id' = $1",
+                wid,
+            )
+            tally = await con.fetchval(
+                f"SELECT dead_count FROM {pg_schema}.webhooks WHERE webhook_id = $1", wid
+            )
+        finally:
+            await con.close()
+    by_type: dict[str, list[Any]] = {}
+    for row in rows:
+        by_type.setdefault(row["event_type"], []).append(json.loads(row["payload"]))
+    assert len(by_type[op.DISABLED]) == 1
+    assert len(by_type[op.DEAD]) == 1
+    assert by_type[op.DEAD][0]["count"] + tally == n

@@ -8,15 +8,16 @@ transaction of the change they report.
   ``failing`` was reported), ``webhookd.delivery.dead`` (at most one per webhook per
   DEAD_WINDOW, with the count and the first and last event ids).
 * Routing: an operational event goes only to webhooks that list its type in their
-  ``event_types`` (an empty filter, "every type", means every producer type, not these).
+  ``event_types`` (an empty filter, "every type", means every producer type, not these):
+  only an operator's endpoint receives them.
   A change of a tenant's webhook is written twice, with the same data: as an event of that
   tenant (its own webhooks hear it) and as an event of no tenant (the operator's webhooks,
   which have none, hear every tenant's); the ordinary tenant routing does the rest, so the
   scan's match stays one indexed equality on the tenant.
 * No loops: producers may not post these types (events.py refuses ``webhookd.*``); a
-  delivery of an operational event that goes dead or meets a 410 reports nothing; and a
-  webhook that subscribes to operational events (an operator's endpoint) is not reported
-  failing, recovered or auto-disabled, so its own outage cannot feed itself.
+  delivery of an operational event that goes dead reports nothing; and a webhook that
+  subscribes to operational events (an operator's endpoint) is never reported disabled,
+  failing or recovered, so its own outage (a 410 to a report, say) cannot feed itself.
 """
 
 from __future__ import annotations
@@ -87,10 +88,11 @@ class Webhook:
     event_types: Sequence[str]
 
 
-def disabled(hook: Webhook, reason: str, now: datetime, *, by_operational: bool) -> list[NewEvent]:
-    """A webhook deactivated by webhookd (auto-disable, 410). Nothing when the 410 answered
-    a delivery of an operational event, or for an operator's endpoint auto-disabled."""
-    if by_operational or listens(hook.event_types):
+def disabled(hook: Webhook, reason: str, now: datetime) -> list[NewEvent]:
+    """A webhook deactivated by webhookd (auto-disable, 410). Nothing for an operator's
+    endpoint: only it receives operational events, so only this keeps a 410 answering one
+    from being reported."""
+    if listens(hook.event_types):
         return []
     return events(DISABLED, hook.webhook_id, hook.tenant, {"reason": reason, "at": _iso(now)}, now)
 

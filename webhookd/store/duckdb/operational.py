@@ -70,16 +70,11 @@ def after_outcomes(
     once a window), and the webhooks a 410 deactivated (`gone`: rows of record_gone).
     Deliveries of operational events report nothing."""
     made: list[NewEvent] = []
-    if gone:
-        answered = [o.event_id for o in outcomes if o.deactivate_webhook]
-        own = {r[0] for r in con.execute(query("operational_types"), [answered]).fetchall()}
-        by_operational = {
-            o.webhook_id for o in outcomes if o.deactivate_webhook and o.event_id in own
-        }
-        for row in gone:
-            made += op.disabled(_hook(row), row[3], now, by_operational=row[0] in by_operational)
+    for row in gone:
+        made += op.disabled(_hook(row), row[3], now)
     dead_ids = [o.event_id for o in outcomes if o.status == "dead"]
     if dead_ids:
+        position = {e: i for i, e in enumerate(dead_ids)}
         went: dict[str, list[str]] = {}
         for webhook_id, event_id, operational in con.execute(
             query("operational_dead"), [now, dead_ids]
@@ -88,7 +83,9 @@ def after_outcomes(
                 went.setdefault(webhook_id, []).append(event_id)
         if went:
             for row in con.execute(query("operational_tallies"), [list(went)]).fetchall():
-                tally = op.tally_dead(_tally(row), sorted(went[row[0]]), now)
+                # In the order the batch recorded them: the first and last ids reported.
+                ordered = sorted(went[row[0]], key=position.__getitem__)
+                tally = op.tally_dead(_tally(row), ordered, now)
                 tally, events = op.report_dead(_hook(row), tally, now)
                 _save_tally(con, row[0], tally)
                 made += events
@@ -104,7 +101,7 @@ def upkeep(
     has passed."""
     made: list[NewEvent] = []
     for row in disabled:
-        made += op.disabled(_hook(row), row[3], now, by_operational=False)
+        made += op.disabled(_hook(row), row[3], now)
     for row in con.execute(query("operational_recovered")).fetchall():
         made += op.recovered(_hook(row), row[3], now)
         con.execute(query("operational_failing_set"), [None, row[0]])

@@ -107,24 +107,9 @@ async def before_outcomes(
     )
     if not rows:
         return []
-    answered = [o.event_id for o in outcomes if o.deactivate_webhook]
-    own = {
-        r[0]
-        for r in await con.fetch(
-            "SELECT event_id FROM pipeline_events WHERE event_id = ANY ($1::text[]) "
-            "AND starts_with(event_type, 'webhookd.')",
-            answered,
-        )
-    }
-    by_operational = {o.webhook_id for o in outcomes if o.deactivate_webhook and o.event_id in own}
     made: list[NewEvent] = []
     for row in rows:
-        made += op.disabled(
-            _hook(row),
-            row["disabled_reason"],
-            now,
-            by_operational=row["webhook_id"] in by_operational,
-        )
+        made += op.disabled(_hook(row), row["disabled_reason"], now)
     return made
 
 
@@ -157,7 +142,10 @@ async def after_outcomes(
         "ORDER BY webhook_id FOR UPDATE",
         sorted(went),
     ):
-        tally = op.tally_dead(_tally(row), sorted(went[row["webhook_id"]]), now)
+        # In the order the batch recorded them: the first and last ids reported.
+        order = {o.event_id: i for i, o in enumerate(dead)}
+        ordered = sorted(went[row["webhook_id"]], key=order.__getitem__)
+        tally = op.tally_dead(_tally(row), ordered, now)
         tally, events = op.report_dead(_hook(row), tally, now)
         await _save_tally(con, row["webhook_id"], tally)
         made += events
@@ -172,7 +160,7 @@ async def upkeep(
     before `failing_before`; None: none reported), dead deliveries whose window passed."""
     made: list[NewEvent] = []
     for row in disabled:
-        made += op.disabled(_hook(row), row["disabled_reason"], now, by_operational=False)
+        made += op.disabled(_hook(row), row["disabled_reason"], now)
     for row in await con.fetch(
         f"""
         SELECT {_HOOK}, failing_reported FROM webhooks

@@ -447,11 +447,6 @@ FROM webhook_delivery_queue q JOIN pipeline_events e ON e.event_id = q.event_id
 WHERE q.status = {DEAD} AND q.updated_at = ? AND list_contains(?::VARCHAR[], q.event_id);
 
 
--- name: operational_types
-SELECT event_id FROM pipeline_events
-WHERE list_contains(?::VARCHAR[], event_id) AND starts_with(event_type, 'webhookd.');
-
-
 -- name: operational_tallies
 SELECT webhook_id, tenant, event_types, dead_count, dead_first_event, dead_last_event,
        dead_first_at, dead_reported_at

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from webhookd.metrics import Metrics
 from webhookd.sender import Sender
-from webhookd.store.base import Store
+from webhookd.store.base import Notifier, Store
 from webhookd.workers import RetryPolicy, WorkerPool
 
 
@@ -14,6 +14,7 @@ def pool_for(
     metrics: Metrics | None = None,
     max_attempts: int = 2,
     poll_interval: float = 0.05,
+    notifier: Notifier | None = None,
 ) -> WorkerPool:
     """4 workers, 2 at once per webhook, claims of 10, retries at once (no jitter)."""
     return WorkerPool(
@@ -27,4 +28,5 @@ def pool_for(
         timeout=5.0,
         poll_interval=poll_interval,
         policy=RetryPolicy(max_attempts=max_attempts, schedule=[0.0], jitter=0.0),
+        notifier=notifier,
     )

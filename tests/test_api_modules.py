@@ -15,7 +15,11 @@ from tests.conftest import REPO
 API = REPO / "webhookd" / "api"
 ROUTE_MODULES = ("ingest", "operators", "tenant_routes", "webhooks")
 # The models, split by subject: the fields of tenants and the tenant routes' models apart.
-MODEL_MODULES = ("webhookd.api.models", "webhookd.api.tenant_models")
+MODEL_MODULES = (
+    "webhookd.api.models",
+    "webhookd.api.operation_models",
+    "webhookd.api.tenant_models",
+)
 
 
 def imports(path: Path, *, top_level_only: bool = False) -> list[tuple[str, list[str]]]:

@@ -39,6 +39,7 @@ from tests.pools import pool_for
 from tests.receivers import Recorder, unused_port
 from webhookd.events import parse_event
 from webhookd.metrics import Metrics
+from webhookd.network import DeliveryOptions
 from webhookd.sender import AttemptResult, Sender, local_errno
 from webhookd.signing import new_secret
 from webhookd.states import Status
@@ -132,7 +133,13 @@ class RaisingSender(Sender):
         )
         self.exc = exc
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        options: DeliveryOptions | None = None,
+    ) -> AttemptResult:
         raise self.exc
 
 
@@ -145,7 +152,13 @@ class AnsweringSender(Sender):
         )
         self.result = result
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        options: DeliveryOptions | None = None,
+    ) -> AttemptResult:
         return self.result
 
 

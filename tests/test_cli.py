@@ -167,10 +167,11 @@ async def test_webhooks_commands_human_and_json(start_daemon: StartDaemon) -> No
     listing = await cli.ok("webhooks", "list")
     rows = table(listing.out)
     assert rows[0] == [
-        "webhook_id", "url", "active", "event_types", "ordering", "rate_limit", "max_in_flight"
+        "webhook_id", "url", "tenant", "active", "event_types", "ordering", "rate_limit",
+        "max_in_flight"
     ]  # fmt: skip
-    assert [r[3] for r in rows[1:] if r[0] == given["webhook_id"]] == ["*"]
-    hook_row = [wid, "http://127.0.0.1:9/hook", "yes", "order.created,order.paid"]
+    assert [r[4] for r in rows[1:] if r[0] == given["webhook_id"]] == ["*"]
+    hook_row = [wid, "http://127.0.0.1:9/hook", "-", "yes", "order.created,order.paid"]
     assert [*hook_row, "none", "-", "-"] in rows
     assert "whsec_" not in listing.out
     as_json = await cli.json("webhooks", "list")
@@ -227,7 +228,7 @@ async def test_stored_strings_are_escaped_for_humans_and_exact_in_json(
     ]
     for ran in human:
         assert not any(char in ran.out + ran.err for char in UNSAFE), ran
-    assert ESCAPED in table(human[0].out)[1][3]
+    assert ESCAPED in table(human[0].out)[1][4]
     assert fields(human[1].out)["description"] == ESCAPED
     assert fields(human[1].out)["event_types"] == ESCAPED
     exact = await cli.json("webhooks", "list")

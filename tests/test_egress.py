@@ -273,6 +273,34 @@ async def test_without_a_client_certificate_the_refusal_is_the_attempts_error(
     assert receiver.requests == []
 
 
+async def test_a_client_certificate_is_presented_through_the_proxys_tunnel(
+    make_sender: MakeSender, ca: trustme.CA, tmp_path: Path
+) -> None:
+    contexts = tls.load_contexts(certificate_settings(tmp_path, ca))
+    context = server_context(ca, "hooks.example.com")
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    dns = FakeResolver({"hooks.example.com": [PUBLIC]})
+    async with (
+        Recorder(ssl_context=context) as receiver,
+        ForwardProxy(route=to_receiver(receiver)) as proxy,
+    ):
+        sender = await make_sender(
+            resolver=dns,
+            ssl_context=contexts.default,
+            client_contexts=contexts.clients,
+            proxy=parse_proxy(proxy.url, []),
+        )
+        url = f"https://hooks.example.com:{receiver.port}/hook"
+        options = DeliveryOptions(client_certificate="partner")
+        result = await sender.post(url, BODY, HEADERS, options)
+        without = await sender.post(url, BODY, HEADERS)
+    assert (result.status_code, result.error) == (200, None)
+    assert without.status_code is None and without.error is not None
+    assert [a.target for a in proxy.asked] == [f"{PUBLIC}:{receiver.port}"] * 2
+    assert len(receiver.requests) == 1
+
+
 async def test_a_certificate_name_not_configured_is_the_attempts_error(
     make_sender: MakeSender,
 ) -> None:
@@ -404,3 +432,31 @@ def test_check_config_names_an_unreadable_proxy_file(
     code, _, err = check_config(config, capsys)
     assert code == 2
     assert "delivery.proxy_file: cannot read" in err
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_an_ipv6_answer_is_asked_of_the_proxy_in_brackets(
+    make_sender: MakeSender, ca: trustme.CA, scheme: str
+) -> None:
+    public6 = "2606:2800:220:1:248:1893:25c8:1946"
+    dns = FakeResolver({"hooks.example.com": [public6]})
+    served = server_context(ca, "hooks.example.com") if scheme == "https" else None
+
+    def route(host: str, port: int) -> tuple[str, int]:
+        assert host == public6, host
+        return "127.0.0.1", receiver.port
+
+    async with (
+        Recorder(ssl_context=served) as receiver,
+        ForwardProxy(route=route) as proxy,
+    ):
+        sender = await make_sender(
+            resolver=dns, ssl_context=client_context(ca), proxy=parse_proxy(proxy.url, [])
+        )
+        result = await sender.post(
+            f"{scheme}://hooks.example.com:{receiver.port}/hook", BODY, HEADERS
+        )
+    assert (result.status_code, result.error) == (200, None)
+    [asked] = proxy.asked
+    expected = f"[{public6}]:{receiver.port}"
+    assert asked.target == (expected if scheme == "https" else f"http://{expected}/hook")

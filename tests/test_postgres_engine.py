@@ -535,7 +535,7 @@ async def test_workers_claim_again_when_outcomes_commit_not_at_the_next_poll(
             timeout=5, max_response_bytes=0, allow_private=True, pool_size=4, user_agent="t"
         )
         await sender.start()
-        pool = pool_for(store, sender, poll_interval=3600.0)
+        pool = pool_for(store, sender, poll_interval=3600.0, notifier=store)
         running = asyncio.create_task(pool.run())
         try:
             await receiver.wait_for_requests(30, deadline=DEADLINE)

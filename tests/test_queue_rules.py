@@ -8,7 +8,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.pg import PgCluster
-from webhookd.queue.pacing import Pace, cap
+from webhookd.queue.pacing import Pace, cap, tokens_now
 from webhookd.queue.webhooks import DISABLED_BY_OPERATOR, plan_patch
 from webhookd.store.base import Ordering, WebhookPatch
 from webhookd.store.postgres import queries as postgres_queries
@@ -120,5 +120,47 @@ async def test_a_webhooks_cap_in_postgresql_sql_is_the_same_rule(pg: PgCluster) 
                 rate,
             )
             assert got == expected, (fifo, rate, own, silent, alone, asked)
+    finally:
+        await con.close()
+
+
+# rate_limit, tokens, refilled seconds before NOW (None: never) -> tokens at NOW
+BUCKETS: list[tuple[float, float | None, float | None, float]] = [
+    (10.0, None, None, 10.0),  # never written: full
+    (10.0, 2.0, 0.5, 7.0),  # refilled at 10/s for half a second
+    (10.0, 2.0, 5.0, 10.0),  # never beyond one second's worth
+    (0.5, 0.0, 1.0, 0.5),  # a slow limit still holds one token at most
+    (0.5, 0.0, 10.0, 1.0),
+    (10.0, 3.0, -2.0, 3.0),  # written in the future (another clock): no refill
+    (10.0, 3.0, None, 3.0),
+]
+
+
+@pytest.mark.parametrize(("rate", "tokens", "ago", "expected"), BUCKETS)
+def test_the_token_bucket_in_python(
+    rate: float, tokens: float | None, ago: float | None, expected: float
+) -> None:
+    refilled = None if ago is None else NOW - timedelta(seconds=ago)
+    assert tokens_now(pace(rate_limit=rate, tokens=tokens, refilled_at=refilled), NOW) == (
+        pytest.approx(expected)
+    )
+
+
+async def test_the_token_bucket_in_postgresql_sql_is_the_same_rule(pg: PgCluster) -> None:
+    fragment = postgres_queries.queries()["TOKENS"]
+    con = await asyncpg.connect(pg.url)
+    try:
+        for rate, tokens, ago, expected in BUCKETS:
+            refilled = None if ago is None else NOW - timedelta(seconds=ago)
+            got = await con.fetchval(
+                f"SELECT {fragment} FROM (VALUES ($1::float8, $2::float8, $3::timestamp)) "
+                "AS w(rate_limit, rate_tokens, rate_refilled_at) "
+                "CROSS JOIN (SELECT $4::timestamp AS now) clock",
+                rate,
+                tokens,
+                refilled,
+                NOW,
+            )
+            assert got == pytest.approx(expected), (rate, tokens, ago)
     finally:
         await con.close()

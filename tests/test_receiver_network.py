@@ -10,9 +10,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import trustme
-from conftest import Api, make_settings, running
+from conftest import Api, DaemonProcess, make_settings, running, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from receivers import RawServer, RecordedRequest, Recorder, never_answer
 
@@ -70,6 +71,9 @@ async def test_headers_are_sent_and_masked_but_where_they_were_set(
         second = (await rx.wait_for_requests(2))[1]
         assert second.headers["X-Api-Key"] == "k-2"
         assert "Authorization" not in second.headers
+        tested = await api.ok("POST", f"/v1/webhooks/{wid}/test", {})
+        assert tested["delivered"] is True
+        assert rx.requests[2].headers["X-Api-Key"] == "k-2"  # the test route sends them too
     assert "k-123" not in (await_text := str(shown) + str(listed))
     assert "k-2" not in await_text
 
@@ -218,3 +222,38 @@ async def test_a_secret_with_signing_v1a_is_refused(tmp_path: Path) -> None:
         "code": "invalid_secret",
         "message": "secret: not with signing v1a (webhookd makes its keys)",
     }
+
+
+async def test_header_values_and_the_v1a_private_key_never_leak(
+    tmp_path: Path, daemon_process: list[DaemonProcess]
+) -> None:
+    """A daemon subprocess logging at debug: the header value is in the create answer only,
+    the v1a private key (read from the database afterwards) in no answer and no log line."""
+    config = write_config(tmp_path, logging={"format": "json", "level": "debug"})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon_process.append(daemon)
+    value = "hv-" + "q7Zx" * 6
+    answers: list[str] = []
+    async with Recorder() as rx:
+        daemon.start()
+        async with Api(daemon.url) as api:
+            created = await api.create_webhook(
+                rx.url_for("/h"), headers={"X-Api-Key": value}, signing="v1a"
+            )
+            assert created["headers"] == {"X-Api-Key": value}
+            wid = created["webhook_id"]
+            await api.emit({"type": "t", "data": {}})
+            [delivered] = await rx.wait_for_requests(1)
+            assert delivered.headers["X-Api-Key"] == value
+            for path in (f"/v1/webhooks/{wid}", "/v1/webhooks", "/v1/deliveries"):
+                answers.append(str(await api.ok("GET", path)))
+            answers.append(str(await api.ok("POST", f"/v1/webhooks/{wid}/test", {})))
+            answers.append(str(await api.ok("POST", f"/v1/webhooks/{wid}/rotate-secret", {})))
+        assert daemon.stop() == 0
+    with duckdb.connect(str(tmp_path / "webhookd.duckdb"), read_only=True) as con:
+        keys = con.execute("SELECT secret, previous_secret FROM webhooks").fetchone()
+    assert keys is not None and all(k.startswith("whsk_") for k in keys)
+    everything = daemon.output() + "\n".join(answers) + str(created)
+    for key in keys:
+        assert key not in everything and key.removeprefix("whsk_") not in everything
+    assert value not in daemon.output() + "\n".join(answers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,10 +18,19 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import duckdb
 import pytest
-from conftest import Api, RunningDaemon, make_settings, running
+from conftest import (
+    Api,
+    DaemonProcess,
+    RunningDaemon,
+    config_sections,
+    make_settings,
+    running,
+    to_toml,
+)
 
 from tests.pg import PgCluster
 from tests.receivers import Recorder
+from tests.test_secrets_never_leak import malformed_requests, raw_exchange
 
 DEADLINE = 15.0
 
@@ -148,6 +158,18 @@ async def test_filters_by_tenant_for_the_operator(world: tuple[World, RunningDae
     await w.api.ok("PATCH", f"/v1/webhooks/{w.id('acme')}", {"active": True})
     redriven = await w.api.ok("POST", "/v1/redrive", {"status": "parked", "tenant": "acme"})
     assert redriven == {"count": 0}  # acme's rows were delivered; globex's are its own
+
+
+async def test_a_replay_never_crosses_tenants(world: tuple[World, RunningDaemon]) -> None:
+    w, _ = world
+    await w.api.wait_status({"delivered": 3})
+    for event, webhook in [("acme", "globex"), ("acme", "none"), ("None", "acme")]:
+        body = {"event_id": w.events[event], "webhook_id": w.id(webhook)}
+        status, answer = await w.api.request("POST", "/v1/replay", body)
+        assert status == 404, (event, webhook, answer)
+    assert len(await w.api.deliveries()) == 3
+    again = {"event_id": w.events["acme"], "webhook_id": w.id("acme")}
+    assert await w.api.ok("POST", "/v1/replay", again) == {"count": 1}
 
 
 # -- a tenant token -------------------------------------------------------------------------
@@ -392,3 +414,44 @@ async def test_the_outbox_takes_a_tenant(tmp_path: Path, request: pytest.Fixture
             (none["webhook_id"], "evt_plain"),
         }
         del d
+
+
+async def test_a_tenant_token_never_reaches_a_log_or_an_answer_but_its_own(
+    tmp_path: Path, daemon_process: list[DaemonProcess]
+) -> None:
+    """Minted, used on allowed and refused routes, presented with a wrong secret, in
+    malformed requests, revoked and presented again: the daemon's output (debug logs) and
+    every answer but the one that made it hold neither the token nor its secret."""
+    sections = config_sections(tmp_path, logging={"format": "json", "level": "debug"})
+    config = tmp_path / "webhookd.toml"
+    config.write_text(to_toml(sections))
+    log_path = tmp_path / "daemon.log"
+    daemon = DaemonProcess(config, log_path)
+    daemon_process.append(daemon)
+    await asyncio.to_thread(daemon.start)
+    host, _, port = daemon.url.removeprefix("http://").rpartition(":")
+    answers: list[bytes] = []
+    async with Api(daemon.url) as api:
+        made = await token_for(api, "acme")
+        token = made["token"]
+        wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        for presented, route, expected in [
+            (token, "/v1/webhooks", 200),
+            (token, "/metrics", 403),
+            (wrong, "/v1/webhooks", 401),
+        ]:
+            status, body = await api.request("GET", route, token=presented)
+            assert status == expected, (route, status, body)
+            answers.append(json.dumps(body).encode())
+        for raw in malformed_requests(token.encode()).values():
+            answers.append(await asyncio.to_thread(raw_exchange, host, int(port), raw))
+        await api.ok("DELETE", f"/v1/tenants/acme/tokens/{made['token_id']}")
+        status, body = await api.request("GET", "/v1/webhooks", token=token)
+        assert status == 401
+        answers.append(json.dumps(body).encode())
+        answers.append(json.dumps(await api.ok("GET", "/v1/tenants/acme/tokens")).encode())
+    assert await asyncio.to_thread(daemon.stop) == 0
+    printed = log_path.read_bytes()
+    for secret in (token, wrong, token.partition(".")[2], wrong.partition(".")[2]):
+        assert secret.encode() not in printed, secret
+        assert not [a for a in answers if secret.encode() in a], secret

@@ -19,7 +19,7 @@ from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.signing import USER_AGENT
 from webhookd.store.base import StoreUnavailable
-from webhookd.store.engines import describe, make_store
+from webhookd.store.engines import describe, make_engine
 from webhookd.tracing import NoTracer, make_tracer
 from webhookd.upkeep import AutoDisabler, LeaseRescuer, Periodic, Pruner
 from webhookd.workers import RetryPolicy, WorkerPool
@@ -66,11 +66,12 @@ class Daemon:
                 log.error("configuration error", problem=problem)
             return EXIT_CONFIG
         try:
-            store = make_store(s)
+            engine = make_engine(s)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("configuration error", problem=problem)
             return EXIT_CONFIG
+        store = engine.store
         try:
             contexts = tls.load_contexts(s)
             proxy_url = s.delivery.resolve_proxy()
@@ -112,17 +113,22 @@ class Daemon:
                 s.delivery.max_attempts, s.delivery.retry_schedule, s.delivery.jitter
             ),
             tracer=None if isinstance(tracer, NoTracer) else tracer,
+            notifier=engine.notifier,
         )
         scanner = Scanner(
             store,
             batch_size=s.scanner.batch_size,
             poll_interval=s.scanner.poll_interval,
             on_enqueued=pool.wake,
+            notifier=engine.notifier,
         )
         upkeep: list[Periodic] = [
             # On a shared database a dead daemon is found by its heartbeat: look often.
             LeaseRescuer(
-                store, max(1.0, min(s.delivery.lease / 2, s.database.peer_timeout / 3)), pool.wake
+                store,
+                max(1.0, min(s.delivery.lease / 2, s.database.peer_timeout / 3)),
+                pool.wake,
+                engine.peer,
             ),
             Pruner(
                 store,
@@ -130,6 +136,7 @@ class Daemon:
                 s.retention.delivered_ttl,
                 s.retention.log_ttl,
                 s.retention.prune_batch,
+                engine.peer,
             ),
             AutoDisabler(
                 store,
@@ -142,7 +149,8 @@ class Daemon:
                 ),
                 s.delivery.disable_after,
                 metrics,
-                s.operational.failing_after,
+                engine.peer,
+                failing_after=s.operational.failing_after,
             ),
         ]
         svc = Services(

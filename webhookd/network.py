@@ -78,6 +78,13 @@ class DeliveryOptions:
     # Seconds; the sender keeps it at most delivery.timeout.
     timeout: float | None = None
 
+    def __repr__(self) -> str:  # header values may be credentials
+        names = [name for name, _ in self.headers]
+        return (
+            f"DeliveryOptions(headers={names!r}, client_certificate="
+            f"{self.client_certificate!r}, timeout={self.timeout!r})"
+        )
+
     @classmethod
     def of(
         cls,

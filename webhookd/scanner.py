@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 
 from webhookd import logs
-from webhookd.store.base import ScanResult, Store, sleep_until_work
+from webhookd.store.base import Notifier, ScanResult, Store, sleep_until_work
 
 log = logs.get("webhookd.scanner")
 
@@ -29,8 +29,10 @@ class Scanner:
         batch_size: int,
         poll_interval: float,
         on_enqueued: Callable[[int], None],
+        notifier: Notifier | None = None,
     ) -> None:
         self._store = store
+        self._notifier = notifier
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._on_enqueued = on_enqueued
@@ -65,7 +67,7 @@ class Scanner:
             if result.enqueued:
                 self._on_enqueued(result.enqueued)
             if result.events < self._batch_size:  # no backlog: wait for new events
-                await sleep_until_work(self._store, "events", self._wake, self._poll_interval)
+                await sleep_until_work(self._notifier, "events", self._wake, self._poll_interval)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -1,5 +1,5 @@
 """Upkeep services, each small, each started and stopped the same way, each run on the
-elected daemon only when several share one database (Store.lead).
+elected daemon only when several share one database (its Peer).
 
 - LeaseRescuer: rows whose lease ran out (a stuck or lost attempt) are re-driven.
 - Pruner: delivered queue rows and old log rows go, in small batches.
@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from webhookd import logs
 from webhookd.metrics import Metrics
-from webhookd.store.base import Store
+from webhookd.store.base import Peer, Store
 
 log = logs.get("webhookd.upkeep")
 
@@ -30,9 +30,10 @@ class Periodic:
 
     name = "periodic"
 
-    def __init__(self, store: Store, interval: float) -> None:
+    def __init__(self, store: Store, interval: float, peer: Peer | None = None) -> None:
         self.interval = interval
         self._store = store
+        self._peer = peer
         self._stopping = asyncio.Event()
 
     async def tick(self) -> None:
@@ -49,7 +50,7 @@ class Periodic:
                 return
             try:
                 # On a shared database only the elected daemon does upkeep.
-                if await self._store.lead():
+                if self._peer is None or await self._peer.lead():
                     await self.tick()
             except Exception as exc:
                 log.error(f"{self.name} failed", error=str(exc))
@@ -58,8 +59,14 @@ class Periodic:
 class LeaseRescuer(Periodic):
     name = "lease rescue"
 
-    def __init__(self, store: Store, interval: float, on_rescued: Callable[[], None]) -> None:
-        super().__init__(store, interval)
+    def __init__(
+        self,
+        store: Store,
+        interval: float,
+        on_rescued: Callable[[], None],
+        peer: Peer | None = None,
+    ) -> None:
+        super().__init__(store, interval, peer)
         self._on_rescued = on_rescued
 
     async def tick(self) -> None:
@@ -73,9 +80,15 @@ class Pruner(Periodic):
     name = "retention pruning"
 
     def __init__(
-        self, store: Store, interval: float, delivered_ttl: float, log_ttl: float, batch: int
+        self,
+        store: Store,
+        interval: float,
+        delivered_ttl: float,
+        log_ttl: float,
+        batch: int,
+        peer: Peer | None = None,
     ) -> None:
-        super().__init__(store, interval)
+        super().__init__(store, interval, peer)
         self._delivered_ttl = delivered_ttl
         self._log_ttl = log_ttl
         self._batch = batch
@@ -107,9 +120,10 @@ class AutoDisabler(Periodic):
         interval: float,
         after: float,
         metrics: Metrics,
+        peer: Peer | None = None,
         failing_after: float | None = None,
     ) -> None:
-        super().__init__(store, interval)
+        super().__init__(store, interval, peer)
         self._after = after
         self._metrics = metrics
         # operational.failing_after: webhookd.webhook.failing (None: not reported).

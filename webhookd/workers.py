@@ -27,7 +27,7 @@ from webhookd.metrics import Metrics
 from webhookd.queue.pacing import running_cap
 from webhookd.sender import AttemptResult, Sender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
-from webhookd.store.base import Claim, Outcome, Store, sleep_until_work
+from webhookd.store.base import Claim, Notifier, Outcome, Store, sleep_until_work
 from webhookd.tracing import Tracer
 
 log = logs.get("webhookd.delivery")
@@ -195,8 +195,10 @@ class WorkerPool:
         poll_interval: float,
         policy: RetryPolicy,
         tracer: Tracer | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._store = store
+        self._notifier = notifier
         # None: no spans exported (an attempt of a traced event still sends a traceparent).
         self._tracer = tracer
         self._sender = sender
@@ -356,8 +358,10 @@ class WorkerPool:
             self._dispatch()
             if len(claims) < room:
                 # Nothing more is due now. The rows this claim brought are started first:
-                # an engine whose wait_for_work waits (PostgreSQL) would hold them here.
-                await sleep_until_work(self._store, "deliveries", self._wake, self._poll_interval)
+                # an engine whose notifier waits (PostgreSQL) would hold them here.
+                await sleep_until_work(
+                    self._notifier, "deliveries", self._wake, self._poll_interval
+                )
 
     def _deep(self) -> dict[str, int]:
         """Rows each webhook may hold claimed, where that differs from one round: those

@@ -22,15 +22,12 @@ from webhookd.api.models import (
     Count,
     DeliveryPage,
     DeliveryQuery,
-    Health,
-    MetricsText,
-    QueueStatus,
-    Readiness,
     Redrive,
     Replay,
     parse,
     parse_query,
 )
+from webhookd.api.operation_models import Health, MetricsText, QueueStatus, Readiness
 from webhookd.api.tenant_models import StatusQuery
 from webhookd.states import Status
 from webhookd.store.base import DeliveryFilter, StatusReport
@@ -118,8 +115,8 @@ async def redrive(request: web.Request) -> web.Response:
         body=Replay,
         responses={200: Count},
         errors={
-            404: "no such event, or no such webhook (`not_found`); with a tenant "
-            "token, also an event or webhook of another tenant"
+            404: "no such event, or no such webhook of the event's tenant (`not_found`); "
+            "with a tenant token, also an event of another tenant"
         },
         tenant=True,
     )

@@ -85,12 +85,15 @@ def running_cap(own_cap: int | None, per_webhook: int, *, silent: bool) -> int:
 
 
 def tokens_now(pace: Pace, now: datetime) -> float:
-    """The bucket's tokens at `now`, refilled since it was last written."""
+    """The bucket's tokens at `now`, refilled since it was last written (a bucket never
+    written is full). The PostgreSQL claim computes the same in SQL (`TOKENS` in
+    sql/postgresql/queries.sql)."""
     assert pace.rate_limit is not None
     full = burst(pace.rate_limit)
-    if pace.tokens is None or pace.refilled_at is None:
+    if pace.tokens is None:
         return full
-    elapsed = max(0.0, (now - pace.refilled_at).total_seconds())
+    since = pace.refilled_at
+    elapsed = 0.0 if since is None else max(0.0, (now - since).total_seconds())
     return min(full, pace.tokens + elapsed * pace.rate_limit)
 
 

@@ -238,10 +238,12 @@ Channel = Literal["events", "deliveries"]
 class Store(Protocol):
     """What the scanner, workers, upkeep and API need of a database; one engine each.
 
-    Every operation is atomic; writes are durable once the awaitable returns. An engine
-    never paces its callers by holding a call: a loop that finds nothing sleeps in
-    `wait_for_work` (DuckDB may still group a waiting call with the next transaction;
-    that is its own business, and its `wait_for_work` then returns at once).
+    Every operation is atomic; writes are durable once the awaitable returns. Leader
+    election (Peer) and wake-ups from other processes (Notifier) are interfaces of their
+    own, which an engine that shares its database with other daemons also implements
+    (PostgreSQL); an engine whose database one daemon owns has neither (DuckDB: it leads
+    alone, and a scan or claim that finds nothing already waits in its writer for the
+    next transaction).
     """
 
     engine: str  # "duckdb" or "postgresql", for logs and status only
@@ -288,12 +290,6 @@ class Store(Protocol):
         whose report is due."""
         ...
 
-    async def checkpoint(self) -> None: ...
-    async def lead(self) -> bool:
-        """Whether this daemon should run upkeep now: always for an engine with one owner;
-        for a shared database, true on one elected daemon at a time."""
-        ...
-
     # the data path
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
     async def scan(self, batch_size: int) -> ScanResult:
@@ -321,11 +317,6 @@ class Store(Protocol):
         the next free slots (next_attempt_at, one per 1/rate seconds): no attempt, no log
         row. Rows waiting behind a fifo head or a rate limit never enter the due set, so the
         cost of a claim does not grow with them."""
-        ...
-
-    async def wait_for_work(self, channel: Channel, within: float) -> None:
-        """Return when new work may be there on `channel` ("events": events to scan;
-        "deliveries": rows to claim), or after `within` seconds at most."""
         ...
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
@@ -386,15 +377,35 @@ class Store(Protocol):
     async def find_tenant_token(self, token_id: str) -> StoredToken | None: ...
 
 
+class Peer(Protocol):
+    """Leader election among the daemons of one database (as Oban's Peer)."""
+
+    async def lead(self) -> bool:
+        """Whether this daemon should run upkeep now: true on one daemon at a time."""
+        ...
+
+
+class Notifier(Protocol):
+    """Wake-ups when another daemon or a producer made work (as Oban's Notifier)."""
+
+    async def wait_for_work(self, channel: Channel, within: float) -> None:
+        """Until work is reported on `channel`, or `within` seconds have passed."""
+        ...
+
+
 async def sleep_until_work(
-    store: Store, channel: Channel, wake: asyncio.Event, within: float
+    notifier: Notifier | None, channel: Channel, wake: asyncio.Event, within: float
 ) -> None:
-    """Until `wake` is set (work from this daemon), the store reports work on `channel`
-    (from any daemon or producer), or `within` seconds have passed."""
+    """Until `wake` is set (work from this daemon), the notifier reports work on `channel`
+    (from any daemon or producer), or `within` seconds have passed. Without a notifier
+    the engine's own calls wait for work: ask again at once."""
     if wake.is_set():
         return
+    if notifier is None:
+        await asyncio.sleep(0)
+        return
     woken = asyncio.ensure_future(wake.wait())
-    work = asyncio.ensure_future(store.wait_for_work(channel, within))
+    work = asyncio.ensure_future(notifier.wait_for_work(channel, within))
     try:
         await asyncio.wait((woken, work), timeout=within, return_when=asyncio.FIRST_COMPLETED)
     finally:

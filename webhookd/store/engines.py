@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from webhookd.config import Settings, redact_url
-from webhookd.store.base import Store
+from webhookd.store.base import Notifier, Peer, Store
 from webhookd.store.duckdb.remote import RemoteStore
 
 
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """A storage engine's parts: the store, and for a database several daemons share,
+    the leader election (peer) and the wake-ups (notifier); None where one daemon owns
+    the database."""
+
+    store: Store
+    peer: Peer | None = None
+    notifier: Notifier | None = None
+
+
 def make_store(settings: Settings) -> Store:
+    return make_engine(settings).store
+
+
+def make_engine(settings: Settings) -> Engine:
     """DuckDB in a child process (database.path), or PostgreSQL (database.url or url_file).
     Raises ConfigError when the URL file cannot be read."""
     db = settings.database
     if db.engine == "postgresql":
         from webhookd.store.postgres import PostgresStore
 
-        return PostgresStore(
+        store = PostgresStore(
             db.resolve_url(),
             schema=db.db_schema,
             pool_size=db.pool(settings.delivery.workers),
@@ -23,7 +40,8 @@ def make_store(settings: Settings) -> Store:
             heartbeat_interval=max(0.2, min(2.0, db.peer_timeout / 6)),
             max_event_bytes=settings.admin.max_body_bytes,
         )
-    return RemoteStore(
+        return Engine(store, peer=store, notifier=store)
+    remote = RemoteStore(
         db.path,
         memory_limit=db.memory_limit,
         checkpoint_interval=db.checkpoint_interval,
@@ -32,6 +50,7 @@ def make_store(settings: Settings) -> Store:
         poll_interval=settings.scanner.poll_interval,
         stall_timeout=db.stall_timeout,
     )
+    return Engine(remote)
 
 
 def describe(settings: Settings) -> str:

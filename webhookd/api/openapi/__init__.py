@@ -25,7 +25,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from webhookd import __version__
 from webhookd.api.common import MAX_LIMIT, Operation, documented, operation_of
-from webhookd.api.models import Error, OpenApiDocument
+from webhookd.api.models import Error
+from webhookd.api.operation_models import OpenApiDocument
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"

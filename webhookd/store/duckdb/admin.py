@@ -11,6 +11,7 @@ from typing import Any
 from webhookd import network
 from webhookd.queue import operational as op
 from webhookd.queue.pacing import Pace
+from webhookd.queue.status import report as status_report
 from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Status
 from webhookd.store.base import (
@@ -276,29 +277,19 @@ def replay(
 def status(con: Any, tenant: str | None = None) -> StatusReport:
     """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
-    report = StatusReport()
     mine = [tenant, tenant]
-    for wid, status, n in con.execute(query("status_counts"), mine).fetchall():
-        report.by_status[status] = report.by_status.get(status, 0) + n
-        report.by_webhook.setdefault(wid, {})[status] = n
-    oldest = con.execute(query("status_oldest_due"), [now, *mine]).fetchone()[0]
-    if oldest is not None:
-        report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
     cursor, latest = con.execute(query("status_scanner")).fetchone()
-    report.scanner_cursor = cursor
-    report.latest_seq = max(latest, cursor)
-    report.scanner_lag_events = max(0, latest - cursor)
-    for wid, active, reason in con.execute(query("status_webhooks"), mine).fetchall():
-        if active:
-            report.webhooks_active += 1
-        else:
-            report.disabled_webhooks[wid] = reason
-    blocked = _fifo_blocked(con)
-    if tenant is not None:
-        ids = set(report.by_webhook) | set(report.disabled_webhooks)
-        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
-    report.fifo_blocked = blocked
-    return report
+    return status_report(
+        now=now,
+        counts=con.execute(query("status_counts"), mine).fetchall(),
+        oldest_due=con.execute(query("status_oldest_due"), [now, *mine]).fetchone()[0],
+        cursor=cursor,
+        latest=latest,
+        lag=None,
+        webhooks=con.execute(query("status_webhooks"), mine).fetchall(),
+        fifo_blocked=_fifo_blocked(con),
+        tenant=tenant,
+    )
 
 
 def _fifo_blocked(con: Any) -> dict[str, FifoBlocked]:

@@ -31,7 +31,6 @@ from webhookd import logs
 from webhookd.events import NewEvent
 from webhookd.states import Status
 from webhookd.store.base import (
-    Channel,
     Claim,
     DeliveryFilter,
     IngestResult,
@@ -286,9 +285,6 @@ class RemoteStore:
         )
         return result
 
-    async def checkpoint(self) -> None:
-        await self._call("checkpoint")
-
     # -- the data path ---------------------------------------------------------------
 
     async def ingest(self, events: list[NewEvent]) -> IngestResult:
@@ -306,7 +302,7 @@ class RemoteStore:
         or only briefly when events were ingested since the last scan."""
         ride = WOKEN_RIDE if self._scan_due else self._poll_interval
         self._scan_due = False
-        result: ScanResult = await self._call("scan", batch_size, ride, False)
+        result: ScanResult = await self._call("scan", batch_size, ride)
         if result.enqueued:
             self._claim_due = True
         return result
@@ -334,14 +330,6 @@ class RemoteStore:
         finally:
             self._claims_waiting -= 1
         return result
-
-    async def wait_for_work(self, channel: Channel, within: float) -> None:
-        """At once: a scan or claim that found nothing has already waited in the writer
-        for the next transaction (see scan), so the caller may ask again now."""
-        await asyncio.sleep(0)
-
-    async def lead(self) -> bool:
-        return True  # one daemon owns the file
 
     def available(self) -> bool:
         """Open and writable: False while the database's disk is full (every frame from

@@ -102,12 +102,6 @@ class Server:
             await self._store.close()
             self.closed.set()
             return None
-        if name == "claim":
-            *positional, ride, with_new_events = args
-            return await self._store.claim(*positional, ride=ride, with_new_events=with_new_events)
-        if name == "scan":
-            (batch_size, ride, _) = args
-            return await self._store.scan(batch_size, ride=ride)
         return await getattr(self._store, name)(*args)
 
 

@@ -369,7 +369,7 @@ class DuckDBStore:
         assert isinstance(result, IngestResult)
         return result
 
-    async def scan(self, batch_size: int, *, ride: float = 0.0) -> ScanResult:
+    async def scan(self, batch_size: int, ride: float = 0.0) -> ScanResult:
         try:
             # Only ingests bring events to scan: a waiting scan boards the transaction that
             # the ingest writer's kick starts once they are committed.
@@ -389,10 +389,11 @@ class DuckDBStore:
         per_webhook: int,
         lease: float,
         caps: Mapping[str, int] | None = None,
-        *,
         ride: float = 0.0,
         with_new_events: bool = False,
     ) -> list[Claim]:
+        """`ride` and `with_new_events` (positional: remote.py sends them as they are) let
+        the call wait in the writer for a transaction to board (see RemoteStore.claim)."""
         result: list[Claim] = await self._write(
             batches.claim,
             (limit, per_webhook, lease, dict(caps or {})),

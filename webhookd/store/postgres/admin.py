@@ -26,6 +26,7 @@ from webhookd import logs, network
 from webhookd.events import body as event_body
 from webhookd.events import canonical_json
 from webhookd.queue.pacing import Pace
+from webhookd.queue.status import report as status_report
 from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
@@ -452,18 +453,15 @@ async def replay(
 async def status(con: Connection, tenant: str | None = None) -> StatusReport:
     """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
     now = utcnow()
-    report = StatusReport()
     mine = "true"
     params: list[Any] = []
     if tenant is not None:
         mine = "webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $1)"
         params = [tenant]
-    for wid, state, n in await con.fetch(
+    counts = await con.fetch(
         f"SELECT webhook_id, status, count(*) FROM {Q} WHERE {mine} GROUP BY webhook_id, status",
         *params,
-    ):
-        report.by_status[state] = report.by_status.get(state, 0) + n
-        report.by_webhook.setdefault(wid, {})[state] = n
+    )
     oldest = await con.fetchval(
         f"SELECT min(next_attempt_at) FROM {Q} "
         f"WHERE status = '{Status.PENDING}' AND next_attempt_at <= ${len(params) + 1} "
@@ -471,8 +469,6 @@ async def status(con: Connection, tenant: str | None = None) -> StatusReport:
         *params,
         now,
     )
-    if oldest is not None:
-        report.oldest_due_age_seconds = max(0.0, (now - oldest).total_seconds())
     # The scanner tails events by (xid, seq): those after its cursor are its lag, read
     # through the (xid, seq) index. latest_seq is the highest seq it passed or has to scan.
     cursor, lag, latest = await con.fetchrow(
@@ -484,25 +480,23 @@ async def status(con: Connection, tenant: str | None = None) -> StatusReport:
         WHERE c.name = 'main'
         """
     )
-    report.scanner_cursor = cursor
-    report.latest_seq = max(latest or 0, cursor)
-    report.scanner_lag_events = lag
-    report.events_rejected = await con.fetchval("SELECT count(*) FROM rejected_events")
-    for wid, active, reason in await con.fetch(
+    webhooks = await con.fetch(
         f"SELECT webhook_id, active, disabled_reason FROM webhooks WHERE {mine} "
         "ORDER BY webhook_id",
         *params,
-    ):
-        if active:
-            report.webhooks_active += 1
-        else:
-            report.disabled_webhooks[wid] = reason
-    blocked = await fifo.blocked(con)
-    if tenant is not None:
-        ids = set(report.by_webhook) | set(report.disabled_webhooks)
-        blocked = {wid: b for wid, b in blocked.items() if wid in ids}
-    report.fifo_blocked = blocked
-    return report
+    )
+    return status_report(
+        now=now,
+        counts=[tuple(r) for r in counts],
+        oldest_due=oldest,
+        cursor=cursor,
+        latest=latest,
+        lag=lag,
+        webhooks=[tuple(r) for r in webhooks],
+        fifo_blocked=await fifo.blocked(con),
+        tenant=tenant,
+        events_rejected=await con.fetchval("SELECT count(*) FROM rejected_events"),
+    )
 
 
 async def prune(

@@ -65,7 +65,6 @@ from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, q
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.queries import query
 from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
-from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
 
@@ -104,7 +103,7 @@ GROUP_LOCK_WAIT = 0.1
 STATISTICS_EVERY = 1.0
 
 
-class PostgresStore:
+class PostgresStore(tenant_tokens.TenantTokenCalls):
     engine = "postgresql"
 
     def __init__(
@@ -390,9 +389,6 @@ class PostgresStore:
         self, failing_before: datetime, reported_failing_before: datetime | None = None
     ) -> list[str]:
         return await self._call(admin.auto_disable, failing_before, reported_failing_before)
-
-    async def checkpoint(self) -> None:
-        return None  # PostgreSQL checkpoints by itself
 
     # -- the data path -------------------------------------------------------------------------
 
@@ -742,20 +738,6 @@ class PostgresStore:
 
     async def status(self, tenant: str | None = None) -> StatusReport:
         return await self._call(admin.status, tenant)
-
-    # -- tenant tokens (tenant_tokens.py) -----------------------------------------------------
-
-    async def create_tenant_token(self, token: StoredToken) -> None:
-        await self._call(tenant_tokens.create, token)
-
-    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
-        return await self._call(tenant_tokens.list_for, tenant)
-
-    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
-        await self._call(tenant_tokens.revoke, tenant, token_id)
-
-    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
-        return await self._call(tenant_tokens.find, token_id)
 
 
 async def _keep_session(con: Connection) -> None:

@@ -4,12 +4,14 @@ trusts what it read for api.tenant_auth.REVOKE_WITHIN at most)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from webhookd.store.base import NotFound
 from webhookd.tenants import StoredToken
 
 Connection = Any
+T = TypeVar("T")
 
 _COLUMNS = "token_id, tenant, digest, description, created_at, expires_at"
 
@@ -49,3 +51,23 @@ async def revoke(con: Connection, tenant: str, token_id: str) -> None:
 async def find(con: Connection, token_id: str) -> StoredToken | None:
     row = await con.fetchrow(f"SELECT {_COLUMNS} FROM tenant_tokens WHERE token_id = $1", token_id)
     return None if row is None else _token(row)
+
+
+class TenantTokenCalls:
+    """PostgresStore's tenant token operations, each one call on a pooled connection (the
+    store's `_call`)."""
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, operations: int = 1) -> T:
+        raise NotImplementedError
+
+    async def create_tenant_token(self, token: StoredToken) -> None:
+        await self._call(create, token)
+
+    async def list_tenant_tokens(self, tenant: str) -> list[StoredToken]:
+        return await self._call(list_for, tenant)
+
+    async def revoke_tenant_token(self, tenant: str, token_id: str) -> None:
+        await self._call(revoke, tenant, token_id)
+
+    async def find_tenant_token(self, token_id: str) -> StoredToken | None:
+        return await self._call(find, token_id)

@@ -146,6 +146,20 @@ CASE WHEN silent OR fifo THEN 1
      ELSE least(asked, coalesce(own_cap, per_webhook)) END;
 
 
+-- name: TOKENS
+-- What the token bucket of webhook w holds at clock.now, the rule of
+-- queue/pacing.tokens_now written in SQL (tests/test_queue_rules.py runs both on one
+-- table): refilled at rate_limit a second since rate_refilled_at, at most one second's
+-- worth and at least one token; a bucket never written is full; NULL if not rate-limited.
+CASE WHEN w.rate_limit IS NOT NULL THEN
+    least(greatest(1.0::float8, w.rate_limit),
+          coalesce(w.rate_tokens, greatest(1.0::float8, w.rate_limit))
+          + greatest(0.0::float8, extract(epoch FROM clock.now
+                      - coalesce(w.rate_refilled_at, clock.now))::float8)
+            * w.rate_limit)
+END;
+
+
 -- name: claim_lock
 -- Claims are serialised across daemons: a webhook's cap is a read (its inflight rows,
 -- whoever holds them) then a write (more rows inflight) over many rows, which two
@@ -186,13 +200,7 @@ WITH clock AS (
            w.rate_next_at, c.cap AS asked, $2::int AS per_webhook, coalesce(h.n, 0) AS n,
            coalesce(h.n, 0) = coalesce(h.mine, 0) AS alone,
            CASE WHEN w.ordering = {FIFO} THEN 1 ELSE w.max_in_flight END AS own_cap,
-           CASE WHEN w.rate_limit IS NOT NULL THEN
-               least(greatest(1.0::float8, w.rate_limit),
-                     coalesce(w.rate_tokens, greatest(1.0::float8, w.rate_limit))
-                     + greatest(0.0::float8, extract(epoch FROM clock.now
-                                 - coalesce(w.rate_refilled_at, clock.now))::float8)
-                       * w.rate_limit)
-           END AS tokens
+           {TOKENS} AS tokens
     FROM webhooks w
     CROSS JOIN clock
     LEFT JOIN held h ON h.webhook_id = w.webhook_id

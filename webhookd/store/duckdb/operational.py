@@ -37,8 +37,19 @@ def write(con: Any, events: list[NewEvent], now: datetime) -> None:
             [e.traceparent for e in events],
         ],
     )
-    con.execute(query("operational_enqueue"), [now, now, now, [e.event_id for e in events]])
+    ids = [e.event_id for e in events]
+    con.execute(query("operational_enqueue"), [now, now, now, ids])
     settle_fifo(con, None, now)
+    # The cursor passes them now if nothing lies between it and them: a seq right after the
+    # cursor proves no ingest holds a lower one (allocated, not committed). Otherwise a later
+    # scan passes them with the events around them.
+    start = cursor = int(con.execute(query("scan_cursor")).fetchone()[0])
+    for (seq,) in con.execute(query("operational_seqs"), [ids]).fetchall():
+        if seq != cursor + 1:
+            break
+        cursor = seq
+    if cursor != start:
+        con.execute(query("scan_advance"), [cursor, now])
 
 
 def _hook(row: Sequence[Any]) -> op.Webhook:

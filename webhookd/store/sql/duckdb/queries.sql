@@ -439,6 +439,10 @@ WHERE list_contains(?::VARCHAR[], e.event_id)
 ON CONFLICT DO NOTHING;
 
 
+-- name: operational_seqs
+SELECT seq FROM pipeline_events WHERE list_contains(?::VARCHAR[], event_id) ORDER BY seq;
+
+
 -- name: operational_dead
 -- Which of the rows of events ? went dead in this statement's batch (updated at ?), with
 -- the type of their event: deliveries of operational events report nothing.

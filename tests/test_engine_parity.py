@@ -234,6 +234,15 @@ async def test_events_get_the_same_answers_and_bytes_on_both_engines(
         await pair.post_event("other type", event("s0", SHAPES["keys in order"], event_type="u"))
         for label, raw in BAD.items():
             await pair.post_event(label, raw)
+        # The tenant is part of the event: the same id under another tenant is a conflict.
+        acme = {"id": "t1", "type": "t", "data": {"a": 1}, "tenant": "acme"}
+        await pair.send("a tenant's event", "POST", "/v1/events", acme)
+        await pair.send("a tenant's event again", "POST", "/v1/events", acme)
+        await pair.send("another tenant", "POST", "/v1/events", {**acme, "tenant": "other"})
+        await pair.send(
+            "no tenant", "POST", "/v1/events", {k: v for k, v in acme.items() if k != "tenant"}
+        )
+        await pair.send("a bad tenant", "POST", "/v1/events", {**acme, "id": "t2", "tenant": "a b"})
         # A list: all or nothing.
         both = b"[" + event("l1", "1") + b", " + event("l2", "2") + b"]"
         await pair.post_event("a list of two", both)
@@ -327,6 +336,15 @@ WEBHOOKS: list[tuple[str, str, str, Any]] = [
         },
     ),
     ("list", "GET", "/v1/webhooks", None),
+    (
+        "create for a tenant",
+        "POST",
+        "/v1/webhooks",
+        {"url": "http://127.0.0.1:9/c", "tenant": "acme"},
+    ),
+    ("a bad tenant", "POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/", "tenant": "a/b"}),
+    ("a tenant's webhooks", "GET", "/v1/webhooks?tenant=acme", None),
+    ("a tenant's status", "GET", "/v1/status?tenant=acme", None),
     ("url not a string", "POST", "/v1/webhooks", {"url": 5}),
     ("url not http", "POST", "/v1/webhooks", {"url": "ftp://127.0.0.1/"}),
     (

@@ -105,9 +105,11 @@ async def add_event(
         event.occurred_at.replace(tzinfo=None),
     )
     if scanned:
+        # As a finished batch leaves it: every transaction up to this event's scanned.
         await con.execute(
-            "UPDATE scanner_cursor SET (xid, seq) = (SELECT xid, seq FROM pipeline_events "
-            "WHERE event_id = $1) WHERE name = 'main'",
+            "UPDATE scanner_cursor c SET xid = e.xid, seq = e.seq, target = NULL, "
+            "snap = ((e.xid::text::bigint + 1) || ':' || (e.xid::text::bigint + 1) || ':')"
+            "::pg_snapshot FROM pipeline_events e WHERE e.event_id = $1 AND c.name = 'main'",
             event_id,
         )
     return event.body

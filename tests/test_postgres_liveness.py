@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,11 @@ from tests.pg import PgCluster
 from tests.pg_stores import Make, poll, scan_all
 from tests.receivers import HandlerReceiver
 from tests.test_postgres_engine import DEADLINE, Q, connect, events, hook
-from webhookd.store.base import StoreUnavailable
+from webhookd.states import Status
+from webhookd.store.base import Outcome, StoreUnavailable
+from webhookd.store.postgres import PostgresStore
+from webhookd.store.postgres import store as pg_store_module
+from webhookd.store.records import utcnow
 
 
 async def lock_waits(con: Any) -> int:
@@ -144,3 +149,139 @@ async def test_a_frozen_leader_loses_upkeep_within_peer_timeout(
             assert set(rx.answered) == set(ids)
         finally:
             a.signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def clock_ahead(monkeypatch: pytest.MonkeyPatch) -> timedelta:
+    """This process's daemons read a clock 15 minutes ahead of the database's."""
+    ahead = timedelta(minutes=15)
+    monkeypatch.setattr(pg_store_module, "local_now", lambda: utcnow() + ahead)
+    return ahead
+
+
+async def skew_measured(store: PostgresStore, ahead: timedelta) -> None:
+    async def measured() -> bool:
+        return store.skew < -ahead + timedelta(minutes=1)
+
+    await poll(measured, DEADLINE, "a heartbeat to measure the daemon's clock")
+
+
+async def test_a_daemon_ahead_of_the_database_rescues_no_healthy_lease(
+    stores: Make, con: Any, clock_ahead: timedelta
+) -> None:
+    """The leader's clock is 15 minutes ahead: the leases of another daemon's attempts (a
+    minute long) are compared with the database's clock, and none is re-driven."""
+    a = await stores()
+    leader = await stores(heartbeat_interval=0.05)
+    await skew_measured(leader, clock_ahead)
+    webhook = await hook(a)
+    await a.ingest(events("e1", "e2", "e3"))
+    await scan_all(a)
+    assert len(await a.claim(3, 5, 60.0)) == 3
+    assert await leader.rescue_expired(utcnow() + clock_ahead) == 0
+    held = await con.fetch(f"SELECT claimed_by FROM {Q} WHERE webhook_id = $1", webhook)
+    assert [r[0] for r in held] == [a.daemon_id] * 3
+
+
+async def test_a_skewed_daemon_writes_its_next_attempts_in_the_databases_time(
+    stores: Make, con: Any, clock_ahead: timedelta
+) -> None:
+    """A retry 5 s from now, decided by a daemon whose clock is 15 minutes ahead, is due 5 s
+    from now by the database's clock, and its log says when it was attempted by that clock."""
+    store = await stores(heartbeat_interval=0.05)
+    await skew_measured(store, clock_ahead)
+    await hook(store)
+    await store.ingest(events("e1"))
+    await scan_all(store)
+    (claim,) = await store.claim(1, 5, 60.0)
+    attempted = utcnow() + clock_ahead
+    await store.record(
+        Outcome(
+            webhook_id=claim.webhook_id,
+            event_id=claim.event_id,
+            attempt=claim.attempt,
+            status=Status.PENDING,
+            next_attempt_at=attempted + timedelta(seconds=5),
+            attempted_at=attempted,
+            duration_ms=1.0,
+            status_code=500,
+            error="failed (500)",
+            response_excerpt="",
+            outcome="retry",
+            deactivate_webhook=False,
+            claimed_until=claim.claimed_until,
+            spent=True,
+        )
+    )
+    due, now = await con.fetchrow(
+        f"SELECT next_attempt_at, now() AT TIME ZONE 'UTC' FROM {Q} WHERE event_id = 'e1'"
+    )
+    assert now < due < now + timedelta(minutes=1)
+    logged = await con.fetchval("SELECT attempted_at FROM webhook_deliveries")
+    assert abs(logged - now) < timedelta(minutes=1)
+
+
+async def test_a_late_outcome_records_what_happened_and_decides_nothing(
+    stores: Make, con: Any
+) -> None:
+    """A daemon froze past its lease; its row was re-driven and delivered by another. Its
+    late timeout is logged as late, and neither undoes the delivery nor marks the webhook
+    silent (one attempt at a time on every daemon)."""
+    a, b = await stores(), await stores()
+    webhook = await hook(a)
+    await a.ingest(events("e1"))
+    await scan_all(a)
+    (late,) = await a.claim(1, 5, 0.2)
+
+    async def rescued() -> bool:
+        return await b.rescue_expired(utcnow()) == 1
+
+    await poll(rescued, DEADLINE, "the lease to run out and the row to be re-driven")
+    (fresh,) = await b.claim(1, 5, 30.0)
+    now = utcnow()
+    delivered = Outcome(
+        webhook_id=webhook, event_id="e1", attempt=fresh.attempt, status=Status.DELIVERED,
+        next_attempt_at=None, attempted_at=now, duration_ms=1.0, status_code=204, error=None,
+        response_excerpt="", outcome="delivered", deactivate_webhook=False,
+        claimed_until=fresh.claimed_until, spent=True,
+    )  # fmt: skip
+    await b.record(delivered)
+    timed_out = Outcome(
+        webhook_id=webhook, event_id="e1", attempt=late.attempt, status=Status.PENDING,
+        next_attempt_at=now + timedelta(seconds=5), attempted_at=now, duration_ms=50_000.0,
+        status_code=None, error="timeout", response_excerpt="", outcome="retry",
+        deactivate_webhook=False, claimed_until=late.claimed_until, spent=True,
+    )  # fmt: skip
+    await a.record(timed_out)
+
+    assert await con.fetchval(f"SELECT status FROM {Q} WHERE event_id = 'e1'") == "delivered"
+    assert await con.fetchval("SELECT silent FROM webhooks") is False
+    log = await con.fetch("SELECT outcome, error FROM webhook_deliveries ORDER BY attempt_id")
+    assert [r["outcome"] for r in log] == ["delivered", "retry"]
+    assert log[1]["error"].startswith("late, not applied") and "timeout" in log[1]["error"]
+
+
+async def test_daemons_with_disagreeing_settings_say_so(stores: Make) -> None:
+    """Two daemons on one queue with another max_attempts and another admin token: each
+    finds the other's settings at its heartbeat and lists the difference in its status
+    (and logs it, peers.py); a daemon with the same settings is not listed."""
+    same = {"admin.token": "0a1b2c3d", "delivery.max_attempts": 8}
+    a = await stores(shared_settings=same, heartbeat_interval=0.05)
+    b = await stores(
+        shared_settings={"admin.token": "ffffffff", "delivery.max_attempts": 3},
+        heartbeat_interval=0.05,
+    )
+    c = await stores(shared_settings=same, heartbeat_interval=0.05)
+
+    async def found() -> bool:
+        reports = [await s.status() for s in (a, b, c)]
+        return [r.settings_disagree for r in reports] == [
+            {b.daemon_id: ["admin.token", "delivery.max_attempts"]},
+            {
+                a.daemon_id: ["admin.token", "delivery.max_attempts"],
+                c.daemon_id: ["admin.token", "delivery.max_attempts"],
+            },
+            {b.daemon_id: ["admin.token", "delivery.max_attempts"]},
+        ]
+
+    await poll(found, DEADLINE, "every daemon to see the other's settings")

@@ -136,7 +136,7 @@ async def test_readyz_says_so_when_the_scanner_keeps_failing(
     settings = make_settings(tmp_path, database={"url": pg.url, "schema": pg_schema})
     async with running(settings) as d, Api(d.url) as api:
         assert (await api.request("GET", "/readyz"))[0] == 200
-        saved = await con.fetchrow("SELECT * FROM scanner_cursor WHERE name = 'main'")
+        await con.execute("CREATE TEMP TABLE saved AS SELECT * FROM scanner_cursor")
         await con.execute("DELETE FROM scanner_cursor WHERE name = 'main'")  # every scan fails
 
         async def not_ready() -> bool:
@@ -144,7 +144,7 @@ async def test_readyz_says_so_when_the_scanner_keeps_failing(
             return status == 503 and body["checks"]["scanner"] is False
 
         await poll(not_ready, DEADLINE, "/readyz to report the failing scanner")
-        await con.execute("INSERT INTO scanner_cursor VALUES ($1, $2, $3, $4)", *saved.values())
+        await con.execute("INSERT INTO scanner_cursor SELECT * FROM saved")
 
         async def ready() -> bool:
             return (await api.request("GET", "/readyz"))[0] == 200
@@ -171,7 +171,7 @@ async def test_a_producer_role_publishes_and_inserts_and_reads_nothing(
             f"TO {role}"
         )
         await con.execute(
-            f"GRANT INSERT (event_id, event_type, payload, occurred_at) "
+            f"GRANT INSERT (event_id, event_type, payload, occurred_at, tenant) "
             f"ON {s}.pipeline_events TO {role}"
         )
         producer = await asyncpg.connect(pg.url.replace("postgres@", f"{role}@"))

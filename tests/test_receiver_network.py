@@ -15,9 +15,11 @@ import pytest
 import trustme
 from conftest import Api, DaemonProcess, make_settings, running, write_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from forward_proxy import ForwardProxy
 from receivers import RawServer, RecordedRequest, Recorder, never_answer
 
 from tests.pg import PgCluster
+from webhookd.daemon import EXIT_CONFIG, Daemon
 
 
 def database(engine: str, request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -257,3 +259,35 @@ async def test_header_values_and_the_v1a_private_key_never_leak(
     for key in keys:
         assert key not in everything and key.removeprefix("whsk_") not in everything
     assert value not in daemon.output() + "\n".join(answers)
+
+
+async def test_every_attempt_goes_through_the_proxy_of_the_config(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with Recorder() as rx, Recorder() as direct, ForwardProxy() as proxy:
+        proxy_file = tmp_path / "proxy"
+        proxy_file.write_text(proxy.url_with("egress", "s3cret") + "\n")
+        settings = make_settings(
+            tmp_path,
+            database=database(engine, request),
+            delivery={"proxy_file": str(proxy_file), "no_proxy": ["localhost"]},
+        )
+        async with running(settings) as daemon, Api(daemon.url) as api:
+            await api.create_webhook(rx.url_for("/via-proxy"), headers={"X-Api-Key": "k"})
+            await api.create_webhook(direct.url_for("/direct", host="localhost"))
+            await api.emit({"type": "t", "data": {}})
+            await api.wait_status({"delivered": 2})
+    [asked] = proxy.asked
+    assert (asked.method, asked.target) == ("POST", rx.url_for("/via-proxy"))
+    assert asked.headers["proxy-authorization"] == "Basic ZWdyZXNzOnMzY3JldA=="
+    [received] = rx.requests
+    assert received.headers["X-Api-Key"] == "k" and "Proxy-Authorization" not in received.headers
+    assert [r.path for r in direct.requests] == ["/direct"]  # no_proxy: reached directly
+
+
+async def test_the_daemon_does_not_start_with_an_unreadable_client_certificate(
+    tmp_path: Path,
+) -> None:
+    pair = {"cert_file": str(tmp_path / "none.crt"), "key_file": str(tmp_path / "none.key")}
+    settings = make_settings(tmp_path, tls={"client_certificates": {"partner": pair}})
+    assert await Daemon(settings).run() == EXIT_CONFIG

@@ -67,6 +67,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             problems.extend(exc.problems)
         problems.extend(_delivery_problems(settings))
+        if settings.database.engine == "postgresql":
+            try:
+                settings.database.resolve_url()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            for warning in settings.database.url_file_warnings():
+                print(f"webhookd: warning: {printable(warning)}", file=sys.stderr)
     if problems:
         for problem in problems:
             print(f"webhookd: {printable(problem)}", file=sys.stderr)

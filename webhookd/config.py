@@ -109,10 +109,30 @@ class DatabaseSettings(_Section):
             raise ConfigError(
                 [f"database.url_file: cannot read {str(self.url_file)!r} ({exc.strerror})"]
             ) from exc
+        if not text.strip():
+            raise ConfigError([f"database.url_file: {str(self.url_file)!r} is empty"])
         try:
             return _check_url(text, "database.url_file")
         except ValueError as exc:
             raise ConfigError([str(exc)]) from None
+
+    def url_file_warnings(self) -> list[str]:
+        """What check-config says of a credentials file others may read (not an error: the
+        daemon runs, but the password in it is not only the daemon's)."""
+        path = self.url_file
+        if path is None:
+            return []
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return []  # resolve_url names the problem
+        if mode & 0o004:
+            return [
+                f"database.url_file: {str(path)!r} is readable by every user of this machine "
+                f"(mode {mode & 0o777:o}); chmod o-r it (0600 or 0640), or use systemd's "
+                "LoadCredential"
+            ]
+        return []
 
     def pool(self, workers: int) -> int:
         """Connections per daemon: outcomes, claims, scans and the API share them."""

@@ -45,6 +45,12 @@ class QueueStatus(Response):
         "outbox rows with a time out of range or data over admin.max_body_bytes; "
         "their reasons are in the schema's rejected_events table)",
     )
+    settings_disagree: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="PostgreSQL: the live daemons on this queue whose settings that must "
+        "agree (admin token, max_attempts, allow_private_destinations, ...) differ from "
+        "this daemon's: daemon id: the setting names",
+    )
     webhooks_active: int
     disabled_webhooks: dict[str, str | None] = Field(description="webhook id: the reason")
     fifo_blocked: dict[str, FifoBlocked] = Field(

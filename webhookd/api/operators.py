@@ -159,6 +159,7 @@ async def status(request: web.Request) -> web.Response:
             "scanner_lag_events": report.scanner_lag_events,
             "scanner_cursor": report.scanner_cursor,
             "events_rejected": report.events_rejected,
+            "settings_disagree": report.settings_disagree,
             "webhooks_active": report.webhooks_active,
             "disabled_webhooks": report.disabled_webhooks,
             "fifo_blocked": fifo_blocked(report),

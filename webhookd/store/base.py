@@ -223,6 +223,9 @@ class StatusReport:
     # Events the scanner set aside, never to be delivered (PostgreSQL: an outbox row with a
     # time out of range or data over admin.max_body_bytes, in rejected_events).
     events_rejected: int = 0
+    # PostgreSQL: the live daemons on this queue whose shared settings differ from this
+    # daemon's (daemon id: the setting names), as its last heartbeat found them.
+    settings_disagree: dict[str, list[str]] = field(default_factory=dict)
     scanner_cursor: int = 0
     latest_seq: int = 0
     webhooks_active: int = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from webhookd.config import Settings, redact_url
+from webhookd.config import ConfigError, Settings, redact_url
 from webhookd.store.base import Notifier, Peer, Store
 from webhookd.store.duckdb.remote import RemoteStore
 
@@ -30,6 +30,7 @@ def make_engine(settings: Settings) -> Engine:
     db = settings.database
     if db.engine == "postgresql":
         from webhookd.store.postgres import PostgresStore
+        from webhookd.store.postgres.peers import shared_settings
 
         store = PostgresStore(
             db.resolve_url(),
@@ -39,6 +40,7 @@ def make_engine(settings: Settings) -> Engine:
             # Several beats per timeout, so one late beat never looks like a death.
             heartbeat_interval=max(0.2, min(2.0, db.peer_timeout / 6)),
             max_event_bytes=settings.admin.max_body_bytes,
+            shared_settings=shared_settings(settings, _token(settings)),
         )
         return Engine(store, peer=store, notifier=store)
     remote = RemoteStore(
@@ -61,3 +63,12 @@ def describe(settings: Settings) -> str:
     if db.url is not None:
         return f"{redact_url(db.url.get_secret_value())} schema {db.db_schema}"
     return f"url from {db.url_file} schema {db.db_schema}"
+
+
+def _token(settings: Settings) -> str | None:
+    """The admin token, to compare its digest with other daemons' (None if unreadable: the
+    daemon reports that itself)."""
+    try:
+        return settings.admin.resolve_token()
+    except ConfigError:
+        return None

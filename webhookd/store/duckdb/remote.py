@@ -303,6 +303,10 @@ class RemoteStore:
         ride = WOKEN_RIDE if self._scan_due else self._poll_interval
         self._scan_due = False
         result: ScanResult = await self._call("scan", batch_size, ride)
+        if result.events >= batch_size:
+            # A full batch: more events wait behind it. Without new ingests nothing would
+            # kick the next scan, which would wait a whole poll interval per batch.
+            self._scan_due = True
         if result.enqueued:
             self._claim_due = True
         return result

@@ -40,7 +40,7 @@ from webhookd.store.base import (
     WebhookPatch,
 )
 from webhookd.store.postgres import fifo, operational
-from webhookd.store.postgres.common import MATCHES, Q, in_states, notify, park_inactive
+from webhookd.store.postgres.common import MATCHES, Q, db_now, in_states, notify, park_inactive
 from webhookd.store.records import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -53,7 +53,6 @@ from webhookd.store.records import (
     parse_delivery_cursor,
     public_key_of,
     signing_secrets,
-    utcnow,
     webhook_row,
 )
 
@@ -104,7 +103,7 @@ async def create_webhook(
     tenant: str | None = None,
 ) -> dict[str, Any]:
     limits = limits or WebhookLimits()
-    now = utcnow()
+    now = await db_now(con)
     row = await con.fetchrow(
         f"""
         INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
@@ -131,7 +130,7 @@ async def create_webhook(
 
 
 async def get_webhook(con: Connection, webhook_id: str) -> dict[str, Any]:
-    return await _fetch_webhook(con, webhook_id, utcnow())
+    return await _fetch_webhook(con, webhook_id, await db_now(con))
 
 
 async def get_webhook_secrets(con: Connection, webhook_id: str) -> WebhookSecrets:
@@ -143,14 +142,14 @@ async def get_webhook_secrets(con: Connection, webhook_id: str) -> WebhookSecret
     if row is None:
         raise _not_found(webhook_id)
     url, secret, previous, previous_expires_at, options = row
-    secrets = signing_secrets(secret, previous, previous_expires_at, utcnow())
+    secrets = signing_secrets(secret, previous, previous_expires_at, await db_now(con))
     return url, secrets, network.decode(options)
 
 
 async def list_webhooks(
     con: Connection, limit: int, after: str | None, tenant: str | None = None
 ) -> Page:
-    now = utcnow()
+    now = await db_now(con)
     rows = await con.fetch(
         f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id > $1 "
         "AND ($3::text IS NULL OR tenant = $3) ORDER BY webhook_id LIMIT $2",
@@ -164,7 +163,7 @@ async def list_webhooks(
 
 async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
     async with con.transaction():
-        now = utcnow()
+        now = await db_now(con)
         # Locked: two operators enabling and disabling at once apply one after the other.
         current = await con.fetchrow(
             "SELECT active, webhook_id, ordering, max_in_flight, rate_limit, rate_tokens, "
@@ -230,13 +229,13 @@ async def delete_webhook(con: Connection, webhook_id: str) -> None:
         if deleted is None:
             raise _not_found(webhook_id)
         # Its deliveries stay, parked, for the record: nothing is silently dropped.
-        await park_inactive(con, [webhook_id], utcnow())
+        await park_inactive(con, [webhook_id], await db_now(con))
 
 
 async def rotate_secret(
     con: Connection, webhook_id: str, secret: str, grace: float
 ) -> dict[str, Any]:
-    now = utcnow()
+    now = await db_now(con)
     row = await con.fetchrow(
         f"""
         UPDATE webhooks SET previous_secret = secret, secret = $1,
@@ -349,7 +348,7 @@ async def redrive(
     if since is not None:
         where.append(f"last_attempt_at >= {p(naive_utc(since))}::timestamp")
     async with con.transaction():
-        count = await _set_due(con, Event.REDRIVE, " AND ".join(where), p.values, utcnow())
+        count = await _set_due(con, Event.REDRIVE, " AND ".join(where), p.values, await db_now(con))
         if count:
             await notify(con, "deliveries")
     return count
@@ -390,7 +389,7 @@ async def replay(
     """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
     A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
     async with con.transaction():
-        now = utcnow()
+        now = await db_now(con)
         event = await con.fetchrow(
             "SELECT event_type, occurred_at, payload::text, body, tenant FROM pipeline_events "
             "WHERE event_id = $1",
@@ -452,7 +451,7 @@ async def replay(
 
 async def status(con: Connection, tenant: str | None = None) -> StatusReport:
     """With `tenant`: the queue rows, webhooks and fifo heads of that tenant's webhooks."""
-    now = utcnow()
+    now = await db_now(con)
     mine = "true"
     params: list[Any] = []
     if tenant is not None:
@@ -469,14 +468,18 @@ async def status(con: Connection, tenant: str | None = None) -> StatusReport:
         *params,
         now,
     )
-    # The scanner tails events by (xid, seq): those after its cursor are its lag, read
-    # through the (xid, seq) index. latest_seq is the highest seq it passed or has to scan.
+    # The scanner's lag: the events of transactions it has not scanned yet (those running
+    # at its snapshot, and those that began later), less the part of a batch in progress
+    # it has scanned (scan_read in queries.sql). latest_seq is the highest seq to scan.
     cursor, lag, latest = await con.fetchrow(
         """
         SELECT c.seq, l.n, l.high FROM scanner_cursor c
         CROSS JOIN LATERAL (
             SELECT count(*) AS n, max(e.seq) AS high FROM pipeline_events e
-            WHERE (e.xid, e.seq) > (c.xid, c.seq)) l
+            WHERE (e.xid = ANY (ARRAY(SELECT pg_snapshot_xip(c.snap)))
+                   OR e.xid >= pg_snapshot_xmax(c.snap))
+              AND NOT (c.target IS NOT NULL AND pg_visible_in_snapshot(e.xid, c.target)
+                       AND (e.xid, e.seq) <= (c.xid, c.seq))) l
         WHERE c.name = 'main'
         """
     )
@@ -544,7 +547,7 @@ async def auto_disable(
     A webhook fails since its first attempt after its last delivered one (or after it was
     created or last enabled), as on DuckDB."""
     async with con.transaction():
-        now = utcnow()
+        now = await db_now(con)
         await con.execute(
             f"""
             UPDATE webhooks AS w SET failing_since = f.since

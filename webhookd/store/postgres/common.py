@@ -24,6 +24,13 @@ MATCHES = (
 NOW = "(now() AT TIME ZONE 'UTC')"
 
 
+async def db_now(con: Any) -> datetime:
+    """The database's clock, which decides every time on a shared queue (daemons' clocks
+    may drift apart): now(), UTC without a time zone, as the tables keep it."""
+    now: datetime = await con.fetchval(f"SELECT {NOW}")
+    return now
+
+
 def in_states(statuses: Sequence[Status]) -> str:
     return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 

@@ -14,8 +14,9 @@ from webhookd.queue import operational as op
 from webhookd.states import Status
 from webhookd.store.base import Outcome
 from webhookd.store.postgres import fifo
+from webhookd.store.postgres.common import db_now
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import naive_utc, utcnow
+from webhookd.store.records import naive_utc
 
 # asyncpg's connection (the package has no type information).
 Connection = Any
@@ -77,7 +78,7 @@ async def record(
     """Record a batch of outcomes (`apply`: the record statement) with what it reports, in
     one transaction; then settle the order of its fifo webhooks."""
     async with con.transaction():
-        now = utcnow()
+        now = await db_now(con)
         made = await before_outcomes(con, outcomes, now)
         _, fifo_ids = await apply(con, outcomes)
         made += await after_outcomes(con, outcomes, now)

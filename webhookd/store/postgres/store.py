@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import secrets as _random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -48,7 +49,7 @@ from webhookd.store.base import (
     WebhookPatch,
 )
 from webhookd.store.postgres import admin, fifo, operational, statistics, tenant_tokens
-from webhookd.store.postgres.common import channel, park_inactive, stop_task
+from webhookd.store.postgres.common import channel, db_now, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
     TIMED_OUT,
@@ -63,8 +64,10 @@ from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
 from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
+from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
 from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
+from webhookd.store.records import utcnow as local_now
 
 log = logs.get("webhookd.store")
 
@@ -81,10 +84,10 @@ CANDIDATES_PER_ROW = 4
 CLOSE_TIMEOUT = 5.0
 # Rows a claim moves at most per rate-limited webhook (claim_move in queries.sql).
 MOVE_BATCH = 5000
-# An event committed while an older transaction (any daemon's claim or outcomes, a
-# producer's) still runs is held back by the scan until that transaction ends, which no
-# notification announces: a scan soon after a notification that did not fill its batch
-# looks again after REPOLL seconds, doubling to MAX_REPOLL, for HOLD_WINDOW seconds.
+# An event committed while a scan runs (of this daemon or another) may be past that scan's
+# snapshot, and its notification consumed by a scanner that found the scan lock taken: a
+# scan soon after a notification that did not fill its batch looks again after REPOLL
+# seconds, doubling to MAX_REPOLL, for HOLD_WINDOW seconds.
 REPOLL = 0.01
 MAX_REPOLL = 0.2
 HOLD_WINDOW = 1.0
@@ -116,6 +119,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         dead_after: float = 30.0,
         heartbeat_interval: float = 2.0,
         max_event_bytes: int = 1_048_576,
+        shared_settings: Mapping[str, Any] | None = None,
         lock_timeout: float = LOCK_TIMEOUT,
         statement_timeout: float = STATEMENT_TIMEOUT,
     ) -> None:
@@ -128,6 +132,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         # An event written in SQL with more data than this is set aside, as the API
         # refuses a bigger request (admin.max_body_bytes).
         self._max_event_bytes = max_event_bytes
+        # Settings every daemon of this queue must share, compared at each heartbeat.
+        self.peers = Peers(shared_settings or {})
+        self._settings_json = json.dumps(self.peers.mine, sort_keys=True)
         # Never set: this engine reconnects by itself (see base.Store.lost).
         self.lost = asyncio.Event()
         self.migrations_applied: list[int] = []
@@ -145,12 +152,18 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._up = False
         self._outage_reported = False
         self._lease = 30.0  # the last claim's: how long an unwritten outcome is retried
+        # The database's clock less this daemon's, measured at each heartbeat: the times
+        # the daemon decides (an outcome's next attempt, retention and auto-disable
+        # thresholds) are written in the database's time, which every daemon shares, so a
+        # daemon whose clock is off neither re-drives others' rows early nor delays its own.
+        self.skew = timedelta(0)
         # Fifo webhooks, as this daemon's claims last found them: their outcomes are
         # recorded in a transaction that settles their order.
         self._fifo: set[str] = set()
         self._cursor = 0
         self._repoll = REPOLL
         self._scanning = False
+        self._scan_failed: str | None = None  # the last scan's error, while it fails
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
@@ -166,6 +179,10 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             "webhookd.daemon": "on",
             "lock_timeout": f"{max(1, round(lock_timeout * 1000))}ms",
             "statement_timeout": f"{max(1, round(statement_timeout * 1000))}ms",
+            # A daemon frozen (SIGSTOP, a paused VM) between two statements of a
+            # transaction would hold its locks (the claim lock, rows it updated) while its
+            # peers take over: the server ends such a session well within peer_timeout.
+            "idle_in_transaction_session_timeout": f"{idle_in_transaction_ms(dead_after)}ms",
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -314,7 +331,22 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return result
 
     async def _beat(self, con: Connection) -> None:
-        await con.execute(query("heartbeat"), self.daemon_id, socket.gethostname(), os.getpid())
+        sent = local_now()
+        db_now, peers = await con.fetchrow(
+            query("heartbeat"),
+            self.daemon_id,
+            socket.gethostname(),
+            os.getpid(),
+            self._settings_json,
+            float(self.dead_after),
+        )
+        received = local_now()
+        self.skew = db_now - (sent + (received - sent) / 2)
+        self.peers.compare(json.loads(peers))
+
+    def _db_time(self, local: datetime) -> datetime:
+        """A time of this daemon's clock on the database's, naive UTC (see skew)."""
+        return naive_utc(local) + self.skew
 
     async def _beating(self) -> None:
         """Tell the other daemons this one lives; never fatal (errors logged once an outage)."""
@@ -357,9 +389,11 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return 0
 
     async def rescue_expired(self, now: datetime) -> int:
+        # `now` (this daemon's clock) on the database's: a daemon whose clock is ahead
+        # re-drives no lease early.
         forget_after = max(3600.0, 10 * self.dead_after)
         row = await self._call(
-            self._rescue_expired, naive_utc(now), float(self.dead_after), forget_after
+            self._rescue_expired, self._db_time(now), float(self.dead_after), forget_after
         )
         return int(row["n"])
 
@@ -375,7 +409,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             await fifo.settle(con, None)
             strays = [r[0] for r in await con.fetch(query("park_strays"))]
             if strays:
-                await park_inactive(con, strays, now)
+                await park_inactive(con, strays, await db_now(con))
         return row
 
     async def lead(self) -> bool:
@@ -383,12 +417,18 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return False if leader is None or self._closing else await leader.lead()
 
     async def prune(self, delivered_before: datetime, log_before: datetime, batch: int) -> Pruned:
-        return await self._call(admin.prune, delivered_before, log_before, batch)
+        return await self._call(
+            admin.prune, self._db_time(delivered_before), self._db_time(log_before), batch
+        )
 
     async def auto_disable(
         self, failing_before: datetime, reported_failing_before: datetime | None = None
     ) -> list[str]:
-        return await self._call(admin.auto_disable, failing_before, reported_failing_before)
+        return await self._call(
+            admin.auto_disable,
+            self._db_time(failing_before),
+            None if reported_failing_before is None else self._db_time(reported_failing_before),
+        )
 
     # -- the data path -------------------------------------------------------------------------
 
@@ -455,13 +495,20 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             # This daemon's other scan holds scan_lock: asking the database would cost a
             # transaction (BEGIN, the lock refused, COMMIT) to learn just that. Measured
             # at 500 events/s: 2,864 of 6,097 scans, most of them empty.
+            if self._scan_failed is not None:
+                # The scan this one would wait for keeps failing: say so (/readyz counts it).
+                raise RuntimeError(self._scan_failed)
             result = ScanResult(0, 0, self._cursor)
         else:
             self._scanning = True
             try:
                 result = await self._call(self._scan, batch_size)
+            except Exception as exc:
+                self._scan_failed = str(exc) or type(exc).__name__
+                raise
             finally:
                 self._scanning = False
+            self._scan_failed = None
         listener = self._listener
         if listener is not None:
             if result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
@@ -475,13 +522,19 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         async with con.transaction():
             if not await con.fetchval(query("scan_lock"), self._scan_key):
                 return ScanResult(0, 0, self._cursor)  # another daemon is scanning
-            rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
-            if not rows:
-                raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
-            events = [r for r in rows if r["event_id"] is not None]
-            if not events:
-                self._cursor = rows[0]["cursor_seq"]
-                return ScanResult(0, 0, self._cursor)
+            while True:
+                rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
+                if not rows:
+                    raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
+                head = rows[0]
+                events = [r for r in rows if r["event_id"] is not None]
+                if events:
+                    break
+                if head["fresh"]:
+                    self._cursor = head["cursor_seq"]
+                    return ScanResult(0, 0, self._cursor)
+                # The batch in progress had no event left: the next one starts now.
+                await con.execute(query("scan_finish"))
             built_ids: list[str] = []
             bodies: list[bytes] = []
             rejected: dict[str, str] = {r["event_id"]: r["problem"] for r in events if r["problem"]}
@@ -510,6 +563,8 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
                 bodies,
                 list(rejected),
                 list(rejected.values()),
+                head["target"],
+                len(events) < batch_size,
             )
             if fifo_ids:
                 await fifo.settle(con, fifo_ids)
@@ -651,8 +706,11 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             [o.event_id for o in outcomes],
             [Status(o.status).value for o in outcomes],
             [o.attempt for o in outcomes],
-            [_naive(o.next_attempt_at) for o in outcomes],
-            [naive_utc(o.attempted_at) for o in outcomes],
+            [
+                None if o.next_attempt_at is None else self._db_time(o.next_attempt_at)
+                for o in outcomes
+            ],
+            [self._db_time(o.attempted_at) for o in outcomes],
             [float(o.duration_ms) for o in outcomes],
             [o.status_code for o in outcomes],
             [o.error for o in outcomes],
@@ -737,7 +795,15 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return await self._call(admin.replay, event_id, webhook_id, tenant)
 
     async def status(self, tenant: str | None = None) -> StatusReport:
-        return await self._call(admin.status, tenant)
+        report = await self._call(admin.status, tenant)
+        report.settings_disagree = dict(self.peers.disagreements)
+        return report
+
+
+def idle_in_transaction_ms(dead_after: float) -> int:
+    """Half of peer_timeout, within 1 to 10 s: the daemon's own transactions never wait
+    between statements for longer than a round trip."""
+    return round(max(1.0, min(10.0, dead_after / 2)) * 1000)
 
 
 async def _keep_session(con: Connection) -> None:

@@ -7,11 +7,23 @@
 
 
 -- name: heartbeat
--- Register this daemon, or tell the others it is alive (re-registers it if the leader
--- forgot it while it could not reach the database).
-INSERT INTO daemons (daemon_id, hostname, pid, started_at, heartbeat_at)
-VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')
-ON CONFLICT (daemon_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at;
+-- Register this daemon with its shared settings ($4, peers.py), or tell the others it is
+-- alive (re-registers it if the leader forgot it while it could not reach the database).
+-- Answers the database's clock, which the daemon's times are translated to (store.py,
+-- PostgresStore.skew), and the settings of the daemons whose heartbeat is fresh ($5
+-- seconds), to compare with its own.
+WITH beat AS (
+    INSERT INTO daemons (daemon_id, hostname, pid, started_at, heartbeat_at, settings)
+    VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC', $4::text::jsonb)
+    ON CONFLICT (daemon_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
+                                          settings = EXCLUDED.settings
+    RETURNING heartbeat_at
+)
+SELECT (SELECT heartbeat_at FROM beat) AS now,
+       (SELECT coalesce(jsonb_object_agg(d.daemon_id, d.settings), '{}')::text
+        FROM daemons d
+        WHERE d.daemon_id <> $1
+          AND d.heartbeat_at >= now() AT TIME ZONE 'UTC' - make_interval(secs => $5)) AS peers;
 
 
 -- name: unregister
@@ -42,28 +54,60 @@ WHERE event_id = ANY ($1::text[]);
 
 
 -- name: scan_lock
--- One scanner advances the cursor at a time; the others return at once.
-SELECT pg_try_advisory_xact_lock($1);
+-- One scanner advances the cursor at a time; the others return at once. A scan builds the
+-- bodies of events written in SQL between its statements (up to a batch of events of
+-- admin.max_body_bytes each): its transaction may stay idle longer than the daemon's
+-- others (idle_in_transaction_session_timeout, store.py), up to a minute.
+SELECT pg_try_advisory_xact_lock($1)
+       AND set_config('idle_in_transaction_session_timeout', '60s', true) IS NOT NULL;
 
 
 -- name: scan_read
--- The cursor and the events after it, in (xid, seq) order, only those of transactions
--- older than every transaction still running: a producer's transaction that is still
--- open holds the scan back instead of being skipped when it commits. One statement, so
--- one snapshot, taken before this transaction writes (it has no xid of its own yet).
+-- The next events to scan, in (xid, seq) order: those of the transactions that finished
+-- between the cursor's snapshot (snap) and the batch's (target; taken now when no batch is
+-- in progress), after the last event scanned in this batch. A transaction still running
+-- at `target` is read in a later batch, when it has finished, however many events of
+-- younger transactions were scanned meanwhile; one left open for hours costs nothing but
+-- its place in the snapshots' xip lists. Each part is read through the (xid, seq) index:
+-- the transactions running at `snap` that finished since (a handful), and the range of
+-- transactions that began since `snap`. One statement, so one snapshot, taken before this
+-- transaction writes (it has no xid of its own yet).
 -- The payload and time come back only for events without a body (written in SQL), and
 -- only when the body can be built: a time out of Python's range or data over $2 bytes
 -- comes back as `problem` instead (the scan sets the event aside), so that one such row
 -- never fails the scan, nor is loaded whole into the daemon.
-SELECT c.seq AS cursor_seq, e.event_id, e.event_type, e.xid, e.seq,
+WITH cursor AS (
+    SELECT s.seq AS cursor_seq, s.snap, coalesce(s.target, pg_current_snapshot()) AS target,
+           s.target IS NULL AS fresh,
+           CASE WHEN s.target IS NULL THEN '0'::xid8 ELSE s.xid END AS pos_xid,
+           CASE WHEN s.target IS NULL THEN 0 ELSE s.seq END AS pos_seq
+    FROM scanner_cursor s
+    WHERE s.name = 'main'
+), c AS (
+    -- Where the range of younger transactions starts reading, as one row comparison (the
+    -- index scan's start): after the last event scanned if it is in that range, else at
+    -- the first transaction begun since `snap` (seq starts at 1).
+    SELECT cursor.*,
+           CASE WHEN pos_xid >= pg_snapshot_xmax(snap) THEN pos_xid
+                ELSE pg_snapshot_xmax(snap) END AS range_xid,
+           CASE WHEN pos_xid >= pg_snapshot_xmax(snap) THEN pos_seq + 1 ELSE 0 END AS range_seq
+    FROM cursor
+), finished AS (
+    SELECT coalesce(array_agg(x.xid), '{}') AS xids
+    FROM c CROSS JOIN LATERAL pg_snapshot_xip(c.snap) AS x(xid)
+    WHERE pg_visible_in_snapshot(x.xid, c.target)
+)
+SELECT c.cursor_seq, c.target::text AS target, c.fresh, e.event_id, e.event_type, e.xid,
+       e.seq,
        CASE WHEN e.problem IS NULL THEN e.payload END AS payload,
        CASE WHEN e.problem IS NULL THEN e.occurred_at END AS occurred_at,
        e.problem
-FROM scanner_cursor c
+FROM c
+CROSS JOIN finished f
 LEFT JOIN LATERAL (
     SELECT p.event_id, p.event_type, p.xid, p.seq, t.payload,
-           CASE WHEN p.body IS NULL THEN p.occurred_at END AS occurred_at,
-           CASE WHEN p.body IS NOT NULL THEN NULL
+           CASE WHEN p.no_body THEN p.occurred_at END AS occurred_at,
+           CASE WHEN NOT p.no_body THEN NULL
                 WHEN starts_with(p.event_type, 'webhookd.')
                     THEN format('type %s: webhookd.* types are webhookd''s own operational '
                                 'events; producers may not publish them', p.event_type)
@@ -74,14 +118,33 @@ LEFT JOIN LATERAL (
                     THEN format('data of %s bytes is over admin.max_body_bytes (%s)',
                                 octet_length(t.payload), $2)
            END AS problem
-    FROM pipeline_events p
-    CROSS JOIN LATERAL (SELECT CASE WHEN p.body IS NULL THEN p.payload::text END AS payload) t
-    WHERE (p.xid, p.seq) > (c.xid, c.seq)
-      AND p.xid < pg_snapshot_xmin(pg_current_snapshot())
+    FROM (
+        (SELECT q.event_id, q.event_type, q.xid, q.seq, q.body IS NULL AS no_body, q.payload,
+                q.occurred_at
+         FROM pipeline_events q
+         WHERE q.xid = ANY (f.xids) AND (q.xid, q.seq) > (c.pos_xid, c.pos_seq)
+         ORDER BY q.xid, q.seq
+         LIMIT $1)
+        UNION ALL
+        (SELECT q.event_id, q.event_type, q.xid, q.seq, q.body IS NULL, q.payload,
+                q.occurred_at
+         FROM pipeline_events q
+         WHERE (q.xid, q.seq) >= (c.range_xid, c.range_seq)
+           AND q.xid < pg_snapshot_xmax(c.target)
+           AND pg_visible_in_snapshot(q.xid, c.target)
+         ORDER BY q.xid, q.seq
+         LIMIT $1)
+    ) p
+    CROSS JOIN LATERAL (SELECT CASE WHEN p.no_body THEN p.payload::text END AS payload) t
     ORDER BY p.xid, p.seq
     LIMIT $1
-) e ON true
-WHERE c.name = 'main';
+) e ON true;
+
+
+-- name: scan_finish
+-- A batch read to its end without an event left: the cursor's snapshot moves to its target.
+UPDATE scanner_cursor SET snap = target, target = NULL, updated_at = now() AT TIME ZONE 'UTC'
+WHERE name = 'main' AND target IS NOT NULL;
 
 
 -- name: scan_enqueue
@@ -91,7 +154,8 @@ WHERE c.name = 'main';
 -- A fifo webhook's rows wait behind its head (no next_attempt_at); the fifo webhooks that
 -- got rows come back in `fifo`, for fifo.settle in the same transaction.
 -- $1 event ids read, $2/$3 the last (xid, seq), $4/$5 ids and bodies built here, $6/$7
--- ids and reasons of the events set aside (not enqueued).
+-- ids and reasons of the events set aside (not enqueued), $8 the batch's target snapshot,
+-- $9 whether the batch is read to its end (the cursor's snapshot then moves to the target).
 WITH rejected AS (
     INSERT INTO rejected_events (event_id, error, rejected_at)
     SELECT r.event_id, r.error, now() AT TIME ZONE 'UTC'
@@ -120,7 +184,11 @@ WITH rejected AS (
     ON CONFLICT DO NOTHING
     RETURNING webhook_id, next_attempt_at IS NULL AS waiting
 ), moved AS (
-    UPDATE scanner_cursor SET xid = $2::xid8, seq = $3, updated_at = now() AT TIME ZONE 'UTC'
+    UPDATE scanner_cursor
+    SET xid = $2::xid8, seq = $3,
+        snap = CASE WHEN $9::bool THEN $8::text::pg_snapshot ELSE snap END,
+        target = CASE WHEN $9::bool THEN NULL ELSE $8::text::pg_snapshot END,
+        updated_at = now() AT TIME ZONE 'UTC'
     WHERE name = 'main'
 ), counted AS (
     SELECT count(*) AS n,
@@ -383,7 +451,11 @@ SELECT count(*) FROM moved;
 -- Every CTE sees the same snapshot, so webhooks are updated by one CTE only. The fifo
 -- webhooks of the batch come back in `fifo`: their order is settled (fifo.settle) by a
 -- later statement, which sees these changes.
-WITH o AS (
+-- A late outcome (its row no longer holds the claim's lease: rescued, maybe claimed and
+-- delivered by another daemon) records what happened, in the log, marked late, and undoes
+-- nothing others decided: it changes neither the row nor the webhook's silent flag. (A
+-- 410 still deactivates the webhook: the endpoint asked to stop, whichever claim heard it.)
+WITH given AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::timestamp[],
                 $6::timestamp[], $7::float8[], $8::int[], $9::text[], $10::text[],
@@ -392,11 +464,18 @@ WITH o AS (
         AS o(webhook_id, event_id, status, attempt, next_attempt_at, attempted_at,
              duration_ms, status_code, error, response_excerpt, outcome, deactivate,
              claimed_until, spent, ord)
+), o AS (
+    SELECT g.*,
+           EXISTS (SELECT 1 FROM webhook_delivery_queue q
+                   WHERE q.webhook_id = g.webhook_id AND q.event_id = g.event_id
+                     AND q.status = {INFLIGHT}
+                     AND (g.claimed_until IS NULL OR q.lease_until = g.claimed_until)) AS live
+    FROM given g
 ), hooks AS (
     SELECT o.webhook_id,
            bool_or(o.deactivate) AS gone,
            (array_agg(o.status_code IS NULL ORDER BY o.ord DESC)
-                FILTER (WHERE o.spent))[1] AS silent,
+                FILTER (WHERE o.spent AND o.live))[1] AS silent,
            coalesce(bool_or(w.active), false) AND NOT bool_or(o.deactivate) AS active,
            coalesce(bool_or(w.ordering = {FIFO}), false) AS fifo
     FROM o
@@ -430,15 +509,20 @@ WITH o AS (
     WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
       AND q.status = {INFLIGHT}
       AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
-    RETURNING 1
+    RETURNING q.webhook_id, q.event_id
 ), logged AS (
     INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at, duration_ms,
                                     status_code, error, response_excerpt, outcome)
-    SELECT webhook_id, event_id, attempt, attempted_at, duration_ms, status_code, error,
-           response_excerpt, outcome
+    SELECT o.webhook_id, o.event_id, o.attempt, o.attempted_at, o.duration_ms, o.status_code,
+           CASE WHEN r.event_id IS NULL
+                THEN 'late, not applied: the claim had lost its lease (the delivery was '
+                     || 're-driven)' || coalesce('; ' || o.error, '')
+                ELSE o.error END,
+           o.response_excerpt, o.outcome
     FROM o
-    WHERE spent
-    ORDER BY ord
+    LEFT JOIN rows_changed r ON r.webhook_id = o.webhook_id AND r.event_id = o.event_id
+    WHERE o.spent
+    ORDER BY o.ord
 ), gone_parked AS (
     -- pending rows only: never a row of rows_changed (inflight), so no row is changed twice
     UPDATE webhook_delivery_queue q
@@ -481,9 +565,10 @@ FROM counted;
 
 
 -- name: rescue_expired
--- Inflight rows whose lease ran out before $1, or whose daemon is not registered or has
--- not beaten its heart for $2 seconds (by the database's clock): due now, or parked when
--- their webhook is inactive or gone. Daemons silent for $3 seconds are forgotten (their
+-- Inflight rows whose lease ran out before $1 (the caller's time on the database's clock:
+-- store.py, PostgresStore.skew), or whose daemon is not registered or has not beaten its
+-- heart for $2 seconds by the database's clock: due now, or parked when their webhook is
+-- inactive or gone. Daemons silent for $3 seconds are forgotten (their
 -- rows are rescued here all the same: an unregistered claimant is a dead one).
 WITH rescued AS (
     UPDATE webhook_delivery_queue q

@@ -37,6 +37,8 @@ from webhookd.store.base import (
     Channel,
     Claim,
     DeliveryFilter,
+    DeliveryKey,
+    DeliveryPage,
     EventConflict,
     IngestResult,
     Outcome,
@@ -776,7 +778,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
 
     # -- operators (admin.py) ---------------------------------------------------------------
 
-    async def list_deliveries(self, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
+    async def list_deliveries(
+        self, filt: DeliveryFilter, limit: int, after: DeliveryKey | None
+    ) -> DeliveryPage:
         return await self._call(admin.list_deliveries, filt, limit, after)
 
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:

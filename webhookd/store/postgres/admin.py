@@ -371,7 +371,7 @@ def build_body_or_stored(
 ) -> bytes:
     """build_body, or for data canonical JSON cannot carry (a number beyond a double's
     range, nesting too deep for Python) the data as PostgreSQL prints it: still JSON, and
-    the same bytes the scanner sends for such an event (store.py, _build_body)."""
+    the same bytes the scanner sends for such an event (scans.py, build_body)."""
     try:
         return build_body(event_id, event_type, occurred_at, payload_text)
     except (ValueError, RecursionError) as exc:

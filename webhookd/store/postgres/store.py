@@ -62,7 +62,7 @@ from webhookd.store.postgres.errors import (
 from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
-from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.migrate import SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
@@ -82,6 +82,8 @@ STUCK_AFTER = 60.0
 # left are skipped after the LIMIT (as on DuckDB).
 CANDIDATES_PER_ROW = 4
 CLOSE_TIMEOUT = 5.0
+# Webhooks one claim draws from at most (each a lock of the transaction's: claim_hooks).
+HOOKS_PER_CLAIM = 64
 # Rows a claim moves at most per rate-limited webhook (claim_move in queries.sql).
 MOVE_BATCH = 5000
 # An event committed while a scan runs (of this daemon or another) may be past that scan's
@@ -167,7 +169,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
-        self._claim_key = lock_key(schema, CLAIM)
         self._server_settings = {
             "search_path": quote_ident(schema),
             "application_name": "webhookd",
@@ -596,8 +597,22 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         cap_values: list[int],
     ) -> list[Claim]:
         async with con.transaction():
-            # Serialises claims across daemons (see claim_lock in queries.sql).
-            await con.execute(query("claim_lock"), self._claim_key)
+            # Claims of one webhook run one at a time across daemons, claims of different
+            # webhooks at once (claim_hooks in queries.sql).
+            found = await con.fetch(
+                query("claim_hooks"),
+                self.daemon_id,
+                per_webhook,
+                cap_ids,
+                cap_values,
+                HOOKS_PER_CLAIM,
+            )
+            hooks = [r["webhook_id"] for r in found if r["locked"]]
+            if not hooks:
+                if not found:
+                    return []
+                await con.execute(query("claim_wait"), found[0]["webhook_id"])
+                hooks = [found[0]["webhook_id"]]
             rows = await con.fetch(
                 query("claim"),
                 limit,
@@ -607,6 +622,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
                 limit * CANDIDATES_PER_ROW,
                 float(lease),
                 self.daemon_id,
+                hooks,
             )
             strays = [r["webhook_id"] for r in rows if r["kind"] == "stray"]
             if strays:

@@ -56,7 +56,14 @@ from bench.code import REPO, code_hash, snapshot_code
 from bench.common import ENGINE, started
 from bench.pgserver import Postgres
 
-SCENARIOS = ("isolation", "latency", "scale", "throughput")  # modules of bench/scenarios/
+SCENARIOS = (
+    "arrival",
+    "isolation",
+    "latency",
+    "scale",
+    "soak",
+    "throughput",
+)  # modules of bench/scenarios/
 
 
 def main() -> int:
@@ -127,7 +134,7 @@ def main() -> int:
             f"--daemons {args.daemons} needs --engine postgresql: a DuckDB file is opened by "
             "one process only, so several daemons cannot share a queue on it"
         )
-    if args.engine == "postgresql" and args.scenario not in ("throughput", "latency"):
+    if args.engine == "postgresql" and args.scenario not in ("throughput", "latency", "arrival"):
         parser.error(
             f"--engine postgresql: the {args.scenario} scenario runs on DuckDB only "
             "(throughput and latency run on both engines)"

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from bench import floor as floors
 from bench.common import (
     ENGINE,
     Figures,
@@ -40,6 +41,8 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
     sent: dict[str, float] = {}
     acked: dict[str, float] = {}
     failed = skipped = 0
+    # The floor first, in the same run: the figures below are reported over it.
+    floor = await floors.measure(50 if args.quick else 200)
     with workdir("lat") as work, started(Receiver("timestamp")) as receiver:
         async with daemon_group(work) as group:
             # Several daemons: the sends go round-robin over their APIs (256 connections in
@@ -174,6 +177,17 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
         "idle_202": summary_ms(idle),
         "load": machine_load(),
     }
+    # idle send -> 202 over (POST + commit); send -> arrival over (POST + commit + POST):
+    # the ingest's request, its commit, and the delivery's request.
+    idle_floor = floors.p99(floor, "http", "commit")
+    arrival_floor = floors.p99(floor, "http", "commit", "http")
+    figures["floor"] = {
+        **floor,
+        "idle_202_p99_ms": idle_floor,
+        "send_arrival_p99_ms": arrival_floor,
+        "idle_202_ratio": floors.ratio(figures["idle_202"].get("p99_ms"), idle_floor),
+        "send_arrival_ratio": floors.ratio(figures["end_to_end"].get("p99_ms"), arrival_floor),
+    }
     if errors:
         figures["daemon_errors"] = errors
     if ENGINE.pg is not None:
@@ -216,6 +230,26 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
         ],
     )
     idle_202 = figures["idle_202"]
+    fl = figures["floor"]
+    table(
+        f"against the floor of this run (p99: a bare POST {fl['http'].get('p99_ms')} ms, "
+        f"a one-row {ENGINE.name} commit {fl['commit'].get('p99_ms')} ms)",
+        ["figure", "p99 ms", "floor ms", "ratio"],
+        [
+            [
+                "idle send -> 202 / (POST + commit)",
+                idle_202.get("p99_ms"),
+                idle_floor,
+                fl["idle_202_ratio"],
+            ],
+            [
+                f"{rate}/s send -> arrival / (POST + commit + POST)",
+                figures["end_to_end"].get("p99_ms"),
+                arrival_floor,
+                fl["send_arrival_ratio"],
+            ],
+        ],
+    )
     print(
         f"  idle: {idle_202.get('count', 0)} events one at a time, send -> 202: "
         f"p50 {idle_202.get('p50_ms')} ms, p99 {idle_202.get('p99_ms')} ms, "
@@ -255,6 +289,10 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
             "send_202_p99_ms": figures["ingest_202"].get("p99_ms"),
             "send_arrival_p50_ms": figures["end_to_end"].get("p50_ms"),
             "send_arrival_p99_ms": figures["end_to_end"].get("p99_ms"),
+            "idle_202_floor_ms": idle_floor,
+            "idle_202_ratio": fl["idle_202_ratio"],
+            "send_arrival_floor_ms": arrival_floor,
+            "send_arrival_ratio": fl["send_arrival_ratio"],
             **engine_keys(figures),
         },
     )

@@ -25,6 +25,13 @@ from bench.measure import daemon_run
 from bench.sink import Nginx, run_baseline
 
 
+def cpu_ratio(run: Figures, base: Figures) -> float | None:
+    """CPU per delivery of every process of webhookd's (and, on PostgreSQL, the server's)
+    over the bare loop's CPU per POST, from the same run."""
+    used = run.get("total_cpu_us_per_delivery") or run["daemon_cpu_us_per_delivery"]
+    return round(used / base["cpu_us_per_post"], 2) if base.get("cpu_us_per_post") else None
+
+
 async def run(args: argparse.Namespace) -> tuple[Figures, str]:
     n_events = 2_000 if args.quick else 20_000
     repeat = repeats(args)
@@ -63,7 +70,12 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
             base = median_run(base_runs)
             run = median_run(daemon_runs)
             ratio = round(run["per_second"] / base["per_second"], 3) if base["per_second"] else 0.0
-            figures[f"hooks{n_hooks}"] = {"daemon": run, "baseline": base, "ratio": ratio}
+            figures[f"hooks{n_hooks}"] = {
+                "daemon": run,
+                "baseline": base,
+                "ratio": ratio,
+                "cpu_ratio": cpu_ratio(run, base),
+            }
             if n_hooks == 1:
                 # For reference: one webhook gets at most per_webhook_concurrency (8) slots.
                 capped = run_baseline(urls, n_events, PER_WEBHOOK)
@@ -78,6 +90,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                         ratio,
                         run["daemon_cpu_us_per_delivery"],
                         base["cpu_us_per_post"],
+                        cpu_ratio(run, base),
                         run["peak_rss_mb"],
                     ]
                 )
@@ -95,6 +108,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                         run["db_cpu_us_per_delivery"],
                         run["total_cpu_us_per_delivery"],
                         base["cpu_us_per_post"],
+                        cpu_ratio(run, base),
                         run["peak_rss_mb"],
                     ]
                 )
@@ -126,6 +140,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                     info_ratio,
                     info["daemon_cpu_us_per_delivery"],
                     base1["cpu_us_per_post"],
+                    cpu_ratio(info, base1),
                     info["peak_rss_mb"],
                 ]
             )
@@ -143,6 +158,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                     info["db_cpu_us_per_delivery"],
                     info["total_cpu_us_per_delivery"],
                     base1["cpu_us_per_post"],
+                    cpu_ratio(info, base1),
                     info["peak_rss_mb"],
                 ]
             )
@@ -158,6 +174,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                 "ratio",
                 "daemon cpu us/deliv",
                 "baseline cpu us/post",
+                "cpu ratio",
                 "peak MB",
             ],
             rows,
@@ -181,6 +198,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                 "db cpu us/deliv",
                 "total cpu us/deliv",
                 "baseline cpu us/post",
+                "cpu ratio",
                 "peak MB (all)",
             ],
             rows,
@@ -233,6 +251,9 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
             "daemon_10": figures["hooks10"]["daemon"]["per_second"],
             "baseline_10": figures["hooks10"]["baseline"]["per_second"],
             "ratio_10": figures["hooks10"]["ratio"],
+            "cpu_ratio_1": figures["hooks1"]["cpu_ratio"],
+            "cpu_ratio_10": figures["hooks10"]["cpu_ratio"],
+            "peak_mb_10": figures["hooks10"]["daemon"]["peak_rss_mb"],
             "daemon_1_info": info["per_second"],
             "info_slowdown": info_cost,
             "target_ratio": 0.8,

@@ -1,5 +1,6 @@
-"""What the route modules share: the services, the error shape, JSON bodies, and
-what each route says of itself (:class:`Operation`: the OpenAPI document and who may call it)."""
+"""What the route modules share: the services, the error shape, JSON bodies, page
+cursors (cursors.py), and what each route says of itself (:class:`Operation`: the
+OpenAPI document and who may call it)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+# Re-exported: route modules and models take what they share from here.
+from webhookd.api.cursors import delivery_cursor as delivery_cursor
+from webhookd.api.cursors import parse_delivery_cursor as parse_delivery_cursor
 from webhookd.api.tenant_auth import TenantTokens
 from webhookd.config import Settings
 from webhookd.durations import format_duration

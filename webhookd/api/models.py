@@ -42,13 +42,12 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from webhookd import guard, signing
-from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, shown
+from webhookd.api.common import MAX_CURSOR, MAX_LIMIT, ApiError, parse_delivery_cursor, shown
 from webhookd.api.network_fields import NetworkChange, NetworkShown, Signing
 from webhookd.api.tenant_fields import OptionalTenant, QueryTenant
 from webhookd.api.trace_fields import Traceparent
 from webhookd.events import MAX_ID_LENGTH, MAX_TYPE_LENGTH, token_problem
 from webhookd.states import Status
-from webhookd.store.records import parse_delivery_cursor
 
 MAX_DESCRIPTION = 1024
 MAX_EVENT_TYPES = 256

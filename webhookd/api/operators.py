@@ -11,8 +11,10 @@ from webhookd.api.common import (
     ApiError,
     Operation,
     caller_tenant,
+    delivery_cursor,
     documented,
     owned,
+    parse_delivery_cursor,
     read_json,
     services,
     tenant_scope,
@@ -59,8 +61,10 @@ async def deliveries(request: web.Request) -> web.Response:
         status=query.status,
         tenant=tenant_scope(request, query.tenant),
     )
-    page = await services(request).store.list_deliveries(filt, query.limit, query.cursor)
-    return web.json_response({"items": page.items, "next": page.next})
+    after = None if query.cursor is None else parse_delivery_cursor(query.cursor)
+    page = await services(request).store.list_deliveries(filt, query.limit, after)
+    cursor = None if page.next is None else delivery_cursor(page.next)
+    return web.json_response({"items": page.items, "next": cursor})
 
 
 @routes.get("/v1/deliveries/{webhook_id}/{event_id}/attempts")

@@ -198,6 +198,17 @@ class Page:
     next: str | None = None
 
 
+# Where a listing of deliveries (newest first) continues: the created_at (naive UTC),
+# webhook_id and event_id of the last row of the page before. The API makes its cursor.
+DeliveryKey = tuple[datetime, str, str]
+
+
+@dataclass(slots=True)
+class DeliveryPage:
+    items: list[dict[str, Any]]
+    next: DeliveryKey | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Pruned:
     queue_rows: int
@@ -345,8 +356,8 @@ class Store(Protocol):
 
     # operators
     async def list_deliveries(
-        self, filt: DeliveryFilter, limit: int, after: str | None
-    ) -> Page: ...
+        self, filt: DeliveryFilter, limit: int, after: DeliveryKey | None
+    ) -> DeliveryPage: ...
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]: ...
     async def redrive(
         self,

@@ -6,8 +6,6 @@ one from DuckDB. Times are naive UTC datetimes in the stores and ISO 8601 with a
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,38 +27,6 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return naive_utc(value).isoformat(timespec="microseconds") + "Z"
-
-
-def encode_cursor(parts: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, shape: Sequence[type]) -> list[Any]:
-    """The parts of a page cursor, checked against `shape` (a type per part)."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        parts = json.loads(base64.urlsafe_b64decode(padded))
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("invalid cursor") from None
-    if (
-        not isinstance(parts, list)
-        or len(parts) != len(shape)
-        or not all(isinstance(p, t) for p, t in zip(parts, shape, strict=True))
-    ):
-        raise ValueError("invalid cursor")
-    return parts
-
-
-def delivery_cursor(created_at: datetime, webhook_id: str, event_id: str) -> str:
-    return encode_cursor([naive_utc(created_at).isoformat(), webhook_id, event_id])
-
-
-def parse_delivery_cursor(cursor: str) -> tuple[datetime, str, str]:
-    created, webhook_id, event_id = decode_cursor(cursor, (str, str, str))
-    try:
-        return naive_utc(datetime.fromisoformat(created)), webhook_id, event_id
-    except ValueError:
-        raise ValueError("invalid cursor") from None
 
 
 WEBHOOK_COLUMNS = (

@@ -16,6 +16,8 @@ from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
     DeliveryFilter,
+    DeliveryKey,
+    DeliveryPage,
     FifoBlocked,
     NotFound,
     Page,
@@ -30,9 +32,8 @@ from webhookd.store.duckdb.queries import query
 from webhookd.store.records import (
     WebhookSecrets,
     attempt_row,
-    delivery_cursor,
     delivery_row,
-    parse_delivery_cursor,
+    naive_utc,
     public_key_of,
     signing_secrets,
     utcnow,
@@ -168,9 +169,11 @@ def rotate_secret(
     return results
 
 
-def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
-    # No cursor: the condition on it is NULL IS NULL, true for every row.
-    created, wid, eid = parse_delivery_cursor(after) if after else (None, None, None)
+def list_deliveries(
+    con: Any, filt: DeliveryFilter, limit: int, after: DeliveryKey | None
+) -> DeliveryPage:
+    # From the start: the condition on the key is NULL IS NULL, true for every row.
+    created, wid, eid = after if after is not None else (None, None, None)
     rows = con.execute(
         query("list_deliveries"),
         [
@@ -187,11 +190,11 @@ def list_deliveries(con: Any, filt: DeliveryFilter, limit: int, after: str | Non
         ],
     ).fetchall()
     items = [delivery_row(r) for r in rows[:limit]]
-    cursor = None
+    key: DeliveryKey | None = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        cursor = delivery_cursor(last[9], last[0], last[1])
-    return Page(items, cursor)
+        key = (naive_utc(last[9]), last[0], last[1])
+    return DeliveryPage(items, key)
 
 
 def list_attempts(con: Any, webhook_id: str, event_id: str) -> list[dict[str, Any]]:

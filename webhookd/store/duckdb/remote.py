@@ -33,6 +33,8 @@ from webhookd.states import Status
 from webhookd.store.base import (
     Claim,
     DeliveryFilter,
+    DeliveryKey,
+    DeliveryPage,
     IngestResult,
     Outcome,
     Page,
@@ -386,8 +388,10 @@ class RemoteStore:
 
     # -- operators ---------------------------------------------------------------------
 
-    async def list_deliveries(self, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
-        result: Page = await self._call("list_deliveries", filt, limit, after)
+    async def list_deliveries(
+        self, filt: DeliveryFilter, limit: int, after: DeliveryKey | None
+    ) -> DeliveryPage:
+        result: DeliveryPage = await self._call("list_deliveries", filt, limit, after)
         return result
 
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ from webhookd.states import Status
 from webhookd.store.base import (
     Claim,
     DeliveryFilter,
+    DeliveryKey,
+    DeliveryPage,
     EventConflict,
     IngestResult,
     NotFound,
@@ -461,8 +463,10 @@ class DuckDBStore:
 
     # -- operators ------------------------------------------------------------------------
 
-    async def list_deliveries(self, filt: DeliveryFilter, limit: int, after: str | None) -> Page:
-        result: Page = await self._read(admin.list_deliveries, filt, limit, after)
+    async def list_deliveries(
+        self, filt: DeliveryFilter, limit: int, after: DeliveryKey | None
+    ) -> DeliveryPage:
+        result: DeliveryPage = await self._read(admin.list_deliveries, filt, limit, after)
         return result
 
     async def list_attempts(self, webhook_id: str, event_id: str) -> list[dict[str, Any]]:

@@ -32,6 +32,8 @@ from webhookd.states import Event, Status, sources
 from webhookd.store.base import (
     RATE_LIMITED,
     DeliveryFilter,
+    DeliveryKey,
+    DeliveryPage,
     NotFound,
     Page,
     Pruned,
@@ -47,10 +49,8 @@ from webhookd.store.records import (
     WEBHOOK_COLUMNS,
     WebhookSecrets,
     attempt_row,
-    delivery_cursor,
     delivery_row,
     naive_utc,
-    parse_delivery_cursor,
     public_key_of,
     signing_secrets,
     webhook_row,
@@ -257,8 +257,8 @@ async def rotate_secret(
 
 
 async def list_deliveries(
-    con: Connection, filt: DeliveryFilter, limit: int, after: str | None
-) -> Page:
+    con: Connection, filt: DeliveryFilter, limit: int, after: DeliveryKey | None
+) -> DeliveryPage:
     p = _Params()
     where = ["true"]
     if filt.webhook_id is not None:
@@ -271,8 +271,8 @@ async def list_deliveries(
         where.append(
             f"webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = {p(filt.tenant)})"
         )
-    if after:
-        created, wid, eid = parse_delivery_cursor(after)  # ValueError for a bad cursor
+    if after is not None:
+        created, wid, eid = after
         where.append(
             f"(created_at, webhook_id, event_id) < ({p(created)}::timestamp, {p(wid)}, {p(eid)})"
         )
@@ -282,11 +282,11 @@ async def list_deliveries(
         *p.values,
     )
     items = [delivery_row(r) for r in rows[:limit]]
-    cursor = None
+    key: DeliveryKey | None = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        cursor = delivery_cursor(last["created_at"], last["webhook_id"], last["event_id"])
-    return Page(items, cursor)
+        key = (naive_utc(last["created_at"]), last["webhook_id"], last["event_id"])
+    return DeliveryPage(items, key)
 
 
 async def list_attempts(con: Connection, webhook_id: str, event_id: str) -> list[dict[str, Any]]:
@@ -370,7 +370,7 @@ def build_body_or_stored(
 ) -> bytes:
     """build_body, or for data canonical JSON cannot carry (a number beyond a double's
     range, nesting too deep for Python) the data as PostgreSQL prints it: still JSON, and
-    the same bytes the scanner sends for such an event (store.py, _build_body)."""
+    the same bytes the scanner sends for such an event (scans.py, build_body)."""
     try:
         return build_body(event_id, event_type, occurred_at, payload_text)
     except (ValueError, RecursionError) as exc:

@@ -49,7 +49,15 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, claims, fifo, scans, statistics, tenant_tokens
+from webhookd.store.postgres import (
+    admin,
+    claims,
+    fifo,
+    operational,
+    scans,
+    statistics,
+    tenant_tokens,
+)
 from webhookd.store.postgres.common import channel, db_now, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -416,8 +424,14 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             admin.prune, self._db_time(delivered_before), self._db_time(log_before), batch
         )
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        return await self._call(admin.auto_disable, self._db_time(failing_before))
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        return await self._call(
+            admin.auto_disable,
+            self._db_time(failing_before),
+            None if reported_failing_before is None else self._db_time(reported_failing_before),
+        )
 
     # -- the data path -------------------------------------------------------------------------
 
@@ -580,6 +594,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         their order (fifo.settle) once they are applied. A webhook switched to fifo since
         its rows were claimed is settled right after, in a transaction of its own (and by
         the leader's safety net should this daemon die in between)."""
+        if operational.reportable(outcomes):  # a 410 or a dead delivery: reported with it
+            await operational.record(con, outcomes, self._apply_outcomes)
+            return
         if not any(o.webhook_id in self._fifo for o in outcomes):
             _, fifo_ids = await self._apply_outcomes(con, outcomes)
             if fifo_ids:

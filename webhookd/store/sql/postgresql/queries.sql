@@ -108,6 +108,9 @@ LEFT JOIN LATERAL (
     SELECT p.event_id, p.event_type, p.xid, p.seq, t.payload,
            CASE WHEN p.no_body THEN p.occurred_at END AS occurred_at,
            CASE WHEN NOT p.no_body THEN NULL
+                WHEN starts_with(p.event_type, 'webhookd.')
+                    THEN format('type %s: webhookd.* types are webhookd''s own operational '
+                                'events; producers may not publish them', p.event_type)
                 WHEN NOT (p.occurred_at >= '0001-01-01' AND p.occurred_at < '10000-01-01')
                     THEN format('occurred_at %s is out of range (years 1 to 9999)',
                                 p.occurred_at)

@@ -71,7 +71,7 @@ from webhookd.store.postgres.errors import (
 from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
-from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.migrate import SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
@@ -171,7 +171,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
-        self._claim_key = lock_key(schema, CLAIM)
         self._server_settings = {
             "search_path": quote_ident(schema),
             "application_name": "webhookd",
@@ -561,7 +560,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
     ) -> list[Claim]:
         return await claims.claim(
             con,
-            self._claim_key,
             self.daemon_id,
             self._fifo,
             limit,

@@ -140,10 +140,17 @@ class Daemon:
             ),
             AutoDisabler(
                 store,
-                min(60.0, max(0.5, s.delivery.disable_after / 10)),
+                # Often enough for failing_after too, and for the once-a-minute report
+                # of dead deliveries.
+                min(
+                    30.0,
+                    max(0.5, s.delivery.disable_after / 10),
+                    max(0.5, s.operational.failing_after / 10),
+                ),
                 s.delivery.disable_after,
                 metrics,
                 engine.peer,
+                failing_after=s.operational.failing_after,
             ),
         ]
         svc = Services(

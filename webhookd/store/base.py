@@ -288,7 +288,14 @@ class Store(Protocol):
     async def prune(
         self, delivered_before: datetime, log_before: datetime, batch: int
     ) -> Pruned: ...
-    async def auto_disable(self, failing_before: datetime) -> list[str]: ...
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        """Deactivate the webhooks failing since before `failing_before`, and report
+        (operational events, in the same transaction) those disabled, those failing since
+        before `reported_failing_before` (None: none), those recovered, and dead deliveries
+        whose report is due."""
+        ...
 
     # the data path
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from webhookd import network
+from webhookd.queue import operational as op
 from webhookd.queue.pacing import Pace
 from webhookd.queue.replay import Owned, plan_replay
 from webhookd.queue.status import report as status_report
@@ -26,6 +27,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
+from webhookd.store.duckdb import operational
 from webhookd.store.duckdb.batches import scan_once
 from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
@@ -127,6 +129,7 @@ def update_webhook(
             con.execute(query("fifo_waiting_due"), [now, now, webhook_id])
         if plan.enable:
             _set_due(con, "enable", [webhook_id], now)
+            operational.write(con, op.enabled(_reported(con, webhook_id), now), now)
         elif plan.park:
             park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
@@ -135,6 +138,11 @@ def update_webhook(
         assert updated is not None
         results.append(updated)
     return results
+
+
+def _reported(con: Any, webhook_id: str) -> op.Webhook:
+    row = con.execute(query("operational_tallies"), [[webhook_id]]).fetchone()
+    return op.Webhook(row[0], row[1], list(row[2]))
 
 
 def delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
@@ -312,7 +320,7 @@ def _fifo_blocked(con: Any) -> dict[str, FifoBlocked]:
     return blocked
 
 
-def auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
+def auto_disable(con: Any, payloads: Sequence[tuple[datetime, datetime | None]]) -> list[list[str]]:
     """Refresh failing_since from the log, then deactivate webhooks failing for too long.
 
     A webhook fails since its first attempt after its last delivered one (or after it was
@@ -320,11 +328,12 @@ def auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
     the hot path never touches the webhooks table.
     """
     results = []
-    for failing_before in payloads:
+    for failing_before, reported_failing_before in payloads:
         now = utcnow()
         con.execute(query("failing_since"))
         rows = con.execute(query("auto_disable"), [now, failing_before]).fetchall()
         disabled = [r[0] for r in rows]
         park_inactive(con, disabled, now)
+        operational.upkeep(con, rows, reported_failing_before, now)
         results.append(disabled)
     return results

@@ -341,8 +341,12 @@ class DuckDBStore:
         result: Pruned = await self._write(batches.prune, (delivered_before, log_before, batch))
         return result
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        result: list[str] = await self._write(admin.auto_disable, failing_before)
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        result: list[str] = await self._write(
+            admin.auto_disable, (failing_before, reported_failing_before)
+        )
         return result
 
     async def checkpoint(self) -> None:

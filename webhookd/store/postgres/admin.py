@@ -42,7 +42,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import fifo
+from webhookd.store.postgres import fifo, operational
 from webhookd.store.postgres.common import MATCHES, Q, db_now, in_states, notify, park_inactive
 from webhookd.store.records import (
     ATTEMPT_COLUMNS,
@@ -212,6 +212,7 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
             )
         if plan.enable:
             due += await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now)
+            await operational.enabled(con, webhook_id, now)
         elif plan.park:
             await park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
@@ -548,7 +549,9 @@ def _rowcount(command_tag: str) -> int:
     return int(command_tag.split()[-1])
 
 
-async def auto_disable(con: Connection, failing_before: datetime) -> list[str]:
+async def auto_disable(
+    con: Connection, failing_before: datetime, reported_failing_before: datetime | None = None
+) -> list[str]:
     """Refresh failing_since from the log, then deactivate webhooks failing for too long.
 
     A webhook fails since its first attempt after its last delivered one (or after it was
@@ -580,11 +583,12 @@ async def auto_disable(con: Connection, failing_before: datetime) -> list[str]:
                 disabled_reason = 'every attempt failed since '
                     || to_char(failing_since, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
             WHERE active AND failing_since IS NOT NULL AND failing_since < $2
-            RETURNING webhook_id
+            RETURNING webhook_id, tenant, event_types, disabled_reason
             """,
             now,
             naive_utc(failing_before),
         )
         disabled = [r[0] for r in rows]
         await park_inactive(con, disabled, now)
+        await operational.upkeep(con, rows, reported_failing_before, now)
     return disabled

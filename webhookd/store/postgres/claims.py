@@ -1,6 +1,7 @@
 """The claim: due rows leased to this daemon, within every webhook's cap, in one transaction.
 
-Claims of all daemons are serialised (claim_lock in queries.sql). On the way, rows of
+Claims of one webhook are serialised across daemons, claims of different webhooks run at
+once (claim_hooks in queries.sql: a transaction advisory lock per webhook). On the way, rows of
 webhooks inactive or gone are parked and rows waiting for a rate limit's bucket are moved
 to their slots, so that they are not read again at the head of the queue.
 """
@@ -22,11 +23,12 @@ Connection = Any  # asyncpg has no type stubs
 CANDIDATES_PER_ROW = 4
 # Rows a claim moves at most per rate-limited webhook (claim_move in queries.sql).
 MOVE_BATCH = 5000
+# Webhooks one claim draws from at most (each a lock of the transaction's: claim_hooks).
+HOOKS_PER_CLAIM = 64
 
 
 async def claim(
     con: Connection,
-    claim_key: int,
     daemon_id: str,
     fifo_webhooks: set[str],
     limit: int,
@@ -38,8 +40,17 @@ async def claim(
     """The claims, oldest first. `fifo_webhooks` (the store's) is kept current with the
     webhooks claimed: outcomes of fifo webhooks are recorded with their order settled."""
     async with con.transaction():
-        # Serialises claims across daemons (see claim_lock in queries.sql).
-        await con.execute(query("claim_lock"), claim_key)
+        # Claims of one webhook run one at a time across daemons, claims of different
+        # webhooks at once (claim_hooks in queries.sql).
+        found = await con.fetch(
+            query("claim_hooks"), daemon_id, per_webhook, cap_ids, cap_values, HOOKS_PER_CLAIM
+        )
+        hooks = [r["webhook_id"] for r in found if r["locked"]]
+        if not hooks:
+            if not found:
+                return []
+            await con.execute(query("claim_wait"), found[0]["webhook_id"])
+            hooks = [found[0]["webhook_id"]]
         rows = await con.fetch(
             query("claim"),
             limit,
@@ -49,6 +60,7 @@ async def claim(
             limit * CANDIDATES_PER_ROW,
             float(lease),
             daemon_id,
+            hooks,
         )
         strays = [r["webhook_id"] for r in rows if r["kind"] == "stray"]
         if strays:

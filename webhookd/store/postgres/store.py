@@ -49,7 +49,15 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, claims, fifo, scans, statistics, tenant_tokens
+from webhookd.store.postgres import (
+    admin,
+    claims,
+    fifo,
+    operational,
+    scans,
+    statistics,
+    tenant_tokens,
+)
 from webhookd.store.postgres.common import channel, db_now, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -63,7 +71,7 @@ from webhookd.store.postgres.errors import (
 from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
-from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.migrate import SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
@@ -163,7 +171,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
-        self._claim_key = lock_key(schema, CLAIM)
         self._server_settings = {
             "search_path": quote_ident(schema),
             "application_name": "webhookd",
@@ -412,8 +419,14 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             admin.prune, self._db_time(delivered_before), self._db_time(log_before), batch
         )
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        return await self._call(admin.auto_disable, self._db_time(failing_before))
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        return await self._call(
+            admin.auto_disable,
+            self._db_time(failing_before),
+            None if reported_failing_before is None else self._db_time(reported_failing_before),
+        )
 
     # -- the data path -------------------------------------------------------------------------
 
@@ -542,7 +555,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
     ) -> list[Claim]:
         return await claims.claim(
             con,
-            self._claim_key,
             self.daemon_id,
             self._fifo,
             limit,
@@ -577,6 +589,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         their order (fifo.settle) once they are applied. A webhook switched to fifo since
         its rows were claimed is settled right after, in a transaction of its own (and by
         the leader's safety net should this daemon die in between)."""
+        if operational.reportable(outcomes):  # a 410 or a dead delivery: reported with it
+            await operational.record(con, outcomes, self._apply_outcomes)
+            return
         if not any(o.webhook_id in self._fifo for o in outcomes):
             _, fifo_ids = await self._apply_outcomes(con, outcomes)
             if fifo_ids:

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure
+from bench import daemons, measure
 from bench.code import REPO, code_hash, snapshot_code
 from bench.common import ENGINE, started
 from bench.pgserver import Postgres
@@ -122,11 +122,17 @@ def main() -> int:
         "default 1): ingest goes round-robin over their APIs",
     )
     parser.add_argument(
+        "--otlp-endpoint",
+        help="the daemons export spans to this OTLP/HTTP receiver (tracing.otlp_endpoint; "
+        "python -m bench.otlp_sink serves one on loopback): the cost of tracing",
+    )
+    parser.add_argument(
         "--nginx-workers",
         default="auto",
         help="nginx worker_processes (auto: one per core; measured a little faster than 1 here)",
     )
     args = parser.parse_args()
+    daemons.OTLP_ENDPOINT = args.otlp_endpoint
     if args.daemons < 1:
         parser.error("--daemons: at least 1")
     if args.engine == "duckdb" and args.daemons > 1:

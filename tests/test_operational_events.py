@@ -423,3 +423,29 @@ async def test_two_daemons_on_postgresql_report_each_change_once(
     assert len(by_type[op.DISABLED]) == 1
     assert len(by_type[op.DEAD]) == 1
     assert by_type[op.DEAD][0]["count"] + tally == n
+
+
+async def test_an_outbox_event_of_a_webhookd_type_is_set_aside(
+    pg: PgCluster, pg_schema: str, tmp_path: Path
+) -> None:
+    """A producer writing a webhookd.* event in SQL reaches no one: the scan sets it aside
+    in rejected_events, and the event after it is delivered as usual."""
+    settings = make_settings(tmp_path, database={"url": pg.url, "schema": pg_schema})
+    async with Recorder() as rx, running(settings) as d, Api(d.url) as api:
+        await api.create_webhook(rx.url + "/operator", event_types=[op.DISABLED, "t"])
+        con = await asyncpg.connect(pg.url)
+        try:
+            for event_id, event_type in (("forged", op.DISABLED), ("after", "t")):
+                await con.execute(
+                    f"INSERT INTO {pg_schema}.pipeline_events (event_id, event_type, payload) "
+                    "VALUES ($1, $2, '{}')",
+                    event_id,
+                    event_type,
+                )
+            (received,) = await rx.wait_for_requests(1, deadline=DEADLINE)
+            rejected = await con.fetch(f"SELECT event_id, error FROM {pg_schema}.rejected_events")
+        finally:
+            await con.close()
+    assert received.headers["webhook-id"] == "after"
+    assert [r["event_id"] for r in rejected] == ["forged"]
+    assert "operational" in rejected[0]["error"]

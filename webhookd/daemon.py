@@ -140,10 +140,10 @@ class Daemon:
             ),
             AutoDisabler(
                 store,
-                # Often enough for failing_after too, and for the once-a-minute report
-                # of dead deliveries.
+                # Often enough for failing_after too; at most a minute, as before, so a
+                # tally of dead deliveries waits at most two minutes for its report.
                 min(
-                    30.0,
+                    60.0,
                     max(0.5, s.delivery.disable_after / 10),
                     max(0.5, s.operational.failing_after / 10),
                 ),

@@ -70,7 +70,7 @@ async def new_hook(store: Store, **limits: Any) -> str:
         )
     else:
         created = await store.create_webhook("http://127.0.0.1:9/h", [], new_secret(), "")
-    return str(created["webhook_id"])
+    return created.webhook_id
 
 
 def fill(case: str, hooks: list[str], special: str | None, waiting: int, pg: bool) -> str:

@@ -109,7 +109,7 @@ async def phases(work: Path, n: int) -> dict[str, list[float]]:
         to_claim: list[float] = []
         for i in range(n):
             t = time.perf_counter()
-            await store.get_webhook(hook["webhook_id"])
+            await store.get_webhook(hook.webhook_id)
             hop.append(time.perf_counter() - t)
             await asyncio.sleep(0.01)
             event = parse_event({"id": f"e{i}", "type": "t", "data": {"i": i}}, 0, utcnow())

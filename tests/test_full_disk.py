@@ -31,6 +31,7 @@ import pytest
 
 from tests.conftest import Api, DaemonProcess, write_config
 from tests.receivers import Recorder
+from webhookd.api.render import webhook_json
 from webhookd.events import NewEvent, body
 from webhookd.states import Status
 from webhookd.store.base import Claim, Outcome, StorageFull, StoreUnavailable
@@ -251,7 +252,9 @@ async def test_an_invalidated_database_is_reopened_and_nothing_is_lost(small_dis
     statement fails until the file is opened again. The store reopens it by itself; what
     was stored stays stored, and outcomes asked meanwhile are written once there is room."""
     async with opened(small_disk / "q.duckdb") as store:
-        hook = await store.create_webhook("http://127.0.0.1:9/hooks", [], "whsec_" + "A" * 43, "")
+        hook = webhook_json(
+            await store.create_webhook("http://127.0.0.1:9/hooks", [], "whsec_" + "A" * 43, "")
+        )
         await store.ingest(new_events("a", 20))
         assert (await store.scan(100)).enqueued == 20
         claims = await store.claim(5, 10, 300.0)

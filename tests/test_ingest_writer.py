@@ -51,7 +51,7 @@ async def store(tmp_path: Path) -> AsyncIterator[DuckDBStore]:
 
 async def hook(store: DuckDBStore) -> str:
     created = await store.create_webhook("http://127.0.0.1:9/h", [], new_secret(), "")
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     return webhook_id
 
 

@@ -24,6 +24,7 @@ from tests.conftest import (
 )
 from tests.receivers import RecordedRequest, Recorder, Reply
 from tests.test_ordering_and_limits import database
+from webhookd.api.render import webhook_json
 from webhookd.events import parse_event
 from webhookd.queue import operational as op
 from webhookd.states import Status
@@ -228,9 +229,11 @@ async def test_ten_thousand_dead_deliveries_yield_one_report_a_minute_with_the_c
 
 
 async def _ten_thousand_dead(store: Store, request: pytest.FixtureRequest) -> None:
-    hook = await store.create_webhook("http://127.0.0.1:9/x", ["t"], "whsec_" + "A" * 32, "")
-    operator = await store.create_webhook(
-        "http://127.0.0.1:9/op", [op.DEAD], "whsec_" + "B" * 32, ""
+    hook = webhook_json(
+        await store.create_webhook("http://127.0.0.1:9/x", ["t"], "whsec_" + "A" * 32, "")
+    )
+    operator = webhook_json(
+        await store.create_webhook("http://127.0.0.1:9/op", [op.DEAD], "whsec_" + "B" * 32, "")
     )
     now = utcnow()
     n = 10_000
@@ -328,9 +331,13 @@ async def test_an_auto_disable_that_rolls_back_reports_nothing_one_that_commits_
     store = open_store(engine, request, tmp_path)
     await store.open()
     try:
-        hook = await store.create_webhook("http://127.0.0.1:9/x", [], "whsec_" + "A" * 32, "")
-        operator = await store.create_webhook(
-            "http://127.0.0.1:9/op", [op.DISABLED], "whsec_" + "B" * 32, ""
+        hook = webhook_json(
+            await store.create_webhook("http://127.0.0.1:9/x", [], "whsec_" + "A" * 32, "")
+        )
+        operator = webhook_json(
+            await store.create_webhook(
+                "http://127.0.0.1:9/op", [op.DISABLED], "whsec_" + "B" * 32, ""
+            )
         )
         await store.ingest([parse_event({"type": "t", "data": {}}, 0, utcnow())])
         await store.scan(10)
@@ -370,10 +377,10 @@ async def test_an_auto_disable_that_rolls_back_reports_nothing_one_that_commits_
                 await con.execute(f"DROP TRIGGER refuse ON {schema}.pipeline_events")
             finally:
                 await con.close()
-        assert (await store.get_webhook(hook["webhook_id"]))["active"] is True
+        assert (await store.get_webhook(hook["webhook_id"])).active is True
         assert await _reports(store, operator["webhook_id"]) == []
         assert await store.auto_disable(later, None) == [hook["webhook_id"]]
-        assert (await store.get_webhook(hook["webhook_id"]))["active"] is False
+        assert (await store.get_webhook(hook["webhook_id"])).active is False
         reports = await _reports(store, operator["webhook_id"])
         assert [(b["type"], b["data"]["webhook_id"]) for b in reports] == [
             (op.DISABLED, hook["webhook_id"])

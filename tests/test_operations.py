@@ -147,7 +147,7 @@ async def leave_orphans(path: Path, count: int) -> str:
     await store.open()
     try:
         created = await store.create_webhook("http://127.0.0.1:9/", [], new_secret(), "")
-        webhook_id: str = created["webhook_id"]
+        webhook_id = created.webhook_id
         await store.update_webhook(webhook_id, WebhookPatch(active=False))
     finally:
         await store.close()

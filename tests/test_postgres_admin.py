@@ -19,6 +19,7 @@ import pytest
 
 from tests.pg import PgCluster
 from webhookd import events as events_module
+from webhookd.api.render import webhook_json
 from webhookd.events import parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
@@ -84,7 +85,7 @@ async def notified(db: Db, kind: str) -> AsyncIterator[list[str]]:
 
 async def hook(con: Any, types: list[str] | None = None, *, active: bool = True) -> str:
     created = await admin.create_webhook(con, "http://127.0.0.1:9/h", types or [], "s", "")
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     if not active:
         await admin.update_webhook(con, webhook_id, WebhookPatch(active=False))
     return webhook_id
@@ -179,7 +180,9 @@ async def states(con: Any) -> dict[tuple[str, str], str]:
 
 
 async def test_create_get_and_list_webhooks(con: Any) -> None:
-    created = await admin.create_webhook(con, "https://a.example/h", ["x.y"], "sec", "first")
+    created = webhook_json(
+        await admin.create_webhook(con, "https://a.example/h", ["x.y"], "sec", "first")
+    )
     assert created["webhook_id"].startswith("wh_") and len(created["webhook_id"]) == 27
     assert created["event_types"] == ["x.y"]
     assert (created["active"], created["description"], created["url"]) == (
@@ -188,28 +191,28 @@ async def test_create_get_and_list_webhooks(con: Any) -> None:
         "https://a.example/h",
     )
     assert created["created_at"].endswith("Z") and created["created_at"] == created["updated_at"]
-    assert await admin.get_webhook(con, created["webhook_id"]) == created
+    assert webhook_json(await admin.get_webhook(con, created["webhook_id"])) == created
     health = await con.fetchval(
         "SELECT health_reset_at FROM webhooks WHERE webhook_id = $1", created["webhook_id"]
     )
     assert health is not None
     ids = sorted([created["webhook_id"]] + [await hook(con) for _ in range(4)])
     first = await admin.list_webhooks(con, 2, None)
-    assert [w["webhook_id"] for w in first.items] == ids[:2] and first.next == ids[1]
+    assert [w.webhook_id for w in first.items] == ids[:2] and first.next == ids[1]
     second = await admin.list_webhooks(con, 2, first.next)
     third = await admin.list_webhooks(con, 2, second.next)
-    assert [w["webhook_id"] for w in second.items + third.items] == ids[2:]
+    assert [w.webhook_id for w in second.items + third.items] == ids[2:]
     assert third.next is None
     with pytest.raises(NotFound):
         await admin.get_webhook(con, "wh_nope")
 
 
 async def test_secrets_and_rotation(con: Any) -> None:
-    created = await admin.create_webhook(con, "https://a.example/h", [], "old", "")
+    created = webhook_json(await admin.create_webhook(con, "https://a.example/h", [], "old", ""))
     wid = created["webhook_id"]
     assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("old",), None)
     assert created["previous_secret_expires_at"] is None
-    rotated = await admin.rotate_secret(con, wid, "new", 3600)
+    rotated = webhook_json(await admin.rotate_secret(con, wid, "new", 3600))
     assert rotated["previous_secret_expires_at"] is not None
     assert rotated["updated_at"] >= created["updated_at"]
     assert await admin.get_webhook_secrets(con, wid) == (
@@ -219,7 +222,7 @@ async def test_secrets_and_rotation(con: Any) -> None:
     )
     await admin.rotate_secret(con, wid, "newer", 0)  # no grace: only the new one signs
     assert await admin.get_webhook_secrets(con, wid) == ("https://a.example/h", ("newer",), None)
-    assert (await admin.get_webhook(con, wid))["previous_secret_expires_at"] is None
+    assert (await admin.get_webhook(con, wid)).previous_secret_expires_at is None
     assert "secret" not in " ".join(k for k in rotated if k != "previous_secret_expires_at")
     with pytest.raises(NotFound):
         await admin.get_webhook_secrets(con, "wh_nope")
@@ -229,8 +232,12 @@ async def test_secrets_and_rotation(con: Any) -> None:
 
 async def test_update_changes_fields_and_raises_not_found(con: Any) -> None:
     wid = await hook(con, ["a"])
-    updated = await admin.update_webhook(
-        con, wid, WebhookPatch(url="https://b.example/", event_types=["b", "c"], description="d")
+    updated = webhook_json(
+        await admin.update_webhook(
+            con,
+            wid,
+            WebhookPatch(url="https://b.example/", event_types=["b", "c"], description="d"),
+        )
     )
     assert (updated["url"], updated["event_types"], updated["description"]) == (
         "https://b.example/",
@@ -238,8 +245,8 @@ async def test_update_changes_fields_and_raises_not_found(con: Any) -> None:
         "d",
     )
     assert updated["active"] is True
-    assert await admin.get_webhook(con, wid) == updated
-    cleared = await admin.update_webhook(con, wid, WebhookPatch(event_types=[]))
+    assert webhook_json(await admin.get_webhook(con, wid)) == updated
+    cleared = webhook_json(await admin.update_webhook(con, wid, WebhookPatch(event_types=[])))
     assert cleared["event_types"] == [] and cleared["url"] == "https://b.example/"
     with pytest.raises(NotFound):
         await admin.update_webhook(con, "wh_nope", WebhookPatch(active=True))
@@ -252,7 +259,7 @@ async def test_disable_parks_pending_rows_and_enable_redrives_parked_ones(db: Db
     await add_row(con, wid, "d", Status.DEAD, attempts=8)
     await add_row(con, wid, "ok", Status.DELIVERED, attempts=1)
     await add_row(con, other, "p", Status.PENDING)
-    disabled = await admin.update_webhook(con, wid, WebhookPatch(active=False))
+    disabled = webhook_json(await admin.update_webhook(con, wid, WebhookPatch(active=False)))
     assert disabled["active"] is False
     assert disabled["disabled_reason"] == "disabled by an operator"
     assert await states(con) == {
@@ -266,7 +273,7 @@ async def test_disable_parks_pending_rows_and_enable_redrives_parked_ones(db: Db
     await con.execute("UPDATE webhooks SET failing_since = now() WHERE webhook_id = $1", wid)
     before = utcnow()
     async with notified(db, "deliveries") as got:
-        enabled = await admin.update_webhook(con, wid, WebhookPatch(active=True))
+        enabled = webhook_json(await admin.update_webhook(con, wid, WebhookPatch(active=True)))
     assert got, "enabling wakes the workers"
     assert enabled["active"] is True
     assert (enabled["disabled_reason"], enabled["failing_since"]) == (None, None)
@@ -653,20 +660,22 @@ async def test_auto_disable(db: Db, con: Any) -> None:
     await add_attempt(con, off, "e1", 1, t0, "retry")
     cutoff = utcnow() - timedelta(days=1)
     assert await admin.auto_disable(con, cutoff) == [failing]
-    hook_row = await admin.get_webhook(con, failing)
+    hook_row = webhook_json(await admin.get_webhook(con, failing))
     assert hook_row["active"] is False
     assert hook_row["disabled_reason"] == "every attempt failed since 2026-01-02T04:05:05Z"
     assert hook_row["failing_since"] == "2026-01-02T04:05:05.678000Z"
     assert await states(con) == {(failing, "p"): "parked", (failing, "i"): "inflight"}
-    assert (await admin.get_webhook(con, fresh))["failing_since"] is not None
-    assert (await admin.get_webhook(con, recovered))["failing_since"] is None
-    assert (await admin.get_webhook(con, reset))["failing_since"] is None
-    assert (await admin.get_webhook(con, off))["disabled_reason"] == "disabled by an operator"
+    assert (await admin.get_webhook(con, fresh)).failing_since is not None
+    assert (await admin.get_webhook(con, recovered)).failing_since is None
+    assert (await admin.get_webhook(con, reset)).failing_since is None
+    assert (webhook_json(await admin.get_webhook(con, off)))[
+        "disabled_reason"
+    ] == "disabled by an operator"
     assert await admin.auto_disable(con, cutoff) == []
     # Re-enabled, it starts over: the old failures no longer count.
     await admin.update_webhook(con, failing, WebhookPatch(active=True))
     assert await admin.auto_disable(con, cutoff) == []
-    assert (await admin.get_webhook(con, failing))["failing_since"] is None
+    assert (await admin.get_webhook(con, failing)).failing_since is None
 
 
 # -- the same answers as DuckDB -------------------------------------------------------------
@@ -680,26 +689,40 @@ async def test_outputs_have_the_duckdb_shapes(con: Any, tmp_path: Path) -> None:
     duck = DuckDBStore(tmp_path / "q.duckdb")
     await duck.open()
     try:
-        d_hook = await duck.create_webhook("https://a.example/h", ["t"], new_secret(), "x")
-        p_hook = await admin.create_webhook(con, "https://a.example/h", ["t"], "s", "x")
+        d_hook = webhook_json(
+            await duck.create_webhook("https://a.example/h", ["t"], new_secret(), "x")
+        )
+        p_hook = webhook_json(
+            await admin.create_webhook(con, "https://a.example/h", ["t"], "s", "x")
+        )
         assert _shape(p_hook) == _shape(d_hook)
         ignore = {"webhook_id", "created_at", "updated_at"}
         assert {k: v for k, v in p_hook.items() if k not in ignore} == {
             k: v for k, v in d_hook.items() if k not in ignore
         }
-        d_rot = await duck.rotate_secret(d_hook["webhook_id"], new_secret(), 60)
-        p_rot = await admin.rotate_secret(con, p_hook["webhook_id"], "s2", 60)
+        d_rot = webhook_json(await duck.rotate_secret(d_hook["webhook_id"], new_secret(), 60))
+        p_rot = webhook_json(await admin.rotate_secret(con, p_hook["webhook_id"], "s2", 60))
         assert _shape(p_rot) == _shape(d_rot)
-        d_off = await duck.update_webhook(d_hook["webhook_id"], WebhookPatch(active=False))
-        p_off = await admin.update_webhook(con, p_hook["webhook_id"], WebhookPatch(active=False))
+        d_off = webhook_json(
+            await duck.update_webhook(d_hook["webhook_id"], WebhookPatch(active=False))
+        )
+        p_off = webhook_json(
+            await admin.update_webhook(con, p_hook["webhook_id"], WebhookPatch(active=False))
+        )
         assert _shape(p_off) == _shape(d_off)
         assert p_off["disabled_reason"] == d_off["disabled_reason"]
-        d_on = await duck.update_webhook(d_hook["webhook_id"], WebhookPatch(active=True))
-        p_on = await admin.update_webhook(con, p_hook["webhook_id"], WebhookPatch(active=True))
+        d_on = webhook_json(
+            await duck.update_webhook(d_hook["webhook_id"], WebhookPatch(active=True))
+        )
+        p_on = webhook_json(
+            await admin.update_webhook(con, p_hook["webhook_id"], WebhookPatch(active=True))
+        )
         assert _shape(p_on) == _shape(d_on)
         d_list = await duck.list_webhooks(10, None)
         p_list = await admin.list_webhooks(con, 10, None)
-        assert [_shape(w) for w in p_list.items] == [_shape(w) for w in d_list.items]
+        assert [_shape(webhook_json(w)) for w in p_list.items] == [
+            _shape(webhook_json(w)) for w in d_list.items
+        ]
         assert (d_list.next, p_list.next) == (None, None)
 
         event = parse_event({"id": "e", "type": "t", "data": {}}, 0, utcnow())

@@ -82,7 +82,7 @@ async def hook(store: PostgresStore, **limits: Any) -> str:
     created = await store.create_webhook(
         "http://127.0.0.1:9/h", [], new_secret(), "", WebhookLimits(**limits)
     )
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     return webhook_id
 
 

@@ -21,6 +21,7 @@ from tests.pg import PgCluster, drop_schema, fresh_schema
 from tests.pools import pool_for
 from tests.receivers import Recorder
 from webhookd import events as events_module
+from webhookd.api.render import webhook_json
 from webhookd.events import NewEvent, canonical_json, parse_event
 from webhookd.sender import Sender
 from webhookd.signing import new_secret
@@ -96,7 +97,7 @@ def events(*ids: str, data: Any = None, event_type: str = "t") -> list[NewEvent]
 
 async def hook(store: PostgresStore, types: list[str] | None = None) -> str:
     created = await store.create_webhook("http://127.0.0.1:9/h", types or [], new_secret(), "")
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     return webhook_id
 
 
@@ -529,7 +530,9 @@ async def test_workers_claim_again_when_outcomes_commit_not_at_the_next_poll(
     not after the claimer's wait for more work."""
     store = await make()
     async with Recorder() as receiver:
-        created = await store.create_webhook(receiver.url_for("/h"), [], new_secret(), "")
+        created = webhook_json(
+            await store.create_webhook(receiver.url_for("/h"), [], new_secret(), "")
+        )
         assert created["webhook_id"]
         await store.ingest(events(*(f"w{i}" for i in range(30))))
         assert (await store.scan(100)).enqueued == 30

@@ -246,7 +246,7 @@ class QueueMachine(RuleBasedStateMachine):
     def create_webhook(self, types: tuple[str, ...]) -> None:
         url = f"http://127.0.0.1:9/{len(self.hooks)}"
         created = self.run(self.store.create_webhook(url, list(types), new_secret(), ""))
-        self.hooks[created["webhook_id"]] = Hook(types)
+        self.hooks[created.webhook_id] = Hook(types)
 
     @rule(
         types=st.lists(st.sampled_from(TYPES), min_size=1, max_size=4),
@@ -432,7 +432,7 @@ class QueueMachine(RuleBasedStateMachine):
                 self.run(self.store.update_webhook(wid, WebhookPatch(active=active)))
             return
         updated = self.run(self.store.update_webhook(wid, WebhookPatch(active=active)))
-        assert updated["active"] is active
+        assert updated.active is active
         was_active, hook.active = hook.active, active
         if active and not was_active:
             self.set_due(
@@ -498,8 +498,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert page.next is None
         db = {(i["webhook_id"], i["event_id"]): i for i in page.items}
         active = {
-            h["webhook_id"]: h["active"]
-            for h in self.run(self.store.list_webhooks(1000, None)).items
+            h.webhook_id: h.active for h in self.run(self.store.list_webhooks(1000, None)).items
         }
         now = utcnow()
 
@@ -577,7 +576,7 @@ def test_queue_invariants_hold_under_random_interleavings(machine_engine: str) -
 
 async def test_a_late_outcome_does_not_overwrite_a_newer_claim(store: Store) -> None:
     created = await store.create_webhook("http://127.0.0.1:9/h", [], new_secret(), "")
-    wid = created["webhook_id"]
+    wid = created.webhook_id
     await store.ingest([make_event("e1", "a")])
     await store.scan(10)
     (first,) = await store.claim(10, 8, SHORT_LEASE)

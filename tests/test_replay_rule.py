@@ -27,7 +27,7 @@ async def hook(store: Store, tenant: str | None = None, types: list[str] | None 
     created = await store.create_webhook(
         "http://127.0.0.1:9/h", types or [], new_secret(), "", tenant=tenant
     )
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     return webhook_id
 
 

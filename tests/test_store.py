@@ -20,6 +20,7 @@ import duckdb
 import pytest
 
 from tests.conftest import DUCKDB_IN_PROCESS
+from webhookd.api.render import webhook_json
 from webhookd.events import parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
@@ -62,7 +63,7 @@ def events(*specs: tuple[str, str]) -> list:  # type: ignore[type-arg]
 
 async def hook(store: Store, types: list[str] | None = None) -> str:
     created = await store.create_webhook("http://127.0.0.1:9/h", types or [], new_secret(), "")
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     return webhook_id
 
 
@@ -286,7 +287,7 @@ async def test_gone_deactivates_the_webhook_and_parks(store: Store) -> None:
     await store.scan(500)
     (c1,) = await store.claim(1, 8, 30)
     await store.record(replace(outcome(c1, Status.PARKED, code=410), deactivate_webhook=True))
-    hook_row = await store.get_webhook(wid)
+    hook_row = webhook_json(await store.get_webhook(wid))
     assert hook_row["active"] is False
     assert "410" in hook_row["disabled_reason"]
     assert set((await statuses(store)).values()) == {"parked"}
@@ -365,8 +366,8 @@ async def test_auto_disable_deactivates_a_webhook_failing_for_the_window(
         await store.record(outcome(c, status, code=500 if c.webhook_id == failing else 204))
     assert await store.auto_disable(utcnow() - timedelta(hours=1)) == []
     assert await store.auto_disable(utcnow() + timedelta(seconds=1)) == [failing]
-    assert (await store.get_webhook(failing))["active"] is False
-    assert (await store.get_webhook(healthy))["active"] is True
+    assert (await store.get_webhook(failing)).active is False
+    assert (await store.get_webhook(healthy)).active is True
     assert (await statuses(store))[(failing, "e1")] == "parked"
 
 
@@ -410,7 +411,7 @@ async def paced_hook(store: Store, **limits: Any) -> str:
     created = await store.create_webhook(
         "http://127.0.0.1:9/h", [], new_secret(), "", WebhookLimits(**limits)
     )
-    webhook_id: str = created["webhook_id"]
+    webhook_id = created.webhook_id
     return webhook_id
 
 
@@ -532,7 +533,7 @@ async def test_switching_to_fifo_delivers_pending_rows_in_order_from_the_oldest(
     wid = await hook(store)
     ids = await enqueue(store, 6)
     (first, second) = await store.claim(2, 8, 30)  # two inflight when the switch comes
-    updated = await store.update_webhook(wid, WebhookPatch(ordering=Ordering.FIFO))
+    updated = webhook_json(await store.update_webhook(wid, WebhookPatch(ordering=Ordering.FIFO)))
     assert updated["ordering"] == "fifo"
     rows = await rows_of(store, wid)
     waiting = [e for e, r in rows.items() if r["status"] == "pending"]
@@ -609,7 +610,7 @@ async def test_max_in_flight_overrides_per_webhook_concurrency(store: Store) -> 
     # A daemon asking less (a silent receiver, say) gets less.
     assert await store.claim(100, 5, 30, {wide: 11, narrow: 1}) == []
     # Cleared: the daemon's setting again.
-    cleared = await store.update_webhook(narrow, WebhookPatch(max_in_flight=None))
+    cleared = webhook_json(await store.update_webhook(narrow, WebhookPatch(max_in_flight=None)))
     assert cleared["max_in_flight"] is None
     assert {c.webhook_id: c.cap for c in await store.claim(100, 5, 30)} == {narrow: None}
 
@@ -646,7 +647,7 @@ async def test_a_rate_limit_serves_its_bucket_and_moves_the_rest(store: Store) -
     await store.update_webhook(limited, WebhookPatch(rate_limit=None))
     after = await store.claim(100, 50, 30)
     assert len(more + after) == 15 and not any(c.paced for c in after)
-    assert (await store.get_webhook(limited))["rate_limit"] is None
+    assert (await store.get_webhook(limited)).rate_limit is None
 
 
 async def test_new_rows_of_a_rate_limited_webhook_queue_after_its_last_slot(store: Store) -> None:
@@ -676,21 +677,23 @@ async def test_fifo_with_a_rate_limit_moves_its_head_only(store: Store) -> None:
 
 async def test_webhook_settings_are_listed_and_patched(store: Store) -> None:
     wid = await paced_hook(store, rate_limit=2.5, max_in_flight=3, ordering=Ordering.FIFO)
-    shown = await store.get_webhook(wid)
+    shown = webhook_json(await store.get_webhook(wid))
     assert (shown["rate_limit"], shown["max_in_flight"], shown["ordering"]) == (2.5, 3, "fifo")
     (listed,) = (await store.list_webhooks(10, None)).items
-    assert listed == shown
-    same = await store.update_webhook(wid, WebhookPatch(description="x"))
+    assert webhook_json(listed) == shown
+    same = webhook_json(await store.update_webhook(wid, WebhookPatch(description="x")))
     assert (same["rate_limit"], same["max_in_flight"], same["ordering"]) == (2.5, 3, "fifo")
-    changed = await store.update_webhook(
-        wid, WebhookPatch(rate_limit=None, max_in_flight=None, ordering=Ordering.NONE)
+    changed = webhook_json(
+        await store.update_webhook(
+            wid, WebhookPatch(rate_limit=None, max_in_flight=None, ordering=Ordering.NONE)
+        )
     )
     assert (changed["rate_limit"], changed["max_in_flight"], changed["ordering"]) == (
         None,
         None,
         "none",
     )
-    plain = await store.get_webhook(await hook(store))
+    plain = webhook_json(await store.get_webhook(await hook(store)))
     assert (plain["rate_limit"], plain["max_in_flight"], plain["ordering"]) == (None, None, "none")
 
 
@@ -881,7 +884,7 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     await s.open()
     try:
         assert s.migrations_applied == [2, 3, 4, 5, 6, 7]
-        assert (await s.get_webhook("wh_old"))["url"] == "http://127.0.0.1:9/"
+        assert (webhook_json(await s.get_webhook("wh_old")))["url"] == "http://127.0.0.1:9/"
     finally:
         await s.close()
     con = duckdb.connect(str(path))
@@ -964,7 +967,7 @@ async def test_a_version_2_database_gets_each_rows_seq(tmp_path: Path) -> None:
     await s.open()
     try:
         assert s.migrations_applied == []
-        assert (await s.get_webhook(wid))["ordering"] == "none"
+        assert (webhook_json(await s.get_webhook(wid)))["ordering"] == "none"
         await s.update_webhook(wid, WebhookPatch(ordering=Ordering.FIFO))
         assert await drain_fifo(s, wid) == ["e0", "e1", "e2"]
     finally:

@@ -25,6 +25,7 @@ from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
 from webhookd.sender import Sender
 from webhookd.store.base import NotFound, Store
+from webhookd.store.records import WebhookRecord
 from webhookd.tracing import NoTracer, Tracer
 from webhookd.workers import WorkerPool
 
@@ -154,14 +155,14 @@ def tenant_scope(request: web.Request, named: str | None) -> str | None:
     return own
 
 
-async def owned(request: web.Request, webhook_id: str) -> dict[str, Any] | None:
+async def owned(request: web.Request, webhook_id: str) -> WebhookRecord | None:
     """The webhook, when the caller holds a tenant token and the webhook is of its tenant;
     another tenant's is NotFound (its existence is not revealed). None for the operator."""
     own = caller_tenant(request)
     if own is None:
         return None
     found = await services(request).store.get_webhook(webhook_id)
-    if found.get("tenant") != own:
+    if found.tenant != own:
         raise NotFound(f"no webhook {webhook_id!r}")
     return found
 

@@ -30,6 +30,7 @@ from webhookd.api.models import (
     parse,
     parse_query,
 )
+from webhookd.api.render import webhook_json
 from webhookd.events import canonical_json, new_event_id
 from webhookd.store.base import UNSET, Ordering, WebhookLimits, WebhookPatch
 
@@ -96,7 +97,7 @@ async def create(request: web.Request) -> web.Response:
         body.url, body.event_types or [], secret, body.description or "", limits, tenant
     )
     # The only time the secret and the header values are shown.
-    shown = {**created, "secret": shown_secret, "headers": body.headers or {}}
+    shown = {**webhook_json(created), "secret": shown_secret, "headers": body.headers or {}}
     return web.json_response(shown, status=201)
 
 
@@ -117,7 +118,7 @@ async def list_all(request: web.Request) -> web.Response:
     query = parse_query(WebhookQuery, request.query)
     tenant = tenant_scope(request, query.tenant)
     page = await services(request).store.list_webhooks(query.limit, query.cursor, tenant)
-    return web.json_response({"items": page.items, "next": page.next})
+    return web.json_response({"items": [webhook_json(w) for w in page.items], "next": page.next})
 
 
 @routes.get("/v1/webhooks/{webhook_id}")
@@ -135,7 +136,7 @@ async def show(request: web.Request) -> web.Response:
     found = await owned(request, webhook_id)
     if found is None:
         found = await services(request).store.get_webhook(webhook_id)
-    return web.json_response(found)
+    return web.json_response(webhook_json(found))
 
 
 @routes.patch("/v1/webhooks/{webhook_id}")
@@ -169,7 +170,7 @@ async def change(request: web.Request) -> web.Response:
         tenant_scope(request, body.tenant)
         if found is None:
             found = await services(request).store.get_webhook(webhook_id)
-        if body.tenant != found.get("tenant"):
+        if body.tenant != found.tenant:
             raise ApiError(
                 400,
                 "invalid_request",
@@ -189,7 +190,7 @@ async def change(request: web.Request) -> web.Response:
         timeout=body.timeout if "timeout" in given else UNSET,
     )
     svc = services(request)
-    updated = await svc.store.update_webhook(webhook_id, patch)
+    updated = webhook_json(await svc.store.update_webhook(webhook_id, patch))
     if body.active or given & {"rate_limit", "ordering"}:
         svc.pool.wake()  # rows may be due now
     if "headers" in given:
@@ -234,11 +235,11 @@ async def rotate_secret(request: web.Request) -> web.Response:
     webhook_id = request.match_info["webhook_id"]
     current = await svc.store.get_webhook(webhook_id)
     # The scheme never changes: a v1a webhook gets a new key pair, a v1 one a new secret.
-    v1a = current["signing"] == "v1a"
+    v1a = bool(current.public_key)
     secret = signing.new_key_pair()[0] if v1a else signing.new_secret()
     grace = svc.settings.delivery.rotation_grace
     updated = await svc.store.rotate_secret(webhook_id, secret, grace)
-    return web.json_response({**updated, "secret": None if v1a else secret})
+    return web.json_response({**webhook_json(updated), "secret": None if v1a else secret})
 
 
 @routes.post("/v1/webhooks/{webhook_id}/test")

@@ -19,7 +19,7 @@ from webhookd import network
 from webhookd.events import NewEvent
 from webhookd.network import DeliveryOptions
 from webhookd.states import Status
-from webhookd.store.records import WebhookSecrets
+from webhookd.store.records import WebhookRecord, WebhookSecrets
 from webhookd.tenants import StoredToken
 
 
@@ -194,7 +194,9 @@ class DeliveryFilter:
 
 @dataclass(slots=True)
 class Page:
-    items: list[dict[str, Any]]
+    """A page of the webhooks listing; `next`: the last webhook id, where the next begins."""
+
+    items: list[WebhookRecord]
     next: str | None = None
 
 
@@ -341,8 +343,8 @@ class Store(Protocol):
         description: str,
         limits: WebhookLimits | None = None,
         tenant: str | None = None,
-    ) -> dict[str, Any]: ...
-    async def get_webhook(self, webhook_id: str) -> dict[str, Any]: ...
+    ) -> WebhookRecord: ...
+    async def get_webhook(self, webhook_id: str) -> WebhookRecord: ...
     async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
         """(url, signing secrets, delivery options): for the test route only."""
         ...
@@ -350,9 +352,9 @@ class Store(Protocol):
     async def list_webhooks(
         self, limit: int, after: str | None, tenant: str | None = None
     ) -> Page: ...
-    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]: ...
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> WebhookRecord: ...
     async def delete_webhook(self, webhook_id: str) -> None: ...
-    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]: ...
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> WebhookRecord: ...
 
     # operators
     async def list_deliveries(

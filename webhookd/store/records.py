@@ -7,10 +7,11 @@ one from DuckDB. Times are naive UTC datetimes in the stores and ISO 8601 with a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from webhookd import network, signing
+from webhookd import signing
 from webhookd.network import DeliveryOptions
 
 
@@ -36,27 +37,52 @@ WEBHOOK_COLUMNS = (
 )
 
 
-def webhook_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
-    """A webhook as the API shows it (no secrets), from a row of WEBHOOK_COLUMNS."""
+@dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    """A webhook as every engine returns it (no secrets); the API renders it (api/render.py).
+    Times naive UTC; `previous_secret_expires_at` None once past (by the store's clock);
+    `delivery_options` as stored (network.encode), header values and all."""
+
+    webhook_id: str
+    url: str
+    event_types: list[str]
+    active: bool
+    description: str
+    disabled_reason: str | None
+    failing_since: datetime | None
+    previous_secret_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    rate_limit: float | None
+    max_in_flight: int | None
+    ordering: str
+    tenant: str | None
+    delivery_options: str | None
+    public_key: str | None
+
+
+def webhook_record(row: Sequence[Any], now: datetime) -> WebhookRecord:
+    """A webhook from a row of WEBHOOK_COLUMNS."""
     (wid, url, types, active, desc, reason, failing, prev_exp, created, updated) = row[:10]
     rate_limit, max_in_flight, ordering, options, public_key, tenant = row[10:16]
-    return {
-        "webhook_id": wid,
-        "url": url,
-        "event_types": list(types),
-        "active": active,
-        "description": desc,
-        "disabled_reason": reason,
-        "failing_since": iso(failing),
-        "previous_secret_expires_at": iso(prev_exp) if prev_exp and prev_exp > now else None,
-        "created_at": iso(created),
-        "updated_at": iso(updated),
-        "rate_limit": rate_limit,
-        "max_in_flight": max_in_flight,
-        "ordering": ordering or "none",
-        "tenant": tenant,
-        **network.shown(options, public_key),
-    }
+    return WebhookRecord(
+        webhook_id=wid,
+        url=url,
+        event_types=list(types),
+        active=active,
+        description=desc,
+        disabled_reason=reason,
+        failing_since=failing,
+        previous_secret_expires_at=prev_exp if prev_exp and prev_exp > now else None,
+        created_at=created,
+        updated_at=updated,
+        rate_limit=rate_limit,
+        max_in_flight=max_in_flight,
+        ordering=ordering or "none",
+        tenant=tenant,
+        delivery_options=options,
+        public_key=public_key,
+    )
 
 
 DELIVERY_COLUMNS = (

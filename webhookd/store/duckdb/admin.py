@@ -33,6 +33,7 @@ from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
 from webhookd.store.duckdb.queries import query
 from webhookd.store.records import (
+    WebhookRecord,
     WebhookSecrets,
     attempt_row,
     delivery_row,
@@ -40,7 +41,7 @@ from webhookd.store.records import (
     public_key_of,
     signing_secrets,
     utcnow,
-    webhook_row,
+    webhook_record,
 )
 
 
@@ -48,14 +49,14 @@ def _new_webhook_id() -> str:
     return "wh_" + os.urandom(12).hex()
 
 
-def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> dict[str, Any] | None:
+def _fetch_webhook(con: Any, webhook_id: str, now: datetime) -> WebhookRecord | None:
     row = con.execute(query("get_webhook"), [webhook_id]).fetchone()
-    return None if row is None else webhook_row(row, now)
+    return None if row is None else webhook_record(row, now)
 
 
 def create_webhook(
     con: Any, payloads: Sequence[tuple[str, list[str], str, str, WebhookLimits, str | None]]
-) -> list[dict[str, Any]]:
+) -> list[WebhookRecord]:
     results = []
     now = utcnow()
     for url, event_types, secret, description, limits, tenant in payloads:
@@ -85,7 +86,7 @@ def create_webhook(
     return results
 
 
-def get_webhook(con: Any, webhook_id: str) -> dict[str, Any]:
+def get_webhook(con: Any, webhook_id: str) -> WebhookRecord:
     found = _fetch_webhook(con, webhook_id, utcnow())
     if found is None:
         raise NotFound(f"no webhook {webhook_id!r}")
@@ -103,14 +104,14 @@ def get_webhook_secrets(con: Any, webhook_id: str) -> WebhookSecrets:
 def list_webhooks(con: Any, limit: int, after: str | None, tenant: str | None = None) -> Page:
     now = utcnow()
     rows = con.execute(query("list_webhooks"), [after or "", tenant, tenant, limit + 1]).fetchall()
-    items = [webhook_row(r, now) for r in rows[:limit]]
-    return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
+    items = [webhook_record(r, now) for r in rows[:limit]]
+    return Page(items, items[-1].webhook_id if len(rows) > limit else None)
 
 
 def update_webhook(
     con: Any, payloads: Sequence[tuple[str, WebhookPatch]]
-) -> list[dict[str, Any] | NotFound]:
-    results: list[dict[str, Any] | NotFound] = []
+) -> list[WebhookRecord | NotFound]:
+    results: list[WebhookRecord | NotFound] = []
     for webhook_id, patch in payloads:
         now = utcnow()
         row = con.execute(query("webhook_pace"), [webhook_id]).fetchone()
@@ -161,8 +162,8 @@ def delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
 
 def rotate_secret(
     con: Any, payloads: Sequence[tuple[str, str, float]]
-) -> list[dict[str, Any] | NotFound]:
-    results: list[dict[str, Any] | NotFound] = []
+) -> list[WebhookRecord | NotFound]:
+    results: list[WebhookRecord | NotFound] = []
     for webhook_id, secret, grace in payloads:
         now = utcnow()
         rows = con.execute(

@@ -45,7 +45,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.records import WebhookSecrets
+from webhookd.store.records import WebhookRecord, WebhookSecrets
 from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
@@ -360,14 +360,14 @@ class RemoteStore:
         description: str,
         limits: WebhookLimits | None = None,
         tenant: str | None = None,
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(
+    ) -> WebhookRecord:
+        result: WebhookRecord = await self._call(
             "create_webhook", url, event_types, secret, description, limits, tenant
         )
         return result
 
-    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("get_webhook", webhook_id)
+    async def get_webhook(self, webhook_id: str) -> WebhookRecord:
+        result: WebhookRecord = await self._call("get_webhook", webhook_id)
         return result
 
     async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
@@ -378,16 +378,16 @@ class RemoteStore:
         result: Page = await self._call("list_webhooks", limit, after, tenant)
         return result
 
-    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("update_webhook", webhook_id, patch)
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> WebhookRecord:
+        result: WebhookRecord = await self._call("update_webhook", webhook_id, patch)
         self._claim_due = True  # enabling re-drives parked rows
         return result
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await self._call("delete_webhook", webhook_id)
 
-    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("rotate_secret", webhook_id, secret, grace)
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> WebhookRecord:
+        result: WebhookRecord = await self._call("rotate_secret", webhook_id, secret, grace)
         return result
 
     # -- operators ---------------------------------------------------------------------

@@ -63,7 +63,7 @@ from webhookd.store.duckdb.common import Cursor
 from webhookd.store.duckdb.disk import FULL_PAUSE, HOLD_OUTCOME, REOPEN_EVERY, RETRY_OUTCOME, Disk
 from webhookd.store.duckdb.migrate import migrate, open_connection
 from webhookd.store.duckdb.writer import Writer
-from webhookd.store.records import WebhookSecrets, utcnow
+from webhookd.store.records import WebhookRecord, WebhookSecrets, utcnow
 from webhookd.tenants import StoredToken
 
 log = logs.get("webhookd.store")
@@ -426,15 +426,15 @@ class DuckDBStore:
         description: str,
         limits: WebhookLimits | None = None,
         tenant: str | None = None,
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._write(
+    ) -> WebhookRecord:
+        result: WebhookRecord = await self._write(
             admin.create_webhook,
             (url, event_types, secret, description, limits or WebhookLimits(), tenant),
         )
         return result
 
-    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._read(admin.get_webhook, webhook_id)
+    async def get_webhook(self, webhook_id: str) -> WebhookRecord:
+        result: WebhookRecord = await self._read(admin.get_webhook, webhook_id)
         return result
 
     async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
@@ -446,11 +446,11 @@ class DuckDBStore:
         result: Page = await self._read(admin.list_webhooks, limit, after, tenant)
         return result
 
-    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> WebhookRecord:
         result = await self._write(admin.update_webhook, (webhook_id, patch))
         if isinstance(result, NotFound):
             raise result
-        assert isinstance(result, dict)
+        assert isinstance(result, WebhookRecord)
         return result
 
     async def delete_webhook(self, webhook_id: str) -> None:
@@ -458,11 +458,11 @@ class DuckDBStore:
         if isinstance(result, NotFound):
             raise result
 
-    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]:
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> WebhookRecord:
         result = await self._write(admin.rotate_secret, (webhook_id, secret, grace))
         if isinstance(result, NotFound):
             raise result
-        assert isinstance(result, dict)
+        assert isinstance(result, WebhookRecord)
         return result
 
     # -- operators ------------------------------------------------------------------------

@@ -48,13 +48,14 @@ from webhookd.store.records import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
     WEBHOOK_COLUMNS,
+    WebhookRecord,
     WebhookSecrets,
     attempt_row,
     delivery_row,
     naive_utc,
     public_key_of,
     signing_secrets,
-    webhook_row,
+    webhook_record,
 )
 
 log = logs.get("webhookd.store")
@@ -82,13 +83,13 @@ def _not_found(webhook_id: str) -> NotFound:
     return NotFound(f"no webhook {webhook_id!r}")
 
 
-async def _fetch_webhook(con: Connection, webhook_id: str, now: datetime) -> dict[str, Any]:
+async def _fetch_webhook(con: Connection, webhook_id: str, now: datetime) -> WebhookRecord:
     row = await con.fetchrow(
         f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = $1", webhook_id
     )
     if row is None:
         raise _not_found(webhook_id)
-    return webhook_row(row, now)
+    return webhook_record(row, now)
 
 
 # -- webhooks ----------------------------------------------------------------------------
@@ -102,7 +103,7 @@ async def create_webhook(
     description: str,
     limits: WebhookLimits | None = None,
     tenant: str | None = None,
-) -> dict[str, Any]:
+) -> WebhookRecord:
     limits = limits or WebhookLimits()
     now = await db_now(con)
     row = await con.fetchrow(
@@ -127,10 +128,10 @@ async def create_webhook(
         limits.public_key,
         tenant,
     )
-    return webhook_row(row, now)
+    return webhook_record(row, now)
 
 
-async def get_webhook(con: Connection, webhook_id: str) -> dict[str, Any]:
+async def get_webhook(con: Connection, webhook_id: str) -> WebhookRecord:
     return await _fetch_webhook(con, webhook_id, await db_now(con))
 
 
@@ -158,11 +159,11 @@ async def list_webhooks(
         limit + 1,
         tenant,
     )
-    items = [webhook_row(r, now) for r in rows[:limit]]
-    return Page(items, items[-1]["webhook_id"] if len(rows) > limit else None)
+    items = [webhook_record(r, now) for r in rows[:limit]]
+    return Page(items, items[-1].webhook_id if len(rows) > limit else None)
 
 
-async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
+async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) -> WebhookRecord:
     async with con.transaction():
         now = await db_now(con)
         # Locked: two operators enabling and disabling at once apply one after the other.
@@ -235,7 +236,7 @@ async def delete_webhook(con: Connection, webhook_id: str) -> None:
 
 async def rotate_secret(
     con: Connection, webhook_id: str, secret: str, grace: float
-) -> dict[str, Any]:
+) -> WebhookRecord:
     now = await db_now(con)
     row = await con.fetchrow(
         f"""
@@ -252,7 +253,7 @@ async def rotate_secret(
     )
     if row is None:
         raise _not_found(webhook_id)
-    return webhook_row(row, now)
+    return webhook_record(row, now)
 
 
 # -- operators ---------------------------------------------------------------------------

@@ -75,7 +75,7 @@ from webhookd.store.postgres.migrate import SCANNER, lock_key, migrate, quote_id
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import WebhookSecrets, naive_utc
+from webhookd.store.records import WebhookRecord, WebhookSecrets, naive_utc
 from webhookd.store.records import utcnow as local_now
 
 log = logs.get("webhookd.store")
@@ -649,7 +649,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         description: str,
         limits: WebhookLimits | None = None,
         tenant: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> WebhookRecord:
         return await self._call(
             admin.create_webhook,
             url,
@@ -660,7 +660,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             tenant,
         )
 
-    async def get_webhook(self, webhook_id: str) -> dict[str, Any]:
+    async def get_webhook(self, webhook_id: str) -> WebhookRecord:
         return await self._call(admin.get_webhook, webhook_id)
 
     async def get_webhook_secrets(self, webhook_id: str) -> WebhookSecrets:
@@ -669,13 +669,13 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
     async def list_webhooks(self, limit: int, after: str | None, tenant: str | None = None) -> Page:
         return await self._call(admin.list_webhooks, limit, after, tenant)
 
-    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> dict[str, Any]:
+    async def update_webhook(self, webhook_id: str, patch: WebhookPatch) -> WebhookRecord:
         return await self._call(admin.update_webhook, webhook_id, patch)
 
     async def delete_webhook(self, webhook_id: str) -> None:
         await self._call(admin.delete_webhook, webhook_id)
 
-    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> dict[str, Any]:
+    async def rotate_secret(self, webhook_id: str, secret: str, grace: float) -> WebhookRecord:
         return await self._call(admin.rotate_secret, webhook_id, secret, grace)
 
     # -- operators (admin.py) ---------------------------------------------------------------

@@ -128,7 +128,7 @@ class DuckDBStore:
         self,
         path: Path,
         *,
-        memory_limit: str = "1GB",
+        memory_limit: str = "128MB",
         checkpoint_interval: float = 30.0,
     ) -> None:
         self.path = Path(path)

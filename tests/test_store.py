@@ -30,6 +30,7 @@ from webhookd.store.base import (
     EventConflict,
     Ordering,
     Outcome,
+    Owner,
     Store,
     WebhookLimits,
     WebhookPatch,
@@ -841,6 +842,7 @@ async def test_rescue_orphans_returns_inflight_rows(store: Store) -> None:
     await store.ingest(events(("e1", "t")))
     await store.scan(500)
     await store.claim(10, 8, 30)
+    assert isinstance(store, Owner)
     assert await store.rescue_orphans() == 1
     assert set((await statuses(store)).values()) == {"pending"}
     assert len(await store.claim(10, 8, 30)) == 1

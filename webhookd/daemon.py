@@ -190,7 +190,7 @@ class Daemon:
             return EXIT_CONFIG
         if store.migrations_applied:
             log.info("schema migrations applied", versions=store.migrations_applied)
-        rescued = await store.rescue_orphans()
+        rescued = 0 if engine.owner is None else await engine.owner.rescue_orphans()
         if rescued:
             log.warning("re-driving deliveries left in flight by the last run", count=rescued)
         await sender.start()

@@ -267,7 +267,7 @@ class RemoteStore:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    # -- start-up and upkeep -------------------------------------------------------
+    # -- start-up (as an Owner: the rescue) and upkeep ------------------------------
 
     async def rescue_orphans(self) -> int:
         return int(await self._call("rescue_orphans"))

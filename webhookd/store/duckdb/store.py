@@ -329,7 +329,7 @@ class DuckDBStore:
         writers = [w for w in (self._writer, self._ingest_writer) if w is not None]
         return (sum(w.transactions for w in writers), sum(w.operations for w in writers))
 
-    # -- start-up and upkeep -------------------------------------------------------
+    # -- start-up (as an Owner: the rescue) and upkeep ------------------------------
 
     async def rescue_orphans(self) -> int:
         return int(await self._write(batches.rescue, None))

@@ -386,11 +386,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
 
     # -- start-up and upkeep -------------------------------------------------------------
 
-    async def rescue_orphans(self) -> int:
-        # Every inflight row may be another live daemon's: dead daemons' rows come back
-        # through rescue_expired (their heartbeat stops), on the leader.
-        return 0
-
     async def rescue_expired(self, now: datetime) -> int:
         # `now` (this daemon's clock) on the database's: a daemon whose clock is ahead
         # re-drives no lease early.

@@ -16,6 +16,8 @@ from tests.kit.api import Api
 from tests.kit.daemon import DaemonProcess
 
 TOKEN = "bench-admin-token-" + os.urandom(8).hex()
+# run.py --otlp-endpoint: every daemon exports spans there (tracing.otlp_endpoint).
+OTLP_ENDPOINT: str | None = None
 
 
 def api(url: str, *, connections: int = 32) -> Api:
@@ -47,6 +49,8 @@ def daemon_sections(workdir: Path, **overrides: Mapping[str, Any]) -> dict[str, 
         "shutdown": {"grace": "2s"},
         "logging": {"format": "json", "level": "warning"},
     }
+    if OTLP_ENDPOINT:
+        sections["tracing"] = {"otlp_endpoint": OTLP_ENDPOINT}
     for section, values in (*SETTINGS.items(), *overrides.items()):
         sections.setdefault(section, {}).update(values)
     if "url" in sections["database"]:  # PostgreSQL: no DuckDB file (setting both is an error)

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure
+from bench import daemons, measure
 from bench.code import REPO, code_hash, snapshot_code
 from bench.common import ENGINE, started
 from bench.daemons import SETTINGS
@@ -124,6 +124,11 @@ def main() -> int:
         "default 1): ingest goes round-robin over their APIs",
     )
     parser.add_argument(
+        "--otlp-endpoint",
+        help="the daemons export spans to this OTLP/HTTP receiver (tracing.otlp_endpoint; "
+        "python -m bench.otlp_sink serves one on loopback): the cost of tracing",
+    )
+    parser.add_argument(
         "--nginx-workers",
         default="auto",
         help="nginx worker_processes (auto: one per core; measured a little faster than 1 here)",
@@ -147,6 +152,7 @@ def main() -> int:
         except tomllib.TOMLDecodeError:
             parsed = value
         SETTINGS.setdefault(section, {})[name] = parsed
+    daemons.OTLP_ENDPOINT = args.otlp_endpoint
     if args.daemons < 1:
         parser.error("--daemons: at least 1")
     if args.engine == "duckdb" and args.daemons > 1:

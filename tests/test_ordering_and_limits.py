@@ -469,10 +469,10 @@ async def test_the_cli_adds_sets_and_shows_the_settings(tmp_path: Path) -> None:
         code, out, _ = await cli(config, d.url, "webhooks", "list")
         header, row = out.splitlines()[:2]
         assert header.split() == [
-            "webhook_id", "url", "active", "event_types", "ordering", "rate_limit",
+            "webhook_id", "url", "tenant", "active", "event_types", "ordering", "rate_limit",
             "max_in_flight",
         ]  # fmt: skip
-        assert row.split()[4:] == ["fifo", "5.0", "2"]
+        assert row.split()[5:] == ["fifo", "5.0", "2"]
         code, out, _ = await cli(
             config, d.url, "webhooks", "set", wid, "--rate-limit", "none", "--json"
         )

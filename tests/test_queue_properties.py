@@ -47,7 +47,15 @@ from tests.pg import PgCluster, drop_schema, fresh_schema
 from webhookd.events import NewEvent, parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
-from webhookd.store.base import Claim, DeliveryFilter, NotFound, Outcome, Store, WebhookPatch
+from webhookd.store.base import (
+    Claim,
+    DeliveryFilter,
+    NotFound,
+    Outcome,
+    Owner,
+    Store,
+    WebhookPatch,
+)
 from webhookd.store.engines import make_store
 from webhookd.store.records import utcnow
 
@@ -401,7 +409,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.store = self.new_store()
         self.run(self.store.open())
         assert self.store.migrations_applied == []
-        rescued = self.run(self.store.rescue_orphans())
+        rescued = self.run(self.store.rescue_orphans()) if isinstance(self.store, Owner) else 0
         rescued += self.run(self.store.rescue_expired(utcnow()))
         assert rescued == len(self.held)
         self.back_to_pending(list(self.held))

@@ -30,6 +30,7 @@ from webhookd.store.base import (
     EventConflict,
     Ordering,
     Outcome,
+    Owner,
     Store,
     WebhookLimits,
     WebhookPatch,
@@ -841,6 +842,7 @@ async def test_rescue_orphans_returns_inflight_rows(store: Store) -> None:
     await store.ingest(events(("e1", "t")))
     await store.scan(500)
     await store.claim(10, 8, 30)
+    assert isinstance(store, Owner)
     assert await store.rescue_orphans() == 1
     assert set((await statuses(store)).values()) == {"pending"}
     assert len(await store.claim(10, 8, 30)) == 1
@@ -849,7 +851,7 @@ async def test_rescue_orphans_returns_inflight_rows(store: Store) -> None:
 async def test_migrations_are_applied_once(tmp_path: Path) -> None:
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
-    assert s.migrations_applied == [1, 2, 3, 4, 5, 6]
+    assert s.migrations_applied == [1, 2, 3, 4, 5, 6, 7]
     await s.close()
     s = DuckDBStore(tmp_path / "m.duckdb")
     await s.open()
@@ -878,7 +880,7 @@ async def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None
     s = DuckDBStore(path)
     await s.open()
     try:
-        assert s.migrations_applied == [2, 3, 4, 5, 6]
+        assert s.migrations_applied == [2, 3, 4, 5, 6, 7]
         assert (await s.get_webhook("wh_old"))["url"] == "http://127.0.0.1:9/"
     finally:
         await s.close()

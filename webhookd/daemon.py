@@ -140,10 +140,17 @@ class Daemon:
             ),
             AutoDisabler(
                 store,
-                min(60.0, max(0.5, s.delivery.disable_after / 10)),
+                # Often enough for failing_after too; at most a minute, as before, so a
+                # tally of dead deliveries waits at most two minutes for its report.
+                min(
+                    60.0,
+                    max(0.5, s.delivery.disable_after / 10),
+                    max(0.5, s.operational.failing_after / 10),
+                ),
                 s.delivery.disable_after,
                 metrics,
                 engine.peer,
+                failing_after=s.operational.failing_after,
             ),
         ]
         svc = Services(
@@ -183,7 +190,7 @@ class Daemon:
             return EXIT_CONFIG
         if store.migrations_applied:
             log.info("schema migrations applied", versions=store.migrations_applied)
-        rescued = await store.rescue_orphans()
+        rescued = 0 if engine.owner is None else await engine.owner.rescue_orphans()
         if rescued:
             log.warning("re-driving deliveries left in flight by the last run", count=rescued)
         await sender.start()

@@ -32,6 +32,8 @@ from webhookd import tracing
 from webhookd.tenants import tenant_problem
 
 MAX_ID_LENGTH = 256
+# Event types of webhookd's own operational events (webhookd/queue/operational.py).
+RESERVED_PREFIX = "webhookd."
 MAX_TYPE_LENGTH = 256
 # Printable ASCII but space: what ids and types are made of (see the module docstring).
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
@@ -136,6 +138,11 @@ def parse_event(raw: Any, index: int, now: datetime, traceparent: str | None = N
     if unknown:
         raise EventError(f"events[{index}]: unknown field(s) {', '.join(sorted(unknown))}")
     event_type = _token(raw.get("type"), f"events[{index}].type", MAX_TYPE_LENGTH)
+    if event_type.startswith(RESERVED_PREFIX):
+        raise EventError(
+            f"events[{index}].type: {event_type!r}: types starting with {RESERVED_PREFIX!r} are "
+            "webhookd's own operational events; producers may not post them"
+        )
     event_id = raw.get("id")
     if event_id is None:
         event_id = new_event_id()

@@ -121,13 +121,20 @@ class AutoDisabler(Periodic):
         after: float,
         metrics: Metrics,
         peer: Peer | None = None,
+        failing_after: float | None = None,
     ) -> None:
         super().__init__(store, interval, peer)
         self._after = after
         self._metrics = metrics
+        # operational.failing_after: webhookd.webhook.failing (None: not reported).
+        self._failing_after = failing_after
 
     async def tick(self) -> None:
-        disabled = await self._store.auto_disable(_now() - timedelta(seconds=self._after))
+        now = _now()
+        disabled = await self._store.auto_disable(
+            now - timedelta(seconds=self._after),
+            None if self._failing_after is None else now - timedelta(seconds=self._failing_after),
+        )
         for webhook_id in disabled:
             self._metrics.auto_disabled.inc()
             log.warning(

@@ -4,6 +4,8 @@ what to do; the engines in webhookd/store/ only carry it out, in their own SQL.
 - conflicts.py: when a re-posted event id is the same event (409 otherwise).
 - pacing.py: a webhook's cap (claims and the worker pool) and its token bucket.
 - webhooks.py: what a PATCH of a webhook writes and does to its queued rows.
+- replay.py: what a replay finds (tenants), which rows it takes, what they become, its count
+  (held on every engine by tests/test_replay_rule.py).
 - status.py: the status report from the rows an engine reads.
 
 Rules that must run inside a statement to be atomic are written in each dialect under

@@ -70,7 +70,13 @@ def plan_patch(
     if patch.active is not None:
         sets["active"] = patch.active
         if enabling:
-            sets.update(disabled_reason=None, failing_since=None, health_reset_at=now)
+            sets.update(
+                disabled_reason=None,
+                failing_since=None,
+                health_reset_at=now,
+                # A new episode: the enabled event says it; no recovered follows.
+                failing_reported=None,
+            )
         elif not patch.active and active:
             sets["disabled_reason"] = DISABLED_BY_OPERATOR
     return PatchPlan(

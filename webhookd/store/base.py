@@ -13,7 +13,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from webhookd import network
 from webhookd.events import NewEvent
@@ -281,13 +281,6 @@ class Store(Protocol):
         ...
 
     # start-up and upkeep
-    async def rescue_orphans(self) -> int:
-        """At start-up, before any claim: return to pending the rows this engine knows a
-        dead process left inflight. DuckDB: every inflight row (the file lock proves their
-        owner is gone). PostgreSQL: none (other daemons' rows are alive; a dead daemon's
-        rows come back through `rescue_expired`)."""
-        ...
-
     async def rescue_expired(self, now: datetime) -> int:
         """Re-drive inflight rows whose lease ran out (or whose daemon is known dead)."""
         ...
@@ -295,7 +288,14 @@ class Store(Protocol):
     async def prune(
         self, delivered_before: datetime, log_before: datetime, batch: int
     ) -> Pruned: ...
-    async def auto_disable(self, failing_before: datetime) -> list[str]: ...
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        """Deactivate the webhooks failing since before `failing_before`, and report
+        (operational events, in the same transaction) those disabled, those failing since
+        before `reported_failing_before` (None: none), those recovered, and dead deliveries
+        whose report is due."""
+        ...
 
     # the data path
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
@@ -382,6 +382,18 @@ class Store(Protocol):
         ...
 
     async def find_tenant_token(self, token_id: str) -> StoredToken | None: ...
+
+
+@runtime_checkable
+class Owner(Protocol):
+    """A database one daemon owns (DuckDB: the file lock proves every other process gone).
+    A database several daemons share has none: other daemons' rows are alive, and a dead
+    daemon's rows come back through `Store.rescue_expired`."""
+
+    async def rescue_orphans(self) -> int:
+        """At start-up, before any claim: return every inflight row to pending (the
+        process that claimed them is gone); how many."""
+        ...
 
 
 class Peer(Protocol):

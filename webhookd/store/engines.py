@@ -5,19 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from webhookd.config import ConfigError, Settings, redact_url
-from webhookd.store.base import Notifier, Peer, Store
+from webhookd.store.base import Notifier, Owner, Peer, Store
 from webhookd.store.duckdb.remote import RemoteStore
 
 
 @dataclass(frozen=True, slots=True)
 class Engine:
-    """A storage engine's parts: the store, and for a database several daemons share,
-    the leader election (peer) and the wake-ups (notifier); None where one daemon owns
-    the database."""
+    """A storage engine's parts: the store; for a database several daemons share, the
+    leader election (peer) and the wake-ups (notifier); for a database one daemon owns,
+    the owner (the start-up rescue). None where the engine has no such part."""
 
     store: Store
     peer: Peer | None = None
     notifier: Notifier | None = None
+    owner: Owner | None = None
 
 
 def make_store(settings: Settings) -> Store:
@@ -52,7 +53,7 @@ def make_engine(settings: Settings) -> Engine:
         poll_interval=settings.scanner.poll_interval,
         stall_timeout=db.stall_timeout,
     )
-    return Engine(remote)
+    return Engine(remote, owner=remote)
 
 
 def describe(settings: Settings) -> str:

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from webhookd import network
+from webhookd.queue import operational as op
 from webhookd.queue.pacing import Pace
+from webhookd.queue.replay import Owned, plan_replay
 from webhookd.queue.status import report as status_report
 from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Status
@@ -25,6 +27,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
+from webhookd.store.duckdb import operational
 from webhookd.store.duckdb.batches import scan_once
 from webhookd.store.duckdb.common import park_inactive
 from webhookd.store.duckdb.fifo import fifo_ids, settle_fifo
@@ -126,6 +129,7 @@ def update_webhook(
             con.execute(query("fifo_waiting_due"), [now, now, webhook_id])
         if plan.enable:
             _set_due(con, "enable", [webhook_id], now)
+            operational.write(con, op.enabled(_reported(con, webhook_id), now), now)
         elif plan.park:
             park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
@@ -134,6 +138,11 @@ def update_webhook(
         assert updated is not None
         results.append(updated)
     return results
+
+
+def _reported(con: Any, webhook_id: str) -> op.Webhook:
+    row = con.execute(query("operational_tallies"), [[webhook_id]]).fetchone()
+    return op.Webhook(row[0], row[1], list(row[2]))
 
 
 def delete_webhook(con: Any, payloads: Sequence[str]) -> list[NotFound | None]:
@@ -209,12 +218,18 @@ def list_attempts(con: Any, webhook_id: str, event_id: str) -> list[dict[str, An
 
 def _set_due(con: Any, name: str, params: list[Any], now: datetime) -> int:
     """Apply an operator event (queries enable, redrive, replay): matching rows due now,
-    with a fresh budget."""
+    with a fresh budget; how many, less those of inactive webhooks parked again."""
+    due, reparked = _make_due(con, name, params, now)
+    return due - reparked
+
+
+def _make_due(con: Any, name: str, params: list[Any], now: datetime) -> tuple[int, int]:
+    """_set_due's rows made due, and of those the rows parked again."""
     rows = con.execute(query(name), [now, now, *params]).fetchall()
     reparked = park_inactive(con, [r[0] for r in rows], now)
     # A fifo webhook's rows due again take their places by seq behind one head.
     settle_fifo(con, [r[0] for r in rows], now)
-    return len(rows) - reparked
+    return len(rows), reparked
 
 
 def redrive(
@@ -232,14 +247,21 @@ def redrive(
 def replay(
     con: Any, payloads: Sequence[tuple[str, str | None, str | None]]
 ) -> list[int | NotFound]:
-    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
-    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
+    """Each replay as queue/replay.py plans it (`tenant`: the caller's)."""
     results: list[int | NotFound] = []
     for event_id, webhook_id, tenant in payloads:
         now = utcnow()
         event = con.execute(query("replay_event"), [event_id]).fetchone()
-        if event is None or (tenant is not None and event[2] != tenant):
-            results.append(NotFound(f"no event {event_id!r}"))
+        hook = None
+        if webhook_id is not None:
+            found = con.execute(query("webhook_exists"), [webhook_id]).fetchone()
+            hook = None if found is None else Owned(found[0])
+        try:
+            plan = plan_replay(
+                event_id, webhook_id, tenant, None if event is None else Owned(event[2]), hook
+            )
+        except NotFound as exc:
+            results.append(exc)
             continue
         # An event the scanner has not reached yet: scan up to it first, so that the rows
         # inserted below are never the scanner's to insert again.
@@ -247,25 +269,21 @@ def replay(
         forced = scanned.events > 0
         while scanned.cursor < event[1]:
             scanned = scan_once(con, 10_000, careful=True, upto=event[1])
-        if webhook_id is not None:
-            hook = con.execute(query("webhook_exists"), [webhook_id]).fetchone()
-            if hook is None or hook[0] != event[2]:
-                results.append(NotFound(f"no webhook {webhook_id!r}"))
-                continue
         # The rows that scan enqueued are due now, as a replay would make them: they count.
         fresh = (
-            con.execute(query("replay_pending"), [event_id, webhook_id]).fetchone()[0]
+            con.execute(query("replay_pending"), [plan.event_id, plan.webhook_id]).fetchone()[0]
             if forced
             else 0
         )
         # Rows pruned after delivery come back from the event source.
         inserted = con.execute(
-            query("replay_enqueue"), [now, now, now, webhook_id, webhook_id, event_id]
+            query("replay_enqueue"),
+            [now, now, now, plan.webhook_id, plan.webhook_id, plan.event_id],
         ).fetchall()
-        again = _set_due(con, "replay", [event_id, webhook_id], now)
-        reparked = park_inactive(con, [r[0] for r in inserted], now)
+        again, reparked = _make_due(con, "replay", [plan.event_id, plan.webhook_id], now)
+        reparked += park_inactive(con, [r[0] for r in inserted], now)
         settle_fifo(con, [r[0] for r in inserted], now)
-        results.append(fresh + again + len(inserted) - reparked)
+        results.append(plan.count(again, fresh + len(inserted), reparked))
     return results
 
 
@@ -302,7 +320,7 @@ def _fifo_blocked(con: Any) -> dict[str, FifoBlocked]:
     return blocked
 
 
-def auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
+def auto_disable(con: Any, payloads: Sequence[tuple[datetime, datetime | None]]) -> list[list[str]]:
     """Refresh failing_since from the log, then deactivate webhooks failing for too long.
 
     A webhook fails since its first attempt after its last delivered one (or after it was
@@ -310,11 +328,12 @@ def auto_disable(con: Any, payloads: Sequence[datetime]) -> list[list[str]]:
     the hot path never touches the webhooks table.
     """
     results = []
-    for failing_before in payloads:
+    for failing_before, reported_failing_before in payloads:
         now = utcnow()
         con.execute(query("failing_since"))
         rows = con.execute(query("auto_disable"), [now, failing_before]).fetchall()
         disabled = [r[0] for r in rows]
         park_inactive(con, disabled, now)
+        operational.upkeep(con, rows, reported_failing_before, now)
         results.append(disabled)
     return results

@@ -21,6 +21,7 @@ from webhookd.store.base import (
     Pruned,
     ScanResult,
 )
+from webhookd.store.duckdb import operational
 from webhookd.store.duckdb.common import (
     active_hooks,
     park_inactive,
@@ -330,8 +331,9 @@ def record(con: Any, outcomes: Sequence[Outcome]) -> list[None]:
             ],
         )
     gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
-    if gone:
-        con.execute(query("record_gone"), [now, gone])
+    gone_rows = con.execute(query("record_gone"), [now, gone]).fetchall() if gone else []
+    if gone_rows or any(o.status is Status.DEAD for o in outcomes):
+        operational.after_outcomes(con, outcomes, gone_rows, now)
     retried = [o.webhook_id for o in outcomes if o.status is Status.PENDING] + gone
     if retried:
         park_inactive(con, retried, now)

@@ -8,11 +8,13 @@ from webhookd.store import queries as named
 from webhookd.store.records import ATTEMPT_COLUMNS, DELIVERY_COLUMNS, WEBHOOK_COLUMNS
 
 # An active webhook takes an event of its own tenant (none: of none) when it lists its type,
-# or lists no type at all. The tenant as coalesce(tenant, '') on both sides: an equality
-# DuckDB joins by hash, so the scan does not pair every event with every webhook.
+# or lists no type at all (webhookd's own operational events, webhookd.*, only when listed).
+# The tenant as coalesce(tenant, '') on both sides: an equality DuckDB joins by hash, so the
+# scan does not pair every event with every webhook.
 MATCHES = (
     "w.active AND coalesce(w.tenant, '') = coalesce(e.tenant, '') "
-    "AND (len(w.event_types) = 0 OR list_contains(w.event_types, e.event_type))"
+    "AND ((len(w.event_types) = 0 AND NOT starts_with(e.event_type, 'webhookd.')) "
+    "OR list_contains(w.event_types, e.event_type))"
 )
 
 

@@ -267,7 +267,7 @@ class RemoteStore:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    # -- start-up and upkeep -------------------------------------------------------
+    # -- start-up (as an Owner: the rescue) and upkeep ------------------------------
 
     async def rescue_orphans(self) -> int:
         return int(await self._call("rescue_orphans"))
@@ -279,8 +279,12 @@ class RemoteStore:
         result: Pruned = await self._call("prune", delivered_before, log_before, batch)
         return result
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        result: list[str] = await self._call("auto_disable", failing_before)
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        result: list[str] = await self._call(
+            "auto_disable", failing_before, reported_failing_before
+        )
         return result
 
     # -- the data path ---------------------------------------------------------------

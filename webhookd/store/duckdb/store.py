@@ -336,7 +336,7 @@ class DuckDBStore:
         writers = [w for w in (self._writer, self._ingest_writer) if w is not None]
         return (sum(w.transactions for w in writers), sum(w.operations for w in writers))
 
-    # -- start-up and upkeep -------------------------------------------------------
+    # -- start-up (as an Owner: the rescue) and upkeep ------------------------------
 
     async def rescue_orphans(self) -> int:
         return int(await self._write(batches.rescue, None))
@@ -348,8 +348,12 @@ class DuckDBStore:
         result: Pruned = await self._write(batches.prune, (delivered_before, log_before, batch))
         return result
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        result: list[str] = await self._write(admin.auto_disable, failing_before)
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        result: list[str] = await self._write(
+            admin.auto_disable, (failing_before, reported_failing_before)
+        )
         return result
 
     async def checkpoint(self) -> None:

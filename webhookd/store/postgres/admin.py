@@ -26,6 +26,7 @@ from webhookd import logs, network
 from webhookd.events import body as event_body
 from webhookd.events import canonical_json
 from webhookd.queue.pacing import Pace
+from webhookd.queue.replay import Owned, plan_replay
 from webhookd.queue.status import report as status_report
 from webhookd.queue.webhooks import plan_patch
 from webhookd.states import Event, Status, sources
@@ -41,7 +42,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import fifo
+from webhookd.store.postgres import fifo, operational
 from webhookd.store.postgres.common import MATCHES, Q, db_now, in_states, notify, park_inactive
 from webhookd.store.records import (
     ATTEMPT_COLUMNS,
@@ -211,6 +212,7 @@ async def update_webhook(con: Connection, webhook_id: str, patch: WebhookPatch) 
             )
         if plan.enable:
             due += await _set_due(con, Event.ENABLE, "webhook_id = $1", [webhook_id], now)
+            await operational.enabled(con, webhook_id, now)
         elif plan.park:
             await park_inactive(con, [webhook_id], now)
         # Switched to fifo: its pending rows wait behind the oldest, which keeps its time.
@@ -312,13 +314,22 @@ async def _set_due(
     """Apply an operator event (enable, redrive, replay) to the rows in `where` (whose
     placeholders are $1..$len(params)): due now, a fresh attempt budget. Rows of inactive
     or removed webhooks go back to parked and do not count. In the caller's transaction."""
+    due, reparked = await _make_due(con, sources(event), where, params, now)
+    return due - reparked
+
+
+async def _make_due(
+    con: Connection, states: Sequence[Status], where: str, params: Sequence[Any], now: datetime
+) -> tuple[int, int]:
+    """_set_due for the rows in `states`: the rows made due, and of those the rows parked
+    again."""
     at = f"${len(params) + 1}"
     rows = await con.fetch(
         f"""
         WITH due AS (
             UPDATE {Q} SET status = '{Status.PENDING}', next_attempt_at = {at},
                 lease_until = NULL, claimed_by = NULL, retry_base = attempts, updated_at = {at}
-            WHERE status IN {in_states(sources(event))} AND {where}
+            WHERE status IN {in_states(states)} AND {where}
             RETURNING webhook_id)
         SELECT webhook_id, count(*) FROM due GROUP BY webhook_id
         """,
@@ -328,7 +339,7 @@ async def _set_due(
     reparked = await park_inactive(con, [r[0] for r in rows], now)
     # A fifo webhook's rows due again take their places by seq behind one head.
     await fifo.settle(con, [r[0] for r in rows])
-    return int(sum(r[1] for r in rows)) - reparked
+    return int(sum(r[1] for r in rows)), reparked
 
 
 async def redrive(
@@ -370,7 +381,7 @@ def build_body_or_stored(
 ) -> bytes:
     """build_body, or for data canonical JSON cannot carry (a number beyond a double's
     range, nesting too deep for Python) the data as PostgreSQL prints it: still JSON, and
-    the same bytes the scanner sends for such an event (store.py, _build_body)."""
+    the same bytes the scanner sends for such an event (scans.py, build_body)."""
     try:
         return build_body(event_id, event_type, occurred_at, payload_text)
     except (ValueError, RecursionError) as exc:
@@ -385,8 +396,7 @@ def build_body_or_stored(
 async def replay(
     con: Connection, event_id: str, webhook_id: str | None, tenant: str | None = None
 ) -> int:
-    """`tenant`: the caller's (a tenant token): an event of another tenant is not found.
-    A webhook named explicitly must be of the event's tenant (routing holds for replay)."""
+    """As queue/replay.py plans it (`tenant`: the caller's)."""
     async with con.transaction():
         now = await db_now(con)
         event = await con.fetchrow(
@@ -394,14 +404,15 @@ async def replay(
             "WHERE event_id = $1",
             event_id,
         )
-        if event is None or (tenant is not None and event["tenant"] != tenant):
-            raise NotFound(f"no event {event_id!r}")
+        hook = None
         if webhook_id is not None:
             found = await con.fetchrow(
                 "SELECT tenant FROM webhooks WHERE webhook_id = $1", webhook_id
             )
-            if found is None or found["tenant"] != event["tenant"]:
-                raise _not_found(webhook_id)
+            hook = None if found is None else Owned(found["tenant"])
+        plan = plan_replay(
+            event_id, webhook_id, tenant, None if event is None else Owned(event["tenant"]), hook
+        )
         event_type, occurred_at, payload_text, body, _ = event
         if body is None:
             # Written by a producer in SQL and not scanned yet: build the body as the
@@ -415,34 +426,34 @@ async def replay(
         # Rows still there: due again. First, so that a row prune deletes meanwhile is
         # skipped here and inserted again below (the INSERT, a later statement, no longer
         # sees it); inserting first would find it, insert nothing, then miss it here.
-        where, where_params = "event_id = $1", [event_id]
-        if webhook_id is not None:
+        where, where_params = "event_id = $1", [plan.event_id]
+        if plan.webhook_id is not None:
             where += " AND webhook_id = $2"
-            where_params.append(webhook_id)
-        again = await _set_due(con, Event.REPLAY, where, where_params, now)
+            where_params.append(plan.webhook_id)
+        again, reparked = await _make_due(con, plan.states, where, where_params, now)
         # Rows pruned after delivery, or not enqueued yet (the scanner has not reached the
         # event: it will find them here and insert nothing), come from the event source.
         # A webhook named explicitly gets the event whatever its filter, as on DuckDB.
         p = _Params()
-        match = MATCHES if webhook_id is None else f"w.webhook_id = {p(webhook_id)}"
+        match = MATCHES if plan.webhook_id is None else f"w.webhook_id = {p(plan.webhook_id)}"
         at = p(now)
         inserted = await con.fetch(
             f"""
             INSERT INTO {Q} (webhook_id, event_id, status, attempts, retry_base,
                              next_attempt_at, body, created_at, updated_at, seq,
                              traceparent)
-            SELECT w.webhook_id, e.event_id, '{Status.PENDING}', 0, 0, {at}::timestamp,
+            SELECT w.webhook_id, e.event_id, '{plan.becomes}', 0, 0, {at}::timestamp,
                    {p(body)}::bytea, {at}::timestamp, {at}::timestamp, e.seq, e.traceparent
             FROM pipeline_events e JOIN webhooks w ON {match}
-            WHERE e.event_id = {p(event_id)}
+            WHERE e.event_id = {p(plan.event_id)}
             ON CONFLICT DO NOTHING
             RETURNING webhook_id
             """,
             *p.values,
         )
-        reparked = await park_inactive(con, [r[0] for r in inserted], now)
+        reparked += await park_inactive(con, [r[0] for r in inserted], now)
         await fifo.settle(con, [r[0] for r in inserted])
-        count = again + len(inserted) - reparked
+        count = plan.count(again, len(inserted), reparked)
         if count:
             await notify(con, "deliveries")
     return count
@@ -538,7 +549,9 @@ def _rowcount(command_tag: str) -> int:
     return int(command_tag.split()[-1])
 
 
-async def auto_disable(con: Connection, failing_before: datetime) -> list[str]:
+async def auto_disable(
+    con: Connection, failing_before: datetime, reported_failing_before: datetime | None = None
+) -> list[str]:
     """Refresh failing_since from the log, then deactivate webhooks failing for too long.
 
     A webhook fails since its first attempt after its last delivered one (or after it was
@@ -570,11 +583,12 @@ async def auto_disable(con: Connection, failing_before: datetime) -> list[str]:
                 disabled_reason = 'every attempt failed since '
                     || to_char(failing_since, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
             WHERE active AND failing_since IS NOT NULL AND failing_since < $2
-            RETURNING webhook_id
+            RETURNING webhook_id, tenant, event_types, disabled_reason
             """,
             now,
             naive_utc(failing_before),
         )
         disabled = [r[0] for r in rows]
         await park_inactive(con, disabled, now)
+        await operational.upkeep(con, rows, reported_failing_before, now)
     return disabled

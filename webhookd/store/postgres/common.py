@@ -11,12 +11,14 @@ from webhookd.states import Event, Status, sources
 
 Q = "webhook_delivery_queue"
 # An active webhook takes an event of its own tenant (none: of none) when it lists its type,
-# or lists no type at all. The tenant as coalesce(tenant, '') on both sides: one equality,
+# or lists no type at all (webhookd's own operational events, webhookd.*, only when listed).
+# The tenant as coalesce(tenant, '') on both sides: one equality,
 # served by the index webhooks_tenant_active (a look-up per event, not a pass over every
 # tenant's webhooks).
 MATCHES = (
     "w.active AND coalesce(w.tenant, '') = coalesce(e.tenant, '') "
-    "AND (cardinality(w.event_types) = 0 OR e.event_type = ANY (w.event_types))"
+    "AND ((cardinality(w.event_types) = 0 AND NOT starts_with(e.event_type, 'webhookd.')) "
+    "OR e.event_type = ANY (w.event_types))"
 )
 # The database's clock, as the tables keep time: UTC without a time zone.
 NOW = "(now() AT TIME ZONE 'UTC')"

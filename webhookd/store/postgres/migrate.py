@@ -16,7 +16,6 @@ from typing import Any
 # one database never share a lock, and the keys are the same in every daemon.
 MIGRATE = "migrate"
 SCANNER = "scanner"
-CLAIM = "claim"
 
 
 def lock_key(schema: str, purpose: str) -> int:

@@ -4,7 +4,8 @@ Thin methods that run the named queries of sql/postgresql/queries.sql on a poole
 asyncpg connection (the operators' and webhooks' operations live in admin.py); the
 pieces with a job of their own live beside this file: migrate.py (migrations, advisory
 lock keys), listen.py (LISTEN/NOTIFY), leader.py (upkeep election), outcomes.py (outcomes
-in batches), errors.py (error translation).
+in batches), scans.py and claims.py (the scan's and the claim's transactions), errors.py
+(error translation).
 
 Every call goes through `_call`, which turns a database that cannot be reached into
 StoreUnavailable (the API answers 503) and keeps `available()` and `healthy()` current.
@@ -22,18 +23,16 @@ import secrets as _random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from webhookd import logs, network
+from webhookd import logs
 from webhookd.events import NewEvent
-from webhookd.events import body as event_body
 from webhookd.queue.conflicts import first_of_each, same_content
 from webhookd.states import Status
 from webhookd.store.base import (
-    RATE_LIMITED,
     Channel,
     Claim,
     DeliveryFilter,
@@ -50,7 +49,15 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
-from webhookd.store.postgres import admin, fifo, statistics, tenant_tokens
+from webhookd.store.postgres import (
+    admin,
+    claims,
+    fifo,
+    operational,
+    scans,
+    statistics,
+    tenant_tokens,
+)
 from webhookd.store.postgres.common import channel, db_now, park_inactive, stop_task
 from webhookd.store.postgres.errors import (
     RETRYABLE,
@@ -64,11 +71,11 @@ from webhookd.store.postgres.errors import (
 from webhookd.store.postgres.ingests import IngestGroup
 from webhookd.store.postgres.leader import Leader
 from webhookd.store.postgres.listen import Listener
-from webhookd.store.postgres.migrate import CLAIM, SCANNER, lock_key, migrate, quote_ident
+from webhookd.store.postgres.migrate import SCANNER, lock_key, migrate, quote_ident
 from webhookd.store.postgres.outcomes import OutcomeWriter
 from webhookd.store.postgres.peers import Peers
 from webhookd.store.postgres.queries import query
-from webhookd.store.records import WebhookSecrets, naive_utc, signing_secrets
+from webhookd.store.records import WebhookSecrets, naive_utc
 from webhookd.store.records import utcnow as local_now
 
 log = logs.get("webhookd.store")
@@ -80,12 +87,7 @@ CONNECT_TIMEOUT = 10.0
 # A call outstanding this long means the engine is stuck (for the watchdog). A database
 # that is down is not stuck: calls fail fast and the pool reconnects.
 STUCK_AFTER = 60.0
-# Candidate rows a claim reads per row it may take: rows of webhooks with little room
-# left are skipped after the LIMIT (as on DuckDB).
-CANDIDATES_PER_ROW = 4
 CLOSE_TIMEOUT = 5.0
-# Rows a claim moves at most per rate-limited webhook (claim_move in queries.sql).
-MOVE_BATCH = 5000
 # An event committed while a scan runs (of this daemon or another) may be past that scan's
 # snapshot, and its notification consumed by a scanner that found the scan lock taken: a
 # scan soon after a notification that did not fill its batch looks again after REPOLL
@@ -169,7 +171,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._transactions = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
-        self._claim_key = lock_key(schema, CLAIM)
         self._server_settings = {
             "search_path": quote_ident(schema),
             "application_name": "webhookd",
@@ -385,11 +386,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
 
     # -- start-up and upkeep -------------------------------------------------------------
 
-    async def rescue_orphans(self) -> int:
-        # Every inflight row may be another live daemon's: dead daemons' rows come back
-        # through rescue_expired (their heartbeat stops), on the leader.
-        return 0
-
     async def rescue_expired(self, now: datetime) -> int:
         # `now` (this daemon's clock) on the database's: a daemon whose clock is ahead
         # re-drives no lease early.
@@ -423,8 +419,14 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             admin.prune, self._db_time(delivered_before), self._db_time(log_before), batch
         )
 
-    async def auto_disable(self, failing_before: datetime) -> list[str]:
-        return await self._call(admin.auto_disable, self._db_time(failing_before))
+    async def auto_disable(
+        self, failing_before: datetime, reported_failing_before: datetime | None = None
+    ) -> list[str]:
+        return await self._call(
+            admin.auto_disable,
+            self._db_time(failing_before),
+            None if reported_failing_before is None else self._db_time(reported_failing_before),
+        )
 
     # -- the data path -------------------------------------------------------------------------
 
@@ -515,57 +517,11 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return result
 
     async def _scan(self, con: Connection, batch_size: int) -> ScanResult:
-        async with con.transaction():
-            if not await con.fetchval(query("scan_lock"), self._scan_key):
-                return ScanResult(0, 0, self._cursor)  # another daemon is scanning
-            while True:
-                rows = await con.fetch(query("scan_read"), batch_size, self._max_event_bytes)
-                if not rows:
-                    raise RuntimeError(f"{self.schema}.scanner_cursor has lost its row 'main'")
-                head = rows[0]
-                events = [r for r in rows if r["event_id"] is not None]
-                if events:
-                    break
-                if head["fresh"]:
-                    self._cursor = head["cursor_seq"]
-                    return ScanResult(0, 0, self._cursor)
-                # The batch in progress had no event left: the next one starts now.
-                await con.execute(query("scan_finish"))
-            built_ids: list[str] = []
-            bodies: list[bytes] = []
-            rejected: dict[str, str] = {r["event_id"]: r["problem"] for r in events if r["problem"]}
-            for r in events:
-                if r["payload"] is None or r["event_id"] in rejected:
-                    continue
-                try:
-                    bodies.append(_build_body(r))
-                except Exception as exc:  # set aside, never in the way of the others
-                    rejected[r["event_id"]] = f"cannot build its body: {type(exc).__name__}: {exc}"
-                    continue
-                built_ids.append(r["event_id"])
-            for event_id, problem in rejected.items():
-                log.error(
-                    "an outbox event cannot be delivered; set aside in rejected_events",
-                    event_id=event_id,
-                    error=problem,
-                )
-            last = events[-1]
-            enqueued, fifo_ids, _ = await con.fetchrow(
-                query("scan_enqueue"),
-                [r["event_id"] for r in events if r["event_id"] not in rejected],
-                last["xid"],
-                last["seq"],
-                built_ids,
-                bodies,
-                list(rejected),
-                list(rejected.values()),
-                head["target"],
-                len(events) < batch_size,
-            )
-            if fifo_ids:
-                await fifo.settle(con, fifo_ids)
-        self._cursor = last["seq"]
-        return ScanResult(len(events), int(enqueued), last["seq"])
+        result = await scans.scan(
+            con, self._scan_key, batch_size, self._max_event_bytes, self._cursor, self.schema
+        )
+        self._cursor = result.cursor
+        return result
 
     async def claim(
         self,
@@ -597,64 +553,16 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         cap_ids: list[str],
         cap_values: list[int],
     ) -> list[Claim]:
-        async with con.transaction():
-            # Serialises claims across daemons (see claim_lock in queries.sql).
-            await con.execute(query("claim_lock"), self._claim_key)
-            rows = await con.fetch(
-                query("claim"),
-                limit,
-                per_webhook,
-                cap_ids,
-                cap_values,
-                limit * CANDIDATES_PER_ROW,
-                float(lease),
-                self.daemon_id,
-            )
-            strays = [r["webhook_id"] for r in rows if r["kind"] == "stray"]
-            if strays:
-                # Pending rows of a webhook inactive or gone: parked, not left at the head.
-                await park_inactive(con, strays, rows[0]["now"])
-            short = [r for r in rows if r["kind"] == "short"]
-            if short:
-                # Rows waiting for a rate limit's bucket: to their slots, out of the way.
-                await con.execute(
-                    query("claim_move"),
-                    [r["webhook_id"] for r in short],
-                    [r["first_slot"] for r in short],
-                    [r["rate"] for r in short],
-                    short[0]["now"],
-                    RATE_LIMITED,
-                    MOVE_BATCH,
-                )
-        claimed = [r for r in rows if r["kind"] == "claimed"]
-        for r in claimed:
-            (self._fifo.add if r["fifo"] else self._fifo.discard)(r["webhook_id"])
-        claimed.sort(key=lambda r: (r["next_attempt_at"], r["webhook_id"], r["event_id"]))
-        claims = []
-        for r in claimed:
-            attempt = r["attempts"] + 1
-            claims.append(
-                Claim(
-                    r["webhook_id"],
-                    r["event_id"],
-                    attempt,
-                    attempt - r["retry_base"],
-                    r["url"],
-                    signing_secrets(
-                        r["secret"],
-                        r["previous_secret"],
-                        r["previous_secret_expires_at"],
-                        r["now"],
-                    ),
-                    bytes(r["body"]),
-                    r["lease_until"],
-                    r["own_cap"],
-                    bool(r["paced"]),
-                    network.decode(r["delivery_options"]),
-                    r["traceparent"],
-                )
-            )
-        return claims
+        return await claims.claim(
+            con,
+            self.daemon_id,
+            self._fifo,
+            limit,
+            per_webhook,
+            lease,
+            cap_ids,
+            cap_values,
+        )
 
     async def wait_for_work(self, channel: Channel, within: float) -> None:
         listener = self._listener
@@ -681,6 +589,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         their order (fifo.settle) once they are applied. A webhook switched to fifo since
         its rows were claimed is settled right after, in a transaction of its own (and by
         the leader's safety net should this daemon die in between)."""
+        if operational.reportable(outcomes):  # a 410 or a dead delivery: reported with it
+            await operational.record(con, outcomes, self._apply_outcomes)
+            return
         if not any(o.webhook_id in self._fifo for o in outcomes):
             _, fifo_ids = await self._apply_outcomes(con, outcomes)
             if fifo_ids:
@@ -830,24 +741,3 @@ async def _keepalive(con: Connection) -> None:
 
 def _naive(value: datetime | None) -> datetime | None:
     return None if value is None else naive_utc(value)
-
-
-def _build_body(row: Any) -> bytes:
-    """The canonical body of an event a producer wrote in SQL, as the API would have built
-    it (admin.build_body: replay builds the same bytes). A payload canonical JSON cannot
-    carry (a number beyond a double's range) is sent as PostgreSQL prints it: still JSON."""
-    event_id, event_type, occurred_at, payload = (
-        row["event_id"],
-        row["event_type"],
-        row["occurred_at"],
-        row["payload"],
-    )
-    try:
-        return admin.build_body(event_id, event_type, occurred_at, payload)
-    except (ValueError, RecursionError) as exc:
-        log.warning(
-            "an event's data has no canonical JSON form; sending it as stored",
-            event_id=event_id,
-            error=str(exc),
-        )
-        return event_body(event_id, event_type, occurred_at.replace(tzinfo=UTC), payload)

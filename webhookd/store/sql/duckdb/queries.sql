@@ -99,6 +99,7 @@ SELECT seq FROM scanner_cursor WHERE name = 'main';
 SELECT (SELECT seq FROM scanner_cursor WHERE name = 'main'), count(*), max(seq)
 FROM (SELECT seq FROM pipeline_events
       WHERE seq > (SELECT seq FROM scanner_cursor WHERE name = 'main') AND seq <= ?
+        AND NOT starts_with(event_type, 'webhookd.')
       ORDER BY seq LIMIT ?);
 
 
@@ -114,7 +115,7 @@ SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
        e.body, ?, ?, e.seq, e.traceparent
 FROM pipeline_events e
 JOIN webhooks w ON {MATCHES}
-WHERE e.seq > ? AND e.seq <= ?;
+WHERE e.seq > ? AND e.seq <= ? AND NOT starts_with(e.event_type, 'webhookd.');
 
 
 -- name: scan_enqueue_again
@@ -126,7 +127,7 @@ SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
        e.body, ?, ?, e.seq, e.traceparent
 FROM pipeline_events e
 JOIN webhooks w ON {MATCHES}
-WHERE e.seq > ? AND e.seq <= ?
+WHERE e.seq > ? AND e.seq <= ? AND NOT starts_with(e.event_type, 'webhookd.')
 ON CONFLICT DO NOTHING;
 
 
@@ -216,7 +217,8 @@ SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
 -- The webhooks ? whose endpoint answered 410.
 UPDATE webhooks SET active = false, updated_at = ?,
     disabled_reason = 'the endpoint answered 410 Gone'
-WHERE active AND list_contains(?::VARCHAR[], webhook_id);
+WHERE active AND list_contains(?::VARCHAR[], webhook_id)
+RETURNING webhook_id, tenant, event_types, disabled_reason;
 
 
 -- name: release
@@ -268,7 +270,7 @@ UPDATE webhooks SET active = false, updated_at = ?,
     disabled_reason = 'every attempt failed since '
         || strftime(failing_since, '%Y-%m-%dT%H:%M:%SZ')
 WHERE active AND failing_since IS NOT NULL AND failing_since < ?
-RETURNING webhook_id;
+RETURNING webhook_id, tenant, event_types, disabled_reason;
 
 
 -- name: get_webhook
@@ -419,3 +421,68 @@ SELECT (SELECT seq FROM scanner_cursor WHERE name = 'main'),
 -- name: status_webhooks
 SELECT webhook_id, active, disabled_reason FROM webhooks
 WHERE (?::VARCHAR IS NULL OR tenant = ?) ORDER BY webhook_id;
+
+
+-- Operational events (store/duckdb/operational.py, queue/operational.py).
+
+-- name: operational_enqueue
+-- Operational events ? for every webhook that takes them, as a scan would: the scan skips
+-- them (their seq may be above an ingest not yet committed, which the cursor must not pass).
+INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
+                                    next_attempt_at, body, created_at, updated_at, seq)
+SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0,
+       CASE WHEN w.ordering = {FIFO} THEN NULL ELSE ?::TIMESTAMP END,
+       e.body, ?, ?, e.seq
+FROM pipeline_events e
+JOIN webhooks w ON {MATCHES}
+WHERE list_contains(?::VARCHAR[], e.event_id)
+ON CONFLICT DO NOTHING;
+
+
+-- name: operational_seqs
+SELECT seq FROM pipeline_events WHERE list_contains(?::VARCHAR[], event_id) ORDER BY seq;
+
+
+-- name: operational_dead
+-- Which of the rows of events ? went dead in this statement's batch (updated at ?), with
+-- the type of their event: deliveries of operational events report nothing.
+SELECT q.webhook_id, q.event_id, starts_with(e.event_type, 'webhookd.')
+FROM webhook_delivery_queue q JOIN pipeline_events e ON e.event_id = q.event_id
+WHERE q.status = {DEAD} AND q.updated_at = ? AND list_contains(?::VARCHAR[], q.event_id);
+
+
+-- name: operational_tallies
+SELECT webhook_id, tenant, event_types, dead_count, dead_first_event, dead_last_event,
+       dead_first_at, dead_reported_at
+FROM webhooks WHERE list_contains(?::VARCHAR[], webhook_id);
+
+
+-- name: operational_dead_due
+-- The webhooks with dead deliveries to report whose last report is at least a window old.
+SELECT webhook_id, tenant, event_types, dead_count, dead_first_event, dead_last_event,
+       dead_first_at, dead_reported_at
+FROM webhooks WHERE dead_count > 0 AND (dead_reported_at IS NULL OR dead_reported_at <= ?);
+
+
+-- name: operational_tally_set
+UPDATE webhooks SET dead_count = ?, dead_first_event = ?, dead_last_event = ?,
+    dead_first_at = ?, dead_reported_at = ?
+WHERE webhook_id = ?;
+
+
+-- name: operational_failing
+-- Active webhooks failing since before ? whose episode is not reported yet.
+SELECT webhook_id, tenant, event_types, failing_since FROM webhooks
+WHERE active AND failing_since IS NOT NULL AND failing_since < ?
+  AND failing_reported IS DISTINCT FROM failing_since;
+
+
+-- name: operational_recovered
+-- Active webhooks reported failing that delivered since (failing_since cleared or moved on).
+SELECT webhook_id, tenant, event_types, failing_reported FROM webhooks
+WHERE active AND failing_reported IS NOT NULL
+  AND failing_since IS DISTINCT FROM failing_reported;
+
+
+-- name: operational_failing_set
+UPDATE webhooks SET failing_reported = ? WHERE webhook_id = ?;

@@ -108,6 +108,9 @@ LEFT JOIN LATERAL (
     SELECT p.event_id, p.event_type, p.xid, p.seq, t.payload,
            CASE WHEN p.no_body THEN p.occurred_at END AS occurred_at,
            CASE WHEN NOT p.no_body THEN NULL
+                WHEN starts_with(p.event_type, 'webhookd.')
+                    THEN format('type %s: webhookd.* types are webhookd''s own operational '
+                                'events; producers may not publish them', p.event_type)
                 WHEN NOT (p.occurred_at >= '0001-01-01' AND p.occurred_at < '10000-01-01')
                     THEN format('occurred_at %s is out of range (years 1 to 9999)',
                                 p.occurred_at)
@@ -225,12 +228,58 @@ CASE WHEN w.rate_limit IS NOT NULL THEN
 END;
 
 
--- name: claim_lock
--- Claims are serialised across daemons: a webhook's cap is a read (its inflight rows,
--- whoever holds them) then a write (more rows inflight) over many rows, which two
--- concurrent claims could each pass; under this lock the pair is atomic. Claims are
--- batched, so this is one short critical section per batch, not per row.
-SELECT pg_advisory_xact_lock($1);
+-- name: claim_hooks
+-- Claims of different webhooks run at once, claims of one webhook one at a time (there is
+-- no lock over all claims: each would have been one critical section for the whole
+-- fleet). The webhooks this claim may draw from: active, with room by the CAP rule
+-- (counted from the rows every daemon holds inflight, read here before any lock: the
+-- claim statement counts again) and with a due row, at most $5 of them, the oldest due
+-- first; each is locked for the transaction by a transaction advisory lock of its own,
+-- tried in webhook order (one that another daemon's claim holds is skipped, and none is
+-- waited for, so no two claims deadlock). The claim statement that follows takes a
+-- snapshot after the locks: it sees every claim of these webhooks that committed before.
+-- $1 this daemon, $2 per_webhook, $3/$4 the caps it asks for.
+WITH clock AS (
+    SELECT statement_timestamp() AT TIME ZONE 'UTC' AS now
+), hooks AS (
+    SELECT w.webhook_id, w.silent, w.ordering = {FIFO} AS fifo, w.rate_limit AS rate,
+           c.cap AS asked, $2::int AS per_webhook, h.n, h.n = h.mine AS alone,
+           CASE WHEN w.ordering = {FIFO} THEN 1 ELSE w.max_in_flight END AS own_cap, d.due
+    FROM webhooks w
+    CROSS JOIN clock
+    CROSS JOIN LATERAL (
+        SELECT q.next_attempt_at AS due
+        FROM webhook_delivery_queue q
+        WHERE q.webhook_id = w.webhook_id AND q.status = {PENDING}
+          AND q.next_attempt_at <= clock.now
+        ORDER BY q.next_attempt_at
+        LIMIT 1
+    ) d
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, count(*) FILTER (WHERE q.claimed_by = $1) AS mine
+        FROM webhook_delivery_queue q
+        WHERE q.webhook_id = w.webhook_id AND q.status = {INFLIGHT}
+    ) h
+    LEFT JOIN unnest($3::text[], $4::int[]) AS c(webhook_id, cap) ON c.webhook_id = w.webhook_id
+    WHERE w.active
+), chosen AS (
+    SELECT webhook_id FROM hooks WHERE {CAP} - n > 0 ORDER BY due, webhook_id LIMIT $5
+)
+SELECT c.webhook_id,
+       pg_try_advisory_xact_lock({CLAIM_KEY}) AS locked
+FROM chosen c
+ORDER BY c.webhook_id;
+
+
+-- name: claim_wait
+-- Every webhook with work is being claimed by another daemon: wait for the first one's
+-- claim to end (this claim holds no other lock, so it cannot deadlock), then claim it.
+SELECT pg_advisory_xact_lock({CLAIM_KEY}) FROM (SELECT $1::text AS webhook_id) c;
+
+
+-- name: CLAIM_KEY
+-- The claim lock of webhook c.webhook_id (claim_hooks), one key per schema and webhook.
+hashtextextended('webhookd/' || current_schema() || '/claim/' || c.webhook_id, 0);
 
 
 -- name: claim
@@ -251,14 +300,15 @@ SELECT pg_advisory_xact_lock($1);
 -- seconds apart, out of the due set, so no later claim reads them before their time (a
 -- row is moved once as it becomes due). Rows of webhooks inactive or gone come back as
 -- "strays" (the caller parks them). $5 candidates to read, $6 the lease in seconds, $7
--- this daemon's id. The statement's own time, not the transaction's: the claim may have
--- waited on claim_lock.
+-- this daemon's id, $8 the webhooks whose claim locks this transaction holds
+-- (claim_hooks): only those are claimed from. The statement's own time, not the
+-- transaction's: the claim may have waited on a claim lock.
 WITH clock AS (
     SELECT statement_timestamp() AT TIME ZONE 'UTC' AS now
 ), held AS (
     SELECT q.webhook_id, count(*) AS n, count(*) FILTER (WHERE q.claimed_by = $7) AS mine
     FROM webhook_delivery_queue q
-    WHERE q.status = {INFLIGHT}
+    WHERE q.status = {INFLIGHT} AND q.webhook_id = ANY ($8::text[])
     GROUP BY q.webhook_id
 ), hooks AS (
     SELECT w.webhook_id, w.silent, w.ordering = {FIFO} AS fifo, w.rate_limit AS rate,
@@ -270,7 +320,7 @@ WITH clock AS (
     CROSS JOIN clock
     LEFT JOIN held h ON h.webhook_id = w.webhook_id
     LEFT JOIN unnest($3::text[], $4::int[]) AS c(webhook_id, cap) ON c.webhook_id = w.webhook_id
-    WHERE w.active
+    WHERE w.active AND w.webhook_id = ANY ($8::text[])
 ), room AS (
     SELECT webhook_id, own_cap, rate, tokens, rate_next_at, fifo,
            fifo OR rate IS NOT NULL AS paced,
@@ -284,7 +334,7 @@ WITH clock AS (
     -- daemon's, say) are never read. Many: one walk of the due index serves them all.
     SELECT count(*) <= 64 AS yes FROM room WHERE room > 0
 ), candidates AS (
-    -- Read, not locked: claims run one at a time (claim_lock); `locked` takes only the
+    -- Read, not locked: claims of a webhook run one at a time (claim_hooks); `locked` takes only the
     -- rows picked (FOR UPDATE SKIP LOCKED, still pending). Locking every candidate wrote
     -- each one's tuple (and WAL) per claim. Rows of webhooks inactive or gone (strays)
     -- show up in the walk only; upkeep parks them either way (park_strays).

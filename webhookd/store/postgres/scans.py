@@ -1,0 +1,103 @@
+"""The scan: events of the outbox table turned into deliveries, in one transaction.
+
+Only one daemon scans at a time (scan_lock in queries.sql); the store keeps the cursor it
+returns and decides when to look again (store.py). An event whose body cannot be built is
+set aside in rejected_events, never in the way of the others.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from webhookd import logs
+from webhookd.events import body as event_body
+from webhookd.store.base import ScanResult
+from webhookd.store.postgres import admin, fifo
+from webhookd.store.postgres.queries import query
+
+log = logs.get("webhookd.store")
+
+Connection = Any  # asyncpg has no type stubs
+
+
+async def scan(
+    con: Connection,
+    scan_key: int,
+    batch_size: int,
+    max_event_bytes: int,
+    cursor: int,
+    schema: str,
+) -> ScanResult:
+    """`cursor` is the last one this daemon saw, returned as is when there is nothing new
+    to read or another daemon is scanning."""
+    async with con.transaction():
+        if not await con.fetchval(query("scan_lock"), scan_key):
+            return ScanResult(0, 0, cursor)  # another daemon is scanning
+        while True:
+            rows = await con.fetch(query("scan_read"), batch_size, max_event_bytes)
+            if not rows:
+                raise RuntimeError(f"{schema}.scanner_cursor has lost its row 'main'")
+            head = rows[0]
+            events = [r for r in rows if r["event_id"] is not None]
+            if events:
+                break
+            if head["fresh"]:
+                return ScanResult(0, 0, head["cursor_seq"])
+            # The batch in progress had no event left: the next one starts now.
+            await con.execute(query("scan_finish"))
+        built_ids: list[str] = []
+        bodies: list[bytes] = []
+        rejected: dict[str, str] = {r["event_id"]: r["problem"] for r in events if r["problem"]}
+        for r in events:
+            if r["payload"] is None or r["event_id"] in rejected:
+                continue
+            try:
+                bodies.append(build_body(r))
+            except Exception as exc:  # set aside, never in the way of the others
+                rejected[r["event_id"]] = f"cannot build its body: {type(exc).__name__}: {exc}"
+                continue
+            built_ids.append(r["event_id"])
+        for event_id, problem in rejected.items():
+            log.error(
+                "an outbox event cannot be delivered; set aside in rejected_events",
+                event_id=event_id,
+                error=problem,
+            )
+        last = events[-1]
+        enqueued, fifo_ids, _ = await con.fetchrow(
+            query("scan_enqueue"),
+            [r["event_id"] for r in events if r["event_id"] not in rejected],
+            last["xid"],
+            last["seq"],
+            built_ids,
+            bodies,
+            list(rejected),
+            list(rejected.values()),
+            head["target"],
+            len(events) < batch_size,
+        )
+        if fifo_ids:
+            await fifo.settle(con, fifo_ids)
+    return ScanResult(len(events), int(enqueued), last["seq"])
+
+
+def build_body(row: Any) -> bytes:
+    """The canonical body of an event a producer wrote in SQL, as the API would have built
+    it (admin.build_body: replay builds the same bytes). A payload canonical JSON cannot
+    carry (a number beyond a double's range) is sent as PostgreSQL prints it: still JSON."""
+    event_id, event_type, occurred_at, payload = (
+        row["event_id"],
+        row["event_type"],
+        row["occurred_at"],
+        row["payload"],
+    )
+    try:
+        return admin.build_body(event_id, event_type, occurred_at, payload)
+    except (ValueError, RecursionError) as exc:
+        log.warning(
+            "an event's data has no canonical JSON form; sending it as stored",
+            event_id=event_id,
+            error=str(exc),
+        )
+        return event_body(event_id, event_type, occurred_at.replace(tzinfo=UTC), payload)

@@ -31,6 +31,11 @@ async def create_webhook(client: Api, url: str, event_types: list[str], **settin
     return str(created["webhook_id"])
 
 
+# --set SECTION.KEY=VALUE of bench.run: settings of every daemon of the run, under a
+# scenario's own overrides.
+SETTINGS: dict[str, dict[str, Any]] = {}
+
+
 def daemon_sections(workdir: Path, **overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Bench settings: the defaults of webhookd except where the bench needs otherwise."""
     token_file = workdir / "admin.token"
@@ -46,7 +51,7 @@ def daemon_sections(workdir: Path, **overrides: Mapping[str, Any]) -> dict[str, 
     }
     if OTLP_ENDPOINT:
         sections["tracing"] = {"otlp_endpoint": OTLP_ENDPOINT}
-    for section, values in overrides.items():
+    for section, values in (*SETTINGS.items(), *overrides.items()):
         sections.setdefault(section, {}).update(values)
     if "url" in sections["database"]:  # PostgreSQL: no DuckDB file (setting both is an error)
         sections["database"].pop("path", None)

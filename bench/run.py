@@ -47,6 +47,7 @@ import json
 import signal
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from typing import Any
 from bench import daemons, measure
 from bench.code import REPO, code_hash, snapshot_code
 from bench.common import ENGINE, started
+from bench.daemons import SETTINGS
 from bench.pgserver import Postgres
 
 SCENARIOS = (
@@ -131,7 +133,25 @@ def main() -> int:
         default="auto",
         help="nginx worker_processes (auto: one per core; measured a little faster than 1 here)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a setting of every daemon of the run, as in webhookd.toml (a TOML value, or "
+        "a bare string), e.g. --set database.memory_limit=256MB",
+    )
     args = parser.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not (section and name and value):
+            parser.error(f"--set {item!r}: SECTION.KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        SETTINGS.setdefault(section, {})[name] = parsed
     daemons.OTLP_ENDPOINT = args.otlp_endpoint
     if args.daemons < 1:
         parser.error("--daemons: at least 1")
@@ -180,6 +200,7 @@ def main() -> int:
     figures["quick"] = args.quick
     figures["engine"] = args.engine
     figures["daemons"] = args.daemons
+    figures["settings"] = SETTINGS
     figures["wall_s"] = round(time.perf_counter() - started_at, 1)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -30,7 +30,7 @@ from bench.daemons import api as bench_api
 from bench.daemons import create_webhook
 from bench.events import INGEST_BATCH, batches
 from bench.measure import daemon_group
-from bench.procfs import cpu_seconds
+from bench.procfs import cpu_seconds, proc_status
 from bench.sink import Nginx
 
 WINDOW = 5_000  # events ingested but not yet delivered, at most
@@ -41,7 +41,8 @@ TARGET_MB = 300
 async def run(args: argparse.Namespace) -> tuple[Figures, str]:
     total = 20_000 if args.quick else 400_000
     limit_s = float(args.duration) if args.duration else float("inf")
-    samples: list[tuple[float, float, int]] = []  # (seconds, MB of all processes, delivered)
+    # (seconds, MB of all processes, MB of the daemon's own process, delivered)
+    samples: list[tuple[float, float, float, int]] = []
     with started(Nginx(args.nginx_workers)) as nginx, workdir("soak") as work:
         async with daemon_group(work) as group:
             (daemon,) = group
@@ -61,7 +62,8 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                     now = time.perf_counter() - t0
                     if now >= next_sample:
                         daemon.sample_rss()
-                        samples.append((now, daemon.rss_samples_kb[-1] / 1024, done))
+                        own = proc_status(daemon.pid).get("VmRSS", 0) / 1024
+                        samples.append((now, daemon.rss_samples_kb[-1] / 1024, own, done))
                         next_sample = now + 1.0
                     if sent < len(bodies) and sent * INGEST_BATCH - done < WINDOW:
                         status, payload = await api.request("POST", "/v1/events", raw=bodies[sent])
@@ -77,19 +79,25 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                 errors = logged_errors(group)
             finally:
                 await api.close()
-    tenths: list[list[float]] = [[] for _ in range(10)]
-    for at, mb, _ in samples:
-        tenths[min(9, int(10 * at / seconds))].append(mb)
-    peaks = [round(max(t), 1) if t else None for t in tenths]
+    tenths: list[list[tuple[float, float]]] = [[] for _ in range(10)]
+    for at, mb, own, _ in samples:
+        tenths[min(9, int(10 * at / seconds))].append((mb, own))
+    peaks = [round(max(m for m, _ in t), 1) if t else None for t in tenths]
     rows = [
-        [f"{10 * i}-{10 * (i + 1)} %", len(t), peak]
+        [
+            f"{10 * i}-{10 * (i + 1)} %",
+            len(t),
+            peak,
+            round(max(o for _, o in t), 1) if t else None,
+            round(max(m - o for m, o in t), 1) if t else None,
+        ]
         for i, (t, peak) in enumerate(zip(tenths, peaks, strict=True))
     ]
     table(
         f"soak: {done} deliveries over {HOOKS} webhooks into nginx in {seconds:.0f} s "
         f"({done / seconds:.0f}/s), at most {WINDOW} waiting; RSS of the daemon and its "
         f"database process, sampled every second (load {machine_load()})",
-        ["part of the run", "samples", "peak MB"],
+        ["part of the run", "samples", "peak MB (all)", "daemon MB", "database process MB"],
         rows,
     )
     later = [p for p in peaks[2:] if p is not None]
@@ -103,7 +111,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
         "peak_mb": memory.get("peak_rss_mb"),
         "peak_mb_by_tenth": peaks,
         "growth_after_warmup_mb": growth,
-        "samples": [(round(a, 1), round(m, 1), d) for a, m, d in samples],
+        "samples": [(round(a, 1), round(m, 1), round(o, 1), d) for a, m, o, d in samples],
         **memory,
     }
     if errors:

@@ -116,7 +116,7 @@ class RemoteStore:
         self,
         path: Path,
         *,
-        memory_limit: str = "1GB",
+        memory_limit: str = "128MB",
         checkpoint_interval: float = 30.0,
         log_format: str = "json",
         log_level: str = "info",

@@ -312,7 +312,11 @@ async def test_two_daemons_share_one_bucket(tmp_path: Path, request: pytest.Fixt
         took = time.monotonic() - started
     peak = busiest_second([a.at for a in rx.on("/limited")])
     print(f"\nrate_limit {rate}/s on two daemons: {took:.1f}s, busiest second {peak}")
-    assert peak <= 2 * rate
+    # One shared bucket allows a burst of `rate` plus `rate` refills in a second: 2 * rate.
+    # These are arrival times, and the burst's first requests wait for new connections
+    # (~0.2 s under load), so a second can also hold that lag's refills; two buckets, the
+    # breakage, give 4 * rate in the first second and finish in half the time.
+    assert peak <= 2 * rate + rate // 2
     assert took >= seconds - 1
 
 

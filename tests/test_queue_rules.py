@@ -35,6 +35,8 @@ def test_enabling_a_disabled_webhook_resets_its_health_and_redrives_its_parked_r
         "disabled_reason": None,
         "failing_since": None,
         "health_reset_at": NOW,
+        # A new episode: the operational `enabled` event says it, no `recovered` follows.
+        "failing_reported": None,
     }
     assert (plan.enable, plan.park) == (True, False)
 

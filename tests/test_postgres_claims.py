@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import pytest
 
-from tests.pg import PgCluster, drop_schema, fresh_schema
+from tests.pg import PgCluster
 from webhookd.events import NewEvent, parse_event
 from webhookd.signing import new_secret
 from webhookd.states import Status
@@ -37,38 +36,7 @@ Q = "webhook_delivery_queue"
 DEADLINE = 30.0  # bounds a wait only a broken store runs into: fail, not hang
 GATE_KEY = 0x6761  # the first half of the gate's advisory lock keys: (GATE_KEY, ticket)
 
-Make = Callable[[], Awaitable[PostgresStore]]
-
-
-@pytest.fixture
-async def schema(pg: PgCluster) -> AsyncIterator[str]:
-    name = fresh_schema()
-    yield name
-    await drop_schema(pg.url, name)
-
-
-@pytest.fixture
-async def make(pg: PgCluster, schema: str) -> AsyncIterator[Make]:
-    """Open a store (a daemon) on the test's schema; all are closed at the end."""
-    opened: list[PostgresStore] = []
-
-    async def open_store() -> PostgresStore:
-        store = PostgresStore(pg.url, schema=schema, pool_size=4)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def db(pg: PgCluster, schema: str) -> AsyncIterator[Any]:
-    """A plain connection on the schema, as an operator would have."""
-    con = await asyncpg.connect(pg.url, server_settings={"search_path": schema})
-    yield con
-    await con.close()
+Make = Callable[..., Awaitable[PostgresStore]]
 
 
 def events(*ids: str) -> list[NewEvent]:
@@ -124,20 +92,22 @@ async def waiting_for_locks(db: Any) -> int:
 
 
 async def test_a_claim_skips_a_row_locked_elsewhere_at_once_and_takes_it_later(
-    make: Make, db: Any, pg: PgCluster, schema: str
+    stores: Make, con: Any, pg: PgCluster, pg_schema: str
 ) -> None:
-    store = await make()
+    store = await stores(pool_size=4)
     webhook = await hook(store)
     await store.ingest(events("locked", "free"))
     await store.scan(10)
-    other = await asyncpg.connect(pg.url, server_settings={"search_path": schema})
+    other = await asyncpg.connect(pg.url, server_settings={"search_path": pg_schema})
     try:
         holder = other.transaction()
         await holder.start()
         await other.execute(f"SELECT 1 FROM {Q} WHERE event_id = 'locked' FOR UPDATE")
         claiming = asyncio.ensure_future(store.claim(10, 8, 30.0))
         # Done, or stuck behind the row's lock: whichever comes first, no clock involved.
-        await until(lambda: _done_or_waiting(claiming, db), "the claim neither returned nor waited")
+        await until(
+            lambda: _done_or_waiting(claiming, con), "the claim neither returned nor waited"
+        )
         waited = not claiming.done()
         await holder.rollback()
         claims = await asyncio.wait_for(claiming, DEADLINE)
@@ -211,9 +181,9 @@ class Gate:
 
 
 async def test_overlapping_claims_of_several_daemons_keep_every_cap(
-    make: Make, db: Any, pg: PgCluster, schema: str
+    stores: Make, con: Any, pg: PgCluster, pg_schema: str
 ) -> None:
-    a, b, c = await make(), await make(), await make()
+    a, b, c = await stores(pool_size=4), await stores(pool_size=4), await stores(pool_size=4)
     w1, w2 = await hook(a), await hook(a)
     w3 = await hook(a, max_in_flight=3)
     caps = {w1: 2, w2: 2, w3: 3}
@@ -221,9 +191,9 @@ async def test_overlapping_claims_of_several_daemons_keep_every_cap(
     await a.ingest(events(*ids))
     while (await a.scan(500)).events:
         pass
-    await db.execute(GATE)
-    gate_con = await asyncpg.connect(pg.url, server_settings={"search_path": schema})
-    gate = Gate(gate_con, db)
+    await con.execute(GATE)
+    gate_con = await asyncpg.connect(pg.url, server_settings={"search_path": pg_schema})
+    gate = Gate(gate_con, con)
     rng = random.Random(21)
     held: dict[tuple[str, str], tuple[PostgresStore, Claim]] = {}
     try:
@@ -243,7 +213,7 @@ async def test_overlapping_claims_of_several_daemons_keep_every_cap(
                     key = (claim.webhook_id, claim.event_id)
                     assert key not in held, f"turn {turn}: {key} claimed twice"
                     held[key] = (store, claim)
-            inflight = await db.fetch(
+            inflight = await con.fetch(
                 f"SELECT webhook_id, count(*) AS n, count(DISTINCT claimed_by) AS daemons "
                 f"FROM {Q} WHERE status = 'inflight' GROUP BY webhook_id"
             )

@@ -174,7 +174,9 @@ class ReqwestSender:
             task.cancel()
         await self._pinner.close()
 
-    def _build(self, host: str | None, address: str | None, port: int, certificate: str | None) -> Client:
+    def _build(
+        self, host: str | None, address: str | None, port: int, certificate: str | None
+    ) -> Client:
         builder = (
             ClientBuilder()
             .max_connections(self._pool_size)
@@ -216,6 +218,12 @@ class ReqwestSender:
         self._clients[key] = (address or host, client)
         return client
 
+    async def destination(self, host: str, port: int) -> str:
+        """The address a request to `host` is pinned to: resolved and, unless private
+        destinations are allowed, checked by the guard's rule (answers kept for the TTL).
+        Raises DestinationRefused for a refusal, OSError for DNS failures."""
+        return await self._pinner.address(host, port)
+
     async def post(
         self,
         url: str,
@@ -256,7 +264,7 @@ class ReqwestSender:
         address: str | None = None
         if parse_ip(host) is None:
             try:
-                address = await self._pinner.address(host, port)
+                address = await self.destination(host, port)
             except DestinationRefused as exc:
                 return AttemptResult(None, str(exc), _elapsed_ms(started), "", None)
             except OSError as exc:
@@ -310,4 +318,3 @@ class ReqwestSender:
         except (ReadError, RequestTimeoutError):
             pass  # the status already decided the outcome; keep what was read
         return data.decode("utf-8", errors="replace")
-

@@ -1,6 +1,6 @@
 """webhookd benchmarks.
 
-    python -m bench.run --scenario throughput|latency|scale|isolation [--quick] [--json FILE]
+    python -m bench.run --scenario throughput|latency|scale|isolation|client [--quick] [--json FILE]
                         [--repeat N] [--profile FILE]
                         [--engine duckdb|postgresql] [--daemons N]
 
@@ -60,6 +60,7 @@ from bench.pgserver import Postgres
 
 SCENARIOS = (
     "arrival",
+    "client",
     "isolation",
     "latency",
     "scale",
@@ -95,6 +96,12 @@ def main() -> int:
         "--profile-gil",
         action="store_true",
         help="with --profile: sample only the thread that holds the GIL (py-spy --gil)",
+    )
+    parser.add_argument(
+        "--posts",
+        type=int,
+        default=0,
+        help="client: POSTs per arm and run (default 20,000; 5,000 with --quick)",
     )
     parser.add_argument("--rate", type=int, default=0, help="latency: events/s (200 / 500)")
     parser.add_argument("--duration", type=int, default=0, help="latency: seconds (5 / 20)")

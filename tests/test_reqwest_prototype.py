@@ -4,7 +4,7 @@ checks a name itself and pins the checked address into the client it sends with.
 
 Private ranges are exercised at the resolver level only (a stand-in DNS, nothing connected
 to); what is actually sent goes to a loopback receiver, the one forbidden address a test may
-connect to. pyreqwest is the bench's dependency, not webhookd's: skipped without it.
+connect to. pyreqwest is a dependency of the bench and of the tests, not of webhookd.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from receivers import FakeResolver, Recorder
-
-pytest.importorskip("pyreqwest")
 
 from bench.reqwest_sender import ReqwestSender
 from webhookd.guard import DestinationRefused

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -456,3 +457,57 @@ async def test_an_outbox_event_of_a_webhookd_type_is_set_aside(
     assert received.headers["webhook-id"] == "after"
     assert [r["event_id"] for r in rejected] == ["forged"]
     assert "operational" in rejected[0]["error"]
+
+
+async def _at_once(con: Any, webhook_id: str, *calls: Awaitable[list[str]]) -> list[list[str]]:
+    """Run the upkeep `calls` of several daemons so that they meet: a transaction of `con`
+    holds the webhook's row until every one of them waits on it, then lets them go."""
+    async with con.transaction():
+        await con.execute("SELECT 1 FROM webhooks WHERE webhook_id = $1 FOR UPDATE", webhook_id)
+        together = asyncio.gather(*calls)
+        end = time.monotonic() + DEADLINE
+        while await con.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        ) < len(calls):
+            assert time.monotonic() < end, "the daemons' upkeep never waited on the row"
+            await asyncio.sleep(0.01)
+    return await together
+
+
+async def test_two_postgresql_daemons_reporting_one_webhook_at_once_report_it_once(
+    stores: Any, con: Any
+) -> None:
+    """The race the leader election makes rare, forced: two daemons' upkeep reports the
+    same failing webhook at the same moment, then disables it at the same moment (each
+    time both wait on its row, held by a third transaction, then go together). Each change
+    is reported once: one webhookd.webhook.failing, one webhookd.webhook.disabled."""
+    a = await stores()
+    b = await stores()
+    hook = webhook_json(await a.create_webhook("http://127.0.0.1:9/x", [], "whsec_" + "A" * 32, ""))
+    wid = hook["webhook_id"]
+    await a.ingest([parse_event({"type": "t", "data": {}}, 0, utcnow())])
+    await a.scan(10)
+    (claim,) = await _claim_all(a)
+    await a.record(_failed(claim))
+    later = utcnow() + timedelta(seconds=1)
+    long_ago = utcnow() - timedelta(days=1)
+
+    async def reports() -> list[str]:
+        rows = await con.fetch(
+            "SELECT event_type FROM pipeline_events "
+            "WHERE starts_with(event_type, 'webhookd.') AND payload->>'webhook_id' = $1 "
+            "ORDER BY seq",
+            wid,
+        )
+        return [r["event_type"] for r in rows]
+
+    await _at_once(con, wid, a.auto_disable(long_ago, later), b.auto_disable(long_ago, later))
+    assert (await a.get_webhook(wid)).active is True
+    assert await reports() == [op.FAILING]
+    disabled_by = await _at_once(
+        con, wid, a.auto_disable(later, later), b.auto_disable(later, later)
+    )
+    assert sorted(map(len, disabled_by)) == [0, 1]
+    assert (await a.get_webhook(wid)).active is False
+    assert await reports() == [op.FAILING, op.DISABLED]

@@ -6,7 +6,9 @@ Status of webhookd/states.py likewise), `{SOURCES_CLAIM}` for the parenthesised 
 Event applies to (every Event likewise), `{FIFO}` and `{NONE}` for a webhook's ordering;
 an engine adds fragments of its own (its `{MATCHES}`), and a section named in capitals
 is a fragment the others use as `{NAME}`. Each is substituted once, when the file is
-loaded, and a placeholder left over is an error then, not at run time.
+loaded, and a placeholder left over is an error then, not at run time. A lowercase
+`{name}` is a hole the engine fills at run time with text it composes (the SET list of a
+webhook patch, update_webhook), and the only text of a statement not in the file.
 """
 
 from __future__ import annotations

@@ -119,10 +119,11 @@ def update_webhook(
             results.append(NotFound(f"no webhook {webhook_id!r}"))
             continue
         plan = plan_patch(patch, bool(row[0]), Pace(*row[1:8]), now, row[8])
-        # Column names from the plan (fixed in queue/webhooks.py), values as parameters.
+        # Column names from the plan (fixed in queue/webhooks.py), values as parameters:
+        # which columns a patch sets varies (update_webhook in queries.sql).
+        sets = ", ".join(f"{column} = ?" for column in plan.sets)
         con.execute(
-            f"UPDATE webhooks SET {', '.join(f'{c} = ?' for c in plan.sets)} WHERE webhook_id = ?",
-            [*plan.sets.values(), webhook_id],
+            query("update_webhook").replace("{sets}", sets), [*plan.sets.values(), webhook_id]
         )
         if plan.rate_limited_due:
             con.execute(query("rate_limited_due"), [now, now, webhook_id, now, RATE_LIMITED])

@@ -62,6 +62,7 @@ from webhookd.store.duckdb import admin, batches, tenant_tokens
 from webhookd.store.duckdb.common import Cursor
 from webhookd.store.duckdb.disk import FULL_PAUSE, HOLD_OUTCOME, REOPEN_EVERY, RETRY_OUTCOME, Disk
 from webhookd.store.duckdb.migrate import migrate, open_connection
+from webhookd.store.duckdb.queries import query
 from webhookd.store.duckdb.writer import Writer
 from webhookd.store.records import WebhookRecord, WebhookSecrets, utcnow
 from webhookd.tenants import StoredToken
@@ -115,7 +116,7 @@ def _probe(con: Any) -> None:
     no other writes coming: scanner_cursor.updated_at (which nothing reads) set to now."""
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("UPDATE scanner_cursor SET updated_at = ? WHERE name = 'main'", [utcnow()])
+        con.execute(query("disk_probe"), [utcnow()])
         con.execute("COMMIT")
     except Exception:
         with contextlib.suppress(Exception):

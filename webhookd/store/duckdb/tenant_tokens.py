@@ -7,15 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from webhookd.store.base import NotFound
+from webhookd.store.duckdb.queries import query
 from webhookd.tenants import StoredToken
-
-_COLUMNS = "token_id, tenant, digest, description, created_at, expires_at"
 
 
 def create(con: Any, payloads: Sequence[StoredToken]) -> list[None]:
     for token in payloads:
         con.execute(
-            f"INSERT INTO tenant_tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            query("tenant_token_create"),
             [
                 token.token_id,
                 token.tenant,
@@ -31,24 +30,16 @@ def create(con: Any, payloads: Sequence[StoredToken]) -> list[None]:
 def revoke(con: Any, payloads: Sequence[tuple[str, str]]) -> list[NotFound | None]:
     results: list[NotFound | None] = []
     for tenant, token_id in payloads:
-        gone = con.execute(
-            "DELETE FROM tenant_tokens WHERE tenant = ? AND token_id = ? RETURNING token_id",
-            [tenant, token_id],
-        ).fetchall()
+        gone = con.execute(query("tenant_token_revoke"), [tenant, token_id]).fetchall()
         results.append(None if gone else NotFound("no such token of this tenant"))
     return results
 
 
 def list_for(con: Any, tenant: str) -> list[StoredToken]:
-    rows = con.execute(
-        f"SELECT {_COLUMNS} FROM tenant_tokens WHERE tenant = ? ORDER BY created_at, token_id",
-        [tenant],
-    ).fetchall()
+    rows = con.execute(query("tenant_token_list"), [tenant]).fetchall()
     return [StoredToken(*row) for row in rows]
 
 
 def find(con: Any, token_id: str) -> StoredToken | None:
-    row = con.execute(
-        f"SELECT {_COLUMNS} FROM tenant_tokens WHERE token_id = ?", [token_id]
-    ).fetchone()
+    row = con.execute(query("tenant_token_find"), [token_id]).fetchone()
     return None if row is None else StoredToken(*row)

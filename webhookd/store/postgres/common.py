@@ -1,4 +1,4 @@
-"""Pieces every part of the PostgreSQL engine uses: states in SQL, parking, notifications."""
+"""Pieces every part of the PostgreSQL engine uses: the clock, parking, notifications."""
 
 from __future__ import annotations
 
@@ -7,32 +7,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from webhookd.states import Event, Status, sources
-
-Q = "webhook_delivery_queue"
-# An active webhook takes an event of its own tenant (none: of none) when it lists its type,
-# or lists no type at all (webhookd's own operational events, webhookd.*, only when listed).
-# The tenant as coalesce(tenant, '') on both sides: one equality,
-# served by the index webhooks_tenant_active (a look-up per event, not a pass over every
-# tenant's webhooks).
-MATCHES = (
-    "w.active AND coalesce(w.tenant, '') = coalesce(e.tenant, '') "
-    "AND ((cardinality(w.event_types) = 0 AND NOT starts_with(e.event_type, 'webhookd.')) "
-    "OR e.event_type = ANY (w.event_types))"
-)
-# The database's clock, as the tables keep time: UTC without a time zone.
-NOW = "(now() AT TIME ZONE 'UTC')"
+# MATCHES: where bench/pgserver.py has always read it.
+from webhookd.store.postgres.queries import MATCHES as MATCHES
+from webhookd.store.postgres.queries import query
 
 
 async def db_now(con: Any) -> datetime:
     """The database's clock, which decides every time on a shared queue (daemons' clocks
     may drift apart): now(), UTC without a time zone, as the tables keep it."""
-    now: datetime = await con.fetchval(f"SELECT {NOW}")
+    now: datetime = await con.fetchval(query("now"))
     return now
-
-
-def in_states(statuses: Sequence[Status]) -> str:
-    return "(" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 
 
 def channel(schema: str, kind: str) -> str:
@@ -42,7 +26,7 @@ def channel(schema: str, kind: str) -> str:
 
 async def notify(con: Any, kind: str) -> None:
     """Wake every daemon on this schema waiting for `kind` of work (sent at commit)."""
-    await con.execute(f"SELECT pg_notify(current_schema() || '.{kind}', '')")
+    await con.execute(query("notify"), kind)
 
 
 async def park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> int:
@@ -50,14 +34,7 @@ async def park_inactive(con: Any, webhook_ids: Sequence[str], now: datetime) -> 
     if not webhook_ids:
         return 0
     result: str = await con.execute(
-        f"""
-        UPDATE {Q} q SET status = '{Status.PARKED}', lease_until = NULL, claimed_by = NULL,
-            updated_at = $1
-        WHERE q.status IN {in_states(sources(Event.DISABLE))}
-          AND q.webhook_id = ANY ($2::text[])
-          AND NOT EXISTS (SELECT 1 FROM webhooks w
-                          WHERE w.webhook_id = q.webhook_id AND w.active)
-        """,
+        query("park_inactive"),
         now,
         list(set(webhook_ids)),
     )

@@ -27,9 +27,7 @@ async def settle(con: Connection, webhook_ids: Iterable[str | None] | None) -> i
     """Restore the order of the fifo webhooks among `webhook_ids` (all of them if None), in
     the caller's transaction; the number of heads promoted."""
     if webhook_ids is None:
-        wanted = [
-            r[0] for r in await con.fetch("SELECT webhook_id FROM webhooks WHERE ordering = 'fifo'")
-        ]
+        wanted = [r[0] for r in await con.fetch(query("fifo_webhooks"))]
     else:
         wanted = sorted({w for w in webhook_ids if w is not None})
     if not wanted:

@@ -15,30 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from webhookd import logs
+from webhookd.store.postgres.queries import query
 
 log = logs.get("webhookd.store")
-
-# Take over from a leader whose heartbeat is stale (or who left), and say whether this
-# daemon ($1) leads, its own heartbeat fresh ($2 seconds, peer_timeout). A concurrent
-# takeover by another daemon makes this UPDATE wait for it, then find the row taken by a
-# live daemon (READ COMMITTED re-checks the row), and update nothing.
-LEAD = """
-WITH fresh AS (
-    SELECT d.daemon_id FROM daemons d
-    WHERE d.heartbeat_at >= now() AT TIME ZONE 'UTC' - make_interval(secs => $2)
-), took AS (
-    UPDATE upkeep_leader l SET daemon_id = $1, since = now() AT TIME ZONE 'UTC'
-    WHERE l.name = 'upkeep'
-      AND $1 IN (SELECT daemon_id FROM fresh)
-      AND l.daemon_id IS DISTINCT FROM $1
-      AND (l.daemon_id IS NULL OR l.daemon_id NOT IN (SELECT daemon_id FROM fresh))
-    RETURNING l.daemon_id
-)
-SELECT EXISTS (SELECT 1 FROM took)
-    OR EXISTS (SELECT 1 FROM upkeep_leader l
-               WHERE l.name = 'upkeep' AND l.daemon_id = $1
-                 AND $1 IN (SELECT daemon_id FROM fresh))
-"""
 
 
 class Leader:
@@ -71,4 +50,4 @@ class Leader:
         return held
 
     async def _ask(self, con: Any) -> bool:
-        return bool(await con.fetchval(LEAD, self._daemon_id, float(self._dead_after)))
+        return bool(await con.fetchval(query("lead"), self._daemon_id, float(self._dead_after)))

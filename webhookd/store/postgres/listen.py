@@ -16,6 +16,7 @@ from typing import Any
 
 from webhookd import logs
 from webhookd.store.postgres.common import stop_task
+from webhookd.store.postgres.queries import query
 
 log = logs.get("webhookd.store")
 
@@ -96,7 +97,7 @@ class Listener:
         if con is None:
             return
         try:
-            await asyncio.wait_for(con.execute("SELECT 1"), PING_TIMEOUT)
+            await asyncio.wait_for(con.execute(query("ping")), PING_TIMEOUT)
         except Exception as exc:
             if con is self._con:
                 self._on_state(False, exc)

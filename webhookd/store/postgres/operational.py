@@ -20,8 +20,6 @@ from webhookd.store.records import naive_utc
 
 # asyncpg's connection (the package has no type information).
 Connection = Any
-_HOOK = "webhook_id, tenant, event_types"
-_TALLY = f"{_HOOK}, dead_count, dead_first_event, dead_last_event, dead_first_at, dead_reported_at"
 
 
 async def write(con: Connection, events: list[NewEvent]) -> None:
@@ -55,8 +53,7 @@ def _tally(row: Any) -> op.DeadTally:
 
 async def _save_tally(con: Connection, webhook_id: str, tally: op.DeadTally) -> None:
     await con.execute(
-        "UPDATE webhooks SET dead_count = $2, dead_first_event = $3, dead_last_event = $4, "
-        "dead_first_at = $5, dead_reported_at = $6 WHERE webhook_id = $1",
+        query("operational_tally_set"),
         webhook_id,
         tally.count,
         tally.first_event_id,
@@ -96,16 +93,7 @@ async def before_outcomes(
     gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
     if not gone:
         return []
-    rows = await con.fetch(
-        f"""
-        UPDATE webhooks SET active = false, updated_at = $2,
-            disabled_reason = 'the endpoint answered 410 Gone'
-        WHERE active AND webhook_id = ANY ($1::text[])
-        RETURNING {_HOOK}, disabled_reason
-        """,
-        gone,
-        now,
-    )
+    rows = await con.fetch(query("record_gone"), gone, now)
     if not rows:
         return []
     made: list[NewEvent] = []
@@ -123,14 +111,7 @@ async def after_outcomes(
     if not dead:
         return []
     rows = await con.fetch(
-        """
-        SELECT q.webhook_id, q.event_id FROM webhook_delivery_queue q
-        JOIN unnest($1::text[], $2::text[]) AS k(webhook_id, event_id)
-          ON q.webhook_id = k.webhook_id AND q.event_id = k.event_id
-        JOIN pipeline_events e ON e.event_id = q.event_id
-        WHERE q.status = 'dead' AND q.updated_at = (now() AT TIME ZONE 'UTC')
-          AND NOT starts_with(e.event_type, 'webhookd.')
-        """,
+        query("operational_dead"),
         [o.webhook_id for o in dead],
         [o.event_id for o in dead],
     )
@@ -138,11 +119,7 @@ async def after_outcomes(
     for r in rows:
         went.setdefault(r["webhook_id"], []).append(r["event_id"])
     made: list[NewEvent] = []
-    for row in await con.fetch(
-        f"SELECT {_TALLY} FROM webhooks WHERE webhook_id = ANY ($1::text[]) "
-        "ORDER BY webhook_id FOR UPDATE",
-        sorted(went),
-    ):
+    for row in await con.fetch(query("operational_tallies"), sorted(went)):
         # In the order the batch recorded them: the first and last ids reported.
         order = {o.event_id: i for i, o in enumerate(dead)}
         ordered = sorted(went[row["webhook_id"]], key=order.__getitem__)
@@ -162,41 +139,17 @@ async def upkeep(
     made: list[NewEvent] = []
     for row in disabled:
         made += op.disabled(_hook(row), row["disabled_reason"], now)
-    for row in await con.fetch(
-        f"""
-        SELECT {_HOOK}, failing_reported FROM webhooks
-        WHERE active AND failing_reported IS NOT NULL
-          AND failing_since IS DISTINCT FROM failing_reported
-        ORDER BY webhook_id FOR UPDATE
-        """
-    ):
+    for row in await con.fetch(query("operational_recovered")):
         made += op.recovered(_hook(row), row["failing_reported"], now)
-        await con.execute(
-            "UPDATE webhooks SET failing_reported = NULL WHERE webhook_id = $1", row["webhook_id"]
-        )
+        await con.execute(query("operational_failing_set"), row["webhook_id"], None)
     if failing_before is not None:
-        for row in await con.fetch(
-            f"""
-            SELECT {_HOOK}, failing_since FROM webhooks
-            WHERE active AND failing_since IS NOT NULL AND failing_since < $1
-              AND failing_reported IS DISTINCT FROM failing_since
-            ORDER BY webhook_id FOR UPDATE
-            """,
-            naive_utc(failing_before),
-        ):
+        for row in await con.fetch(query("operational_failing"), naive_utc(failing_before)):
             made += op.failing(_hook(row), row["failing_since"], now)
+            # The row is locked: its failing_since as read is the one stored.
             await con.execute(
-                "UPDATE webhooks SET failing_reported = failing_since WHERE webhook_id = $1",
-                row["webhook_id"],
+                query("operational_failing_set"), row["webhook_id"], row["failing_since"]
             )
-    for row in await con.fetch(
-        f"""
-        SELECT {_TALLY} FROM webhooks
-        WHERE dead_count > 0 AND (dead_reported_at IS NULL OR dead_reported_at <= $1)
-        ORDER BY webhook_id FOR UPDATE
-        """,
-        now - op.DEAD_WINDOW,
-    ):
+    for row in await con.fetch(query("operational_dead_due"), now - op.DEAD_WINDOW):
         tally, events = op.report_dead(_hook(row), _tally(row), now)
         await _save_tally(con, row["webhook_id"], tally)
         made += events
@@ -204,6 +157,7 @@ async def upkeep(
 
 
 async def enabled(con: Connection, webhook_id: str, now: datetime) -> None:
-    row = await con.fetchrow(f"SELECT {_HOOK} FROM webhooks WHERE webhook_id = $1", webhook_id)
+    # Locked already: update_webhook, the caller, read it FOR UPDATE.
+    row = await con.fetchrow(query("operational_tallies"), [webhook_id])
     if row is not None:
         await write(con, op.enabled(_hook(row), now))

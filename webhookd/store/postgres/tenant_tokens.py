@@ -8,12 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from webhookd.store.base import NotFound
+from webhookd.store.postgres.queries import query
 from webhookd.tenants import StoredToken
 
 Connection = Any
 T = TypeVar("T")
-
-_COLUMNS = "token_id, tenant, digest, description, created_at, expires_at"
 
 
 def _token(row: Any) -> StoredToken:
@@ -22,7 +21,7 @@ def _token(row: Any) -> StoredToken:
 
 async def create(con: Connection, token: StoredToken) -> None:
     await con.execute(
-        f"INSERT INTO tenant_tokens ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+        query("tenant_token_create"),
         token.token_id,
         token.tenant,
         token.digest,
@@ -33,23 +32,17 @@ async def create(con: Connection, token: StoredToken) -> None:
 
 
 async def list_for(con: Connection, tenant: str) -> list[StoredToken]:
-    rows = await con.fetch(
-        f"SELECT {_COLUMNS} FROM tenant_tokens WHERE tenant = $1 ORDER BY created_at, token_id",
-        tenant,
-    )
+    rows = await con.fetch(query("tenant_token_list"), tenant)
     return [_token(r) for r in rows]
 
 
 async def revoke(con: Connection, tenant: str, token_id: str) -> None:
-    result: str = await con.execute(
-        "DELETE FROM tenant_tokens WHERE tenant = $1 AND token_id = $2", tenant, token_id
-    )
-    if result.split()[-1] == "0":
+    if await con.fetchval(query("tenant_token_revoke"), tenant, token_id) is None:
         raise NotFound("no such token of this tenant")
 
 
 async def find(con: Connection, token_id: str) -> StoredToken | None:
-    row = await con.fetchrow(f"SELECT {_COLUMNS} FROM tenant_tokens WHERE token_id = $1", token_id)
+    row = await con.fetchrow(query("tenant_token_find"), token_id)
     return None if row is None else _token(row)
 
 

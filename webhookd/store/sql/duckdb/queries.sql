@@ -486,3 +486,38 @@ WHERE active AND failing_reported IS NOT NULL
 
 -- name: operational_failing_set
 UPDATE webhooks SET failing_reported = ? WHERE webhook_id = ?;
+
+
+-- Webhooks, tenant tokens and the disk probe (duckdb/admin.py, tenant_tokens.py, store.py).
+
+-- name: update_webhook
+-- The one statement composed at run time: admin.py writes the SET list in place of the
+-- lowercase placeholder, `column = ?` for each column the patch sets
+-- (queue/webhooks.plan_patch), as the PostgreSQL engine does: which columns a patch sets
+-- varies, and a column is written only when the patch sets it. Then the webhook ?.
+UPDATE webhooks SET {sets} WHERE webhook_id = ?;
+
+
+-- name: tenant_token_create
+INSERT INTO tenant_tokens (token_id, tenant, digest, description, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?);
+
+
+-- name: tenant_token_list
+SELECT token_id, tenant, digest, description, created_at, expires_at FROM tenant_tokens
+WHERE tenant = ? ORDER BY created_at, token_id;
+
+
+-- name: tenant_token_revoke
+DELETE FROM tenant_tokens WHERE tenant = ? AND token_id = ? RETURNING token_id;
+
+
+-- name: tenant_token_find
+SELECT token_id, tenant, digest, description, created_at, expires_at FROM tenant_tokens
+WHERE token_id = ?;
+
+
+-- name: disk_probe
+-- A write of one value, so that Disk.committed sees whether there is room again with no
+-- other writes coming: scanner_cursor.updated_at (which nothing reads) set to ?.
+UPDATE scanner_cursor SET updated_at = ? WHERE name = 'main';

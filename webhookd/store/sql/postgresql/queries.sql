@@ -769,3 +769,405 @@ JOIN pg_class c ON c.oid = s.relid
 WHERE s.schemaname = current_schema() AND s.relname = ANY ($1::text[])
   AND s.n_mod_since_analyze >= greatest($2::float8, c.reltuples);
 
+
+
+-- Below: the statements of the webhook and operator functions (store/postgres/admin.py),
+-- operational events (operational.py), tenant tokens, leadership and the pieces every
+-- module shares (common.py, fifo.py), under the DuckDB file's name wherever it has the
+-- same operation. {WEBHOOK_COLUMNS}, {DELIVERY_COLUMNS} and {ATTEMPT_COLUMNS} are the
+-- columns store/records.py formats. An optional filter is `($n::type IS NULL OR ...)`, as
+-- on DuckDB, where the statements of old were composed of the filters given. Measured on
+-- 100k queue rows (plan_cache_mode auto, each kind of call six times in turn):
+-- list_deliveries and redrive keep custom plans, where the NULL branches fold away and the
+-- index of what is left serves (their generic plan, a full scan, costs more than any
+-- custom one); status_* and replay* go generic with the plans the composed statements had.
+
+
+-- Pieces every module uses (common.py, fifo.py, listen.py, leader.py).
+
+-- name: now
+-- The database's clock, which decides every time on a shared queue, as the tables keep it.
+SELECT now() AT TIME ZONE 'UTC';
+
+
+-- name: notify
+-- Wake every daemon on this schema waiting for work of kind $1 (sent at commit).
+SELECT pg_notify(current_schema() || '.' || $1, '');
+
+
+-- name: ping
+-- A listening connection's keep-alive (listen.py).
+SELECT 1;
+
+
+-- name: park_inactive
+-- Pending rows of the webhooks $2 that are inactive or gone become parked (Event.DISABLE).
+UPDATE webhook_delivery_queue q SET status = {PARKED}, lease_until = NULL, claimed_by = NULL,
+    updated_at = $1
+WHERE q.status IN {SOURCES_DISABLE}
+  AND q.webhook_id = ANY ($2::text[])
+  AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.webhook_id = q.webhook_id AND w.active);
+
+
+-- name: fifo_webhooks
+SELECT webhook_id FROM webhooks WHERE ordering = {FIFO};
+
+
+-- name: lead
+-- Take over from a leader whose heartbeat is stale (or who left), and say whether this
+-- daemon ($1) leads, its own heartbeat fresh ($2 seconds, peer_timeout). A concurrent
+-- takeover by another daemon makes this UPDATE wait for it, then find the row taken by a
+-- live daemon (READ COMMITTED re-checks the row), and update nothing (leader.py).
+WITH fresh AS (
+    SELECT d.daemon_id FROM daemons d
+    WHERE d.heartbeat_at >= now() AT TIME ZONE 'UTC' - make_interval(secs => $2)
+), took AS (
+    UPDATE upkeep_leader l SET daemon_id = $1, since = now() AT TIME ZONE 'UTC'
+    WHERE l.name = 'upkeep'
+      AND $1 IN (SELECT daemon_id FROM fresh)
+      AND l.daemon_id IS DISTINCT FROM $1
+      AND (l.daemon_id IS NULL OR l.daemon_id NOT IN (SELECT daemon_id FROM fresh))
+    RETURNING l.daemon_id
+)
+SELECT EXISTS (SELECT 1 FROM took)
+    OR EXISTS (SELECT 1 FROM upkeep_leader l
+               WHERE l.name = 'upkeep' AND l.daemon_id = $1
+                 AND $1 IN (SELECT daemon_id FROM fresh));
+
+
+-- Webhooks (admin.py).
+
+-- name: get_webhook
+SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE webhook_id = $1;
+
+
+-- name: create_webhook
+-- $6 the database's clock: created, updated and health reset at once.
+INSERT INTO webhooks (webhook_id, url, secret, event_types, active, description,
+                      created_at, updated_at, health_reset_at,
+                      rate_limit, max_in_flight, ordering,
+                      delivery_options, public_key, tenant)
+VALUES ($1, $2, $3, $4::text[], true, $5, $6, $6, $6, $7, $8, $9, $10, $11, $12)
+RETURNING {WEBHOOK_COLUMNS};
+
+
+-- name: get_webhook_secrets
+SELECT url, secret, previous_secret, previous_secret_expires_at, delivery_options
+FROM webhooks WHERE webhook_id = $1;
+
+
+-- name: list_webhooks
+-- After webhook $1, of tenant $3 if not NULL, at most $2.
+SELECT {WEBHOOK_COLUMNS} FROM webhooks
+WHERE webhook_id > $1 AND ($3::text IS NULL OR tenant = $3)
+ORDER BY webhook_id LIMIT $2;
+
+
+-- name: webhook_pace
+-- What an update of a webhook compares its patch with, locked: two operators enabling and
+-- disabling at once apply one after the other.
+SELECT active, webhook_id, ordering, max_in_flight, rate_limit, rate_tokens,
+       rate_refilled_at, rate_next_at, delivery_options
+FROM webhooks WHERE webhook_id = $1 FOR UPDATE;
+
+
+-- name: update_webhook
+-- The one statement composed at run time: admin.py writes the SET list in place of the
+-- lowercase placeholder, `column = $n` from $2 on for each column the patch sets
+-- (queue/webhooks.plan_patch), as the DuckDB engine does: which columns a patch sets
+-- varies, and a column is written only when the patch sets it. $1 the webhook.
+UPDATE webhooks SET {sets} WHERE webhook_id = $1;
+
+
+-- name: rate_limited_due
+-- The rows of webhook $1 that waited for its old rate limit (last_error $3): due now ($2),
+-- paced again.
+UPDATE webhook_delivery_queue SET next_attempt_at = $2, updated_at = $2
+WHERE webhook_id = $1 AND status = {PENDING} AND next_attempt_at > $2 AND last_error = $3;
+
+
+-- name: fifo_waiting_due
+-- The rows of webhook $1 that waited behind its head: due now ($2), in any order.
+UPDATE webhook_delivery_queue SET next_attempt_at = $2, updated_at = $2
+WHERE webhook_id = $1 AND status = {PENDING} AND next_attempt_at IS NULL;
+
+
+-- name: delete_webhook
+DELETE FROM webhooks WHERE webhook_id = $1 RETURNING 1;
+
+
+-- name: rotate_secret
+-- $5 public_key: the new key's, for a v1a webhook (NULL for v1).
+UPDATE webhooks SET previous_secret = secret, secret = $1,
+    previous_secret_expires_at = $2, updated_at = $3, public_key = $5
+WHERE webhook_id = $4
+RETURNING {WEBHOOK_COLUMNS};
+
+
+-- Operators (admin.py).
+
+-- name: list_deliveries
+-- Newest first, filtered by webhook $1, event $2, status $3 and tenant $4 (each if not
+-- NULL), after the cursor ($5, $6, $7: created_at, webhook_id, event_id) if there is one,
+-- at most $8.
+SELECT {DELIVERY_COLUMNS} FROM webhook_delivery_queue
+WHERE ($1::text IS NULL OR webhook_id = $1) AND ($2::text IS NULL OR event_id = $2)
+  AND ($3::text IS NULL OR status = $3)
+  AND ($4::text IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $4))
+  AND ($5::timestamp IS NULL
+       OR (created_at, webhook_id, event_id) < ($5::timestamp, $6::text, $7::text))
+ORDER BY created_at DESC, webhook_id DESC, event_id DESC LIMIT $8;
+
+
+-- name: list_attempts
+SELECT {ATTEMPT_COLUMNS} FROM webhook_deliveries
+WHERE webhook_id = $1 AND event_id = $2 ORDER BY attempt_id;
+
+
+-- name: delivery_exists
+SELECT 1 FROM webhook_delivery_queue WHERE webhook_id = $1 AND event_id = $2;
+
+
+-- name: enable
+-- The parked rows of webhook $2, enabled again: due now ($1), with a fresh budget; how
+-- many per webhook.
+WITH due AS (
+    UPDATE webhook_delivery_queue SET status = {PENDING}, next_attempt_at = $1,
+        lease_until = NULL, claimed_by = NULL, retry_base = attempts, updated_at = $1
+    WHERE status IN {SOURCES_ENABLE} AND webhook_id = $2
+    RETURNING webhook_id)
+SELECT webhook_id, count(*) FROM due GROUP BY webhook_id;
+
+
+-- name: redrive
+-- The rows in state $2 (of webhook $3, of tenant $4 and last attempted since $5, each if
+-- not NULL): due now ($1), with a fresh budget; how many per webhook.
+WITH due AS (
+    UPDATE webhook_delivery_queue SET status = {PENDING}, next_attempt_at = $1,
+        lease_until = NULL, claimed_by = NULL, retry_base = attempts, updated_at = $1
+    WHERE status IN {SOURCES_REDRIVE} AND status = $2::text
+      AND ($3::text IS NULL OR webhook_id = $3)
+      AND ($4::text IS NULL
+           OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $4))
+      AND ($5::timestamp IS NULL OR last_attempt_at >= $5)
+    RETURNING webhook_id)
+SELECT webhook_id, count(*) FROM due GROUP BY webhook_id;
+
+
+-- name: replay
+-- The finished rows of event $2 (to webhook $3 if not NULL): due now ($1), with a fresh
+-- budget; how many per webhook.
+WITH due AS (
+    UPDATE webhook_delivery_queue SET status = {PENDING}, next_attempt_at = $1,
+        lease_until = NULL, claimed_by = NULL, retry_base = attempts, updated_at = $1
+    WHERE status IN {SOURCES_REPLAY} AND event_id = $2
+      AND ($3::text IS NULL OR webhook_id = $3)
+    RETURNING webhook_id)
+SELECT webhook_id, count(*) FROM due GROUP BY webhook_id;
+
+
+-- name: replay_event
+-- What replay needs of event $1: its body, or what to build one from if a producer wrote
+-- it in SQL and no scan has built it yet.
+SELECT event_type, occurred_at, payload::text, body, tenant FROM pipeline_events
+WHERE event_id = $1;
+
+
+-- name: replay_body
+-- The body replay built for event $1 (written in SQL, not scanned yet): the same bytes the
+-- scanner builds, whoever stores them first.
+UPDATE pipeline_events SET body = $2 WHERE event_id = $1 AND body IS NULL;
+
+
+-- name: webhook_exists
+-- Its tenant (a row with NULL if none), or no row.
+SELECT tenant FROM webhooks WHERE webhook_id = $1;
+
+
+-- name: replay_enqueue
+-- Rows pruned after delivery, or not enqueued yet, come back from the event source: event
+-- $4 (body $3) for webhook $1 whatever its filter, or if $1 is NULL for every active
+-- webhook that takes it; due now ($2).
+INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, retry_base,
+                                    next_attempt_at, body, created_at, updated_at, seq,
+                                    traceparent)
+SELECT w.webhook_id, e.event_id, {PENDING}, 0, 0, $2::timestamp, $3::bytea,
+       $2::timestamp, $2::timestamp, e.seq, e.traceparent
+FROM pipeline_events e
+JOIN webhooks w ON (w.webhook_id = $1::text OR ($1::text IS NULL AND {MATCHES}))
+WHERE e.event_id = $4
+ON CONFLICT DO NOTHING
+RETURNING webhook_id;
+
+
+-- name: status_counts
+-- Of tenant $1 if not NULL, as status_oldest_due and status_webhooks.
+SELECT webhook_id, status, count(*) FROM webhook_delivery_queue
+WHERE ($1::text IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $1))
+GROUP BY webhook_id, status;
+
+
+-- name: status_oldest_due
+SELECT min(next_attempt_at) FROM webhook_delivery_queue
+WHERE status = {PENDING} AND next_attempt_at <= $2
+  AND ($1::text IS NULL OR webhook_id IN (SELECT webhook_id FROM webhooks WHERE tenant = $1));
+
+
+-- name: status_scanner
+-- The cursor and the scanner's lag: the events of transactions it has not scanned yet
+-- (those running at its snapshot, and those that began later), less the part of a batch
+-- in progress it has scanned (scan_read). The last is the highest seq to scan.
+SELECT c.seq, l.n, l.high FROM scanner_cursor c
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, max(e.seq) AS high FROM pipeline_events e
+    WHERE (e.xid = ANY (ARRAY(SELECT pg_snapshot_xip(c.snap)))
+           OR e.xid >= pg_snapshot_xmax(c.snap))
+      AND NOT (c.target IS NOT NULL AND pg_visible_in_snapshot(e.xid, c.target)
+               AND (e.xid, e.seq) <= (c.xid, c.seq))) l
+WHERE c.name = 'main';
+
+
+-- name: status_webhooks
+SELECT webhook_id, active, disabled_reason FROM webhooks
+WHERE ($1::text IS NULL OR tenant = $1) ORDER BY webhook_id;
+
+
+-- name: status_rejected
+-- The events the scanner set aside (written in SQL with no body it could build).
+SELECT count(*) FROM rejected_events;
+
+
+-- name: prune_delivered
+-- One batch ($2) of delivered rows last changed before $1, deleted by ctid; the DELETE
+-- checks the row's state again: a row another transaction replayed meanwhile stays.
+DELETE FROM webhook_delivery_queue
+WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM webhook_delivery_queue
+        WHERE status = {DELIVERED} AND updated_at < $1
+        ORDER BY updated_at LIMIT $2))
+  AND status = {DELIVERED} AND updated_at < $1;
+
+
+-- name: prune_attempts
+-- One batch ($2) of log rows attempted before $1.
+DELETE FROM webhook_deliveries
+WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM webhook_deliveries WHERE attempted_at < $1
+        ORDER BY attempted_at LIMIT $2))
+  AND attempted_at < $1;
+
+
+-- name: failing_since
+-- A webhook fails since its first attempt after its last delivered one (or after it was
+-- created or last enabled).
+UPDATE webhooks AS w SET failing_since = f.since
+FROM (
+    SELECT h.webhook_id,
+           (SELECT min(l.attempted_at) FROM webhook_deliveries l
+            WHERE l.webhook_id = h.webhook_id
+              AND l.attempted_at >= coalesce(h.health_reset_at, h.created_at)
+              AND l.attempted_at > coalesce(
+                  (SELECT max(ok.attempted_at) FROM webhook_deliveries ok
+                   WHERE ok.webhook_id = h.webhook_id
+                     AND ok.outcome = {DELIVERED}),
+                  '-infinity'::timestamp)) AS since
+    FROM webhooks h WHERE h.active
+) f
+WHERE w.webhook_id = f.webhook_id
+  AND w.failing_since IS DISTINCT FROM f.since;
+
+
+-- name: auto_disable
+-- Deactivate the webhooks failing since before $2 (at $1).
+UPDATE webhooks SET active = false, updated_at = $1,
+    disabled_reason = 'every attempt failed since '
+        || to_char(failing_since, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+WHERE active AND failing_since IS NOT NULL AND failing_since < $2
+RETURNING webhook_id, tenant, event_types, disabled_reason;
+
+
+-- Operational events (operational.py). Every webhook a report depends on is locked
+-- (FOR UPDATE, in webhook order), so that with several daemons one of them reports it.
+
+-- name: record_gone
+-- The webhooks $1 whose endpoint answered 410, deactivated at $2 before the record
+-- statement (which then parks their rows).
+UPDATE webhooks SET active = false, updated_at = $2,
+    disabled_reason = 'the endpoint answered 410 Gone'
+WHERE active AND webhook_id = ANY ($1::text[])
+RETURNING webhook_id, tenant, event_types, disabled_reason;
+
+
+-- name: operational_dead
+-- Which of the rows ($1, $2) the record statement of this transaction made dead (updated
+-- at its clock), leaving out deliveries of operational events: they report nothing.
+SELECT q.webhook_id, q.event_id FROM webhook_delivery_queue q
+JOIN unnest($1::text[], $2::text[]) AS k(webhook_id, event_id)
+  ON q.webhook_id = k.webhook_id AND q.event_id = k.event_id
+JOIN pipeline_events e ON e.event_id = q.event_id
+WHERE q.status = {DEAD} AND q.updated_at = (now() AT TIME ZONE 'UTC')
+  AND NOT starts_with(e.event_type, 'webhookd.');
+
+
+-- name: operational_tallies
+SELECT webhook_id, tenant, event_types, dead_count, dead_first_event, dead_last_event,
+       dead_first_at, dead_reported_at
+FROM webhooks WHERE webhook_id = ANY ($1::text[])
+ORDER BY webhook_id FOR UPDATE;
+
+
+-- name: operational_dead_due
+-- The webhooks with dead deliveries to report whose last report is at least a window old.
+SELECT webhook_id, tenant, event_types, dead_count, dead_first_event, dead_last_event,
+       dead_first_at, dead_reported_at
+FROM webhooks WHERE dead_count > 0 AND (dead_reported_at IS NULL OR dead_reported_at <= $1)
+ORDER BY webhook_id FOR UPDATE;
+
+
+-- name: operational_tally_set
+UPDATE webhooks SET dead_count = $2, dead_first_event = $3, dead_last_event = $4,
+    dead_first_at = $5, dead_reported_at = $6
+WHERE webhook_id = $1;
+
+
+-- name: operational_failing
+-- Active webhooks failing since before $1 whose episode is not reported yet.
+SELECT webhook_id, tenant, event_types, failing_since FROM webhooks
+WHERE active AND failing_since IS NOT NULL AND failing_since < $1
+  AND failing_reported IS DISTINCT FROM failing_since
+ORDER BY webhook_id FOR UPDATE;
+
+
+-- name: operational_recovered
+-- Active webhooks reported failing that delivered since (failing_since cleared or moved on).
+SELECT webhook_id, tenant, event_types, failing_reported FROM webhooks
+WHERE active AND failing_reported IS NOT NULL
+  AND failing_since IS DISTINCT FROM failing_reported
+ORDER BY webhook_id FOR UPDATE;
+
+
+-- name: operational_failing_set
+-- The failing episode reported of webhook $1: $2 (its failing_since, read under the lock
+-- of operational_failing), or NULL when it recovered.
+UPDATE webhooks SET failing_reported = $2 WHERE webhook_id = $1;
+
+
+-- Tenant tokens (tenant_tokens.py): digests only.
+
+-- name: tenant_token_create
+INSERT INTO tenant_tokens (token_id, tenant, digest, description, created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+
+-- name: tenant_token_list
+SELECT token_id, tenant, digest, description, created_at, expires_at FROM tenant_tokens
+WHERE tenant = $1 ORDER BY created_at, token_id;
+
+
+-- name: tenant_token_revoke
+DELETE FROM tenant_tokens WHERE tenant = $1 AND token_id = $2 RETURNING token_id;
+
+
+-- name: tenant_token_find
+SELECT token_id, tenant, digest, description, created_at, expires_at FROM tenant_tokens
+WHERE token_id = $1;

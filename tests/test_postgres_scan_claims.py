@@ -107,6 +107,25 @@ async def test_a_scan_waits_for_no_claim_lock_and_leaves_that_webhook_to_the_cla
     assert {(c.webhook_id, c.event_id) for c in claims} == {(b, "e1"), (b, "e2")}
 
 
+async def test_a_scan_does_not_wait_even_when_its_only_webhook_is_being_claimed(
+    stores: Make, con: Any, wakes: Wakes
+) -> None:
+    """A plain claim would wait for that claim to end (claim_wait); a scan's holds the scan
+    lock and must not."""
+    store = await stores()
+    b = await hook(store)
+    await store.ingest(events("e1"))
+    await hold_claim_lock(con, b)
+    try:
+        result = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
+    finally:
+        await con.execute("COMMIT")
+    assert (result.enqueued, result.claims, result.left_due) == (1, [], True)
+    assert await wakes.since_last() == 1
+    (claim,) = await store.claim(10, 8, 30.0)
+    assert (claim.webhook_id, claim.event_id) == (b, "e1")
+
+
 async def test_a_scan_leaves_rate_limited_webhooks_to_the_claimers(
     stores: Make, wakes: Wakes
 ) -> None:

@@ -55,7 +55,7 @@ async def test_a_scans_claims_are_attempted_with_no_claimer_running(
         assert offered is not None
         result = await store.scan(500, offered)
         assert len(result.claims) == 2
-        await pool.take(offered, result)
+        await pool.take(result)
         await receiver.wait_for_requests(2, deadline=DEADLINE)
         assert set((await settled(store, {"delivered"})).values()) == {"delivered"}
         await pool.shutdown(1.0)
@@ -72,24 +72,28 @@ async def test_a_stopping_pool_gives_a_scans_claims_back(store: Store, sender: S
         assert len(result.claims) == 1
         await pool.shutdown(1.0)  # the scan's answer comes back after the pool stopped
         assert pool.offer() is None
-        await pool.take(offered, result)
+        await pool.take(result)
         assert set((await statuses(store)).values()) == {"pending"}
     assert receiver.requests == []
 
 
-async def test_an_offer_is_room_asked_until_the_scan_ends(store: Store, sender: Sender) -> None:
-    """4 workers, claims of 10: an offer asks what a claimer would; while a scan holds it,
-    the next offer (or a claimer) gets only what is left."""
-    pool = pool_for(store, sender, poll_interval=3600.0)
-    first = pool.offer()
-    assert first is not None and first.limit == 10
-    second = pool.offer()
-    assert second is not None and second.limit == 4
-    await pool.take(second, None)  # failed scans give their room back too
-    await pool.take(first, None)
-    again = pool.offer()
-    assert again is not None and again.limit == 10
-    await pool.take(again, None)
+async def test_an_offer_holds_back_no_claimers_room(store: Store, sender: Sender) -> None:
+    """4 workers, claims of 10: an offer asks what a claimer would, and a scan waiting for
+    new events with it (on DuckDB in the writer, up to a poll interval) leaves the
+    claimers theirs: rows due meanwhile are claimed."""
+    async with Recorder(status=204) as receiver:
+        await hook_to(store, receiver)
+        await store.ingest(events(("e1", "t")))
+        await store.scan(500)
+        pool = pool_for(store, sender, poll_interval=3600.0)
+        offered = [pool.offer() for _ in range(2)]
+        assert [o.limit for o in offered if o is not None] == [10, 10]
+        running = asyncio.create_task(pool.run())
+        try:
+            await receiver.wait_for_requests(1, deadline=DEADLINE)
+        finally:
+            await pool.shutdown(1.0)
+            await running
 
 
 def woken(pool: WorkerPool) -> bool:
@@ -108,7 +112,7 @@ async def test_the_claimers_are_woken_only_for_rows_a_scan_may_have_left_due(
         assert offered is not None
         result = await store.scan(500, offered)
         assert len(result.claims) == 1 and not result.left_due
-        await pool.take(offered, result)
+        await pool.take(result)
         assert not woken(pool)
         await receiver.wait_for_requests(1, deadline=DEADLINE)
         await pool.shutdown(1.0)
@@ -119,7 +123,7 @@ async def test_the_claimers_are_woken_only_for_rows_a_scan_may_have_left_due(
         assert offered is not None
         result = await store.scan(500, replace(offered, limit=1))
         assert len(result.claims) == 1 and result.left_due
-        await pool.take(offered, result)
+        await pool.take(result)
         assert woken(pool)
         await receiver.wait_for_requests(2, deadline=DEADLINE)
         await pool.shutdown(1.0)

@@ -31,9 +31,9 @@ class Workers(Protocol):
         """What a scan may claim for the pool now; None: nothing."""
         ...
 
-    async def take(self, offered: ClaimRequest | None, result: ScanResult | None) -> None:
-        """The scan asked with `offered` ended: with `result` (its claims to attempt, and
-        whether to wake the claimers for rows it enqueued), or None if it failed."""
+    async def take(self, result: ScanResult) -> None:
+        """A scan's result: its claims to attempt, and whether to wake the claimers for
+        the rows it enqueued."""
         ...
 
 
@@ -76,13 +76,12 @@ class Scanner:
             try:
                 result = await self._store.scan(self._batch_size, offered)
             except Exception as exc:
-                await self._workers.take(offered, None)
                 self.failures += 1
                 log.error("scan failed", error=str(exc), failures_in_a_row=self.failures)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
                 continue
-            await self._workers.take(offered, result)
+            await self._workers.take(result)
             self.failures = 0
             self.last = result
             if result.events < self._batch_size:  # no backlog: wait for new events

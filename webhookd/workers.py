@@ -377,27 +377,25 @@ class WorkerPool:
 
     def offer(self) -> ClaimRequest | None:
         """What a scan may claim for this pool (Store.scan's ClaimRequest): what a claimer
-        would ask for now. Counted as asked until the scan ends (take), so that the
-        claimers do not ask for the same room meanwhile."""
+        would ask for now. Not counted as asked, as the follower claimer's ask is not: a
+        scan mostly waits for new events (on DuckDB in the writer, up to a poll interval),
+        and counting it would hold back the claimers' room for nothing. Both asking at
+        once claim no more per webhook than its cap allows (the store counts every
+        inflight row), and _room stops both once enough rows wait in memory."""
         if self._stopping.is_set():
             return None
         room = self._room()
         if room == 0:
             return None
-        self._asking += room
         return ClaimRequest(room, self._per_webhook, self._lease, self._deep())
 
-    async def take(self, offered: ClaimRequest | None, result: ScanResult | None) -> None:
-        """A scan asked with `offered` ended (None: it failed). Its claims are taken as a
-        claimer's are; once the pool is stopping they go back to pending at once. The
-        claimers are woken for the rows it enqueued only if it may have left some due
-        (ScanResult.left_due): else each row it did not claim waits for a slot, its fifo
-        head or its rate limit's slot, as after a claim that took less than it asked, and
-        waking the claimers would only cost a claim that finds nothing."""
-        if offered is not None:
-            self._asking -= offered.limit
-        if result is None:
-            return
+    async def take(self, result: ScanResult) -> None:
+        """A scan's result. Its claims are taken as a claimer's are; once the pool is
+        stopping they go back to pending at once. The claimers are woken for the rows it
+        enqueued only if it may have left some due (ScanResult.left_due): else each row
+        it did not claim waits for a slot, its fifo head or its rate limit's slot, as
+        after a claim that took less than it asked, and waking the claimers would only
+        cost a claim that finds nothing."""
         if self._stopping.is_set():
             if result.claims:
                 try:

@@ -119,7 +119,7 @@ class Daemon:
             store,
             batch_size=s.scanner.batch_size,
             poll_interval=s.scanner.poll_interval,
-            on_enqueued=pool.wake,
+            workers=pool,
             notifier=engine.notifier,
         )
         upkeep: list[Periodic] = [

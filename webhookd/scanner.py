@@ -2,16 +2,19 @@
 
 Each pass is one transaction that enqueues a batch and advances the durable cursor,
 so an event is enqueued exactly once per matching webhook whatever crashes between.
+The pass also claims, in that transaction, what the worker pool has room for (the happy
+path: a delivery reaches a worker with no claim transaction of its own); the pool takes
+those claims as it takes its own claimers'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from typing import Protocol
 
 from webhookd import logs
-from webhookd.store.base import Notifier, ScanResult, Store, sleep_until_work
+from webhookd.store.base import ClaimRequest, Notifier, ScanResult, Store, sleep_until_work
 
 log = logs.get("webhookd.scanner")
 
@@ -21,6 +24,19 @@ SCANNERS = 2
 FAILING_AFTER = 3
 
 
+class Workers(Protocol):
+    """What the scanner asks of the worker pool (workers.WorkerPool)."""
+
+    def offer(self) -> ClaimRequest | None:
+        """What a scan may claim for the pool now; None: nothing."""
+        ...
+
+    async def take(self, result: ScanResult) -> None:
+        """A scan's result: its claims to attempt, and whether to wake the claimers for
+        the rows it enqueued."""
+        ...
+
+
 class Scanner:
     def __init__(
         self,
@@ -28,14 +44,14 @@ class Scanner:
         *,
         batch_size: int,
         poll_interval: float,
-        on_enqueued: Callable[[int], None],
+        workers: Workers,
         notifier: Notifier | None = None,
     ) -> None:
         self._store = store
         self._notifier = notifier
         self._batch_size = batch_size
         self._poll_interval = poll_interval
-        self._on_enqueued = on_enqueued
+        self._workers = workers
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.last: ScanResult | None = None
@@ -54,18 +70,20 @@ class Scanner:
     async def _scanner(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
+            # After a failure the scan claims nothing: whatever failed in the claim must
+            # not hold up the events, which the claimers deliver all the same.
+            offered = self._workers.offer() if not self.failures else None
             try:
-                result = await self._store.scan(self._batch_size)
+                result = await self._store.scan(self._batch_size, offered)
             except Exception as exc:
                 self.failures += 1
                 log.error("scan failed", error=str(exc), failures_in_a_row=self.failures)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self._poll_interval)
                 continue
+            await self._workers.take(result)
             self.failures = 0
             self.last = result
-            if result.enqueued:
-                self._on_enqueued(result.enqueued)
             if result.events < self._batch_size:  # no backlog: wait for new events
                 await sleep_until_work(self._notifier, "events", self._wake, self._poll_interval)
 

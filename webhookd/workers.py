@@ -27,7 +27,15 @@ from webhookd.metrics import Metrics
 from webhookd.queue.pacing import running_cap
 from webhookd.sender import AttemptResult, Sender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
-from webhookd.store.base import Claim, Notifier, Outcome, Store, sleep_until_work
+from webhookd.store.base import (
+    Claim,
+    ClaimRequest,
+    Notifier,
+    Outcome,
+    ScanResult,
+    Store,
+    sleep_until_work,
+)
 from webhookd.tracing import Tracer
 
 log = logs.get("webhookd.delivery")
@@ -348,20 +356,57 @@ class WorkerPool:
                 if claims:
                     await self._store.release([(c.webhook_id, c.event_id) for c in claims])
                 return
-            self._learn(claims)
-            kept, extra = self._within_cap(claims)
-            if extra:
-                self._give_back(extra)
-            for claim in kept:
-                self._queued.setdefault(claim.webhook_id, deque()).append(claim)
-            self._n_queued += len(kept)
-            self._dispatch()
+            self._accept(claims)
             if len(claims) < room:
                 # Nothing more is due now. The rows this claim brought are started first:
                 # an engine whose notifier waits (PostgreSQL) would hold them here.
                 await sleep_until_work(
                     self._notifier, "deliveries", self._wake, self._poll_interval
                 )
+
+    def _accept(self, claims: list[Claim]) -> None:
+        """Fresh claims (a claimer's or a scan's) into the queues, and attempts started."""
+        self._learn(claims)
+        kept, extra = self._within_cap(claims)
+        if extra:
+            self._give_back(extra)
+        for claim in kept:
+            self._queued.setdefault(claim.webhook_id, deque()).append(claim)
+        self._n_queued += len(kept)
+        self._dispatch()
+
+    def offer(self) -> ClaimRequest | None:
+        """What a scan may claim for this pool (Store.scan's ClaimRequest): what a claimer
+        would ask for now. Not counted as asked, as the follower claimer's ask is not: a
+        scan mostly waits for new events (on DuckDB in the writer, up to a poll interval),
+        and counting it would hold back the claimers' room for nothing. Both asking at
+        once claim no more per webhook than its cap allows (the store counts every
+        inflight row), and _room stops both once enough rows wait in memory."""
+        if self._stopping.is_set():
+            return None
+        room = self._room()
+        if room == 0:
+            return None
+        return ClaimRequest(room, self._per_webhook, self._lease, self._deep())
+
+    async def take(self, result: ScanResult) -> None:
+        """A scan's result. Its claims are taken as a claimer's are; once the pool is
+        stopping they go back to pending at once. The claimers are woken for the rows it
+        enqueued only if it may have left some due (ScanResult.left_due): else each row
+        it did not claim waits for a slot, its fifo head or its rate limit's slot, as
+        after a claim that took less than it asked, and waking the claimers would only
+        cost a claim that finds nothing."""
+        if self._stopping.is_set():
+            if result.claims:
+                try:
+                    await self._store.release([(c.webhook_id, c.event_id) for c in result.claims])
+                except Exception as exc:  # they stay inflight; the lease re-drives them
+                    log.error("giving back claimed rows failed", error=str(exc))
+            return
+        if result.claims:
+            self._accept(result.claims)
+        if result.enqueued and result.left_due:
+            self.wake()
 
     def _deep(self) -> dict[str, int]:
         """Rows each webhook may hold claimed, where that differs from one round: those

@@ -59,10 +59,29 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a scan may claim of the rows it enqueues (Store.scan): Store.claim's arguments,
+    as the worker pool would have passed them to a claim of its own."""
+
+    limit: int
+    per_webhook: int
+    lease: float
+    caps: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ScanResult:
     events: int
     enqueued: int
     cursor: int
+    # The rows the scan's claim request took, in the scan's transaction (Store.scan).
+    claims: list[Claim] = field(default_factory=list)
+    # Whether rows this scan enqueued may be due and unclaimed: no claim request, or one
+    # that did not see them all (it took its limit, or the engine left some webhooks to
+    # the claimers). False: each row it did not claim waits for room under a cap, for its
+    # fifo head or for a rate limit's slot, as after a claim that took fewer rows than
+    # it asked for.
+    left_due: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +320,16 @@ class Store(Protocol):
 
     # the data path
     async def ingest(self, events: list[NewEvent]) -> IngestResult: ...
-    async def scan(self, batch_size: int) -> ScanResult:
+    async def scan(self, batch_size: int, claim: ClaimRequest | None = None) -> ScanResult:
         """Enqueue the next events after the cursor, at most `batch_size` of them, and
         advance the cursor in the same transaction. Never skips an event, whatever order
-        producers' transactions commit in."""
+        producers' transactions commit in.
+
+        With `claim`, a scan that enqueued rows also claims due rows in its transaction,
+        by the rules of `claim` with those arguments (caps, fifo heads, rate limits, a
+        lease of this daemon's): ScanResult.claims, which the caller attempts or releases
+        as it would a claim's. An engine may claim from fewer webhooks than a claim would
+        (ScanResult.left_due says so); never more rows than `claim.limit`."""
         ...
 
     async def claim(

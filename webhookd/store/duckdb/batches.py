@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from webhookd.states import Status
 from webhookd.store.base import (
     RATE_LIMITED,
     Claim,
+    ClaimRequest,
     EventConflict,
     IngestResult,
     Outcome,
@@ -126,12 +128,30 @@ def scan_cursor(con: Any) -> int:
     return int(con.execute(query("scan_cursor")).fetchone()[0])
 
 
-def scan(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
-    return [scan_once(con, batch_size, careful=False) for batch_size in payloads]
+ScanPayload = tuple[int, ClaimRequest | None]
 
 
-def scan_carefully(con: Any, payloads: Sequence[int]) -> list[ScanResult]:
-    return [scan_once(con, batch_size, careful=True) for batch_size in payloads]
+def scan(con: Any, payloads: Sequence[ScanPayload]) -> list[ScanResult]:
+    return [scan_claim(con, batch_size, request, careful=False) for batch_size, request in payloads]
+
+
+def scan_carefully(con: Any, payloads: Sequence[ScanPayload]) -> list[ScanResult]:
+    return [scan_claim(con, batch_size, request, careful=True) for batch_size, request in payloads]
+
+
+def scan_claim(
+    con: Any, batch_size: int, request: ClaimRequest | None, *, careful: bool
+) -> ScanResult:
+    """A scan, and with `request` a claim after it in the same transaction when it
+    enqueued rows (Store.scan). The claim reads every due row, as `claim` does: what it
+    leaves due is only what its limit left."""
+    result = scan_once(con, batch_size, careful=careful)
+    if request is None or request.limit <= 0 or not result.enqueued:
+        return result
+    (claims,) = claim(
+        con, [(request.limit, request.per_webhook, request.lease, dict(request.caps))]
+    )
+    return replace(result, claims=claims, left_due=len(claims) >= request.limit)
 
 
 def scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = None) -> ScanResult:

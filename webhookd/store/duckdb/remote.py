@@ -32,6 +32,7 @@ from webhookd.events import NewEvent
 from webhookd.states import Status
 from webhookd.store.base import (
     Claim,
+    ClaimRequest,
     DeliveryFilter,
     DeliveryKey,
     DeliveryPage,
@@ -298,18 +299,25 @@ class RemoteStore:
         result: IngestResult = await self._call("ingest", events)
         return result
 
-    async def scan(self, batch_size: int) -> ScanResult:
+    async def scan(self, batch_size: int, claim: ClaimRequest | None = None) -> ScanResult:
         """A scan waits in the writer for the next ingest's kick (a poll that finds nothing
         then costs no commit of its own; see DuckDBStore.ingest), up to the poll interval,
-        or only briefly when events were ingested since the last scan."""
+        or only briefly when events were ingested since the last scan.
+
+        A claim of the pool's waiting in the writer boards the transaction the scan does
+        and claims after it: then the scan claims nothing, which would only run the
+        claim's statements twice in one transaction. Otherwise it claims as asked, and
+        its claims come back with its answer."""
         ride = WOKEN_RIDE if self._scan_due else self._poll_interval
         self._scan_due = False
-        result: ScanResult = await self._call("scan", batch_size, ride)
+        if self._claims_waiting:
+            claim = None
+        result: ScanResult = await self._call("scan", batch_size, claim, ride)
         if result.events >= batch_size:
             # A full batch: more events wait behind it. Without new ingests nothing would
             # kick the next scan, which would wait a whole poll interval per batch.
             self._scan_due = True
-        if result.enqueued:
+        if result.enqueued and result.left_due:
             self._claim_due = True
         return result
 

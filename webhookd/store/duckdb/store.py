@@ -43,6 +43,7 @@ from webhookd.events import NewEvent
 from webhookd.states import Status
 from webhookd.store.base import (
     Claim,
+    ClaimRequest,
     DeliveryFilter,
     DeliveryKey,
     DeliveryPage,
@@ -379,18 +380,22 @@ class DuckDBStore:
         assert isinstance(result, IngestResult)
         return result
 
-    async def scan(self, batch_size: int, ride: float = 0.0) -> ScanResult:
+    async def scan(
+        self, batch_size: int, claim: ClaimRequest | None = None, ride: float = 0.0
+    ) -> ScanResult:
+        """`ride` (positional after `claim`: remote.py sends them as they are) lets the
+        scan wait in the writer for a transaction to board (see RemoteStore.scan)."""
         try:
             # Only ingests bring events to scan: a waiting scan boards the transaction that
             # the ingest writer's kick starts once they are committed.
             result: ScanResult = await self._write(
-                batches.scan, batch_size, PRIORITY_SCAN, ride, batches.NEW_EVENTS
+                batches.scan, (batch_size, claim), PRIORITY_SCAN, ride, batches.NEW_EVENTS
             )
         except duckdb.ConstraintException:
             # A row the scan would insert exists: should never happen (see batches.scan_once),
             # but must not stop the scanner for good.
             log.warning("scan met an existing queue row; scanning with ON CONFLICT")
-            result = await self._write(batches.scan_carefully, batch_size, PRIORITY_SCAN)
+            result = await self._write(batches.scan_carefully, (batch_size, claim), PRIORITY_SCAN)
         return result
 
     async def claim(

@@ -37,47 +37,76 @@ async def claim(
     cap_ids: list[str],
     cap_values: list[int],
 ) -> list[Claim]:
-    """The claims, oldest first. `fifo_webhooks` (the store's) is kept current with the
-    webhooks claimed: outcomes of fifo webhooks are recorded with their order settled."""
+    """The claims, oldest first, in a transaction of their own. `fifo_webhooks` (the
+    store's) is kept current with the webhooks claimed: outcomes of fifo webhooks are
+    recorded with their order settled."""
     async with con.transaction():
-        # Claims of one webhook run one at a time across daemons, claims of different
-        # webhooks at once (claim_hooks in queries.sql).
-        found = await con.fetch(
-            query("claim_hooks"), daemon_id, per_webhook, cap_ids, cap_values, HOOKS_PER_CLAIM
+        claims, _ = await take(
+            con, None, daemon_id, fifo_webhooks, limit, per_webhook, lease, cap_ids, cap_values
         )
-        hooks = [r["webhook_id"] for r in found if r["locked"]]
-        if not hooks:
-            if not found:
-                return []
-            await con.execute(query("claim_wait"), found[0]["webhook_id"])
-            hooks = [found[0]["webhook_id"]]
-        rows = await con.fetch(
-            query("claim"),
-            limit,
-            per_webhook,
-            cap_ids,
-            cap_values,
-            limit * CANDIDATES_PER_ROW,
-            float(lease),
-            daemon_id,
-            hooks,
+    return claims
+
+
+async def take(
+    con: Connection,
+    only: list[str] | None,
+    daemon_id: str,
+    fifo_webhooks: set[str],
+    limit: int,
+    per_webhook: int,
+    lease: float,
+    cap_ids: list[str],
+    cap_values: list[int],
+) -> tuple[list[Claim], bool]:
+    """`claim` in the caller's transaction, and whether it may have left rows due: it
+    took `limit` rows, or passed over webhooks with room and a due row (their claim locks
+    held by other claims, or more of them than one claim draws from).
+
+    With `only` (a scan's claim, scans.py: the webhooks it enqueued rows for), the claim
+    never waits for a lock: its transaction holds the scan lock and fifo locks, and a
+    wait there could close a cycle with a transaction that holds what it waits for and
+    waits for those. So it draws only from webhooks whose claim locks it gets at once,
+    and the caller leaves rate-limited webhooks out (their buckets are rows of webhooks
+    that an outcome's transaction may hold while it waits for a fifo lock)."""
+    # Claims of one webhook run one at a time across daemons, claims of different
+    # webhooks at once (claim_hooks in queries.sql).
+    found = await con.fetch(
+        query("claim_hooks"), daemon_id, per_webhook, cap_ids, cap_values, HOOKS_PER_CLAIM, only
+    )
+    hooks = [r["webhook_id"] for r in found if r["locked"]]
+    passed_over = len(hooks) < len(found) or len(found) >= HOOKS_PER_CLAIM
+    if not hooks:
+        if not found or only is not None:
+            return [], passed_over
+        await con.execute(query("claim_wait"), found[0]["webhook_id"])
+        hooks = [found[0]["webhook_id"]]
+    rows = await con.fetch(
+        query("claim"),
+        limit,
+        per_webhook,
+        cap_ids,
+        cap_values,
+        limit * CANDIDATES_PER_ROW,
+        float(lease),
+        daemon_id,
+        hooks,
+    )
+    strays = [r["webhook_id"] for r in rows if r["kind"] == "stray"]
+    if strays:
+        # Pending rows of a webhook inactive or gone: parked, not left at the head.
+        await park_inactive(con, strays, rows[0]["now"])
+    short = [r for r in rows if r["kind"] == "short"]
+    if short:
+        # Rows waiting for a rate limit's bucket: to their slots, out of the way.
+        await con.execute(
+            query("claim_move"),
+            [r["webhook_id"] for r in short],
+            [r["first_slot"] for r in short],
+            [r["rate"] for r in short],
+            short[0]["now"],
+            RATE_LIMITED,
+            MOVE_BATCH,
         )
-        strays = [r["webhook_id"] for r in rows if r["kind"] == "stray"]
-        if strays:
-            # Pending rows of a webhook inactive or gone: parked, not left at the head.
-            await park_inactive(con, strays, rows[0]["now"])
-        short = [r for r in rows if r["kind"] == "short"]
-        if short:
-            # Rows waiting for a rate limit's bucket: to their slots, out of the way.
-            await con.execute(
-                query("claim_move"),
-                [r["webhook_id"] for r in short],
-                [r["first_slot"] for r in short],
-                [r["rate"] for r in short],
-                short[0]["now"],
-                RATE_LIMITED,
-                MOVE_BATCH,
-            )
     claimed = [r for r in rows if r["kind"] == "claimed"]
     for r in claimed:
         (fifo_webhooks.add if r["fifo"] else fifo_webhooks.discard)(r["webhook_id"])
@@ -106,4 +135,4 @@ async def claim(
                 r["traceparent"],
             )
         )
-    return claims
+    return claims, passed_over or len(claims) >= limit

@@ -2,23 +2,31 @@
 
 Only one daemon scans at a time (scan_lock in queries.sql); the store keeps the cursor it
 returns and decides when to look again (store.py). An event whose body cannot be built is
-set aside in rejected_events, never in the way of the others.
+set aside in rejected_events, never in the way of the others. A scan asked to claim
+(Store.scan's ClaimRequest) claims in the same transaction, once the rows are enqueued
+and the fifo webhooks settled: the deliveries go to this daemon's workers with no claim
+transaction of their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any
 
 from webhookd import logs
 from webhookd.events import body as event_body
-from webhookd.store.base import ScanResult
+from webhookd.store.base import Claim, ScanResult
 from webhookd.store.postgres import admin, fifo
 from webhookd.store.postgres.queries import query
 
 log = logs.get("webhookd.store")
 
 Connection = Any  # asyncpg has no type stubs
+# A claim in the scan's transaction (claims.take with the store's arguments bound), from
+# the webhooks the scan enqueued rows for, rate-limited ones left out: the claims, and
+# whether it may have left rows due (its limit reached, webhooks passed over).
+ScanClaim = Callable[[Connection, list[str]], Awaitable[tuple[list[Claim], bool]]]
 
 
 async def scan(
@@ -28,6 +36,7 @@ async def scan(
     max_event_bytes: int,
     cursor: int,
     schema: str,
+    claim: ScanClaim | None = None,
 ) -> ScanResult:
     """`cursor` is the last one this daemon saw, returned as is when there is nothing new
     to read or another daemon is scanning."""
@@ -65,7 +74,7 @@ async def scan(
                 error=problem,
             )
         last = events[-1]
-        enqueued, fifo_ids, _ = await con.fetchrow(
+        enqueued, fifo_ids, _, claimable, rated = await con.fetchrow(
             query("scan_enqueue"),
             [r["event_id"] for r in events if r["event_id"] not in rejected],
             last["xid"],
@@ -76,10 +85,22 @@ async def scan(
             list(rejected.values()),
             head["target"],
             len(events) < batch_size,
+            claim is None,
         )
         if fifo_ids:
             await fifo.settle(con, fifo_ids)
-    return ScanResult(len(events), int(enqueued), last["seq"])
+        claims: list[Claim] = []
+        left_due = True
+        if claim is not None and enqueued:
+            left = False
+            if claimable:
+                claims, left = await claim(con, sorted(claimable))
+            left_due = bool(rated) or left
+            if left_due:
+                # Rows of webhooks this claim did not draw from may be due: the workers
+                # (of every daemon) claim them as they would have without this claim.
+                await con.execute(query("scan_notify"))
+    return ScanResult(len(events), int(enqueued), last["seq"], claims, left_due)
 
 
 def build_body(row: Any) -> bytes:

@@ -35,6 +35,7 @@ from webhookd.states import Status
 from webhookd.store.base import (
     Channel,
     Claim,
+    ClaimRequest,
     DeliveryFilter,
     DeliveryKey,
     DeliveryPage,
@@ -169,6 +170,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._scanning = False
         self._scan_failed: str | None = None  # the last scan's error, while it fails
         self._transactions = 0
+        self._claim_transactions = 0
+        self._claimed = 0
+        self._scan_claimed = 0
         self._operations = 0
         self._scan_key = lock_key(schema, SCANNER)
         self._server_settings = {
@@ -287,7 +291,15 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return self._pool is not None and self._up
 
     def stats(self) -> dict[str, int]:
-        return {"transactions": self._transactions, "operations": self._operations}
+        return {
+            "transactions": self._transactions,
+            "operations": self._operations,
+            # Claim transactions, the rows they claimed, and the rows scans claimed in
+            # their own transactions (Store.scan's ClaimRequest).
+            "claim_transactions": self._claim_transactions,
+            "claimed": self._claimed,
+            "claimed_by_scans": self._scan_claimed,
+        }
 
     def _reachable(self, ok: bool, problem: BaseException | None) -> None:
         """What the last call (or the LISTEN connection) found: the database answers, or not."""
@@ -488,7 +500,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             raise
         return new
 
-    async def scan(self, batch_size: int) -> ScanResult:
+    async def scan(self, batch_size: int, claim: ClaimRequest | None = None) -> ScanResult:
         if self._scanning:
             # This daemon's other scan holds scan_lock: asking the database would cost a
             # transaction (BEGIN, the lock refused, COMMIT) to learn just that. Measured
@@ -500,7 +512,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         else:
             self._scanning = True
             try:
-                result = await self._call(self._scan, batch_size)
+                result = await self._call(self._scan, batch_size, claim)
             except Exception as exc:
                 self._scan_failed = str(exc) or type(exc).__name__
                 raise
@@ -516,11 +528,33 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
                 self._repoll = REPOLL
         return result
 
-    async def _scan(self, con: Connection, batch_size: int) -> ScanResult:
+    async def _scan(
+        self, con: Connection, batch_size: int, claim: ClaimRequest | None
+    ) -> ScanResult:
+        scan_claim: scans.ScanClaim | None = None
+        if claim is not None and claim.limit > 0:
+            self._lease = claim.lease
+            scan_claim = functools.partial(
+                claims.take,
+                daemon_id=self.daemon_id,
+                fifo_webhooks=self._fifo,
+                limit=claim.limit,
+                per_webhook=claim.per_webhook,
+                lease=claim.lease,
+                cap_ids=list(claim.caps),
+                cap_values=[int(v) for v in claim.caps.values()],
+            )
         result = await scans.scan(
-            con, self._scan_key, batch_size, self._max_event_bytes, self._cursor, self.schema
+            con,
+            self._scan_key,
+            batch_size,
+            self._max_event_bytes,
+            self._cursor,
+            self.schema,
+            scan_claim,
         )
         self._cursor = result.cursor
+        self._scan_claimed += len(result.claims)
         return result
 
     async def claim(
@@ -553,7 +587,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         cap_ids: list[str],
         cap_values: list[int],
     ) -> list[Claim]:
-        return await claims.claim(
+        result = await claims.claim(
             con,
             self.daemon_id,
             self._fifo,
@@ -563,6 +597,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             cap_ids,
             cap_values,
         )
+        self._claim_transactions += 1
+        self._claimed += len(result)
+        return result
 
     async def wait_for_work(self, channel: Channel, within: float) -> None:
         listener = self._listener

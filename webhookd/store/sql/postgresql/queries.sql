@@ -152,10 +152,14 @@ WHERE name = 'main' AND target IS NOT NULL;
 -- matching active webhook (ON CONFLICT: replay may have inserted some first), move the
 -- cursor to the last event read, and wake the daemons' workers if anything was enqueued.
 -- A fifo webhook's rows wait behind its head (no next_attempt_at); the fifo webhooks that
--- got rows come back in `fifo`, for fifo.settle in the same transaction.
+-- got rows come back in `fifo`, for fifo.settle in the same transaction. The webhooks that
+-- got rows come back in `claimable` (those not rate-limited) and `rated` (whether any is):
+-- a scan that claims (scans.py) claims from the first only.
 -- $1 event ids read, $2/$3 the last (xid, seq), $4/$5 ids and bodies built here, $6/$7
 -- ids and reasons of the events set aside (not enqueued), $8 the batch's target snapshot,
--- $9 whether the batch is read to its end (the cursor's snapshot then moves to the target).
+-- $9 whether the batch is read to its end (the cursor's snapshot then moves to the target),
+-- $10 whether to wake the workers here (a scan that claims wakes them after its claim,
+-- only if it left rows due: scan_notify).
 WITH rejected AS (
     INSERT INTO rejected_events (event_id, error, rejected_at)
     SELECT r.event_id, r.error, now() AT TIME ZONE 'UTC'
@@ -192,13 +196,22 @@ WITH rejected AS (
     WHERE name = 'main'
 ), counted AS (
     SELECT count(*) AS n,
-           array_agg(DISTINCT webhook_id) FILTER (WHERE waiting) AS fifo
-    FROM enqueued
+           array_agg(DISTINCT q.webhook_id) FILTER (WHERE q.waiting) AS fifo,
+           array_agg(DISTINCT q.webhook_id) FILTER (WHERE w.rate_limit IS NULL) AS claimable,
+           coalesce(bool_or(w.rate_limit IS NOT NULL), false) AS rated
+    FROM enqueued q
+    LEFT JOIN webhooks w ON w.webhook_id = q.webhook_id
 )
 SELECT n, fifo,
        (SELECT count(*) FROM (SELECT pg_notify(current_schema() || '.deliveries', '')
-                              WHERE n > 0) notified) AS notified
+                              WHERE n > 0 AND $10::bool) notified) AS notified,
+       claimable, rated
 FROM counted;
+
+
+-- name: scan_notify
+-- A scan that claimed left rows it enqueued due (scan_enqueue's $10): wake the workers.
+SELECT pg_notify(current_schema() || '.deliveries', '');
 
 
 -- name: CAP
@@ -238,7 +251,8 @@ END;
 -- tried in webhook order (one that another daemon's claim holds is skipped, and none is
 -- waited for, so no two claims deadlock). The claim statement that follows takes a
 -- snapshot after the locks: it sees every claim of these webhooks that committed before.
--- $1 this daemon, $2 per_webhook, $3/$4 the caps it asks for.
+-- $1 this daemon, $2 per_webhook, $3/$4 the caps it asks for, $6 the webhooks to draw from
+-- (NULL: all; a scan's claim names those it enqueued rows for).
 WITH clock AS (
     SELECT statement_timestamp() AT TIME ZONE 'UTC' AS now
 ), hooks AS (
@@ -261,7 +275,7 @@ WITH clock AS (
         WHERE q.webhook_id = w.webhook_id AND q.status = {INFLIGHT}
     ) h
     LEFT JOIN unnest($3::text[], $4::int[]) AS c(webhook_id, cap) ON c.webhook_id = w.webhook_id
-    WHERE w.active
+    WHERE w.active AND ($6::text[] IS NULL OR w.webhook_id = ANY ($6::text[]))
 ), chosen AS (
     SELECT webhook_id FROM hooks WHERE {CAP} - n > 0 ORDER BY due, webhook_id LIMIT $5
 )

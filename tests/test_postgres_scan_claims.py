@@ -1,0 +1,272 @@
+"""A scan that claims on PostgreSQL (issue 26's happy path; scans.py, claims.take): it
+waits for no lock (its transaction holds the scan lock and fifo locks), leaves what it
+cannot take to the claimers of every daemon and wakes them then, and only then; it runs
+beside other daemons' claims and outcomes without a deadlock; and in a daemon an event
+reaches its receiver with no claim transaction of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from aiohttp import web
+
+from tests.conftest import Api, make_settings, running
+from tests.pg import PgCluster
+from tests.pg_stores import Make, poll
+from tests.receivers import HandlerReceiver
+from tests.test_postgres_claim_locks import hold_claim_lock
+from tests.test_postgres_engine import DEADLINE, events, hook, outcome
+from webhookd.signing import new_secret
+from webhookd.states import Status
+from webhookd.store.base import ClaimRequest, Ordering, WebhookLimits
+from webhookd.store.postgres import PostgresStore
+
+ASK = ClaimRequest(10, 8, 30.0, {})
+
+
+class Wakes:
+    """The deliveries channel of a schema, as another daemon's listener hears it."""
+
+    def __init__(self, con: Any, channel: str) -> None:
+        self.con = con
+        self.channel = channel
+        self.heard: asyncio.Queue[str] = asyncio.Queue()
+
+    def _heard(self, con: Any, pid: int, channel: str, payload: str) -> None:
+        self.heard.put_nowait(payload)
+
+    async def since_last(self) -> int:
+        """Wake-ups sent since the last call: a marker sent now arrives after every
+        notification of the transactions committed before it (PostgreSQL delivers them in
+        commit order), so whatever comes before the marker is all there was."""
+        marker = f"marker-{id(self)}-{self.heard.qsize()}"
+        await self.con.execute("SELECT pg_notify($1, $2)", self.channel, marker)
+        n = 0
+        while await asyncio.wait_for(self.heard.get(), DEADLINE) != marker:
+            n += 1
+        return n
+
+
+@pytest.fixture
+async def wakes(pg: PgCluster, pg_schema: str) -> AsyncIterator[Wakes]:
+    con = await asyncpg.connect(pg.url, server_settings={"search_path": pg_schema})
+    listener = Wakes(con, f"{pg_schema}.deliveries")
+    await con.add_listener(listener.channel, listener._heard)
+    yield listener
+    await con.close()
+
+
+async def test_a_scan_that_claims_all_it_enqueued_wakes_no_claimer(
+    stores: Make, wakes: Wakes
+) -> None:
+    store = await stores()
+    await hook(store)
+    await store.ingest(events("e1", "e2"))
+    result = await store.scan(100, ASK)
+    assert len(result.claims) == 2 and not result.left_due
+    assert await wakes.since_last() == 0
+    # Without a claim request the scan wakes them, as it always did.
+    await store.ingest(events("e3"))
+    assert (await store.scan(100)).enqueued == 1
+    assert await wakes.since_last() == 1
+
+
+async def test_a_scan_that_reaches_its_limit_wakes_the_claimers(stores: Make, wakes: Wakes) -> None:
+    store = await stores()
+    await hook(store)
+    await store.ingest(events("e1", "e2", "e3"))
+    result = await store.scan(100, ClaimRequest(2, 8, 30.0, {}))
+    assert len(result.claims) == 2 and result.left_due
+    assert await wakes.since_last() == 1
+    assert len(await store.claim(10, 8, 30.0)) == 1
+
+
+async def test_a_scan_waits_for_no_claim_lock_and_leaves_that_webhook_to_the_claimers(
+    stores: Make, con: Any, wakes: Wakes
+) -> None:
+    """Another daemon is claiming webhook B: the scan claims A's rows, leaves B's pending
+    without waiting, and wakes the claimers for them."""
+    store = await stores()
+    a, b = await hook(store), await hook(store)
+    await store.ingest(events("e1", "e2"))
+    await hold_claim_lock(con, b)
+    try:
+        result = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
+    finally:
+        await con.execute("COMMIT")
+    assert {(c.webhook_id, c.event_id) for c in result.claims} == {(a, "e1"), (a, "e2")}
+    assert result.left_due
+    assert await wakes.since_last() == 1
+    claims = await store.claim(10, 8, 30.0)
+    assert {(c.webhook_id, c.event_id) for c in claims} == {(b, "e1"), (b, "e2")}
+
+
+async def test_a_scan_does_not_wait_even_when_its_only_webhook_is_being_claimed(
+    stores: Make, con: Any, wakes: Wakes
+) -> None:
+    """A plain claim would wait for that claim to end (claim_wait); a scan's holds the scan
+    lock and must not."""
+    store = await stores()
+    b = await hook(store)
+    await store.ingest(events("e1"))
+    await hold_claim_lock(con, b)
+    try:
+        result = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
+    finally:
+        await con.execute("COMMIT")
+    assert (result.enqueued, result.claims, result.left_due) == (1, [], True)
+    assert await wakes.since_last() == 1
+    (claim,) = await store.claim(10, 8, 30.0)
+    assert (claim.webhook_id, claim.event_id) == (b, "e1")
+
+
+async def test_a_scan_leaves_rate_limited_webhooks_to_the_claimers(
+    stores: Make, wakes: Wakes
+) -> None:
+    """Their buckets are rows of `webhooks`, which an outcome's transaction may hold while
+    it waits for a fifo lock the scan holds: the scan does not take them."""
+    store = await stores()
+    plain = await hook(store)
+    limited = (
+        await store.create_webhook(
+            "http://127.0.0.1:9/h", [], new_secret(), "", WebhookLimits(rate_limit=100.0)
+        )
+    ).webhook_id
+    await store.ingest(events("e1"))
+    result = await store.scan(100, ASK)
+    assert [(c.webhook_id, c.event_id) for c in result.claims] == [(plain, "e1")]
+    assert result.left_due
+    assert await wakes.since_last() == 1
+    (claim,) = await store.claim(10, 8, 30.0)
+    assert (claim.webhook_id, claim.event_id) == (limited, "e1")
+
+
+async def test_the_store_counts_rows_claimed_by_scans_and_by_claims(stores: Make) -> None:
+    store = await stores()
+    await hook(store)
+    await store.ingest(events("e1", "e2", "e3"))
+    await store.scan(100, ClaimRequest(2, 8, 30.0, {}))
+    await store.claim(10, 8, 30.0)
+    stats = store.stats()
+    assert (stats["claimed_by_scans"], stats["claimed"], stats["claim_transactions"]) == (2, 1, 1)
+
+
+async def test_scans_that_claim_run_beside_claims_and_outcomes_of_other_daemons(
+    stores: Make, con: Any
+) -> None:
+    """One daemon scans with claims while it and another claim and record outcomes, on
+    plain, fifo, capped and rate-limited webhooks: no deadlock, no lock wait left to a
+    timeout, and every delivery attempted exactly once."""
+    a, b = await stores(), await stores()
+    limits = [
+        None,
+        None,
+        WebhookLimits(ordering=Ordering.FIFO),
+        WebhookLimits(max_in_flight=1),
+        WebhookLimits(rate_limit=1000.0),
+    ]
+    hooks = [
+        (await a.create_webhook("http://127.0.0.1:9/h", [], new_secret(), "", lim)).webhook_id
+        for lim in limits
+    ]
+    n_events = 120
+    expected = n_events * len(hooks)
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def deliver(store: PostgresStore, claims: list[Any]) -> None:
+        await asyncio.gather(*(store.record(outcome(c, Status.DELIVERED)) for c in claims))
+
+    async def produce() -> None:
+        ids = iter(f"e{i:04d}" for i in range(n_events))
+        while chunk := list(itertools.islice(ids, 6)):
+            await a.ingest(events(*chunk))
+            await asyncio.sleep(0)
+
+    async def scanning() -> None:
+        while not stop.is_set():
+            try:
+                result = await a.scan(7, ClaimRequest(12, 3, 30.0, {}))
+                await deliver(a, result.claims)
+            except Exception as exc:
+                errors.append(exc)
+                return
+            await asyncio.sleep(0)
+
+    async def claiming(store: PostgresStore) -> None:
+        while not stop.is_set():
+            try:
+                await deliver(store, await store.claim(12, 3, 30.0))
+            except Exception as exc:
+                errors.append(exc)
+                return
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(t) for t in (produce(), scanning(), claiming(a), claiming(b))]
+
+    async def all_delivered() -> bool:
+        if errors:
+            return True
+        n = await con.fetchval(
+            "SELECT count(*) FROM webhook_delivery_queue WHERE status = 'delivered'"
+        )
+        return bool(n == expected)
+
+    try:
+        await poll(all_delivered, 4 * DEADLINE, "every delivery to be delivered")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert errors == []
+    attempts = await con.fetch(
+        "SELECT webhook_id, event_id, count(*) AS n FROM webhook_deliveries "
+        "GROUP BY webhook_id, event_id"
+    )
+    assert len(attempts) == expected
+    assert {r["n"] for r in attempts} == {1}
+    assert a.stats()["claimed_by_scans"] > 0
+
+
+class HeldReceiver(HandlerReceiver):
+    """Holds each request's answer until `answer` is set: the attempt stays in flight."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrived.set()
+        await self.answer.wait()
+        return web.Response(status=204)
+
+
+async def test_an_event_reaches_its_receiver_with_no_claim_transaction(
+    tmp_path: Path, pg: PgCluster, pg_schema: str
+) -> None:
+    """A daemon on PostgreSQL: the scan that enqueues the event claims it, and the worker
+    posts it; no claim transaction takes it (the store's counters, read while the
+    receiver holds the attempt open)."""
+    settings = make_settings(
+        tmp_path,
+        database={"url": pg.url, "schema": pg_schema},
+        # The claimers poll seldom: what wakes them is work (or a freed slot).
+        scanner={"poll_interval": "30s"},
+    )
+    async with HeldReceiver() as rx, running(settings) as daemon, Api(daemon.url) as api:
+        try:
+            await api.create_webhook(rx.url + "/h")
+            before = (await api.status())["writer"]
+            await api.emit([{"type": "t", "data": {"n": 1}}])
+            await asyncio.wait_for(rx.arrived.wait(), DEADLINE)
+            during = (await api.status())["writer"]
+        finally:
+            rx.answer.set()
+    assert during["claimed_by_scans"] - before["claimed_by_scans"] == 1
+    assert during["claimed"] - before["claimed"] == 0

@@ -236,6 +236,7 @@ class WorkerPool:
         # Smoothed figures for the low water mark: attempts started per second and
         # seconds from asking for a claim to having it.
         self._asking = 0  # rows asked for by claims not yet answered
+        self._short_of_room = 0  # claimers waiting because the pool has no room
         self._start_rate = 0.0
         self._claim_seconds = 0.0
         self._rate_since = time.monotonic()
@@ -327,8 +328,12 @@ class WorkerPool:
             room = self._room()
             if room == 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                self._short_of_room += 1
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                finally:
+                    self._short_of_room -= 1
                 continue
             # Cleared before the claim: a wake-up during it is not lost.
             woken = self._wake.is_set()
@@ -459,7 +464,12 @@ class WorkerPool:
                 self._running.pop(claim.webhook_id, None)
         if not self._stopping.is_set():
             self._dispatch()
-            self._wake.set()
+            # Only a claimer that waits for room gains by this slot. One that slept after a
+            # short claim gains nothing yet: the row still holds its webhook's slot in the
+            # database until its outcome commits, and that wakes it (_written). Waking it
+            # here too cost an empty claim transaction per delivery on PostgreSQL.
+            if self._short_of_room:
+                self._wake.set()
 
     async def _attempt(self, claim: Claim) -> None:
         """Sign, POST, decide and record one attempt. Whatever goes wrong inside (a bug,

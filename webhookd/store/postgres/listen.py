@@ -42,6 +42,7 @@ class Listener:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self._pokes: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def connected(self) -> bool:
@@ -83,8 +84,22 @@ class Listener:
         return asyncio.get_running_loop().time() - self._notified_at[kind]
 
     def poke_later(self, kind: str, delay: float) -> None:
-        """Report `kind` of work in `delay` seconds, as a notification would."""
-        asyncio.get_running_loop().call_later(delay, self.events[kind].set)
+        """Report `kind` of work in `delay` seconds, as a notification would. One poke of
+        a kind is pending at a time, the earliest asked for: each poke wakes every scanner
+        and each of their scans asks for one more, so pokes kept side by side multiplied
+        (8.7 scans per event at 50 events/s, seen)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        pending = self._pokes.get(kind)
+        if pending is not None:
+            if pending.when() <= due:
+                return
+            pending.cancel()
+        self._pokes[kind] = loop.call_at(due, self._poke, kind)
+
+    def _poke(self, kind: str) -> None:
+        self._pokes.pop(kind, None)
+        self.events[kind].set()
 
     def _terminated(self, con: Any) -> None:
         if con is self._con:
@@ -129,6 +144,9 @@ class Listener:
     async def close(self) -> None:
         self._closing = True
         self._lost.set()
+        for pending in self._pokes.values():
+            pending.cancel()
+        self._pokes.clear()
         await stop_task(self._task, PING_TIMEOUT)
         con, self._con = self._con, None
         if con is not None:

@@ -519,13 +519,15 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             finally:
                 self._scanning = False
             self._scan_failed = None
-        listener = self._listener
-        if listener is not None:
-            if result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
-                listener.poke_later("events", self._repoll)
-                self._repoll = min(self._repoll * 2, MAX_REPOLL)
-            else:
-                self._repoll = REPOLL
+            listener = self._listener
+            # Only a scan that asked the database looks again: the one that found this
+            # daemon's other scan running leaves that to it.
+            if listener is not None:
+                if result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
+                    listener.poke_later("events", self._repoll)
+                    self._repoll = min(self._repoll * 2, MAX_REPOLL)
+                else:
+                    self._repoll = REPOLL
         return result
 
     async def _scan(

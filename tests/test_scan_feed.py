@@ -97,7 +97,7 @@ async def test_an_offer_holds_back_no_claimers_room(store: Store, sender: Sender
 
 
 def woken(pool: WorkerPool) -> bool:
-    return pool._wake.is_set()
+    return any(wake.is_set() for wake in pool._wakes)
 
 
 async def test_the_claimers_are_woken_only_for_rows_a_scan_may_have_left_due(

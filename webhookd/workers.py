@@ -218,7 +218,9 @@ class WorkerPool:
         self._lease = lease
         self._poll_interval = poll_interval
         self._policy = policy
-        self._wake = asyncio.Event()
+        # One wake-up per claimer: work that one claim can take wakes the first only
+        # (a slot freed), work of unknown size wakes both.
+        self._wakes = (asyncio.Event(), asyncio.Event())
         self._stopping = asyncio.Event()
         self._fast: dict[str, bool] = {}
         self._silent: set[str] = set()  # last attempt got no answer: one at a time
@@ -249,7 +251,8 @@ class WorkerPool:
         return len(self._attempts)
 
     def wake(self, _: int = 0) -> None:
-        self._wake.set()
+        for wake in self._wakes:
+            wake.set()
 
     def _low_water(self) -> int:
         """Refill below this many ready rows: what the workers start while a claim is on
@@ -324,20 +327,21 @@ class WorkerPool:
             self.running = False
 
     async def _claimer(self, *, follower: bool = False) -> None:
+        wake = self._wakes[1 if follower else 0]
         while not self._stopping.is_set():
             room = self._room()
             if room == 0:
-                self._wake.clear()
+                wake.clear()
                 self._short_of_room += 1
                 try:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                        await asyncio.wait_for(wake.wait(), self._poll_interval)
                 finally:
                     self._short_of_room -= 1
                 continue
             # Cleared before the claim: a wake-up during it is not lost.
-            woken = self._wake.is_set()
-            self._wake.clear()
+            woken = wake.is_set()
+            wake.clear()
             asked = time.monotonic()
             claims: list[Claim] = []
             # What the claimer waiting for new events asks is not counted: under a backlog
@@ -365,9 +369,7 @@ class WorkerPool:
             if len(claims) < room:
                 # Nothing more is due now. The rows this claim brought are started first:
                 # an engine whose notifier waits (PostgreSQL) would hold them here.
-                await sleep_until_work(
-                    self._notifier, "deliveries", self._wake, self._poll_interval
-                )
+                await sleep_until_work(self._notifier, "deliveries", wake, self._poll_interval)
 
     def _accept(self, claims: list[Claim]) -> None:
         """Fresh claims (a claimer's or a scan's) into the queues, and attempts started."""
@@ -469,7 +471,7 @@ class WorkerPool:
             # database until its outcome commits, and that wakes it (_written). Waking it
             # here too cost an empty claim transaction per delivery on PostgreSQL.
             if self._short_of_room:
-                self._wake.set()
+                self.wake()
 
     async def _attempt(self, claim: Claim) -> None:
         """Sign, POST, decide and record one attempt. Whatever goes wrong inside (a bug,
@@ -628,8 +630,8 @@ class WorkerPool:
             # An engine that counts a webhook's cap in the database (PostgreSQL, across
             # daemons) sees the slot free only once the outcome is committed: a claim
             # asked when the attempt ended found it still taken, and would otherwise
-            # sleep until the next poll.
-            self._wake.set()
+            # sleep until the next poll. One slot: one claim takes it, the first claimer's.
+            self._wakes[0].set()
 
     def _written_failed(self, outcome: Outcome, exc: BaseException) -> None:
         # The row stays inflight; the lease rescuer re-drives it. Nothing is lost.

@@ -8,14 +8,12 @@ delivery (bench/low_rate.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from tests.pg_stores import Make, poll
 from tests.pools import pool_for
 from tests.receivers import Recorder
+from tests.test_scan_feed import sender  # noqa: F401 (the fixture)
 from tests.test_store import events, statuses
 from webhookd.sender import Sender
 from webhookd.signing import new_secret
@@ -23,16 +21,9 @@ from webhookd.signing import new_secret
 DEADLINE = 30.0
 
 
-@pytest.fixture
-async def sender() -> AsyncIterator[Sender]:
-    s = Sender(timeout=5, max_response_bytes=0, allow_private=True, pool_size=4, user_agent="t")
-    await s.start()
-    yield s
-    await s.close()
-
-
 async def test_a_delivery_costs_one_claim_after_its_outcome_commits(
-    stores: Make, sender: Sender
+    stores: Make,
+    sender: Sender,  # noqa: F811 (the fixture imported above)
 ) -> None:
     store = await stores()
     claims = 0

@@ -48,7 +48,8 @@ def workdir(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

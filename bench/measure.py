@@ -367,7 +367,8 @@ async def daemon_run(
                     if len(group) > 1:
                         out = profile.with_name(f"{profile.stem}-d{i}{profile.suffix}")
                     profilers.append(Profiler(d.pid, out))
-            already = count(await api.status())
+            before = await api.status()
+            already = count(before)
             result = await deliver(
                 group,
                 apis,
@@ -380,6 +381,7 @@ async def daemon_run(
             )
             result["webhooks"] = len(urls)
             result["events"] = n_events
+            result.update(writer_per_delivery(before, await api.status(), result))
             errors = logged_errors(group)
             if errors:
                 result["daemon_errors"] = errors
@@ -389,6 +391,20 @@ async def daemon_run(
                 profiler.close()
             for a in apis:
                 await a.close()
+
+
+def writer_per_delivery(before: Figures, after: Figures, run: Figures) -> Figures:
+    """The store's transactions and operations per delivery over the run (one daemon's:
+    the first's, with several), from /v1/status `writer`."""
+    done = run.get("delivered") or run.get("deliveries")
+    old, new = before.get("writer") or {}, after.get("writer") or {}
+    if not done or "transactions" not in new:
+        return {}
+    return {
+        f"writer_{key}_per_delivery": round((new[key] - old.get(key, 0)) / done, 3)
+        for key in ("transactions", "operations")
+        if key in new
+    }
 
 
 @contextlib.asynccontextmanager

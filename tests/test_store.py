@@ -39,6 +39,7 @@ from webhookd.store.base import (
 from webhookd.store.duckdb.admin import update_webhook
 from webhookd.store.duckdb.fifo import fifo_ids
 from webhookd.store.duckdb.store import DuckDBStore
+from webhookd.store.duckdb.writer import _Op
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.records import utcnow
 
@@ -1038,3 +1039,33 @@ async def test_a_transaction_takes_one_rider_of_each_kind(store: DuckDBStore) ->
     assert not second.done()
     await writer.submit(_other, "ingest 2")
     assert await second == "claim 2"
+
+
+@duckdb_in_process
+async def test_a_rider_whose_time_is_up_boards_the_next_transaction_under_constant_work(
+    store: DuckDBStore,
+) -> None:
+    """A claim that rides only with new events, under a backlog (outcomes keep the writer
+    busy, no event comes in): once its ride is over it must board the next transaction,
+    not wait for a moment when the writer's queue is empty, which constant work never
+    leaves (claims waited hundreds of ms so, and the workers starved)."""
+    writer = store._writer
+    assert writer is not None
+    loop = asyncio.get_running_loop()
+    chain = [loop.create_future() for _ in range(20_000)]
+    done = 0
+
+    def busy(con: object, payloads: list[int]) -> list[int]:
+        # Each transaction queues the next piece of work before it commits: the writer
+        # never finds its queue empty until the chain ends.
+        nonlocal done
+        done += len(payloads)
+        if done < len(chain):
+            writer._queue.put(_Op(busy, done, chain[done], 1))
+        return payloads
+
+    rider = writer.submit(_noted, "claim", ride=0.01, rides_with=frozenset({_other}))
+    writer._queue.put(_Op(busy, 0, chain[0], 1))
+    assert await rider == "claim"
+    assert done < len(chain), "the rider ran only once the writer's queue was empty"
+    await chain[-1]

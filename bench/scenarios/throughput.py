@@ -216,6 +216,12 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
     ):
         shares = ", ".join(f"{k} {v}" for k, v in run["thread_core_share"].items())
         print(f"  daemon threads, share of a core busy ({name}): {shares}")
+        if "writer_transactions_per_delivery" in run:
+            print(
+                f"  store per delivery ({name}): transactions "
+                f"{run['writer_transactions_per_delivery']}, operations "
+                f"{run['writer_operations_per_delivery']}"
+            )
         if pg is not None:
             shares = ", ".join(f"{k} {v}" for k, v in run["db_core_share"].items())
             per = ", ".join(f"{k} {v}" for k, v in run["db_per_delivery"].items())

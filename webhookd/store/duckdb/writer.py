@@ -172,11 +172,8 @@ class Writer:
             try:
                 first = self._queue.get(timeout=self._wait_for_work())
             except queue.Empty:
-                now = time.monotonic()
-                due = [op for op in self._riders if op.ride_until <= now]
+                due = self._overdue()
                 if due:
-                    self._riders = [op for op in self._riders if op.ride_until > now]
-                    self._missed -= {kind for op in due for kind in op.rides_with or ()}
                     self._execute(due)
                 elif self._idle is not None:
                     self._run_idle(busy=False)
@@ -191,6 +188,12 @@ class Writer:
             ops, stop = self._drain(first)
             self._riders += [op for op in ops if op.ride_until]
             work = [op for op in ops if not op.ride_until]
+            # Riders whose time is up run now, whatever else is queued: under constant
+            # work the queue is never empty, and waiting for that (the branch above) kept
+            # a claim that rides only with new events waiting for hundreds of ms.
+            overdue = self._overdue()
+            if overdue:
+                work += overdue
             if self._missed and any(
                 not self._missed.isdisjoint(op.rides_with or ()) for op in self._riders
             ):
@@ -208,6 +211,17 @@ class Writer:
                 last_idle = time.monotonic()
             if stop:
                 return
+
+    def _overdue(self) -> list[_Op[Any]]:
+        """Take the riders whose ride is over out of the waiting ones."""
+        if not self._riders:
+            return []
+        now = time.monotonic()
+        due = [op for op in self._riders if op.ride_until <= now]
+        if due:
+            self._riders = [op for op in self._riders if op.ride_until > now]
+            self._missed -= {kind for op in due for kind in op.rides_with or ()}
+        return due
 
     def _boarding(self, work: list[_Op[Any]], *, everyone: bool) -> list[_Op[Any]]:
         """The riders that join a transaction doing `work`: one of each kind, so that a

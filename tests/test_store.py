@@ -36,6 +36,7 @@ from webhookd.store.base import (
     WebhookLimits,
     WebhookPatch,
 )
+from webhookd.store.duckdb import batches
 from webhookd.store.duckdb.admin import update_webhook
 from webhookd.store.duckdb.fifo import fifo_ids
 from webhookd.store.duckdb.store import DuckDBStore
@@ -1071,3 +1072,24 @@ async def test_a_rider_whose_time_is_up_boards_the_next_transaction_under_consta
     assert done < len(chain), "the rider ran only once the writer's queue was empty"
     stop.set()
     assert await writer.submit(_other, "after the chain") == "after the chain"
+
+
+@duckdb_in_process
+async def test_a_scan_rolled_back_leaves_the_remembered_cursor_where_it_was(
+    store: DuckDBStore,
+) -> None:
+    """The main writer remembers the scan cursor it advanced; a transaction that rolls
+    back after a scan must make it forget, or the next scan would start past events it
+    never enqueued."""
+    wh = await hook(store)
+    await store.ingest(events(("e1", "t")))
+
+    def scan_then_fail(con: object, payloads: list[None]) -> list[None]:
+        batches.scan(con, [(500, None)])
+        raise RuntimeError("after the scan")
+
+    with pytest.raises(RuntimeError, match="after the scan"):
+        await store._write(scan_then_fail, None)
+    result = await store.scan(500)
+    assert (result.events, result.enqueued) == (1, 1)
+    assert await statuses(store) == {(wh, "e1"): "pending"}

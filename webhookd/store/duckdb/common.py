@@ -103,6 +103,18 @@ def remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
     return value
 
 
+def scan_cursor(con: Any) -> int:
+    return int(con.execute(query("scan_cursor")).fetchone()[0])
+
+
+def remember(con: Any, key: str, value: Any) -> None:
+    """What this transaction just wrote, kept as `remembered` keeps what it read (until
+    the cursor forgets: a ROLLBACK undoes the write too)."""
+    memo = _memo(con)
+    if memo is not None:
+        memo[key] = value
+
+
 Hook = tuple[str, str, str | None, datetime | None, DeliveryOptions | None]
 
 

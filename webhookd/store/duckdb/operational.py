@@ -16,6 +16,7 @@ from typing import Any
 from webhookd.events import NewEvent
 from webhookd.queue import operational as op
 from webhookd.store.base import Outcome
+from webhookd.store.duckdb.common import remember, remembered, scan_cursor
 from webhookd.store.duckdb.fifo import settle_fifo
 from webhookd.store.duckdb.queries import query
 from webhookd.store.records import naive_utc
@@ -43,13 +44,14 @@ def write(con: Any, events: list[NewEvent], now: datetime) -> None:
     # The cursor passes them now if nothing lies between it and them: a seq right after the
     # cursor proves no ingest holds a lower one (allocated, not committed). Otherwise a later
     # scan passes them with the events around them.
-    start = cursor = int(con.execute(query("scan_cursor")).fetchone()[0])
+    start = cursor = remembered(con, "scan_cursor", scan_cursor)
     for (seq,) in con.execute(query("operational_seqs"), [ids]).fetchall():
         if seq != cursor + 1:
             break
         cursor = seq
     if cursor != start:
         con.execute(query("scan_advance"), [cursor, now])
+        remember(con, "scan_cursor", cursor)
 
 
 def _hook(row: Sequence[Any]) -> op.Webhook:

@@ -95,11 +95,10 @@ SELECT seq FROM scanner_cursor WHERE name = 'main';
 
 
 -- name: scan_read
--- The cursor, and how many events follow it (at most ?, none after seq ?) up to which seq.
-SELECT (SELECT seq FROM scanner_cursor WHERE name = 'main'), count(*), max(seq)
+-- How many events follow the cursor ? (none after seq ?, at most ?), up to which seq.
+SELECT count(*), max(seq)
 FROM (SELECT seq FROM pipeline_events
-      WHERE seq > (SELECT seq FROM scanner_cursor WHERE name = 'main') AND seq <= ?
-        AND NOT starts_with(event_type, 'webhookd.')
+      WHERE seq > ? AND seq <= ? AND NOT starts_with(event_type, 'webhookd.')
       ORDER BY seq LIMIT ?);
 
 
@@ -211,6 +210,28 @@ INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at, dur
 SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
        unnest(?::TIMESTAMP[]), unnest(?::DOUBLE[]), unnest(?::INTEGER[]),
        unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]);
+
+
+-- name: record_one
+-- record for a batch of one outcome, as at low rates: the list form's join costs DuckDB
+-- about 2.6 ms for one row, this point update 1.3 ms. The same rule, in $n order: status,
+-- spent, attempt, next_attempt_at, status_code, error, attempted_at, updated_at,
+-- webhook_id, event_id, claimed_until.
+UPDATE webhook_delivery_queue SET status = $1,
+    attempts = CASE WHEN $2 THEN $3 ELSE attempts END,
+    next_attempt_at = $4, lease_until = NULL,
+    last_status_code = $5, last_error = $6,
+    last_attempt_at = CASE WHEN $2 THEN $7 ELSE last_attempt_at END,
+    updated_at = $8
+WHERE webhook_id = $9 AND event_id = $10 AND status = {INFLIGHT}
+  AND ($11::TIMESTAMP IS NULL OR lease_until = $11);
+
+
+-- name: record_attempt
+-- record_attempts for one attempt (0.65 ms against 1.0 ms for its lists of one).
+INSERT INTO webhook_deliveries (webhook_id, event_id, attempt, attempted_at, duration_ms,
+                                status_code, error, response_excerpt, outcome)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 
 -- name: record_gone

@@ -270,3 +270,43 @@ async def test_an_event_reaches_its_receiver_with_no_claim_transaction(
             rx.answer.set()
     assert during["claimed_by_scans"] - before["claimed_by_scans"] == 1
     assert during["claimed"] - before["claimed"] == 0
+
+
+async def test_a_scan_asked_while_the_daemons_scan_runs_makes_it_look_again_at_once(
+    stores: Make,
+) -> None:
+    """A notification that meets this daemon's scan under way finds no scan to run (the
+    daemon's scan holds the scan lock); that scan's snapshot may predate the event, so it
+    looks again as soon as it ends, not at the look-again timer's next turn (which steady
+    notifications keep at MAX_REPOLL) nor at the next event's notification."""
+    store = await stores()
+    await hook(store)
+    listener = store._listener
+    assert listener is not None
+    woken = listener.events["events"]
+    store._repoll = 3600.0  # the timer must not be what wakes the scanner here
+    scanned = asyncio.Event()
+    release = asyncio.Event()
+    scan_once = store._scan
+
+    async def held_scan(*args: Any) -> Any:
+        result = await scan_once(*args)  # read before the event below is committed
+        scanned.set()
+        await release.wait()
+        return result
+
+    store._scan = held_scan  # type: ignore[method-assign]
+    running = asyncio.create_task(store.scan(500))
+    await asyncio.wait_for(scanned.wait(), DEADLINE)
+    store._scan = scan_once  # type: ignore[method-assign]
+    await store.ingest(events("e1"))
+    await asyncio.wait_for(woken.wait(), DEADLINE)  # the event's notification
+    woken.clear()
+    missed = await store.scan(500)  # the scanner, woken by it
+    assert (missed.events, missed.enqueued) == (0, 0)
+    release.set()
+    first = await asyncio.wait_for(running, DEADLINE)
+    assert first.events == 0
+    await asyncio.wait_for(woken.wait(), DEADLINE)  # looked again: woken at once
+    again = await store.scan(500)
+    assert (again.events, again.enqueued) == (1, 1)

@@ -168,8 +168,6 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._cursor = 0
         self._repoll = REPOLL
         self._scanning = False
-        # A scan was asked while this daemon's scan ran (see scan).
-        self._scan_missed = False
         self._scan_failed: str | None = None  # the last scan's error, while it fails
         self._transactions = 0
         self._claim_transactions = 0
@@ -510,15 +508,10 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             if self._scan_failed is not None:
                 # The scan this one would wait for keeps failing: say so (/readyz counts it).
                 raise RuntimeError(self._scan_failed)
-            # That scan's snapshot may predate the event whose notification asked for this
-            # one: it looks again as soon as it ends. Left to the look-again timer, which
-            # steady notifications keep at MAX_REPOLL, such an event waited for the next
-            # event's notification: 10-25 ms at 100 events/s, for more than half of them.
-            self._scan_missed = True
             result = ScanResult(0, 0, self._cursor)
         else:
             self._scanning = True
-            self._scan_missed = False
+            started = asyncio.get_running_loop().time()
             try:
                 result = await self._call(self._scan, batch_size, claim)
             except Exception as exc:
@@ -531,7 +524,12 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             # Only a scan that asked the database looks again: the one that found this
             # daemon's other scan running leaves that to it.
             if listener is not None:
-                if self._scan_missed:
+                if listener.since_notified("events") < asyncio.get_running_loop().time() - started:
+                    # Events were announced while this scan ran, and its snapshot may predate
+                    # them: look again now. Left to the timer below, which steady
+                    # notifications keep at MAX_REPOLL, such an event waited for the next
+                    # event's notification (10-25 ms at 100 events/s, for half of them): the
+                    # scanner that notification woke found this scan running.
                     listener.poke_later("events", 0.0)
                 elif result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
                     listener.poke_later("events", self._repoll)

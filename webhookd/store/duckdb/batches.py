@@ -29,7 +29,7 @@ from webhookd.store.duckdb.common import (
     park_inactive,
     remember,
     remembered,
-    scan_cursor,
+    scanned_seq,
 )
 from webhookd.store.duckdb.fifo import settle_fifo
 from webhookd.store.duckdb.queries import query
@@ -163,7 +163,7 @@ def scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = No
     """
     # The cursor moves only here, on the main writer's cursor, which remembers it: the
     # read of it inside scan_read cost 0.7 of its 1.7 ms.
-    cursor = remembered(con, "scan_cursor", scan_cursor)
+    cursor = remembered(con, "scan_cursor", scanned_seq)
     n_events, high = con.execute(
         query("scan_read"),
         [cursor, upto if upto is not None else 2**62, batch_size],

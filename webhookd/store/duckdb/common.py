@@ -103,7 +103,8 @@ def remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
     return value
 
 
-def scan_cursor(con: Any) -> int:
+def scanned_seq(con: Any) -> int:
+    """The seq the scan has passed (the scanner cursor row)."""
     return int(con.execute(query("scan_cursor")).fetchone()[0])
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from webhookd.events import NewEvent
 from webhookd.queue import operational as op
 from webhookd.store.base import Outcome
-from webhookd.store.duckdb.common import remember, remembered, scan_cursor
+from webhookd.store.duckdb.common import remember, remembered, scanned_seq
 from webhookd.store.duckdb.fifo import settle_fifo
 from webhookd.store.duckdb.queries import query
 from webhookd.store.records import naive_utc
@@ -44,7 +44,7 @@ def write(con: Any, events: list[NewEvent], now: datetime) -> None:
     # The cursor passes them now if nothing lies between it and them: a seq right after the
     # cursor proves no ingest holds a lower one (allocated, not committed). Otherwise a later
     # scan passes them with the events around them.
-    start = cursor = remembered(con, "scan_cursor", scan_cursor)
+    start = cursor = remembered(con, "scan_cursor", scanned_seq)
     for (seq,) in con.execute(query("operational_seqs"), [ids]).fetchall():
         if seq != cursor + 1:
             break

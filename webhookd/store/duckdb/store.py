@@ -60,7 +60,7 @@ from webhookd.store.base import (
     WebhookPatch,
 )
 from webhookd.store.duckdb import admin, batches, tenant_tokens
-from webhookd.store.duckdb.common import Cursor, scan_cursor
+from webhookd.store.duckdb.common import Cursor, scanned_seq
 from webhookd.store.duckdb.disk import FULL_PAUSE, HOLD_OUTCOME, REOPEN_EVERY, RETRY_OUTCOME, Disk
 from webhookd.store.duckdb.migrate import migrate, open_connection
 from webhookd.store.duckdb.queries import query
@@ -304,7 +304,7 @@ class DuckDBStore:
         await asyncio.sleep(FULL_PAUSE)
         if fn is batches.scan or fn is batches.scan_carefully:
             try:
-                cursor = await self._read(scan_cursor)
+                cursor = await self._read(scanned_seq)
             except StoreUnavailable:
                 cursor = 0
             return ScanResult(0, 0, int(cursor))

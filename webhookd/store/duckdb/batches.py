@@ -161,8 +161,8 @@ def scan_once(con: Any, batch_size: int, *, careful: bool, upto: int | None = No
     no ON CONFLICT, which costs DuckDB a few milliseconds a statement however few the
     rows: `careful` adds it back for the retry after a conflict (see DuckDBStore.scan).
     """
-    # The cursor moves only here, on the main writer's cursor, which remembers it: the
-    # read of it inside scan_read cost 0.7 of its 1.7 ms.
+    # The cursor moves only on the main writer's cursor (here and operational.write),
+    # which remembers it: reading it inside scan_read cost 0.7 of its 1.7 ms.
     cursor = remembered(con, "scan_cursor", scanned_seq)
     n_events, high = con.execute(
         query("scan_read"),

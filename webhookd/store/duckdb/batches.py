@@ -216,11 +216,16 @@ def claim(
     results: list[list[Claim]] = []
     for limit, per_webhook, lease, caps in payloads:
         now = utcnow()
+        if remembered(con, "nothing_due", _unknown) and not _any_due(con, now):
+            results.append([])
+            continue
         held: dict[str, int] = dict(con.execute(query("claim_held")).fetchall())
         paces = _paces(con)
         room = {w: cap(paces.get(w), per_webhook, caps.get(w)) for w in {*held, *caps, *paces}}
         full = [w for w, n in held.items() if n >= room[w]]
         candidates = con.execute(query("claim"), [now, full, limit * 4]).fetchall()
+        # Only decides whether the next claim asks claim_any first: it reads the queue.
+        remember(con, "nothing_due", not candidates)
         if not candidates:
             results.append([])
             continue
@@ -277,6 +282,14 @@ def claim(
             )
         results.append(claims)
     return results
+
+
+def _unknown(con: Any) -> bool:
+    return False
+
+
+def _any_due(con: Any, now: datetime) -> bool:
+    return bool(con.execute(query("claim_any"), [now]).fetchone()[0])
 
 
 def _pace_rate_limited(

@@ -107,7 +107,9 @@ def test_any_character_outside_printable_ascii_is_refused(
         parse_event(raw, 0, NOW)
 
 
-@given(event_id=tokens, event_type=tokens)
+# Types starting with "webhookd." are webhookd's own operational events, refused from
+# producers (tested apart): hypothesis found "webhookd." itself among the tokens.
+@given(event_id=tokens, event_type=tokens.filter(lambda t: not t.startswith("webhookd.")))
 def test_every_printable_ascii_id_and_type_is_accepted(event_id: str, event_type: str) -> None:
     event = parse_event({"id": event_id, "type": event_type, "data": None}, 0, NOW)
     assert (event.event_id, event.event_type) == (event_id, event_type)

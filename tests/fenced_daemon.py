@@ -2,7 +2,8 @@
 
 For property-based runs that register whatever URLs a generator makes up (tests/test_openapi.py):
 every delivery attempt (the workers' and `POST /v1/webhooks/{id}/test`'s) goes through
-`Sender.post`, the daemon's one outbound HTTP client. Here it is wrapped so that an attempt
+the `post` of the daemon's one outbound HTTP client, `ReqwestSender` or `Sender` (aiohttp).
+Here both are wrapped so that an attempt
 reaches the network only if its URL's host and port are one of the loopback addresses listed
 in $WEBHOOKD_TEST_FENCE ("127.0.0.1:PORT,..."); any other is answered at once as a failed
 attempt, before any name is resolved or any socket opened. Generated host names are never
@@ -23,7 +24,7 @@ from typing import Any
 
 from yarl import URL
 
-from webhookd import sender
+from webhookd import reqwest_sender, sender
 from webhookd.cli import main
 from webhookd.network import DeliveryOptions
 
@@ -46,24 +47,29 @@ def install() -> None:
     """Fence this process. Only ever called as __main__: importing this module (for
     FENCE_ERROR) must leave the importing process, e.g. pytest's in-process daemons, alone."""
     allowed = _allowed()
-    post = sender.Sender.post
     getaddrinfo = socket.getaddrinfo
 
-    async def fenced_post(
-        self: sender.Sender,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        options: DeliveryOptions | None = None,
-    ) -> sender.AttemptResult:
-        try:
-            parsed = URL(url)
-            target = (parsed.host or "", parsed.port or 0)
-        except (ValueError, TypeError):
-            target = ("", 0)
-        if target not in allowed:
-            return sender.AttemptResult(None, FENCE_ERROR, 0.0, "", None)
-        return await post(self, url, body, headers, options)
+    def fence(cls: Any) -> None:
+        post = cls.post
+
+        async def fenced_post(
+            self: Any,
+            url: str,
+            body: bytes,
+            headers: Mapping[str, str],
+            options: DeliveryOptions | None = None,
+        ) -> sender.AttemptResult:
+            try:
+                parsed = URL(url)
+                target = (parsed.host or "", parsed.port or 0)
+            except (ValueError, TypeError):
+                target = ("", 0)
+            if target not in allowed:
+                return sender.AttemptResult(None, FENCE_ERROR, 0.0, "", None)
+            result: sender.AttemptResult = await post(self, url, body, headers, options)
+            return result
+
+        cls.post = fenced_post
 
     def no_names(host: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else host
@@ -74,7 +80,8 @@ def install() -> None:
                 raise socket.gaierror(socket.EAI_NONAME, "refused by the test fence") from None
         return getaddrinfo(host, *args, **kwargs)
 
-    sender.Sender.post = fenced_post  # type: ignore[method-assign]
+    fence(sender.Sender)
+    fence(reqwest_sender.ReqwestSender)
     socket.getaddrinfo = no_names
 
 

@@ -41,6 +41,7 @@ from webhookd.events import parse_event
 from webhookd.metrics import Metrics
 from webhookd.network import DeliveryOptions
 from webhookd.sender import AttemptResult, Sender, local_errno
+from webhookd.senders import HttpClient, build_sender
 from webhookd.signing import new_secret
 from webhookd.states import Status
 from webhookd.store.base import Claim, DeliveryFilter, Outcome
@@ -261,10 +262,11 @@ async def test_cancellation_still_ends_an_attempt_without_an_outcome(
 # --- the daemon's own resources: the sender knows them --------------------------------
 
 
-async def test_the_sender_reports_a_real_emfile_as_a_local_failure() -> None:
+@pytest.mark.parametrize("client", ["reqwest", "aiohttp"])
+async def test_the_sender_reports_a_real_emfile_as_a_local_failure(client: HttpClient) -> None:
     async with Recorder() as receiver:
-        sender = Sender(
-            timeout=5, max_response_bytes=0, allow_private=True, pool_size=4, user_agent="t"
+        sender = build_sender(
+            client, timeout=5, max_response_bytes=0, allow_private=True, pool_size=4, user_agent="t"
         )
         await sender.start()
         try:
@@ -319,9 +321,10 @@ def test_the_receivers_failures_are_not_local(exc: BaseException) -> None:
     assert local_errno(exc) is None
 
 
-async def test_a_refused_connection_is_still_the_receivers_failure() -> None:
-    sender = Sender(
-        timeout=5, max_response_bytes=0, allow_private=True, pool_size=1, user_agent="t"
+@pytest.mark.parametrize("client", ["reqwest", "aiohttp"])
+async def test_a_refused_connection_is_still_the_receivers_failure(client: HttpClient) -> None:
+    sender = build_sender(
+        client, timeout=5, max_response_bytes=0, allow_private=True, pool_size=1, user_agent="t"
     )
     await sender.start()
     try:

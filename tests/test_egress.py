@@ -20,16 +20,20 @@ from receivers import FakeResolver, RawServer, Recorder, never_answer
 from webhookd import cli, tls
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import parse_proxy
-from webhookd.sender import Sender
+from webhookd.senders import AttemptSender, HttpClient, build_sender
 
 BODY = b'{"data":{},"id":"evt_1","timestamp":"2026-01-01T00:00:00Z","type":"t"}'
 HEADERS = {"content-type": "application/json", "webhook-id": "evt_1"}
 PUBLIC = "93.184.216.34"  # what the stand-in DNS answers for hooks.example.com
+Sender = AttemptSender
 MakeSender = Callable[..., Awaitable[Sender]]
 
 
-@pytest.fixture
-async def make_sender() -> AsyncIterator[MakeSender]:
+@pytest.fixture(params=["reqwest", "aiohttp"])
+async def make_sender(request: pytest.FixtureRequest) -> AsyncIterator[MakeSender]:
+    """Either client as configured (delivery.http_client): with a proxy, both send on aiohttp
+    (webhookd.senders), so the proxy's tests also hold for a daemon configured for reqwest."""
+    client: HttpClient = request.param
     senders: list[Sender] = []
 
     async def make(**overrides: Any) -> Sender:
@@ -41,7 +45,7 @@ async def make_sender() -> AsyncIterator[MakeSender]:
             "user_agent": "webhookd/test",
         }
         params.update(overrides)
-        sender = Sender(**params)
+        sender = build_sender(client, **params)
         await sender.start()
         senders.append(sender)
         return sender
@@ -56,10 +60,11 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
+def client_context(ca: trustme.CA) -> tls.Contexts:
+    """What the daemon loads for `delivery.ca_file` = this CA."""
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    return context
+    return tls.Contexts(context, {}, ca.cert_pem.bytes())
 
 
 def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
@@ -91,7 +96,7 @@ async def test_https_goes_through_the_proxy_as_a_connect_to_the_checked_address(
     ):
         sender = await make_sender(
             resolver=dns,
-            ssl_context=client_context(ca),
+            contexts=client_context(ca),
             proxy=parse_proxy(proxy.url_with("egress", "s3cret"), []),
         )
         url = f"https://hooks.example.com:{receiver.port}/hook"
@@ -118,7 +123,7 @@ async def test_through_the_proxy_tls_is_still_verified_against_the_name(
         ForwardProxy(route=to_receiver(receiver)) as proxy,
     ):
         sender = await make_sender(
-            resolver=dns, ssl_context=client_context(ca), proxy=parse_proxy(proxy.url, [])
+            resolver=dns, contexts=client_context(ca), proxy=parse_proxy(proxy.url, [])
         )
         result = await sender.post(f"https://hooks.example.com:{receiver.port}/hook", BODY, HEADERS)
     assert result.status_code is None
@@ -243,9 +248,7 @@ async def test_the_client_certificate_is_presented_to_a_receiver_that_requires_o
     make_sender: MakeSender, ca: trustme.CA, tmp_path: Path
 ) -> None:
     contexts = tls.load_contexts(certificate_settings(tmp_path, ca))
-    sender = await make_sender(
-        allow_private=True, ssl_context=contexts.default, client_contexts=contexts.clients
-    )
+    sender = await make_sender(allow_private=True, contexts=contexts)
     options = DeliveryOptions(client_certificate="partner")
     async with mtls_receiver(ca) as receiver:
         result = await sender.post(receiver.url_for("/hook"), BODY, HEADERS, options)
@@ -260,9 +263,7 @@ async def test_without_a_client_certificate_the_refusal_is_the_attempts_error(
     make_sender: MakeSender, ca: trustme.CA, tmp_path: Path
 ) -> None:
     contexts = tls.load_contexts(certificate_settings(tmp_path, ca))
-    sender = await make_sender(
-        allow_private=True, ssl_context=contexts.default, client_contexts=contexts.clients
-    )
+    sender = await make_sender(allow_private=True, contexts=contexts)
     async with mtls_receiver(ca) as receiver:
         result = await sender.post(receiver.url_for("/hook"), BODY, HEADERS)
     assert result.status_code is None
@@ -287,8 +288,7 @@ async def test_a_client_certificate_is_presented_through_the_proxys_tunnel(
     ):
         sender = await make_sender(
             resolver=dns,
-            ssl_context=contexts.default,
-            client_contexts=contexts.clients,
+            contexts=contexts,
             proxy=parse_proxy(proxy.url, []),
         )
         url = f"https://hooks.example.com:{receiver.port}/hook"
@@ -451,7 +451,7 @@ async def test_an_ipv6_answer_is_asked_of_the_proxy_in_brackets(
         ForwardProxy(route=route) as proxy,
     ):
         sender = await make_sender(
-            resolver=dns, ssl_context=client_context(ca), proxy=parse_proxy(proxy.url, [])
+            resolver=dns, contexts=client_context(ca), proxy=parse_proxy(proxy.url, [])
         )
         result = await sender.post(
             f"{scheme}://hooks.example.com:{receiver.port}/hook", BODY, HEADERS

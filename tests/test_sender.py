@@ -36,7 +36,9 @@ from receivers import (
     unused_port,
 )
 
-from webhookd.sender import AttemptResult, Sender, parse_retry_after
+from webhookd.sender import AttemptResult, parse_retry_after
+from webhookd.senders import AttemptSender, HttpClient, build_sender
+from webhookd.tls import Contexts
 
 DEADLINE = 5.0
 BODY = b'{"data":{"n":1},"id":"evt_1","timestamp":"2024-01-01T00:00:00Z","type":"t.created"}'
@@ -48,11 +50,19 @@ HEADERS = {
     "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
 }
 
-MakeSender = Callable[..., Awaitable[Sender]]
+MakeSender = Callable[..., Awaitable[AttemptSender]]
+Sender = AttemptSender
+
+
+@pytest.fixture(params=["reqwest", "aiohttp"])
+def client(request: pytest.FixtureRequest) -> HttpClient:
+    """Every test of the contract runs on both clients (webhookd.senders)."""
+    name: HttpClient = request.param
+    return name
 
 
 @pytest.fixture
-async def make_sender() -> AsyncIterator[MakeSender]:
+async def make_sender(client: HttpClient) -> AsyncIterator[MakeSender]:
     senders: list[Sender] = []
 
     async def make(**overrides: Any) -> Sender:
@@ -64,7 +74,7 @@ async def make_sender() -> AsyncIterator[MakeSender]:
             "user_agent": "webhookd/test",
         }
         params.update(overrides)
-        sender = Sender(**params)
+        sender = build_sender(client, **params)
         await sender.start()
         senders.append(sender)
         return sender
@@ -106,13 +116,18 @@ async def test_2xx_is_a_success_with_the_body_and_headers_byte_for_byte(
         assert request.headers.getall(name) == [value]
 
 
-async def test_sender_adds_only_the_headers_http_requires(make_sender: MakeSender) -> None:
+async def test_sender_adds_only_the_headers_http_requires(
+    make_sender: MakeSender, client: HttpClient
+) -> None:
     sender = await make_sender()
     async with Recorder() as receiver:
         await post(sender, receiver.url_for("/"))
     [request] = receiver.requests
     names = {name.lower() for name in request.headers}
-    assert names == {*HEADERS, "host", "content-length"}
+    # reqwest adds `accept: */*` to every request and cannot be told not to.
+    accept = {"accept"} if client == "reqwest" else set()
+    assert names == {*HEADERS, "host", "content-length", *accept}
+    assert "accept-encoding" not in names
     assert request.headers["content-length"] == str(len(BODY))
 
 
@@ -413,7 +428,7 @@ async def test_tls_receiver_is_trusted_with_a_context_loading_its_ca(
 ) -> None:
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    sender = await make_sender(ssl_context=client_context)
+    sender = await make_sender(contexts=Contexts(client_context, {}, ca.cert_pem.bytes()))
     async with Recorder(ssl_context=tls_receiver_context, body=b"secure") as receiver:
         result = await post(sender, receiver.url_for("/"))
     assert (result.status_code, result.error, result.response_excerpt) == (200, None, "secure")
@@ -510,9 +525,9 @@ async def test_invalid_url_is_reported_not_raised(make_sender: MakeSender) -> No
     assert result.error.startswith("invalid URL: ")
 
 
-async def test_post_before_start_is_a_programming_error() -> None:
-    sender = Sender(
-        timeout=1.0, max_response_bytes=10, allow_private=True, pool_size=1, user_agent="t"
+async def test_post_before_start_is_a_programming_error(client: HttpClient) -> None:
+    sender = build_sender(
+        client, timeout=1.0, max_response_bytes=10, allow_private=True, pool_size=1, user_agent="t"
     )
     with pytest.raises(RuntimeError, match="start"):
         await sender.post("http://127.0.0.1:9/", BODY, HEADERS)

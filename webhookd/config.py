@@ -280,6 +280,9 @@ class DeliverySettings(_Section):
     proxy: SecretStr | None = None
     proxy_file: Path | None = None
     no_proxy: list[str] = Field(default_factory=list)
+    # The HTTP client of the attempts: pyreqwest (half the CPU per request) or aiohttp. With
+    # a proxy it is aiohttp, whatever this says (see webhookd.senders).
+    http_client: Literal["reqwest", "aiohttp"] = "reqwest"
 
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> DeliverySettings:

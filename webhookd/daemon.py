@@ -16,7 +16,7 @@ from webhookd.metrics import Metrics
 from webhookd.notify import Notifier
 from webhookd.proxy import parse_proxy
 from webhookd.scanner import Scanner
-from webhookd.sender import Sender
+from webhookd.senders import build_sender, client_in_use
 from webhookd.signing import USER_AGENT
 from webhookd.store.base import StoreUnavailable
 from webhookd.store.engines import describe, make_engine
@@ -89,16 +89,22 @@ class Daemon:
             )
             return EXIT_CONFIG
         metrics = Metrics()
-        sender = Sender(
-            timeout=s.delivery.timeout,
-            max_response_bytes=s.delivery.max_response_bytes,
-            allow_private=s.delivery.allow_private_destinations,
-            pool_size=s.delivery.workers,
-            user_agent=USER_AGENT,
-            ssl_context=contexts.default,
-            client_contexts=contexts.clients,
-            proxy=parse_proxy(proxy_url, s.delivery.no_proxy) if proxy_url else None,
-        )
+        try:
+            proxy = parse_proxy(proxy_url, s.delivery.no_proxy) if proxy_url else None
+            sender = build_sender(
+                s.delivery.http_client,
+                timeout=s.delivery.timeout,
+                max_response_bytes=s.delivery.max_response_bytes,
+                allow_private=s.delivery.allow_private_destinations,
+                pool_size=s.delivery.workers,
+                user_agent=USER_AGENT,
+                contexts=contexts,
+                proxy=proxy,
+            )
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("configuration error", problem=problem)
+            return EXIT_CONFIG
         pool = WorkerPool(
             store,
             sender,
@@ -219,6 +225,7 @@ class Daemon:
             engine=s.database.engine,
             database=describe(s),
             workers=s.delivery.workers,
+            http_client=client_in_use(s.delivery.http_client, proxy),
             rescued=rescued,
         )
         self.notifier.ready(f"serving on {listening}")

@@ -77,21 +77,25 @@ class Pinner:
 
     def __init__(self, resolver: AbstractResolver) -> None:
         self._resolver = resolver
-        self._answers: dict[tuple[str, int], tuple[float, str]] = {}
+        self._answers: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
 
-    async def address(self, host: str, port: int) -> str:
-        """An address of `host` that the resolver allows; raises what it raises (an OSError,
-        DestinationRefused for a guard's refusal)."""
+    async def addresses(self, host: str, port: int) -> tuple[str, ...]:
+        """Every address of `host` that the resolver allows, in its order; raises what it
+        raises (an OSError, DestinationRefused for a guard's refusal)."""
         now = time.monotonic()
         known = self._answers.get((host, port))
         if known is not None and known[0] > now:
             return known[1]
         results = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
-        address = results[0]["host"]
+        found = tuple(dict.fromkeys(result["host"] for result in results))
         if len(self._answers) >= MAX_ANSWERS:
             self._answers.clear()
-        self._answers[(host, port)] = (now + ANSWER_TTL, address)
-        return address
+        self._answers[(host, port)] = (now + ANSWER_TTL, found)
+        return found
+
+    async def address(self, host: str, port: int) -> str:
+        """The first address of :meth:`addresses`."""
+        return (await self.addresses(host, port))[0]
 
     async def close(self) -> None:
         await self._resolver.close()

@@ -17,11 +17,20 @@ __all__ = ["Contexts", "load_contexts"]
 
 class Contexts:
     """The SSL context for plain https (None: aiohttp's default, which verifies) and one per
-    client certificate name."""
+    client certificate name; and the same as PEM for the reqwest client, which takes no SSL
+    context: the CA file's certificates, and each name's certificate chain with its key."""
 
-    def __init__(self, default: ssl.SSLContext | None, clients: dict[str, ssl.SSLContext]):
+    def __init__(
+        self,
+        default: ssl.SSLContext | None,
+        clients: dict[str, ssl.SSLContext],
+        ca_pem: bytes | None = None,
+        identities: dict[str, bytes] | None = None,
+    ):
         self.default = default
         self.clients = clients
+        self.ca_pem = ca_pem
+        self.identities = identities or {}
 
 
 def _trust(settings: Settings) -> ssl.SSLContext:
@@ -54,6 +63,12 @@ def _readable(path: str, key: str) -> str | None:
     return None
 
 
+def _pem(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
 def load_contexts(settings: Settings) -> Contexts:
     """Every SSL context the sender needs; ConfigError names every problem found."""
     problems: list[str] = []
@@ -63,6 +78,7 @@ def load_contexts(settings: Settings) -> Contexts:
     except ConfigError as exc:
         problems.extend(exc.problems)
     clients: dict[str, ssl.SSLContext] = {}
+    identities: dict[str, bytes] = {}
     for name, pair in settings.tls.client_certificates.items():
         prefix = f"tls.client_certificates.{name}"
         unreadable = [
@@ -98,6 +114,8 @@ def load_contexts(settings: Settings) -> Contexts:
             problems.append(f"{prefix}: cannot load the certificate ({_why(exc)})")
             continue
         clients[name] = context
+        identities[name] = _pem(str(pair.cert_file)) + _pem(str(pair.key_file))
     if problems:
         raise ConfigError(problems)
-    return Contexts(default, clients)
+    ca_file = settings.delivery.ca_file
+    return Contexts(default, clients, _pem(str(ca_file)) if ca_file else None, identities)

@@ -25,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 from webhookd import backoff, logs, signing, tracing
 from webhookd.metrics import Metrics
 from webhookd.queue.pacing import running_cap
-from webhookd.sender import AttemptResult, Sender
+from webhookd.sender import AttemptResult
+from webhookd.senders import AttemptSender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
 from webhookd.store.base import (
     Claim,
@@ -192,7 +193,7 @@ class WorkerPool:
     def __init__(
         self,
         store: Store,
-        sender: Sender,
+        sender: AttemptSender,
         metrics: Metrics,
         *,
         workers: int,

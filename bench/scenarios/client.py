@@ -11,7 +11,7 @@ client made before and closed after its timed loop:
      signed as workers.py signs an attempt (signing.headers with the cached key, now);
   c. reqwest_bare: a bare pyreqwest loop (shared/HTTP.md's: max_connections(WORKERS)),
      pre-signed bodies;
-  d. reqwest_sender: bench.reqwest_sender.ReqwestSender, signed per POST as in b.
+  d. reqwest_sender: webhookd.reqwest_sender.ReqwestSender, signed per POST as in b.
 
 a and c post to http://127.0.0.1:PORT/hook as the baseline does; b and d to
 http://localhost:PORT/hook, so that the name is resolved as a receiver's would be (aiohttp's
@@ -45,11 +45,11 @@ from bench.baseline import build_requests, post_all
 from bench.common import WORKERS, Figures, last_line, machine_load, repeats, started, table
 from bench.events import canonical_body, event_data
 from bench.procfs import MachineCpu
-from bench.reqwest_sender import OPTIONS, ReqwestSender
 from bench.sink import Nginx
 from webhookd import signing
 from webhookd.config import Settings
 from webhookd.guard import GuardedResolver
+from webhookd.reqwest_sender import ReqwestSender
 from webhookd.sender import Sender
 
 ARMS = ("aiohttp_bare", "sender", "reqwest_bare", "reqwest_sender")
@@ -296,7 +296,6 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
         "answer, paid once per name and TTL (10 s) by either sender"
     )
     print(f"  CPU per POST saved on the path, sender - reqwest_sender: {saving} us")
-    print("\n  " + OPTIONS.replace("\n", "\n  ").rstrip())
     figures.update(arms=med, runs=runs, ratios=ratios, guard_us=guard_us, saving_us=saving)
     figures["load_after"] = machine_load()
     line = last_line(

@@ -23,7 +23,7 @@ from webhookd.config import Settings
 from webhookd.durations import format_duration
 from webhookd.metrics import Metrics
 from webhookd.scanner import Scanner
-from webhookd.sender import Sender
+from webhookd.senders import AttemptSender
 from webhookd.store.base import NotFound, Store
 from webhookd.store.records import WebhookRecord
 from webhookd.tracing import NoTracer, Tracer
@@ -36,7 +36,7 @@ class Services:
     store: Store
     scanner: Scanner
     pool: WorkerPool
-    sender: Sender
+    sender: AttemptSender
     metrics: Metrics
     token: str
     # Tokens from admin.producer_token_file, as read at start (the app re-reads the file).

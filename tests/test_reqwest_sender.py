@@ -1,10 +1,11 @@
-"""The pyreqwest prototype sender of `bench --scenario client` (bench/reqwest_sender.py)
-keeps the destination guard: reqwest has no resolver hook, so the prototype resolves and
-checks a name itself and pins the checked address into the client it sends with.
+"""The reqwest sender keeps the destination guard: reqwest has no resolver hook, so the
+sender resolves and checks a name itself and pins the checked address into the client it
+sends with (webhookd/reqwest_sender.py). What both clients share is tested on both in
+test_sender.py and test_egress.py; this file is the pinning itself.
 
 Private ranges are exercised at the resolver level only (a stand-in DNS, nothing connected
 to); what is actually sent goes to a loopback receiver, the one forbidden address a test may
-connect to. pyreqwest is a dependency of the bench and of the tests, not of webhookd.
+connect to.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from receivers import FakeResolver, Recorder
 
-from bench.reqwest_sender import ReqwestSender
-from webhookd.guard import DestinationRefused
+from webhookd import proxy
+from webhookd.config import ConfigError
+from webhookd.reqwest_sender import ReqwestSender
+from webhookd.senders import build_sender
+from webhookd.tls import Contexts
 
 # Under .invalid: if the pin did not hold, reqwest's own DNS could not find it either.
 HOST = "hooks.webhookd.invalid"
@@ -43,14 +47,17 @@ PRIVATE = [
 async def make_sender() -> AsyncIterator[MakeSender]:
     senders: list[ReqwestSender] = []
 
-    async def make(*, allow_private: bool, answers: dict[str, list[str]]) -> ReqwestSender:
+    async def make(
+        *, allow_private: bool, answers: dict[str, list[str]] | FakeResolver
+    ) -> ReqwestSender:
+        dns = answers if isinstance(answers, FakeResolver) else FakeResolver(answers)
         sender = ReqwestSender(
             timeout=5.0,
             max_response_bytes=4096,
             allow_private=allow_private,
             pool_size=4,
             user_agent="webhookd/test",
-            resolver=FakeResolver(answers),
+            resolver=dns,
         )
         await sender.start()
         senders.append(sender)
@@ -66,10 +73,12 @@ async def test_a_name_resolving_to_a_forbidden_address_is_refused_before_any_pin
     make_sender: MakeSender, address: str, reason: str
 ) -> None:
     sender = await make_sender(allow_private=False, answers={HOST: [address]})
-    with pytest.raises(DestinationRefused) as info:
-        await sender.destination(HOST, 443)
-    assert f"{address} ({reason})" in str(info.value)
-    assert "delivery.allow_private_destinations" in str(info.value)
+    result = await sender.post(f"https://{HOST}/hook", BODY, HEADERS)
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith(f"destination refused: {HOST} resolves only to ")
+    assert f"{address} ({reason})" in result.error
+    assert "delivery.allow_private_destinations" in result.error
 
 
 async def test_a_name_resolving_to_loopback_is_refused_and_nothing_is_sent(
@@ -110,3 +119,41 @@ async def test_delivers_to_the_pinned_address_when_private_destinations_are_allo
     assert got.headers["Host"] == f"{HOST}:{receiver.port}"
     assert got.headers["webhook-id"] == "evt_1"
     assert got.headers["User-Agent"] == "webhookd/test"
+
+
+async def test_a_pin_still_among_the_answers_is_kept_with_its_connection(
+    make_sender: MakeSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name whose DNS rotates its answers keeps its client: the pooled connection of the
+    first POST carries the next one; an answer without the pinned address re-pins."""
+    monkeypatch.setattr(proxy, "ANSWER_TTL", 0.0)  # every POST resolves the name again
+    dns = FakeResolver({HOST: ["127.0.0.1", "127.0.0.2"]})
+    sender = await make_sender(allow_private=True, answers=dns)
+    async with Recorder() as receiver:
+        url = f"http://{HOST}:{receiver.port}/hook"
+        first = await sender.post(url, BODY, HEADERS)
+        dns.answers[HOST] = ["127.0.0.2", "127.0.0.1"]
+        rotated = await sender.post(url, BODY, HEADERS)
+        # Nothing listens on 127.0.0.3: only a new pin can be refused there.
+        dns.answers[HOST] = ["127.0.0.3"]
+        moved = await sender.post(url, BODY, HEADERS)
+    assert (first.status_code, rotated.status_code) == (200, 200)
+    assert moved.error == "connection refused"
+    assert dns.queries == [HOST] * 3
+    assert receiver.requests[0].peer_port == receiver.requests[1].peer_port
+
+
+def test_a_client_certificate_reqwest_cannot_use_is_a_configuration_error() -> None:
+    contexts = Contexts(None, {}, None, {"partner": b"-----BEGIN CERTIFICATE-----\nnot pem\n"})
+    with pytest.raises(ConfigError) as info:
+        build_sender(
+            "reqwest",
+            timeout=1.0,
+            max_response_bytes=0,
+            allow_private=False,
+            pool_size=1,
+            user_agent="t",
+            contexts=contexts,
+        )
+    assert info.value.problems[0].startswith("tls.client_certificates.partner: ")
+    assert 'delivery.http_client = "aiohttp"' in info.value.problems[0]

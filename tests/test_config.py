@@ -16,6 +16,10 @@ from conftest import REPO, TOKEN, write_config
 
 from webhookd.config import ConfigError, Settings, load_settings
 from webhookd.durations import format_duration, parse_duration
+from webhookd.proxy import parse_proxy
+from webhookd.reqwest_sender import ReqwestSender
+from webhookd.sender import Sender
+from webhookd.senders import HttpClient, build_sender, client_in_use
 
 EXAMPLE = REPO / "config.example.toml"
 
@@ -74,6 +78,7 @@ def test_defaults_are_specs_table() -> None:
     assert s.delivery.jitter == 0.2
     assert s.delivery.allow_private_destinations is False
     assert s.delivery.max_response_bytes == 4096
+    assert s.delivery.http_client == "reqwest"
     assert s.retention.delivered_ttl == 3600.0
     assert s.retention.log_ttl == 30 * 86400.0
     assert s.shutdown.grace == 10.0
@@ -250,6 +255,39 @@ def test_bad_choice_names_the_key(tmp_path: Path) -> None:
     problems = problems_of(write(tmp_path, '[logging]\nlevel = "loud"\n'))
     assert len(problems) == 1
     assert problems[0].startswith("logging.level:")
+
+
+def test_an_http_client_webhookd_does_not_have_names_the_key(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, '[delivery]\nhttp_client = "curl"\n'))
+    assert len(problems) == 1
+    assert problems[0].startswith("delivery.http_client:")
+    assert "'reqwest' or 'aiohttp'" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("configured", "proxy", "used"),
+    [
+        ("reqwest", None, "reqwest"),
+        ("aiohttp", None, "aiohttp"),
+        ("reqwest", "http://127.0.0.1:3128", "aiohttp"),
+        ("aiohttp", "http://127.0.0.1:3128", "aiohttp"),
+    ],
+)
+def test_the_client_in_use_is_aiohttp_whenever_a_proxy_is_set(
+    configured: HttpClient, proxy: str | None, used: HttpClient
+) -> None:
+    parsed = parse_proxy(proxy, []) if proxy else None
+    assert client_in_use(configured, parsed) == used
+    sender = build_sender(
+        configured,
+        timeout=1.0,
+        max_response_bytes=0,
+        allow_private=False,
+        pool_size=1,
+        user_agent="t",
+        proxy=parsed,
+    )
+    assert isinstance(sender, ReqwestSender if used == "reqwest" else Sender)
 
 
 @pytest.mark.parametrize("listen", ["nope", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:²", ":80"])

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the benchmarks need beyond the venv: nginx, the sink; the PostgreSQL server
 # for `--engine postgresql` (the bench runs its own throwaway server, as the tests do); and,
-# best effort, py-spy in the venv (thread names and --profile) and pyreqwest==0.15.1 for
-# `--scenario client`. Idempotent and quiet.
+# best effort, py-spy in the venv (thread names and --profile). pyreqwest, which `--scenario
+# client` also needs, is a dependency of webhookd itself. Idempotent and quiet.
 # The bench runs its own nginx instances (own config, prefix and port in a temp dir).
 # Then, from the repository's root: .venv/bin/python -m bench.run --scenario NAME [--quick]
 set -euo pipefail
@@ -34,10 +34,4 @@ fi
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null
 if [ -x .venv/bin/python ] && [ ! -x .venv/bin/py-spy ]; then
   .venv/bin/python -m pip install --quiet py-spy >/dev/null 2>&1 || echo "note: py-spy not installed"
-fi
-# pyreqwest (Rust reqwest) for `--scenario client` only: the bench's, not webhookd's
-# dependency. Pinned: 0.x, and the figures of shared/HTTP.md and issue 26 are of 0.15.
-if [ -x .venv/bin/python ]; then
-  .venv/bin/python -m pip install --quiet 'pyreqwest==0.15.1' >/dev/null 2>&1 \
-    || echo "note: pyreqwest not installed (--scenario client needs it)"
 fi

@@ -57,7 +57,13 @@ from webhookd.guard import (
 )
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Pinner
-from webhookd.sender import LOCAL_ERRNOS, AttemptResult, local_error, parse_retry_after
+from webhookd.sender import (
+    LOCAL_ERRNOS,
+    AttemptResult,
+    check_limits,
+    local_error,
+    parse_retry_after,
+)
 
 __all__ = ["ReqwestSender", "describe_error"]
 
@@ -199,12 +205,7 @@ class ReqwestSender:
         client_identities: Mapping[str, bytes] | None = None,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if max_response_bytes < 0:
-            raise ValueError("max_response_bytes must not be negative")
-        if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
+        check_limits(timeout, max_response_bytes, pool_size)
         self._timeout = float(timeout)
         self._max_response_bytes = max_response_bytes
         self._allow_private = allow_private

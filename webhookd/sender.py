@@ -50,7 +50,7 @@ from webhookd.guard import (
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Pinner, Proxy, authority, is_literal
 
-__all__ = ["AttemptResult", "Sender", "parse_retry_after"]
+__all__ = ["AttemptResult", "Sender", "check_limits", "parse_retry_after"]
 
 # Longest Retry-After honoured, in seconds; larger values (and "infinite" ones)
 # are clamped so callers can always do arithmetic with the result.
@@ -239,6 +239,16 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     return f"HTTP client error: {str(exc) or type(exc).__name__}"
 
 
+def check_limits(timeout: float, max_response_bytes: int, pool_size: int) -> None:
+    """What either client refuses to be built with (ValueError)."""
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    if max_response_bytes < 0:
+        raise ValueError("max_response_bytes must not be negative")
+    if pool_size < 1:
+        raise ValueError("pool_size must be at least 1")
+
+
 class Sender:
     """Sends delivery attempts over shared, pooled aiohttp sessions: one for plain
     deliveries, and one per other option set in use (a client certificate, the proxy), each
@@ -257,12 +267,7 @@ class Sender:
         proxy: Proxy | None = None,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if max_response_bytes < 0:
-            raise ValueError("max_response_bytes must not be negative")
-        if pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
+        check_limits(timeout, max_response_bytes, pool_size)
         self._timeout = float(timeout)
         self._max_response_bytes = max_response_bytes
         self._allow_private = allow_private

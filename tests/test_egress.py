@@ -268,9 +268,10 @@ async def test_without_a_client_certificate_the_refusal_is_the_attempts_error(
         result = await sender.post(receiver.url_for("/hook"), BODY, HEADERS)
     assert result.status_code is None
     assert result.error is not None
-    assert "certificate required" in result.error or "connection reset" in result.error, (
-        result.error
-    )
+    # Which one depends on when the receiver's refusal reaches the client: its alert, or the
+    # connection reset or closed before the handshake ends (rustls reads no alert then).
+    refusals = ("certificate required", "connection reset", "closed the connection during")
+    assert any(refusal in result.error for refusal in refusals), result.error
     assert receiver.requests == []
 
 

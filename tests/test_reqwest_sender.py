@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from pyreqwest.exceptions import ConnectError, ConnectTimeoutError, ReadError
 from receivers import FakeResolver, Recorder
 
 from webhookd import proxy
 from webhookd.config import ConfigError
-from webhookd.reqwest_sender import ReqwestSender
+from webhookd.reqwest_sender import ReqwestSender, describe_error
 from webhookd.senders import build_sender
 from webhookd.tls import Contexts
 
@@ -157,3 +158,62 @@ def test_a_client_certificate_reqwest_cannot_use_is_a_configuration_error() -> N
         )
     assert info.value.problems[0].startswith("tls.client_certificates.partner: ")
     assert 'delivery.http_client = "aiohttp"' in info.value.problems[0]
+
+
+def _error(cls: type[Exception], *causes: str) -> Exception:
+    return cls("error sending request", {"causes": [{"message": c} for c in causes]})
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (
+            _error(ConnectError, "tcp connect error", "Connection refused (os error 111)"),
+            "connection refused",
+        ),
+        (
+            _error(ReadError, "connection error", "Connection reset by peer (os error 104)"),
+            "connection reset",
+        ),
+        (
+            _error(ConnectError, "tcp connect error", "Network is unreachable (os error 101)"),
+            "network unreachable",
+        ),
+        (
+            _error(
+                ConnectError, "client error (Connect)", "received fatal alert: CertificateRequired"
+            ),
+            "TLS error: the receiver refused the handshake: certificate required",
+        ),
+        (
+            _error(
+                ConnectError,
+                "client error (Connect)",
+                "peer closed connection without sending TLS close_notify: https://docs.rs/x",
+            ),
+            "TLS error: the receiver closed the connection during the handshake",
+        ),
+        (
+            _error(
+                ConnectError, "client error (Connect)", "invalid peer certificate: UnknownIssuer"
+            ),
+            "TLS error: certificate verify failed: invalid peer certificate: UnknownIssuer",
+        ),
+        (
+            _error(
+                ConnectError,
+                "client error (SendRequest)",
+                "connection closed before message completed",
+            ),
+            "connection closed by the server before a response",
+        ),
+        (
+            _error(ReadError, "client error", "invalid HTTP version parsed"),
+            "invalid response: invalid HTTP version parsed",
+        ),
+        (_error(ConnectTimeoutError, "operation timed out"), "timeout after 2.5s"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_reqwests_errors_read_as_the_aiohttp_senders_texts(exc: Exception, text: str) -> None:
+    assert describe_error(exc, 2.5) == text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -84,6 +84,21 @@ class DeliveryOptions:
             f"DeliveryOptions(headers={names!r}, client_certificate="
             f"{self.client_certificate!r}, timeout={self.timeout!r})"
         )
+
+    def applied(
+        self, headers: Mapping[str, str], timeout: float, certificates: Container[str]
+    ) -> tuple[Mapping[str, str], float | None, str | None] | str:
+        """What an attempt sends with these options: webhookd's ``headers`` over the
+        webhook's, the webhook's timeout if shorter than the daemon's ``timeout`` (else
+        None), its client certificate; or why it cannot be sent (a certificate name not
+        among ``certificates``, the configured ones)."""
+        certificate = self.client_certificate
+        if certificate is not None and certificate not in certificates:
+            return f"client certificate {certificate!r} is not configured (tls.client_certificates)"
+        if self.headers:
+            headers = {**dict(self.headers), **headers}
+        shorter = self.timeout if self.timeout is not None and self.timeout < timeout else None
+        return headers, shorter, certificate
 
     @classmethod
     def of(

@@ -73,6 +73,7 @@ __all__ = ["ReqwestSender", "describe_error"]
 # more hosts than this rebuilds clients, and is better served by the aiohttp client.
 MAX_CLIENTS = 512
 _OS_ERROR = re.compile(r"os error (\d+)")
+_ALERT = re.compile(r"received fatal alert: (\w+)")
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 # rustls' words for a handshake that failed (no errno: the peer spoke, but not TLS or not
 # with a certificate this client trusts).
@@ -128,8 +129,15 @@ def os_errno(exc: BaseException) -> int | None:
 
 
 def _tls_detail(text: str) -> str:
-    lowered = text.lower()
-    if "invalid peer certificate" in lowered or "certificate" in lowered:
+    """rustls' reason in the words of the aiohttp sender's (OpenSSL's) texts."""
+    alert = _ALERT.search(text)
+    if alert is not None:  # "received fatal alert: CertificateRequired"
+        words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", alert.group(1)).lower()
+        return f"the receiver refused the handshake: {words}"
+    if "close_notify" in text or "unexpected eof" in text.lower():
+        # A receiver that requires a client certificate may hang up without an alert.
+        return "the receiver closed the connection during the handshake"
+    if "invalid peer certificate" in text or "certificate" in text.lower():
         return f"certificate verify failed: {text}"
     return text
 
@@ -325,18 +333,13 @@ class ReqwestSender:
         certificate = None
         request_timeout: timedelta | None = None
         if options is not None:
-            if options.headers:
-                headers = {**dict(options.headers), **headers}
-            if options.timeout is not None and options.timeout < timeout:
-                timeout = options.timeout
+            applied = options.applied(headers, timeout, self._identities)
+            if isinstance(applied, str):
+                return _failure(applied, started)
+            headers, shorter, certificate = applied
+            if shorter is not None:
+                timeout = shorter
                 request_timeout = timedelta(seconds=timeout)
-            certificate = options.client_certificate
-            if certificate is not None and certificate not in self._identities:
-                return _failure(
-                    f"client certificate {certificate!r} is not configured "
-                    "(tls.client_certificates)",
-                    started,
-                )
         addresses: tuple[str, ...] = ()
         if not literal:
             try:

@@ -387,21 +387,13 @@ class Sender:
         certificate = None
         kwargs: dict[str, Any] = {}
         if options is not None:
-            if options.headers:
-                headers = {**dict(options.headers), **headers}
-            if options.timeout is not None and options.timeout < timeout:
-                timeout = options.timeout
+            applied = options.applied(headers, timeout, self._client_contexts)
+            if isinstance(applied, str):
+                return AttemptResult(None, applied, _elapsed_ms(started), "", None)
+            headers, shorter, certificate = applied
+            if shorter is not None:
+                timeout = shorter
                 kwargs["timeout"] = _client_timeout(timeout)
-            certificate = options.client_certificate
-            if certificate is not None and certificate not in self._client_contexts:
-                return AttemptResult(
-                    None,
-                    f"client certificate {certificate!r} is not configured "
-                    "(tls.client_certificates)",
-                    _elapsed_ms(started),
-                    "",
-                    None,
-                )
         host = target.raw_host or ""
         proxy = self._proxy
         proxied = proxy is not None and not proxy.bypassed(host.lower())

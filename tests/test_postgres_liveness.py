@@ -23,6 +23,7 @@ from webhookd.states import Status
 from webhookd.store.base import Outcome, StoreUnavailable
 from webhookd.store.postgres import PostgresStore
 from webhookd.store.postgres import store as pg_store_module
+from webhookd.store.postgres.errors import LockTimeout
 from webhookd.store.records import utcnow
 
 
@@ -63,6 +64,26 @@ async def test_an_id_held_by_a_producers_transaction_stalls_only_its_own_ingest(
         await producer.close()
     # The producer gave up: X can be ingested now.
     assert (await store.ingest(events("X"))).inserted == 1
+
+
+@pytest.mark.parametrize("ids", [("X",), ("X", "Y")], ids=["one event", "two events"])
+async def test_a_first_try_gives_up_on_a_held_id_after_the_short_wait(
+    stores: Make, pg: PgCluster, pg_schema: str, ids: tuple[str, ...]
+) -> None:
+    """The first try of a request (grouped, or alone in the flush) waits GROUP_LOCK_WAIT on
+    another transaction's row lock, not the store's lock timeout: one event goes in a
+    statement of its own (queries.sql, ingest_one), which sets that wait itself."""
+    store = await stores(lock_timeout=600.0)  # a wait this long would outlast the deadline
+    producer = await connect(pg, pg_schema)
+    try:
+        await producer.execute("BEGIN")
+        await producer.fetchval("SELECT publish('X', 't', '{\"n\": 0}')")
+        with pytest.raises(LockTimeout):
+            await asyncio.wait_for(store._insert_events(events(*ids), True), DEADLINE)
+    finally:
+        await producer.execute("ROLLBACK")
+        await producer.close()
+    assert await store._insert_events(events(*ids), True) == set(ids)
 
 
 async def test_a_dba_holding_a_table_lock_hangs_no_call(stores: Make, con: Any) -> None:

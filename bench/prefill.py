@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.events import event_data
+from webhookd.attempts import AttemptResult
 from webhookd.config import load_settings
 from webhookd.events import NewEvent, parse_event
-from webhookd.sender import AttemptResult
 from webhookd.store.engines import make_store
 from webhookd.workers import RetryPolicy, decide
 

@@ -25,6 +25,7 @@ from typing import Any
 from yarl import URL
 
 from webhookd import reqwest_sender, sender
+from webhookd.attempts import AttemptResult
 from webhookd.cli import main
 from webhookd.network import DeliveryOptions
 
@@ -58,15 +59,15 @@ def install() -> None:
             body: bytes,
             headers: Mapping[str, str],
             options: DeliveryOptions | None = None,
-        ) -> sender.AttemptResult:
+        ) -> AttemptResult:
             try:
                 parsed = URL(url)
                 target = (parsed.host or "", parsed.port or 0)
             except (ValueError, TypeError):
                 target = ("", 0)
             if target not in allowed:
-                return sender.AttemptResult(None, FENCE_ERROR, 0.0, "", None)
-            result: sender.AttemptResult = await post(self, url, body, headers, options)
+                return AttemptResult(None, FENCE_ERROR, 0.0, "", None)
+            result: AttemptResult = await post(self, url, body, headers, options)
             return result
 
         cls.post = fenced_post

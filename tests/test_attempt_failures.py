@@ -37,10 +37,11 @@ import webhookd.workers
 from tests.conftest import Api, DaemonProcess, write_config
 from tests.pools import pool_for
 from tests.receivers import Recorder, unused_port
+from webhookd.attempts import AttemptResult
 from webhookd.events import parse_event
 from webhookd.metrics import Metrics
 from webhookd.network import DeliveryOptions
-from webhookd.sender import AttemptResult, Sender, local_errno
+from webhookd.sender import Sender, local_errno
 from webhookd.senders import HttpClient, build_sender
 from webhookd.signing import new_secret
 from webhookd.states import Status

@@ -231,9 +231,10 @@ def test_importing_the_fence_leaves_this_process_alone() -> None:
     (FENCE_ERROR), and its in-process daemons must still deliver anywhere on loopback."""
     import socket
 
-    from webhookd import sender
+    from webhookd import reqwest_sender, sender
 
     assert sender.Sender.post.__module__ == "webhookd.sender"
+    assert reqwest_sender.ReqwestSender.post.__module__ == "webhookd.reqwest_sender"
     assert "no_names" not in getattr(socket.getaddrinfo, "__qualname__", "")
 
 

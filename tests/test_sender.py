@@ -36,7 +36,7 @@ from receivers import (
     unused_port,
 )
 
-from webhookd.sender import AttemptResult, parse_retry_after
+from webhookd.attempts import AttemptResult, parse_retry_after
 from webhookd.senders import AttemptSender, HttpClient, build_sender
 from webhookd.tls import Contexts
 

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from webhookd.sender import AttemptResult
+from webhookd.attempts import AttemptResult
 from webhookd.states import (
     TRANSITIONS,
     Event,

@@ -2,7 +2,7 @@
 
 The same contract as :class:`webhookd.sender.Sender` (aiohttp): one POST, no redirect
 followed, at most ``max_response_bytes`` of the answer read, every failure an
-:class:`~webhookd.sender.AttemptResult` with the same error texts. It costs about half the
+:class:`~webhookd.attempts.AttemptResult` with the same error texts. It costs about half the
 CPU of aiohttp's client per request (bench/README.md, "The HTTP client"), which is most of
 what a delivery costs the daemon's event loop.
 
@@ -48,6 +48,13 @@ from pyreqwest.exceptions import (
 )
 from yarl import URL
 
+from webhookd.attempts import (
+    LOCAL_ERRNOS,
+    AttemptResult,
+    check_limits,
+    local_error,
+    parse_retry_after,
+)
 from webhookd.guard import (
     DestinationRefused,
     GuardedResolver,
@@ -57,13 +64,6 @@ from webhookd.guard import (
 )
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Pinner
-from webhookd.sender import (
-    LOCAL_ERRNOS,
-    AttemptResult,
-    check_limits,
-    local_error,
-    parse_retry_after,
-)
 
 __all__ = ["ReqwestSender", "describe_error"]
 

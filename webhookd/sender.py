@@ -23,15 +23,9 @@ checked here before any connection is opened.
 from __future__ import annotations
 
 import errno
-import math
-import os
-import re
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
@@ -40,6 +34,13 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from webhookd.attempts import (
+    LOCAL_ERRNOS,
+    AttemptResult,
+    check_limits,
+    local_error,
+    parse_retry_after,
+)
 from webhookd.guard import (
     DestinationRefused,
     GuardedResolver,
@@ -50,64 +51,9 @@ from webhookd.guard import (
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Pinner, Proxy, authority, is_literal
 
-__all__ = ["AttemptResult", "Sender", "check_limits", "parse_retry_after"]
+__all__ = ["Sender", "describe_error", "local_errno"]
 
-# Longest Retry-After honoured, in seconds; larger values (and "infinite" ones)
-# are clamped so callers can always do arithmetic with the result.
-RETRY_AFTER_MAX = float(2**31)
-
-_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
-# The daemon's own resources ran out: not the receiver's fault.
-LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptResult:
-    """What happened on one POST."""
-
-    status_code: int | None
-    """HTTP status received, or ``None`` when no status line and headers arrived."""
-    error: str | None
-    """Clear text for a failure (also set for 3xx and non-2xx); ``None`` on 2xx."""
-    duration_ms: float
-    response_excerpt: str
-    """At most ``max_response_bytes`` of the body, decoded as UTF-8 (errors replaced)."""
-    retry_after: float | None
-    """Seconds from ``Retry-After`` (delta-seconds or HTTP-date), or ``None``."""
-    local_failure: bool = False
-    """The daemon's own resources failed (see :data:`LOCAL_ERRNOS`): nothing reached the
-    receiver, and the attempt must not count against it."""
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header value; ``None`` if absent or unparseable.
-
-    Accepts delta-seconds (``"120"``, leniently ``"1.5"``) and an HTTP-date, taken
-    relative to ``now`` (unix seconds, default the current time). Never negative,
-    clamped to :data:`RETRY_AFTER_MAX`.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if _DELTA_SECONDS.fullmatch(value):
-        seconds = float(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        try:
-            seconds = when.timestamp() - (time.time() if now is None else now)
-        except (OverflowError, ValueError):
-            return None
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 @lru_cache(maxsize=8192)
@@ -168,12 +114,6 @@ def local_errno(exc: BaseException) -> int | None:
             todo.append(current.os_error)
         todo.append(current.__cause__)
     return None
-
-
-def local_error(number: int) -> str:
-    """The error text of a local failure, e.g. "local resource exhausted: Too many open
-    files (EMFILE)"."""
-    return f"local resource exhausted: {os.strerror(number)} ({errno.errorcode[number]})"
 
 
 def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
@@ -237,16 +177,6 @@ def describe_error(exc: BaseException, timeout: float) -> str:
             return "connection reset"
         return f"network error: {_os_detail(exc)}"
     return f"HTTP client error: {str(exc) or type(exc).__name__}"
-
-
-def check_limits(timeout: float, max_response_bytes: int, pool_size: int) -> None:
-    """What either client refuses to be built with (ValueError)."""
-    if timeout <= 0:
-        raise ValueError("timeout must be positive")
-    if max_response_bytes < 0:
-        raise ValueError("max_response_bytes must not be negative")
-    if pool_size < 1:
-        raise ValueError("pool_size must be at least 1")
 
 
 class Sender:

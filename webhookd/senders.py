@@ -1,7 +1,7 @@
 """Which HTTP client sends the attempts, behind one small interface.
 
 Two implementations keep one contract (a POST, no redirect, a capped excerpt, every failure
-an :class:`~webhookd.sender.AttemptResult` with the same texts): pyreqwest
+an :class:`~webhookd.attempts.AttemptResult` with the same texts): pyreqwest
 (:class:`webhookd.reqwest_sender.ReqwestSender`, the default: half the CPU per request) and
 aiohttp (:class:`webhookd.sender.Sender`). ``delivery.http_client`` picks one; with
 ``delivery.proxy`` set it is always aiohttp, the one that can ask the proxy for the checked
@@ -15,11 +15,12 @@ from typing import Literal, Protocol
 
 from aiohttp.abc import AbstractResolver
 
+from webhookd.attempts import AttemptResult
 from webhookd.config import ConfigError
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Proxy
 from webhookd.reqwest_sender import ReqwestSender
-from webhookd.sender import AttemptResult, Sender
+from webhookd.sender import Sender
 from webhookd.tls import Contexts
 
 __all__ = ["AttemptSender", "HttpClient", "build_sender", "client_in_use"]

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from webhookd import backoff, logs, signing, tracing
+from webhookd.attempts import AttemptResult
 from webhookd.metrics import Metrics
 from webhookd.queue.pacing import running_cap
-from webhookd.sender import AttemptResult
 from webhookd.senders import AttemptSender
 from webhookd.states import Event, Status, Verdict, classify, outcome_event, transition
 from webhookd.store.base import (

@@ -445,14 +445,15 @@ async def test_schemathesis_runs_the_whole_api_against_a_live_daemon(
 
             # The daemon still delivers: a new webhook to the Recorder gets a new event,
             # and every webhook schemathesis made up got it too, refused by the fence. Made-up
-            # rate limits (down to one delivery in 1000 s) and fifo orderings (a new event
-            # waits for every older one) would hold it back by design: cleared first.
+            # rate limits (down to one delivery in 1000 s), fifo orderings (a new event
+            # waits for every older one) and timeouts (down to 60 ns, which reqwest keeps to
+            # the letter) would hold it back by design: cleared first.
             made_up = (await api.ok("GET", "/v1/webhooks", params={"limit": "1000"}))["items"]
             for hook in made_up:
                 await api.ok(
                     "PATCH",
                     f"/v1/webhooks/{hook['webhook_id']}",
-                    {"rate_limit": None, "ordering": "none"},
+                    {"rate_limit": None, "ordering": "none", "timeout": None},
                 )
             after = await api.create_webhook(receiver.url_for("/after"))
             assert await api.emit({"id": "evt_after_schemathesis", "type": "after", "data": 1})
@@ -494,7 +495,7 @@ async def _fenced_deliveries(api: Api, receiver: Recorder, event_id: str) -> int
     for row in rows:
         url = webhooks.get(row["webhook_id"], "")
         if url.startswith(receiver.url + "/"):
-            assert row["status"] == "delivered", row
+            assert row["status"] == "delivered", (url, row.get("last_error"), row)
         elif row["status"] == "dead":
             assert row["last_error"] == FENCE_ERROR, row
             fenced += 1

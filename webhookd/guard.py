@@ -28,6 +28,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -40,6 +41,7 @@ __all__ = [
     "GuardedResolver",
     "IPAddress",
     "check_target",
+    "checked_target",
     "forbidden_reason",
     "host_problem",
     "is_forbidden",
@@ -338,3 +340,21 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+@lru_cache(maxsize=8192)
+def checked_target(url: str) -> tuple[URL, str | None]:
+    """A stored URL checked again at send time (a URL stored before these checks): the
+    parsed URL and, if its host is a forbidden IP literal, the refusal text. Cached: a
+    sender parses a webhook's URL once, not at every attempt.
+
+    Raises ``ValueError`` for a URL that is not valid, too long, or whose host is neither a
+    valid IP literal nor a valid DNS host name (see :func:`check_target`)."""
+    parsed = URL(url)
+    check_target(url, parsed)
+    host = parsed.host
+    ip = parse_ip(host) if host else None
+    reason = forbidden_reason(ip) if ip is not None else None
+    if reason is not None:
+        return parsed, str(DestinationRefused(str(ip), [(str(ip), reason)]))
+    return parsed, None

@@ -46,7 +46,6 @@ from pyreqwest.exceptions import (
     RequestTimeoutError,
     TransportError,
 )
-from yarl import URL
 
 from webhookd.attempts import (
     LOCAL_ERRNOS,
@@ -55,13 +54,7 @@ from webhookd.attempts import (
     local_error,
     parse_retry_after,
 )
-from webhookd.guard import (
-    DestinationRefused,
-    GuardedResolver,
-    check_target,
-    forbidden_reason,
-    parse_ip,
-)
+from webhookd.guard import DestinationRefused, GuardedResolver, checked_target, parse_ip
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Pinner
 
@@ -82,18 +75,11 @@ _TLS_WORDS = ("tls", "certificate", "handshake", "corrupt message", "alert", "in
 
 @lru_cache(maxsize=8192)
 def _target(url: str) -> tuple[str, int, bool, str | None]:
-    """The URL's host and port, whether the host is an IP literal and, for a forbidden one,
-    the refusal text; cached, so that a POST parses nothing again.
-
-    Raises ValueError for a URL that is not valid, too long, or whose host is neither a
-    valid IP literal nor a valid DNS host name (see guard.check_target)."""
-    parsed = URL(url)
-    check_target(url, parsed)
-    host = parsed.host
-    ip = parse_ip(host) if host else None
-    reason = forbidden_reason(ip) if ip is not None else None
-    refusal = None if reason is None else str(DestinationRefused(str(ip), [(str(ip), reason)]))
-    return parsed.raw_host or "", parsed.port or 0, ip is not None, refusal
+    """The URL's host and port, whether the host is an IP literal, and the refusal of a
+    forbidden one (guard.checked_target; ValueError for a URL that fails its checks)."""
+    parsed, refusal = checked_target(url)
+    literal = parsed.host is not None and parse_ip(parsed.host) is not None
+    return parsed.raw_host or "", parsed.port or 0, literal, refusal
 
 
 def _elapsed_ms(started: float) -> float:

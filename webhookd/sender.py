@@ -11,7 +11,7 @@ A failure of the daemon's own resources (no file descriptor, no buffer space, no
 memory for a socket: EMFILE, ENFILE, ENOBUFS, ENOMEM) is not the receiver's: the
 result says so (``local_failure``), and the caller does not count it as an attempt.
 
-A URL stored before webhookd checked hosts strictly (:func:`webhookd.guard.check_target`)
+A URL stored before webhookd checked hosts strictly (:func:`webhookd.guard.checked_target`)
 is checked again here, and one that fails is a failed attempt with a clear error.
 
 Destination safety: unless ``allow_private``, host names are resolved through
@@ -41,35 +41,13 @@ from webhookd.attempts import (
     local_error,
     parse_retry_after,
 )
-from webhookd.guard import (
-    DestinationRefused,
-    GuardedResolver,
-    check_target,
-    forbidden_reason,
-    parse_ip,
-)
+from webhookd.guard import DestinationRefused, GuardedResolver, checked_target
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import Pinner, Proxy, authority, is_literal
 
 __all__ = ["Sender", "describe_error", "local_errno"]
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
-
-
-@lru_cache(maxsize=8192)
-def _target(url: str) -> tuple[URL, str | None]:
-    """The parsed URL and, if its host is a forbidden IP literal, the refusal text.
-
-    Raises ``ValueError`` for a URL that is not valid, too long, or whose host is
-    neither a valid IP literal nor a valid DNS host name (see guard.check_target)."""
-    parsed = URL(url)
-    check_target(url, parsed)
-    host = parsed.host
-    ip = parse_ip(host) if host else None
-    reason = forbidden_reason(ip) if ip is not None else None
-    if reason is not None:
-        return parsed, str(DestinationRefused(str(ip), [(str(ip), reason)]))
-    return parsed, None
 
 
 def _elapsed_ms(started: float) -> float:
@@ -290,7 +268,7 @@ class Sender:
             raise RuntimeError("Sender.start() has not been called")
         started = time.perf_counter()
         try:
-            target, refusal = _target(url)
+            target, refusal = checked_target(url)
         except ValueError as exc:
             return AttemptResult(None, f"invalid URL: {exc}", _elapsed_ms(started), "", None)
         if refusal is not None and not self._allow_private:

@@ -350,6 +350,21 @@ async def test_garbage_instead_of_http_is_an_invalid_response(make_sender: MakeS
     assert "\n" not in result.error
 
 
+@pytest.mark.parametrize(
+    "header", [b"X-A: a\r\n  b\r\n", b"X-A: a\x01b\r\n"], ids=["obs-fold", "control byte"]
+)
+async def test_a_sloppy_response_header_does_not_undo_the_status(
+    make_sender: MakeSender, header: bytes
+) -> None:
+    """The status decides the outcome: a header line a strict parser refuses must not turn
+    a receiver's 200 into a retry (and a duplicate)."""
+    sender = await make_sender()
+    raw = b"HTTP/1.1 200 OK\r\n" + header + b"Content-Length: 2\r\n\r\nok"
+    async with RawServer(answer(raw)) as server:
+        result = await post(sender, server.url)
+    assert (result.status_code, result.error, result.response_excerpt) == (200, None, "ok")
+
+
 async def test_silent_receiver_times_out(make_sender: MakeSender) -> None:
     sender = await make_sender(timeout=0.5)
     async with RawServer(never_answer) as server:

@@ -259,6 +259,11 @@ class ReqwestSender:
             .deflate(False)
             .default_cookie_store(False)
             .user_agent(self._user_agent)
+            # The status decides the outcome: a receiver's sloppy response header must not
+            # turn its 200 into a retry (aiohttp's parser is as lenient with responses).
+            .http1_allow_obsolete_multiline_headers_in_responses(True)
+            .http1_ignore_invalid_headers_in_responses(True)
+            .http1_allow_spaces_after_header_name_in_responses(True)
         )
         if address is not None:
             builder = builder.resolve(host, address, port)

@@ -251,6 +251,9 @@ class ReqwestSender:
             .http1_only()
             .max_connections(self._pool_size)
             .pool_max_idle_per_host(self._pool_size)
+            # aiohttp's keep-alive: an idle connection kept past a receiver's own keep-alive
+            # (often 5-60 s) may be closed by it just as an attempt is sent on it.
+            .pool_idle_timeout(timedelta(seconds=15))
             .timeout(timedelta(seconds=self._timeout))
             .follow_redirects(False)
             .gzip(False)

@@ -16,11 +16,12 @@ import trustme
 from conftest import make_settings, write_config
 from forward_proxy import ForwardProxy
 from receivers import FakeResolver, RawServer, Recorder, never_answer
+from senders import CLIENTS, Senders
 
 from webhookd import cli, tls
 from webhookd.network import DeliveryOptions
 from webhookd.proxy import parse_proxy
-from webhookd.senders import AttemptSender, HttpClient, build_sender
+from webhookd.senders import AttemptSender
 
 BODY = b'{"data":{},"id":"evt_1","timestamp":"2026-01-01T00:00:00Z","type":"t"}'
 HEADERS = {"content-type": "application/json", "webhook-id": "evt_1"}
@@ -29,30 +30,13 @@ Sender = AttemptSender
 MakeSender = Callable[..., Awaitable[Sender]]
 
 
-@pytest.fixture(params=["reqwest", "aiohttp"])
+@pytest.fixture(params=CLIENTS)
 async def make_sender(request: pytest.FixtureRequest) -> AsyncIterator[MakeSender]:
     """Either client as configured (delivery.http_client): with a proxy, both send on aiohttp
     (webhookd.senders), so the proxy's tests also hold for a daemon configured for reqwest."""
-    client: HttpClient = request.param
-    senders: list[Sender] = []
-
-    async def make(**overrides: Any) -> Sender:
-        params: dict[str, Any] = {
-            "timeout": 5.0,
-            "max_response_bytes": 4096,
-            "allow_private": False,
-            "pool_size": 8,
-            "user_agent": "webhookd/test",
-        }
-        params.update(overrides)
-        sender = build_sender(client, **params)
-        await sender.start()
-        senders.append(sender)
-        return sender
-
-    yield make
-    for sender in senders:
-        await sender.close()
+    senders = Senders(request.param, allow_private=False)
+    yield senders.make
+    await senders.close()
 
 
 @pytest.fixture(scope="module")

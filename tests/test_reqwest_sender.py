@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from pyreqwest.exceptions import ConnectError, ConnectTimeoutError, ReadError
 from receivers import FakeResolver, Recorder
+from senders import Senders
 
 from webhookd import proxy
 from webhookd.config import ConfigError
@@ -46,27 +47,18 @@ PRIVATE = [
 
 @pytest.fixture
 async def make_sender() -> AsyncIterator[MakeSender]:
-    senders: list[ReqwestSender] = []
+    senders = Senders("reqwest", pool_size=4)
 
     async def make(
         *, allow_private: bool, answers: dict[str, list[str]] | FakeResolver
     ) -> ReqwestSender:
         dns = answers if isinstance(answers, FakeResolver) else FakeResolver(answers)
-        sender = ReqwestSender(
-            timeout=5.0,
-            max_response_bytes=4096,
-            allow_private=allow_private,
-            pool_size=4,
-            user_agent="webhookd/test",
-            resolver=dns,
-        )
-        await sender.start()
-        senders.append(sender)
+        sender = await senders.make(allow_private=allow_private, resolver=dns)
+        assert isinstance(sender, ReqwestSender)
         return sender
 
     yield make
-    for sender in senders:
-        await sender.close()
+    await senders.close()
 
 
 @pytest.mark.parametrize(("address", "reason"), PRIVATE)

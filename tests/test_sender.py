@@ -13,7 +13,6 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any
 
 import pytest
 import trustme
@@ -35,6 +34,7 @@ from receivers import (
     trickle,
     unused_port,
 )
+from senders import CLIENTS, Senders
 
 from webhookd.attempts import AttemptResult, parse_retry_after
 from webhookd.senders import AttemptSender, HttpClient, build_sender
@@ -54,7 +54,7 @@ MakeSender = Callable[..., Awaitable[AttemptSender]]
 Sender = AttemptSender
 
 
-@pytest.fixture(params=["reqwest", "aiohttp"])
+@pytest.fixture(params=CLIENTS)
 def client(request: pytest.FixtureRequest) -> HttpClient:
     """Every test of the contract runs on both clients (webhookd.senders)."""
     name: HttpClient = request.param
@@ -63,25 +63,9 @@ def client(request: pytest.FixtureRequest) -> HttpClient:
 
 @pytest.fixture
 async def make_sender(client: HttpClient) -> AsyncIterator[MakeSender]:
-    senders: list[Sender] = []
-
-    async def make(**overrides: Any) -> Sender:
-        params: dict[str, Any] = {
-            "timeout": DEADLINE,
-            "max_response_bytes": 4096,
-            "allow_private": True,
-            "pool_size": 8,
-            "user_agent": "webhookd/test",
-        }
-        params.update(overrides)
-        sender = build_sender(client, **params)
-        await sender.start()
-        senders.append(sender)
-        return sender
-
-    yield make
-    for sender in senders:
-        await sender.close()
+    senders = Senders(client, timeout=DEADLINE, allow_private=True)
+    yield senders.make
+    await senders.close()
 
 
 async def post(sender: Sender, url: str) -> AttemptResult:

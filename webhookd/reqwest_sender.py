@@ -157,15 +157,13 @@ def describe_error(exc: Exception, timeout: float) -> str:
     return f"HTTP client error: {detail}"
 
 
-def _failed(exc: Exception, timeout: float, started: float) -> AttemptResult:
+def _failed(exc: PyreqwestError, timeout: float, started: float) -> AttemptResult:
     number = os_errno(exc)
     if number in LOCAL_ERRNOS:
         return AttemptResult(
             None, local_error(number), _elapsed_ms(started), "", None, local_failure=True
         )
-    if isinstance(exc, PyreqwestError):
-        return _failure(describe_error(exc, timeout), started)
-    return _failure(f"HTTP client error: {_innermost(exc)}", started)
+    return _failure(describe_error(exc, timeout), started)
 
 
 def _build_problem(exc: Exception) -> str:

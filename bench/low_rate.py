@@ -10,7 +10,7 @@ A daemon (`python -m webhookd run`, from each DIR holding a copy of webhookd/, i
 loopback aiohttp receiver answering 204, `--events` single events at `--rate` a second.
 Prints, per run: the daemon's CPU (with its DuckDB database process) per delivery, the
 PostgreSQL server's commits per delivery, and the store's own counters per delivery
-(transactions; on PostgreSQL the claim transactions and the rows claimed by scans).
+(transactions; on PostgreSQL the scans, the claim transactions and the rows claimed by scans).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ async def one(url: str | None, code: Path, events: int, rate: float) -> dict[str
         "cpu_us_per_delivery": round((c1 - c0) / events * 1e6),
         "server_commits_per_delivery": round((x1 - x0) / events, 2),
     }
-    for key in ("transactions", "claim_transactions", "claimed_by_scans"):
+    for key in ("transactions", "scans", "claim_transactions", "claimed_by_scans"):
         if key in after:
             figures[f"{key}_per_delivery"] = round((after[key] - before[key]) / events, 2)
     return figures

@@ -77,10 +77,11 @@ async def post_events(request: web.Request) -> web.Response:
                 "invalid_event",
                 f"events[{len(events)}].occurred_at: out of the supported range",
             ) from None
-        # Wake the scanner now: its scan then queues behind this ingest and, while the
-        # writer is busy, shares one transaction with it. Not the workers: the scan claims
-        # what it enqueues and wakes them only for rows it left due (WorkerPool.take);
-        # woken here too, both claimers cost an empty claim per request on PostgreSQL.
+        # Wake the scanner now (see Scanner.wake): its scan then queues behind this ingest
+        # and, while the writer is busy, shares one transaction with it. Not the workers:
+        # the scan claims what it enqueues and wakes them only for rows it left due
+        # (WorkerPool.take); woken here too, both claimers cost an empty claim per request
+        # on PostgreSQL.
         svc.scanner.wake()
         result = await svc.store.ingest(events)
     svc.metrics.events_ingested.inc(result.inserted)

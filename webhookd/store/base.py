@@ -432,7 +432,8 @@ class Peer(Protocol):
 
 
 class Notifier(Protocol):
-    """Wake-ups when another daemon or a producer made work (as Oban's Notifier)."""
+    """Wake-ups when any daemon (this one too) or a producer made work (as Oban's
+    Notifier): every committed event is announced on `events`."""
 
     async def wait_for_work(self, channel: Channel, within: float) -> None:
         """Until work is reported on `channel`, or `within` seconds have passed."""

@@ -21,6 +21,18 @@ from webhookd.store.postgres.queries import query
 log = logs.get("webhookd.store")
 
 PING_TIMEOUT = 5.0
+# Events announcements kept until a scan has seen them (Listener.unseen); beyond this
+# many they are folded into one of unknown transaction, which any scan begun after it
+# sees.
+MAX_UNSEEN = 1024
+
+
+def visible(xid: int, snapshot: str) -> bool:
+    """Whether the transaction `xid` had committed for the snapshot `snapshot`, in its
+    text form (xmin:xmax:xip,...): pg_visible_in_snapshot for a transaction known to
+    have committed."""
+    xmin, xmax, xip = snapshot.split(":")
+    return xid < int(xmin) or (xid < int(xmax) and str(xid) not in xip.split(","))
 
 
 class Listener:
@@ -35,7 +47,6 @@ class Listener:
         self._connect = connect
         self._kinds = {channel: kind for kind, channel in channels.items()}
         self.events = {kind: asyncio.Event() for kind in channels}
-        self._notified_at = dict.fromkeys(channels, float("-inf"))
         self._on_state = on_state
         self._con: Any = None
         self._lost = asyncio.Event()
@@ -43,6 +54,11 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
         self._pokes: dict[str, asyncio.TimerHandle] = {}
+        # Events announcements no scan is known to have seen: (loop time it arrived, the
+        # committing transaction's xid, None when the payload names none).
+        self.unseen: list[tuple[float, int | None]] = []
+        # The snapshot of the last scan that read every event it saw (see seen).
+        self._seen_snapshot: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -75,13 +91,40 @@ class Listener:
 
     def _notified(self, con: Any, pid: int, channel: str, payload: str) -> None:
         kind = self._kinds.get(channel)
-        if kind is not None:
-            self._notified_at[kind] = asyncio.get_running_loop().time()
-            self.events[kind].set()
+        if kind is None or (kind == "events" and not self._announced(payload)):
+            return
+        self.events[kind].set()
 
-    def since_notified(self, kind: str) -> float:
-        """Seconds since the last notification of `kind` of work."""
-        return asyncio.get_running_loop().time() - self._notified_at[kind]
+    def _announced(self, payload: str) -> bool:
+        """Keep an events announcement until a scan has seen it; False if the last scan
+        did already (the API's own ingest, whose scan it woke may end before this
+        arrives): nothing to wake the scanners for."""
+        try:
+            xid: int | None = int(payload)
+        except ValueError:  # a schema older than 012_notify_xid.sql
+            xid = None
+        snapshot = self._seen_snapshot
+        if xid is not None and snapshot is not None and visible(xid, snapshot):
+            return False
+        now = asyncio.get_running_loop().time()
+        if len(self.unseen) >= MAX_UNSEEN:
+            self.unseen = [(now, None)]
+        else:
+            self.unseen.append((now, xid))
+        return True
+
+    def seen(self, started: float, snapshot: str, fresh: bool) -> bool:
+        """A scan begun at loop time `started` read every event its snapshot `snapshot`
+        sees (`fresh`: a snapshot it took itself, after `started`): forget the
+        announcements it saw. Whether any are left, which it may not have seen: their
+        transactions committed after its snapshot."""
+        self._seen_snapshot = snapshot
+        self.unseen = [
+            (at, xid)
+            for at, xid in self.unseen
+            if not ((fresh and at < started) or (xid is not None and visible(xid, snapshot)))
+        ]
+        return bool(self.unseen)
 
     def poke_later(self, kind: str, delay: float) -> None:
         """Report `kind` of work in `delay` seconds, as a notification would. One poke of

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhookd import logs
 from webhookd.events import body as event_body
@@ -29,6 +29,16 @@ Connection = Any  # asyncpg has no type stubs
 ScanClaim = Callable[[Connection, list[str]], Awaitable[tuple[list[Claim], bool]]]
 
 
+class Scanned(NamedTuple):
+    result: ScanResult
+    # The snapshot (text) up to which the scan read every event when it read fewer than
+    # its batch, and whether it took it itself (not a batch's in progress): what tells
+    # an events announcement it may not have seen (Listener.seen). None: another daemon
+    # held the scan lock.
+    snapshot: str | None = None
+    fresh: bool = False
+
+
 async def scan(
     con: Connection,
     scan_key: int,
@@ -37,12 +47,12 @@ async def scan(
     cursor: int,
     schema: str,
     claim: ScanClaim | None = None,
-) -> ScanResult:
+) -> Scanned:
     """`cursor` is the last one this daemon saw, returned as is when there is nothing new
     to read or another daemon is scanning."""
     async with con.transaction():
         if not await con.fetchval(query("scan_lock"), scan_key):
-            return ScanResult(0, 0, cursor)  # another daemon is scanning
+            return Scanned(ScanResult(0, 0, cursor))  # another daemon is scanning
         while True:
             rows = await con.fetch(query("scan_read"), batch_size, max_event_bytes)
             if not rows:
@@ -52,7 +62,7 @@ async def scan(
             if events:
                 break
             if head["fresh"]:
-                return ScanResult(0, 0, head["cursor_seq"])
+                return Scanned(ScanResult(0, 0, head["cursor_seq"]), head["target"], True)
             # The batch in progress had no event left: the next one starts now.
             await con.execute(query("scan_finish"))
         built_ids: list[str] = []
@@ -100,7 +110,11 @@ async def scan(
                 # Rows of webhooks this claim did not draw from may be due: the workers
                 # (of every daemon) claim them as they would have without this claim.
                 await con.execute(query("scan_notify"))
-    return ScanResult(len(events), int(enqueued), last["seq"], claims, left_due)
+    return Scanned(
+        ScanResult(len(events), int(enqueued), last["seq"], claims, left_due),
+        head["target"],
+        head["fresh"],
+    )
 
 
 def build_body(row: Any) -> bytes:

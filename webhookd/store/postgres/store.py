@@ -89,13 +89,11 @@ CONNECT_TIMEOUT = 10.0
 # that is down is not stuck: calls fail fast and the pool reconnects.
 STUCK_AFTER = 60.0
 CLOSE_TIMEOUT = 5.0
-# An event committed while a scan runs (of this daemon or another) may be past that scan's
-# snapshot, and its notification consumed by a scanner that found the scan lock taken: a
-# scan soon after a notification that did not fill its batch looks again after REPOLL
-# seconds, doubling to MAX_REPOLL, for HOLD_WINDOW seconds.
+# An announced event that a scan may not have seen (PostgresStore._look_again) is looked
+# for again at once after a scan of this daemon, or, while another daemon holds the scan
+# lock, after REPOLL seconds, doubling to MAX_REPOLL.
 REPOLL = 0.01
 MAX_REPOLL = 0.2
-HOLD_WINDOW = 1.0
 # Every statement of the daemon gives up on a lock after LOCK_TIMEOUT and runs at most
 # STATEMENT_TIMEOUT (a DBA's ALTER TABLE left open, a producer's transaction holding an
 # event id): the call fails as StoreUnavailable and its loop tries again, instead of
@@ -171,6 +169,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._scan_failed: str | None = None  # the last scan's error, while it fails
         self._transactions = 0
         self._claim_transactions = 0
+        self._scans = 0
         self._claimed = 0
         self._scan_claimed = 0
         self._operations = 0
@@ -295,8 +294,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             "transactions": self._transactions,
             "operations": self._operations,
             # Claim transactions, the rows they claimed, and the rows scans claimed in
-            # their own transactions (Store.scan's ClaimRequest).
+            # their own transactions (Store.scan's ClaimRequest); scan transactions.
             "claim_transactions": self._claim_transactions,
+            "scans": self._scans,
             "claimed": self._claimed,
             "claimed_by_scans": self._scan_claimed,
         }
@@ -517,34 +517,41 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             self._scanning = True
             started = asyncio.get_running_loop().time()
             try:
-                result = await self._call(self._scan, batch_size, claim)
+                scanned = await self._call(self._scan, batch_size, claim)
             except Exception as exc:
                 self._scan_failed = str(exc) or type(exc).__name__
                 raise
             finally:
                 self._scanning = False
             self._scan_failed = None
-            listener = self._listener
-            # Only a scan that asked the database looks again: the one that found this
-            # daemon's other scan running leaves that to it.
-            if listener is not None:
-                if listener.since_notified("events") < asyncio.get_running_loop().time() - started:
-                    # Events were announced while this scan ran, and its snapshot may predate
-                    # them: look again now. Left to the timer below, which steady
-                    # notifications keep at MAX_REPOLL, such an event waited for the next
-                    # event's notification (10-25 ms at 100 events/s, for half of them): the
-                    # scanner that notification woke found this scan running.
-                    listener.poke_later("events", 0.0)
-                elif result.events < batch_size and listener.since_notified("events") < HOLD_WINDOW:
-                    listener.poke_later("events", self._repoll)
-                    self._repoll = min(self._repoll * 2, MAX_REPOLL)
-                else:
-                    self._repoll = REPOLL
+            self._look_again(scanned, started, batch_size)
+            result = scanned.result
         return result
+
+    def _look_again(self, scanned: scans.Scanned, started: float, batch_size: int) -> None:
+        """Wake the scanners again if an event announced to this daemon may not have been
+        seen by this scan, begun at loop time `started`: its transaction committed after
+        the scan's snapshot. A scan that filled its batch is followed by another anyway.
+        Events of the API's own ingests are announced while the scan they woke runs, with
+        the snapshot that saw them: asking again on every announcement during a scan cost
+        one empty scan per event."""
+        listener = self._listener
+        if listener is None or scanned.result.events >= batch_size:
+            return
+        if scanned.snapshot is None:
+            # Another daemon holds the scan lock, and should see them: in case it fails,
+            # look again later, less often the longer it lasts.
+            if listener.unseen:
+                listener.poke_later("events", self._repoll)
+                self._repoll = min(self._repoll * 2, MAX_REPOLL)
+            return
+        self._repoll = REPOLL
+        if listener.seen(started, scanned.snapshot, scanned.fresh):
+            listener.poke_later("events", 0.0)
 
     async def _scan(
         self, con: Connection, batch_size: int, claim: ClaimRequest | None
-    ) -> ScanResult:
+    ) -> scans.Scanned:
         scan_claim: scans.ScanClaim | None = None
         if claim is not None and claim.limit > 0:
             self._lease = claim.lease
@@ -558,7 +565,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
                 cap_ids=list(claim.caps),
                 cap_values=[int(v) for v in claim.caps.values()],
             )
-        result = await scans.scan(
+        scanned = await scans.scan(
             con,
             self._scan_key,
             batch_size,
@@ -567,9 +574,10 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             self.schema,
             scan_claim,
         )
-        self._cursor = result.cursor
-        self._scan_claimed += len(result.claims)
-        return result
+        self._scans += 1
+        self._cursor = scanned.result.cursor
+        self._scan_claimed += len(scanned.result.claims)
+        return scanned
 
     async def claim(
         self,

@@ -157,8 +157,11 @@ class Postgres:
         finally:
             await con.close()
 
-    async def watch(self, stop: asyncio.Event, interval: float = 0.1) -> dict[str, Any]:
-        """Sample pg_stat_activity every `interval` seconds until `stop` is set: what the
+    async def watch(
+        self, stop: asyncio.Event, ready: asyncio.Event, interval: float = 0.1
+    ) -> dict[str, Any]:
+        """Sample pg_stat_activity every `interval` seconds until `stop` is set (`ready`
+        is set once connected, see below): what the
         daemons' connections (application_name webhookd) are doing. Returns the samples
         taken and the mean number of connections per "<state>[ <wait event>]: <query>"
         (query: the name of webhookd's query, see query_names). `idle in transaction` is
@@ -166,10 +169,14 @@ class Postgres:
         event is a backend on a CPU (or waiting for one)."""
         import asyncpg
 
+        # Reading the queries and connecting hold the loop for ~0.1 s: a load generator
+        # started before they are done sent its first events in a burst (the 13 slowest
+        # ingests of a 1,000-event run, and so its p99, were that burst).
         names = query_names()
         counts: dict[str, int] = {}
         samples = 0
         con = await asyncpg.connect(self.url)
+        ready.set()
         try:
             while not stop.is_set():
                 rows = await con.fetch(

@@ -50,6 +50,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
     sent: dict[str, float] = {}
     acked: dict[str, float] = {}
     failed = skipped = 0
+    late = 0.0  # how far behind its clock the load generator fell, at most
     # The floor first, in the same run: the figures below are reported over it.
     floor = await floors.measure(50 if args.quick else 200)
     with workdir("lat") as work, started(Receiver("timestamp")) as receiver:
@@ -94,7 +95,11 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                             out = out.with_name(f"{out.stem}-d{i}{out.suffix}")
                         profilers.append(Profiler(d.pid, out))
                 watching = asyncio.Event()
-                watch = asyncio.create_task(pg.watch(watching)) if pg is not None else None
+                watch = None
+                if pg is not None:
+                    watch_ready = asyncio.Event()
+                    watch = asyncio.create_task(pg.watch(watching, watch_ready))
+                    await asyncio.wait_for(watch_ready.wait(), 30)
                 db_cpu0 = pg.cpu_seconds() if pg is not None else None
                 cpu0 = sum(cpu_seconds(d.pid) for d in group)
                 queued0 = (
@@ -123,6 +128,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
                 t0 = loop.time() + 0.1
                 for i in range(n):  # open loop: by the clock, not by the answers
                     delay = t0 + i / rate - loop.time()
+                    late = max(late, -delay)
                     if delay > 0:
                         await asyncio.sleep(delay)
                     if len(inflight) >= cap:
@@ -183,6 +189,7 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
         "duplicates": duplicates,
         "failed": failed,
         "skipped": skipped,
+        "generator_late_ms": round(late * 1000, 1),
         "negative_latencies": negatives,
         "latency": summary_ms(lat),
         "end_to_end": summary_ms(e2e),
@@ -270,7 +277,8 @@ async def run(args: argparse.Namespace) -> tuple[Figures, str]:
     )
     print(
         f"  negative (arrival before the 202, counted as 0): {negatives}; "
-        f"missing {figures['missing']}, failed {failed}, skipped {skipped}"
+        f"missing {figures['missing']}, failed {failed}, skipped {skipped}; the load "
+        f"generator fell behind its clock by {figures['generator_late_ms']} ms at most"
     )
     total = max(1, len(lat))
     print(

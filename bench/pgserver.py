@@ -158,7 +158,7 @@ class Postgres:
             await con.close()
 
     async def watch(
-        self, stop: asyncio.Event, ready: asyncio.Event, interval: float = 0.1
+        self, stop: asyncio.Event, ready: asyncio.Event | None = None, interval: float = 0.1
     ) -> dict[str, Any]:
         """Sample pg_stat_activity every `interval` seconds until `stop` is set (`ready`
         is set once connected, see below): what the
@@ -176,7 +176,8 @@ class Postgres:
         counts: dict[str, int] = {}
         samples = 0
         con = await asyncpg.connect(self.url)
-        ready.set()
+        if ready is not None:
+            ready.set()
         try:
             while not stop.is_set():
                 rows = await con.fetch(

@@ -29,6 +29,7 @@ from webhookd.states import Status
 from webhookd.store.base import (
     Claim,
     EventConflict,
+    Ordering,
     Outcome,
     Owner,
     StoreUnavailable,
@@ -548,6 +549,32 @@ async def test_workers_claim_again_when_outcomes_commit_not_at_the_next_poll(
             await pool.shutdown(1.0)
             await running
             await sender.close()
+
+
+async def test_an_outcome_says_whether_rows_of_its_webhook_are_due(make: Make) -> None:
+    """What the pool wakes a claimer for after an outcome commits (Store.record): rows of
+    the webhook still due, or a fifo webhook's next row; not a webhook with none (one
+    empty claim per delivery at low rates)."""
+    store = await make()
+    plain = await hook(store)
+    await store.ingest(events("e1", "e2"))
+    assert (await store.scan(100)).enqueued == 2
+    first, second = await store.claim(1, 8, 30.0) + await store.claim(1, 8, 30.0)
+    assert not await store.claim(1, 8, 30.0)
+    assert await store.record(outcome(first, Status.DELIVERED)) is False
+    retry = outcome(second, Status.PENDING, code=503)  # due at once: it waits for a claim
+    assert await store.record(retry) is True
+    (again,) = await store.claim(1, 8, 30.0)
+    assert await store.record(outcome(again, Status.DELIVERED)) is False
+    await store.update_webhook(plain, WebhookPatch(ordering=Ordering.FIFO))
+    await store.ingest(events("f1", "f2"))
+    assert (await store.scan(100)).enqueued == 2
+    (head,) = await store.claim(8, 8, 30.0)
+    assert head.event_id == "f1"
+    assert await store.record(outcome(head, Status.DELIVERED)) is True  # f2 is next
+    (last,) = await store.claim(8, 8, 30.0)
+    assert last.event_id == "f2"
+    assert await store.record(outcome(last, Status.DELIVERED)) is True  # fifo: not asked
 
 
 # -- rescue, release, leader -----------------------------------------------------------------

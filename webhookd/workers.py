@@ -234,7 +234,7 @@ class WorkerPool:
         self._running: dict[str, int] = {}
         self._queued: OrderedDict[str, deque[Claim]] = OrderedDict()
         self._n_queued = 0
-        self._pending_writes: set[asyncio.Future[None]] = set()
+        self._pending_writes: set[asyncio.Future[bool]] = set()
         self._releases: set[asyncio.Task[int]] = set()
         # Smoothed figures for the low water mark: attempts started per second and
         # seconds from asking for a claim to having it.
@@ -620,18 +620,20 @@ class WorkerPool:
         if not task.cancelled() and task.exception() is not None:
             log.error("giving back claimed rows failed", error=str(task.exception()))
 
-    def _written(self, outcome: Outcome, write: asyncio.Future[None]) -> None:
+    def _written(self, outcome: Outcome, write: asyncio.Future[bool]) -> None:
         self._pending_writes.discard(write)
         if write.cancelled():
             return
         exc = write.exception()
         if exc is not None:
             self._written_failed(outcome, exc)
-        elif not self._stopping.is_set():
+        elif not self._stopping.is_set() and write.result():
             # An engine that counts a webhook's cap in the database (PostgreSQL, across
             # daemons) sees the slot free only once the outcome is committed: a claim
             # asked when the attempt ended found it still taken, and would otherwise
             # sleep until the next poll. One slot: one claim takes it, the first claimer's.
+            # Unless no row of the webhook is due (the store says): at low rates, where
+            # the scans claim every row, that claim found nothing, one per delivery.
             self._wakes[0].set()
 
     def _written_failed(self, outcome: Outcome, exc: BaseException) -> None:

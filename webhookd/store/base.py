@@ -353,8 +353,10 @@ class Store(Protocol):
         cost of a claim does not grow with them."""
         ...
 
-    def record(self, outcome: Outcome) -> asyncio.Future[None]:
-        """Queue an outcome for the next group commit; the future settles once durable."""
+    def record(self, outcome: Outcome) -> asyncio.Future[bool]:
+        """Queue an outcome for the next group commit; the future settles once durable,
+        with whether rows of the outcome's webhook may be due (True when the engine does
+        not know): only then can the slot it freed let a claim take one."""
         ...
 
     async def release(self, keys: list[tuple[str, str]]) -> int: ...

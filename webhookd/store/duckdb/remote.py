@@ -350,7 +350,7 @@ class RemoteStore:
         the database process says which), or the process is gone."""
         return self._proc is not None and not self.lost.is_set() and self._writable
 
-    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+    def record(self, outcome: Outcome) -> asyncio.Future[bool]:
         self._claim_due = True  # a slot is free
         return self._submit("record", outcome, urgent=False)
 

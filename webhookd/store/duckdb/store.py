@@ -418,10 +418,10 @@ class DuckDBStore:
         )
         return result
 
-    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+    def record(self, outcome: Outcome) -> asyncio.Future[bool]:
         if self._writer is None:
             raise StoreUnavailable("the database is closed")
-        future: asyncio.Future[None] = self._writer.submit(
+        future: asyncio.Future[bool] = self._writer.submit(
             batches.record, outcome, priority=PRIORITY_OUTCOME
         )
         return future

@@ -71,17 +71,19 @@ async def record(
     con: Connection,
     outcomes: list[Outcome],
     apply: Callable[[Connection, list[Outcome]], Awaitable[Any]],
-) -> None:
+) -> Any:
     """Record a batch of outcomes (`apply`: the record statement) with what it reports, in
-    one transaction; then settle the order of its fifo webhooks."""
+    one transaction; then settle the order of its fifo webhooks. The record statement's
+    row."""
     async with con.transaction():
         now = await db_now(con)
         made = await before_outcomes(con, outcomes, now)
-        _, fifo_ids = await apply(con, outcomes)
+        row = await apply(con, outcomes)
         made += await after_outcomes(con, outcomes, now)
         await write(con, made)
-        if fifo_ids:
-            await fifo.settle(con, fifo_ids)
+        if row["fifo"]:
+            await fifo.settle(con, row["fifo"])
+    return row
 
 
 async def before_outcomes(

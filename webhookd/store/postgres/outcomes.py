@@ -2,11 +2,12 @@
 
 `record` buffers an outcome and returns a future; a flusher task writes the buffer when
 about 2 ms have passed since the first outcome in it, or at once when 500 are waiting,
-and settles each future when its batch has committed. While the database is unavailable
-the flusher keeps the outcomes and tries again with backoff (0.1 s doubling to 5 s); an
-outcome still unwritten after `patience()` seconds (the lease: by then its row is
-re-driven anyway) fails with the error. Any other error is narrowed down by writing the
-batch's outcomes one at a time, so that one bad outcome fails alone.
+and settles each future when its batch has committed, with whether rows of its webhook
+may be due (Store.record). While the database is unavailable the flusher keeps the
+outcomes and tries again with backoff (0.1 s doubling to 5 s); an outcome still unwritten
+after `patience()` seconds (the lease: by then its row is re-driven anyway) fails with the
+error. Any other error is narrowed down by writing the batch's outcomes one at a time, so
+that one bad outcome fails alone.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ MAX_BACKOFF = 5.0
 @dataclass(slots=True)
 class _Waiting:
     outcome: Outcome
-    future: asyncio.Future[None]
+    future: asyncio.Future[bool]
     since: float  # loop time of record()
 
 
 class OutcomeWriter:
     def __init__(
         self,
-        apply: Callable[[list[Outcome]], Awaitable[None]],
+        apply: Callable[[list[Outcome]], Awaitable[set[str]]],
         *,
         retryable: Callable[[BaseException], bool],
         patience: Callable[[], float],
@@ -60,11 +61,11 @@ class OutcomeWriter:
     def done(self) -> bool:
         return self._task is not None and self._task.done()
 
-    def submit(self, outcome: Outcome) -> asyncio.Future[None]:
+    def submit(self, outcome: Outcome) -> asyncio.Future[bool]:
         loop = asyncio.get_running_loop()
         if self._closing or self._task is None:
             raise StoreUnavailable("the database is closed")
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
         self._buffer.append(_Waiting(outcome, future, loop.time()))
         self._wake.set()
         if len(self._buffer) >= BATCH:
@@ -89,7 +90,7 @@ class OutcomeWriter:
             batch = self._writing = self._buffer[:BATCH]
             del self._buffer[:BATCH]
             try:
-                await self._apply([w.outcome for w in batch])
+                due_hooks = await self._apply([w.outcome for w in batch])
             except Exception as exc:
                 if not self._retryable(exc):
                     await self._one_by_one(batch, exc)
@@ -106,7 +107,7 @@ class OutcomeWriter:
             self.batches += 1
             for waiting in batch:
                 if not waiting.future.done():
-                    waiting.future.set_result(None)
+                    waiting.future.set_result(waiting.outcome.webhook_id in due_hooks)
 
     def _keep_or_fail(self, batch: list[_Waiting], exc: BaseException) -> None:
         """Back to the head of the buffer, but those that waited their patience out (or
@@ -137,7 +138,7 @@ class OutcomeWriter:
             return
         for i, waiting in enumerate(batch):
             try:
-                await self._apply([waiting.outcome])
+                due_hooks = await self._apply([waiting.outcome])
             except Exception as one:
                 if self._retryable(one):
                     self._buffer[:0] = batch[i:]
@@ -146,7 +147,7 @@ class OutcomeWriter:
                     waiting.future.set_exception(one)
             else:
                 if not waiting.future.done():
-                    waiting.future.set_result(None)
+                    waiting.future.set_result(waiting.outcome.webhook_id in due_hooks)
 
     async def close(self, grace: float) -> None:
         """Write what is buffered (one try while the database is unavailable), then fail

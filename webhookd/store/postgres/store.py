@@ -634,33 +634,35 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
                 await asyncio.wait_for(event.wait(), within)
         event.clear()
 
-    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+    def record(self, outcome: Outcome) -> asyncio.Future[bool]:
         writer = self._writer
         if writer is None or self._closing:
             raise StoreUnavailable("the database is closed")
         return writer.submit(outcome)
 
-    async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
-        await self._call(self._record, outcomes, operations=len(outcomes))
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> set[str]:
+        return await self._call(self._record, outcomes, operations=len(outcomes))
 
-    async def _record(self, con: Connection, outcomes: list[Outcome]) -> None:
+    async def _record(self, con: Connection, outcomes: list[Outcome]) -> set[str]:
         """One statement; with outcomes of fifo webhooks, in a transaction that settles
         their order (fifo.settle) once they are applied. A webhook switched to fifo since
         its rows were claimed is settled right after, in a transaction of its own (and by
-        the leader's safety net should this daemon die in between)."""
+        the leader's safety net should this daemon die in between). The webhooks whose
+        rows may be due now (see Store.record): those with a due pending row, and the
+        fifo ones, whose next row the settling may have made due."""
         if operational.reportable(outcomes):  # a 410 or a dead delivery: reported with it
-            await operational.record(con, outcomes, self._apply_outcomes)
-            return
-        if not any(o.webhook_id in self._fifo for o in outcomes):
-            _, fifo_ids = await self._apply_outcomes(con, outcomes)
-            if fifo_ids:
+            row = await operational.record(con, outcomes, self._apply_outcomes)
+        elif not any(o.webhook_id in self._fifo for o in outcomes):
+            row = await self._apply_outcomes(con, outcomes)
+            if row["fifo"]:
                 async with con.transaction():
-                    await fifo.settle(con, fifo_ids)
-            return
-        async with con.transaction():
-            _, fifo_ids = await self._apply_outcomes(con, outcomes)
-            if fifo_ids:
-                await fifo.settle(con, fifo_ids)
+                    await fifo.settle(con, row["fifo"])
+        else:
+            async with con.transaction():
+                row = await self._apply_outcomes(con, outcomes)
+                if row["fifo"]:
+                    await fifo.settle(con, row["fifo"])
+        return {*(row["waiting"] or ()), *(row["fifo"] or ())}
 
     async def _apply_outcomes(self, con: Connection, outcomes: list[Outcome]) -> Any:
         return await con.fetchrow(

@@ -530,7 +530,10 @@ SELECT count(*) FROM moved;
 -- outcome in the batch: no answer at all means one attempt at a time on every daemon.
 -- Every CTE sees the same snapshot, so webhooks are updated by one CTE only. The fifo
 -- webhooks of the batch come back in `fifo`: their order is settled (fifo.settle) by a
--- later statement, which sees these changes.
+-- later statement, which sees these changes. Those with a due pending row, or a retry
+-- in the batch due already, come back in `waiting` (the pending rows through
+-- webhook_delivery_queue_webhook_pending): only for them can the slot an outcome frees
+-- let a claim take a row (Store.record).
 -- A late outcome (its row no longer holds the claim's lease: rescued, maybe claimed and
 -- delivered by another daemon) records what happened, in the log, marked late, and undoes
 -- nothing others decided: it changes neither the row nor the webhook's silent flag. (A
@@ -612,7 +615,14 @@ WITH given AS (
     WHERE h.gone AND q.webhook_id = h.webhook_id AND q.status = {PENDING}
 )
 SELECT count(*) AS n,
-       (SELECT array_agg(h.webhook_id) FROM hooks h WHERE h.fifo) AS fifo
+       (SELECT array_agg(h.webhook_id) FROM hooks h WHERE h.fifo) AS fifo,
+       (SELECT array_agg(h.webhook_id) FROM hooks h
+        WHERE EXISTS (SELECT 1 FROM o
+                      WHERE o.webhook_id = h.webhook_id AND o.status = {PENDING}
+                        AND o.next_attempt_at <= now() AT TIME ZONE 'UTC')
+           OR EXISTS (SELECT 1 FROM webhook_delivery_queue q
+                      WHERE q.webhook_id = h.webhook_id AND q.status = {PENDING}
+                        AND q.next_attempt_at <= now() AT TIME ZONE 'UTC')) AS waiting
 FROM rows_changed;
 
 

@@ -140,3 +140,44 @@ def test_a_batch_of_one_takes_the_point_statements(connect: Callable[[str], Any]
     batches.record(Tracing(), [DELIVERED])
     assert query("record_one") in seen and query("record") not in seen
     assert _state(con)[0][0][0] == "delivered"
+
+
+def _events(con: Any) -> list[Any]:
+    return con.execute(
+        "SELECT event_id, event_type, payload, body, occurred_at, ingested_at, tenant, "
+        "traceparent FROM pipeline_events ORDER BY seq"
+    ).fetchall()
+
+
+@pytest.mark.parametrize("tenant", [None, "acme"])
+def test_one_event_is_stored_as_the_list_form_stores_it(
+    connect: Callable[[str], Any], tenant: str | None
+) -> None:
+    """A single new event goes in with ingest_one (a point INSERT), more with the list
+    form: the same row either way, every column."""
+    from webhookd.events import NewEvent
+
+    event = NewEvent(
+        "evt_1",
+        "order.paid",
+        '{"n":1}',
+        T0,
+        b'{"data":{"n":1}}',
+        tenant,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    other = replace(event, event_id="evt_2")
+    one, many, seen = connect("one"), connect("many"), []
+
+    class Tracing:
+        def execute(self, sql: str, parameters: object = None) -> Any:
+            seen.append(sql)
+            return one.execute(sql, parameters)
+
+    batches.ingest(Tracing(), [[event]])
+    batches.ingest(many, [[event, other]])
+    assert query("ingest_one") in seen and query("ingest") not in seen
+    (stored,) = _events(one)
+    assert stored[:5] == _events(many)[0][:5] and stored[6:] == _events(many)[0][6:]
+    assert stored[:5] == ("evt_1", "order.paid", '{"n":1}', b'{"data":{"n":1}}', T0)
+    assert stored[6:] == (tenant, event.traceparent)

@@ -100,7 +100,22 @@ def _ingest_new(
             existing[event.event_id] = (event.event_type, event.tenant, event.body)
         new_events.extend(new)
         results.append(IngestResult([e.event_id for e in events], len(new)))
-    if new_events:
+    if len(new_events) == 1:
+        (e,) = new_events
+        con.execute(
+            query("ingest_one"),
+            [
+                e.event_id,
+                e.event_type,
+                e.payload,
+                e.body,
+                e.occurred_at.replace(tzinfo=None),
+                now,
+                e.tenant,
+                e.traceparent,
+            ],
+        )
+    elif new_events:
         con.execute(
             query("ingest"),
             [

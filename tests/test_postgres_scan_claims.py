@@ -328,26 +328,16 @@ async def test_a_scan_asked_while_the_daemons_scan_runs_makes_it_look_again_at_o
     assert listener is not None
     woken = listener.events["events"]
     store._repoll = 3600.0  # the timer must not be what wakes the scanner here
-    scanned = asyncio.Event()
-    release = asyncio.Event()
-    scan_once = store._scan
-
-    async def held_scan(*args: Any) -> Any:
-        result = await scan_once(*args)  # read before the event below is committed
-        scanned.set()
-        await release.wait()
-        return result
-
-    store._scan = held_scan  # type: ignore[method-assign]
+    held = HeldScan(store)
     running = asyncio.create_task(store.scan(500))
-    await asyncio.wait_for(scanned.wait(), DEADLINE)
-    store._scan = scan_once  # type: ignore[method-assign]
+    await asyncio.wait_for(held.scanned.wait(), DEADLINE)  # read before e1 is committed
+    held.undo()
     await store.ingest(events("e1"))
     await asyncio.wait_for(woken.wait(), DEADLINE)  # the event's notification
     woken.clear()
     missed = await store.scan(500)  # the scanner, woken by it
     assert (missed.events, missed.enqueued) == (0, 0)
-    release.set()
+    held.release.set()
     first = await asyncio.wait_for(running, DEADLINE)
     assert first.events == 0
     await asyncio.wait_for(woken.wait(), DEADLINE)  # looked again: woken at once
@@ -391,22 +381,12 @@ async def test_an_event_announced_during_the_scan_that_saw_it_asks_for_no_other_
     await poll(announced(listener, xid), DEADLINE, "e1's notification")
     listener.unseen.clear()  # as if it had not arrived yet
     channel = f"{store.schema}.events"
-    scanned = asyncio.Event()
-    release = asyncio.Event()
-    scan_once = store._scan
-
-    async def held_scan(*args: Any) -> Any:
-        result = await scan_once(*args)  # read after e1 was committed
-        scanned.set()
-        await release.wait()
-        return result
-
-    store._scan = held_scan  # type: ignore[method-assign]
+    held = HeldScan(store)
     running = asyncio.create_task(store.scan(500))
-    await asyncio.wait_for(scanned.wait(), DEADLINE)
+    await asyncio.wait_for(held.scanned.wait(), DEADLINE)  # read after e1 was committed
     listener._notified(None, 0, channel, str(xid))  # arrives now, during the scan
     assert await announced(listener, xid)()
-    release.set()
+    held.release.set()
     result = await asyncio.wait_for(running, DEADLINE)
     assert (result.events, result.enqueued) == (1, 1)
     assert listener.unseen == []
@@ -446,6 +426,27 @@ async def test_a_scan_that_finds_the_lock_held_looks_again_later_for_what_it_did
     again = await store.scan(500)
     assert (again.events, again.enqueued) == (1, 1)
     assert listener.unseen == []
+
+
+class HeldScan:
+    """The store's scans, from now until undo(), read and commit, then wait for `release`
+    before they return: a scan under way, at the moment the test chooses."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.scanned = asyncio.Event()
+        self.release = asyncio.Event()
+        self._store = store
+        self._scan = store._scan
+        store._scan = self._held  # type: ignore[method-assign]
+
+    async def _held(self, *args: Any) -> Any:
+        result = await self._scan(*args)
+        self.scanned.set()
+        await self.release.wait()
+        return result
+
+    def undo(self) -> None:
+        self._store._scan = self._scan  # type: ignore[method-assign]
 
 
 async def xid_of(store: PostgresStore, event_id: str) -> int:

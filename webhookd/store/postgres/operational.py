@@ -71,10 +71,11 @@ async def record(
     con: Connection,
     outcomes: list[Outcome],
     apply: Callable[[Connection, list[Outcome]], Awaitable[Any]],
-) -> Any:
+) -> tuple[Any, int]:
     """Record a batch of outcomes (`apply`: the record statement) with what it reports, in
     one transaction; then settle the order of its fifo webhooks. The record statement's
-    row."""
+    row, and the fifo heads the settling promoted."""
+    promoted = 0
     async with con.transaction():
         now = await db_now(con)
         made = await before_outcomes(con, outcomes, now)
@@ -82,8 +83,8 @@ async def record(
         made += await after_outcomes(con, outcomes, now)
         await write(con, made)
         if row["fifo"]:
-            await fifo.settle(con, row["fifo"])
-    return row
+            promoted = await fifo.settle(con, row["fifo"])
+    return row, promoted
 
 
 async def before_outcomes(

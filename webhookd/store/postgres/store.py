@@ -649,20 +649,21 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         its rows were claimed is settled right after, in a transaction of its own (and by
         the leader's safety net should this daemon die in between). The webhooks whose
         rows may be due now (see Store.record): those with a due pending row, and the
-        fifo ones, whose next row the settling may have made due."""
+        fifo ones if the settling let a row through."""
+        promoted = 0
         if operational.reportable(outcomes):  # a 410 or a dead delivery: reported with it
-            row = await operational.record(con, outcomes, self._apply_outcomes)
+            row, promoted = await operational.record(con, outcomes, self._apply_outcomes)
         elif not any(o.webhook_id in self._fifo for o in outcomes):
             row = await self._apply_outcomes(con, outcomes)
             if row["fifo"]:
                 async with con.transaction():
-                    await fifo.settle(con, row["fifo"])
+                    promoted = await fifo.settle(con, row["fifo"])
         else:
             async with con.transaction():
                 row = await self._apply_outcomes(con, outcomes)
                 if row["fifo"]:
-                    await fifo.settle(con, row["fifo"])
-        return {*(row["waiting"] or ()), *(row["fifo"] or ())}
+                    promoted = await fifo.settle(con, row["fifo"])
+        return {*(row["waiting"] or ()), *((row["fifo"] or ()) if promoted else ())}
 
     async def _apply_outcomes(self, con: Connection, outcomes: list[Outcome]) -> Any:
         return await con.fetchrow(

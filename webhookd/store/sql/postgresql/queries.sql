@@ -533,7 +533,8 @@ SELECT count(*) FROM moved;
 -- later statement, which sees these changes. Those with a due pending row, or a retry
 -- in the batch due already, come back in `waiting` (the pending rows through
 -- webhook_delivery_queue_webhook_pending): only for them can the slot an outcome frees
--- let a claim take a row (Store.record).
+-- let a claim take a row (Store.record; the store adds a fifo webhook whose settling
+-- lets its next row through).
 -- A late outcome (its row no longer holds the claim's lease: rescued, maybe claimed and
 -- delivered by another daemon) records what happened, in the log, marked late, and undoes
 -- nothing others decided: it changes neither the row nor the webhook's silent flag. (A

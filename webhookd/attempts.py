@@ -1,7 +1,7 @@
 """What one POST of a delivery attempt came to, whichever HTTP client sent it
 (:mod:`webhookd.sender` on aiohttp, :mod:`webhookd.reqwest_sender` on pyreqwest): the
 result, the receiver's Retry-After, and the daemon's own failures, which are not the
-receiver's."""
+receiver's; and the limits both clients are built with."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 __all__ = [
     "LOCAL_ERRNOS",
     "AttemptResult",
-    "check_limits",
+    "SenderLimits",
     "local_error",
     "parse_retry_after",
 ]
@@ -85,11 +85,27 @@ def local_error(number: int) -> str:
     return f"local resource exhausted: {os.strerror(number)} ({errno.errorcode[number]})"
 
 
-def check_limits(timeout: float, max_response_bytes: int, pool_size: int) -> None:
-    """What either client refuses to be built with (ValueError)."""
-    if timeout <= 0:
-        raise ValueError("timeout must be positive")
-    if max_response_bytes < 0:
-        raise ValueError("max_response_bytes must not be negative")
-    if pool_size < 1:
-        raise ValueError("pool_size must be at least 1")
+class SenderLimits:
+    """What both clients are built with, whichever sends (senders.py); ValueError for what
+    neither can be built with."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        max_response_bytes: int,
+        allow_private: bool,
+        pool_size: int,
+        user_agent: str,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_response_bytes < 0:
+            raise ValueError("max_response_bytes must not be negative")
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self._timeout = float(timeout)
+        self._max_response_bytes = max_response_bytes
+        self._allow_private = allow_private
+        self._pool_size = pool_size
+        self._user_agent = user_agent

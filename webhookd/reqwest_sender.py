@@ -50,7 +50,7 @@ from pyreqwest.exceptions import (
 from webhookd.attempts import (
     LOCAL_ERRNOS,
     AttemptResult,
-    check_limits,
+    SenderLimits,
     local_error,
     parse_retry_after,
 )
@@ -181,7 +181,7 @@ def _build_problem(exc: Exception) -> str:
     return f"HTTP client error: {_innermost(exc)}"
 
 
-class ReqwestSender:
+class ReqwestSender(SenderLimits):
     """Sends delivery attempts over pooled reqwest clients, each pinned to an address the
     guard checked (see the module)."""
 
@@ -197,12 +197,13 @@ class ReqwestSender:
         client_identities: Mapping[str, bytes] | None = None,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        check_limits(timeout, max_response_bytes, pool_size)
-        self._timeout = float(timeout)
-        self._max_response_bytes = max_response_bytes
-        self._allow_private = allow_private
-        self._pool_size = pool_size
-        self._user_agent = user_agent
+        super().__init__(
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+            allow_private=allow_private,
+            pool_size=pool_size,
+            user_agent=user_agent,
+        )
         self._ca_pem = ca_pem
         self._identities = dict(client_identities or {})
         for name, pem in self._identities.items():

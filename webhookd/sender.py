@@ -37,7 +37,7 @@ from yarl import URL
 from webhookd.attempts import (
     LOCAL_ERRNOS,
     AttemptResult,
-    check_limits,
+    SenderLimits,
     local_error,
     parse_retry_after,
 )
@@ -157,7 +157,7 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     return f"HTTP client error: {str(exc) or type(exc).__name__}"
 
 
-class Sender:
+class Sender(SenderLimits):
     """Sends delivery attempts over shared, pooled aiohttp sessions: one for plain
     deliveries, and one per other option set in use (a client certificate, the proxy), each
     made once and kept for the daemon's life, never one per attempt."""
@@ -175,12 +175,13 @@ class Sender:
         proxy: Proxy | None = None,
         resolver: AbstractResolver | None = None,
     ) -> None:
-        check_limits(timeout, max_response_bytes, pool_size)
-        self._timeout = float(timeout)
-        self._max_response_bytes = max_response_bytes
-        self._allow_private = allow_private
-        self._pool_size = pool_size
-        self._user_agent = user_agent
+        super().__init__(
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+            allow_private=allow_private,
+            pool_size=pool_size,
+            user_agent=user_agent,
+        )
         self._ssl_context = ssl_context
         self._client_contexts = dict(client_contexts or {})
         self._proxy = proxy

@@ -82,7 +82,7 @@ def test_a_row_due_after_an_empty_claim_is_claimed(con: Counting) -> None:
     assert _claim(con) == []
     event = parse_event({"id": "e1", "type": "t", "data": {}}, 0, utcnow())
     _in_transaction(con, batches.ingest, [[event]])
-    (scanned,) = _in_transaction(con, batches.scan, [(500, None)])
+    (scanned,) = _in_transaction(con, batches.scan, [(500, None, False)])
     assert scanned.enqueued == 1
     claims = _claim(con)
     assert [(c.webhook_id, c.event_id) for c in claims] == [(hook.webhook_id, "e1")]

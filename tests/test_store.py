@@ -1085,7 +1085,7 @@ async def test_a_scan_rolled_back_leaves_the_remembered_cursor_where_it_was(
     await store.ingest(events(("e1", "t")))
 
     def scan_then_fail(con: object, payloads: list[None]) -> list[None]:
-        batches.scan(con, [(500, None)])
+        batches.scan(con, [(500, None, False)])
         raise RuntimeError("after the scan")
 
     with pytest.raises(RuntimeError, match="after the scan"):

@@ -305,14 +305,16 @@ class RemoteStore:
         or only briefly when events were ingested since the last scan.
 
         A claim of the pool's waiting in the writer boards the transaction the scan does
-        and claims after it: then the scan claims nothing, which would only run the
-        claim's statements twice in one transaction. Otherwise it claims as asked, and
-        its claims come back with its answer."""
+        and claims after it: then the scan claims only the rows it enqueues claimed
+        (batches.enqueue_claimed, which costs less than the claim that then finds nothing
+        due), not as a claim does, which would only run the claim's statements twice in
+        one transaction. Otherwise it claims as asked. Its claims come back with its
+        answer."""
         ride = WOKEN_RIDE if self._scan_due else self._poll_interval
         self._scan_due = False
-        if self._claims_waiting:
-            claim = None
-        result: ScanResult = await self._call("scan", batch_size, claim, ride)
+        result: ScanResult = await self._call(
+            "scan", batch_size, claim, ride, self._claims_waiting > 0
+        )
         if result.events >= batch_size:
             # A full batch: more events wait behind it. Without new ingests nothing would
             # kick the next scan, which would wait a whole poll interval per batch.

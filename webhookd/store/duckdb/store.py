@@ -381,21 +381,32 @@ class DuckDBStore:
         return result
 
     async def scan(
-        self, batch_size: int, claim: ClaimRequest | None = None, ride: float = 0.0
+        self,
+        batch_size: int,
+        claim: ClaimRequest | None = None,
+        ride: float = 0.0,
+        direct_only: bool = False,
     ) -> ScanResult:
-        """`ride` (positional after `claim`: remote.py sends them as they are) lets the
-        scan wait in the writer for a transaction to board (see RemoteStore.scan)."""
+        """`ride` and `direct_only` (positional after `claim`: remote.py sends them as they
+        are) let the scan wait in the writer for a transaction to board, and claim only
+        what it enqueues claimed (see RemoteStore.scan)."""
         try:
             # Only ingests bring events to scan: a waiting scan boards the transaction that
             # the ingest writer's kick starts once they are committed.
             result: ScanResult = await self._write(
-                batches.scan, (batch_size, claim), PRIORITY_SCAN, ride, batches.NEW_EVENTS
+                batches.scan,
+                (batch_size, claim, direct_only),
+                PRIORITY_SCAN,
+                ride,
+                batches.NEW_EVENTS,
             )
         except duckdb.ConstraintException:
             # A row the scan would insert exists: should never happen (see batches.scan_once),
             # but must not stop the scanner for good.
             log.warning("scan met an existing queue row; scanning with ON CONFLICT")
-            result = await self._write(batches.scan_carefully, (batch_size, claim), PRIORITY_SCAN)
+            result = await self._write(
+                batches.scan_carefully, (batch_size, claim, direct_only), PRIORITY_SCAN
+            )
         return result
 
     async def claim(

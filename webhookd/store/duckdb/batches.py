@@ -26,8 +26,10 @@ from webhookd.store.base import (
 )
 from webhookd.store.duckdb import operational
 from webhookd.store.duckdb.common import (
+    DUE_AFTER,
     Hook,
     active_hooks,
+    known,
     park_inactive,
     remember,
     remembered,
@@ -220,7 +222,7 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
     paces: dict[str, Pace] = {}
     if rows:
         paces = _paces(con)
-        if any(w in paces for w, _ in rows) or _any_due(con, now):
+        if any(w in paces for w, _ in rows) or due_after(con, now) is None:
             return None
         held: dict[str, int] = dict(con.execute(query("claim_held")).fetchall())
         wanted: dict[str, int] = {}
@@ -259,7 +261,8 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
     remember(con, "scan_cursor", high)
     if not rows:
         return ScanResult(len(events), 0, high, left_due=False)
-    # Nothing else was due and these are inflight: the next claim asks claim_any first.
+    # Nothing else was due and these are inflight (DUE_AFTER holds): the next claim asks
+    # claim_first first, if it asks.
     remember(con, "nothing_due", True)
     hooks = active_hooks(con, {w for w, _ in rows})
     picked = [(None, w, e[1], 0, 0, e[4], e[5]) for w, e in rows]
@@ -335,7 +338,10 @@ def claim(
     results: list[list[Claim]] = []
     for limit, per_webhook, lease, caps in payloads:
         now = utcnow()
-        if remembered(con, "nothing_due", _unknown) and not _any_due(con, now):
+        after = known(con, DUE_AFTER)
+        if (after is not None and now < after) or (
+            remembered(con, "nothing_due", _unknown) and due_after(con, now) is not None
+        ):
             results.append([])
             continue
         held: dict[str, int] = dict(con.execute(query("claim_held")).fetchall())
@@ -343,7 +349,7 @@ def claim(
         room = {w: cap(paces.get(w), per_webhook, caps.get(w)) for w in {*held, *caps, *paces}}
         full = [w for w, n in held.items() if n >= room[w]]
         candidates = con.execute(query("claim"), [now, full, limit * 4]).fetchall()
-        # Only decides whether the next claim asks claim_any first: it reads the queue.
+        # Only decides whether the next claim asks claim_first first: it reads the queue.
         remember(con, "nothing_due", not candidates)
         if not candidates:
             results.append([])
@@ -378,6 +384,9 @@ def claim(
         rowids = [p[0] for p in picked]
         lease_until = now + timedelta(seconds=lease)
         con.execute(query("claim_take"), [lease_until, now, rowids])
+        # Every due row taken (it saw them all): the next claim asks claim_first first.
+        if len(picked) == len(candidates) < limit * 4 and not (full or short or strays):
+            remember(con, "nothing_due", True)
         results.append(_claims(picked, hooks, paces, lease_until, now))
     return results
 
@@ -419,8 +428,19 @@ def _unknown(con: Any) -> bool:
     return False
 
 
-def _any_due(con: Any, now: datetime) -> bool:
-    return bool(con.execute(query("claim_any"), [now]).fetchone()[0])
+def due_after(con: Any, now: datetime) -> datetime | None:
+    """None if a row a claim could take is due at `now`; else the time before which none
+    is, remembered (DUE_AFTER: until a statement other than an outcome or a claim writes
+    the queue, and record keeps it for the retries it schedules)."""
+    after = known(con, DUE_AFTER)
+    if after is not None and now < after:
+        return after  # type: ignore[no-any-return]
+    first: datetime | None = con.execute(query("claim_first")).fetchone()[0]
+    if first is not None and first <= now:
+        return None
+    after = datetime.max if first is None else first
+    remember(con, DUE_AFTER, after)
+    return after
 
 
 def _pace_rate_limited(
@@ -462,8 +482,10 @@ def _pace_rate_limited(
 
 def record(con: Any, outcomes: Sequence[Outcome]) -> list[bool]:
     """Apply outcomes in one UPDATE and log the attempts made in one INSERT. Whether rows
-    of each outcome's webhook may be due is not asked (True): on this engine a claim that
-    finds nothing costs one statement (see claim).
+    of each outcome's webhook may be due (Store.record): not asked of the queue, which
+    would cost a statement, but known while the time before which no row is due is
+    (DUE_AFTER): then only a retry due now is, and the retries move that time. Otherwise
+    True.
 
     An outcome that was not spent (the daemon's own resources failed, Outcome.spent)
     sets the row's state, next attempt and error but keeps its attempt count and last
@@ -482,7 +504,20 @@ def record(con: Any, outcomes: Sequence[Outcome]) -> list[bool]:
         park_inactive(con, retried, now)
     # A fifo head that finished lets the next row through; a retry keeps its place.
     settle_fifo(con, [o.webhook_id for o in outcomes], now)
-    return [True] * len(outcomes)
+    after = known(con, DUE_AFTER)
+    if after is None:
+        return [True] * len(outcomes)
+    retries = [
+        o.next_attempt_at
+        for o in outcomes
+        if o.status is Status.PENDING and o.next_attempt_at is not None
+    ]
+    if retries:
+        remember(con, DUE_AFTER, min(after, *retries))
+    return [
+        o.status is Status.PENDING and o.next_attempt_at is not None and o.next_attempt_at <= now
+        for o in outcomes
+    ]
 
 
 def _record_one(con: Any, o: Outcome, now: datetime) -> None:

@@ -4,6 +4,7 @@ webhook is inactive or gone."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -20,6 +21,21 @@ T = TypeVar("T")
 
 # A statement that changes the webhooks table (see Cursor.memo).
 _WRITES_WEBHOOKS = re.compile(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhooks\b", re.I)
+# One that changes the queue (see DUE_AFTER).
+_WRITES_QUEUE = re.compile(
+    r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhook_delivery_queue\b", re.I
+)
+# The memo's key for the time before which no row of the queue is due, as the claim or
+# scan that remembered it found (batches.due_after). Any statement that writes the queue
+# forgets it, but those that make no row due but their own (an outcome, which record
+# answers for itself; rows made inflight).
+DUE_AFTER = "due_after"
+_KEEP_DUE_AFTER = ("record", "record_one", "claim_take", "enqueue_claimed", "enqueue_claimed_one")
+
+
+@functools.cache
+def _keeps_due_after() -> frozenset[str]:
+    return frozenset(query(name) for name in _KEEP_DUE_AFTER)
 
 
 class Cursor:
@@ -50,8 +66,15 @@ class Cursor:
         self.memo.clear()
 
     def execute(self, query: str, parameters: object = None) -> duckdb.DuckDBPyConnection:
-        if self.memo and (query == "ROLLBACK" or _WRITES_WEBHOOKS.search(query)):
-            self.memo.clear()
+        if self.memo:
+            if query == "ROLLBACK" or _WRITES_WEBHOOKS.search(query):
+                self.memo.clear()
+            elif (
+                DUE_AFTER in self.memo
+                and query not in _keeps_due_after()
+                and _WRITES_QUEUE.search(query)
+            ):
+                del self.memo[DUE_AFTER]
         disk = self._disk
         if disk.broken is not None:
             raise disk.broken_error()
@@ -106,6 +129,13 @@ def remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
 def scanned_seq(con: Any) -> int:
     """The seq the scan has passed (the scanner cursor row)."""
     return int(con.execute(query("scan_cursor")).fetchone()[0])
+
+
+def known(con: Any, key: str) -> Any:
+    """What the cursor remembers under `key`, or None (forgotten, or a cursor that does
+    not remember)."""
+    memo = _memo(con)
+    return None if memo is None else memo.get(key)
 
 
 def remember(con: Any, key: str, value: Any) -> None:

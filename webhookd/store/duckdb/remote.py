@@ -148,6 +148,7 @@ class RemoteStore:
         self._scan_due = True
         self._claim_due = True
         self._claims_waiting = 0
+        self._scans_waiting = 0
         self.engine = "duckdb"
         self.lost = asyncio.Event()
         self.migrations_applied: list[int] = []
@@ -294,8 +295,14 @@ class RemoteStore:
         # The ingest writer commits the events on its own (the 202 waits for that commit
         # only), then kicks the main writer: a scan and a claim waiting there board a
         # transaction at once, so the events are enqueued and claimed by the next commit.
-        # Scans and claims asked meanwhile wait only briefly for that kick.
-        self._scan_due = self._claim_due = True
+        # Scans and claims asked meanwhile wait only briefly for that kick, unless one of
+        # each waits already: the kick takes those, and one asked again after it would
+        # wait briefly for nothing and then run alone (0.7 of a transaction an event at
+        # 100 events/s once scans claimed their rows).
+        if not self._scans_waiting:
+            self._scan_due = True
+        if not self._claims_waiting:
+            self._claim_due = True
         result: IngestResult = await self._call("ingest", events)
         return result
 
@@ -312,9 +319,13 @@ class RemoteStore:
         answer."""
         ride = WOKEN_RIDE if self._scan_due else self._poll_interval
         self._scan_due = False
-        result: ScanResult = await self._call(
-            "scan", batch_size, claim, ride, self._claims_waiting > 0
-        )
+        self._scans_waiting += 1
+        try:
+            result: ScanResult = await self._call(
+                "scan", batch_size, claim, ride, self._claims_waiting > 0
+            )
+        finally:
+            self._scans_waiting -= 1
         if result.events >= batch_size:
             # A full batch: more events wait behind it. Without new ingests nothing would
             # kick the next scan, which would wait a whole poll interval per batch.
@@ -353,8 +364,14 @@ class RemoteStore:
         return self._proc is not None and not self.lost.is_set() and self._writable
 
     def record(self, outcome: Outcome) -> asyncio.Future[bool]:
-        self._claim_due = True  # a slot is free
-        return self._submit("record", outcome, urgent=False)
+        written: asyncio.Future[bool] = self._submit("record", outcome, urgent=False)
+        written.add_done_callback(self._recorded)
+        return written
+
+    def _recorded(self, written: asyncio.Future[bool]) -> None:
+        # A slot is free, and rows may wait for it: the next claim need not wait long.
+        if not written.cancelled() and written.exception() is None and written.result():
+            self._claim_due = True
 
     async def release(self, keys: list[tuple[str, str]]) -> int:
         self._claim_due = True

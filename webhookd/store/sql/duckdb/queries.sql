@@ -181,12 +181,12 @@ FROM webhooks
 WHERE active AND (ordering = {FIFO} OR max_in_flight IS NOT NULL OR rate_limit IS NOT NULL);
 
 
--- name: claim_any
--- Whether any row is due, whatever its webhook's room: asked first by a claim after one
--- that found none (at low rates most do), which then skips claim_held and claim
--- (0.5 ms against 1.3 ms).
-SELECT count(*) FROM (SELECT 1 FROM webhook_delivery_queue
-                      WHERE status IN {SOURCES_CLAIM} AND next_attempt_at <= ? LIMIT 1);
+-- name: claim_first
+-- When the first row a claim could take falls due, whatever its webhook's room (NULL: no
+-- such row): asked first by a claim after one that found none (at low rates most do),
+-- which then skips claim_held and claim (0.45 ms against 1.3 ms), and remembered until
+-- then (batches.DUE_AFTER).
+SELECT min(next_attempt_at) FROM webhook_delivery_queue WHERE status IN {SOURCES_CLAIM};
 
 
 -- name: claim_held

@@ -27,8 +27,10 @@ from webhookd.store.base import (
 from webhookd.store.duckdb import operational
 from webhookd.store.duckdb.common import (
     DUE_AFTER,
+    HELD,
     Hook,
     active_hooks,
+    forget,
     known,
     park_inactive,
     remember,
@@ -224,7 +226,7 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
         paces = _paces(con)
         if any(w in paces for w, _ in rows) or due_after(con, now) is None:
             return None
-        held: dict[str, int] = dict(con.execute(query("claim_held")).fetchall())
+        held = _held(con)
         wanted: dict[str, int] = {}
         for w, _ in rows:
             wanted[w] = wanted.get(w, 0) + 1
@@ -256,6 +258,9 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
                 [e[5] for _, e in rows],
             ],
         )
+    if rows:
+        for w, n in wanted.items():
+            held[w] = held.get(w, 0) + n
     high = events[-1][0]
     con.execute(query("scan_advance"), [high, now])
     remember(con, "scan_cursor", high)
@@ -344,7 +349,7 @@ def claim(
         ):
             results.append([])
             continue
-        held: dict[str, int] = dict(con.execute(query("claim_held")).fetchall())
+        held = _held(con)
         paces = _paces(con)
         room = {w: cap(paces.get(w), per_webhook, caps.get(w)) for w in {*held, *caps, *paces}}
         full = [w for w, n in held.items() if n >= room[w]]
@@ -384,6 +389,8 @@ def claim(
         rowids = [p[0] for p in picked]
         lease_until = now + timedelta(seconds=lease)
         con.execute(query("claim_take"), [lease_until, now, rowids])
+        for row in picked:
+            held[row[1]] = held.get(row[1], 0) + 1
         # Every due row taken (it saw them all): the next claim asks claim_first first.
         if len(picked) == len(candidates) < limit * 4 and not (full or short or strays):
             remember(con, "nothing_due", True)
@@ -426,6 +433,16 @@ def _claims(
 
 def _unknown(con: Any) -> bool:
     return False
+
+
+def _held(con: Any) -> dict[str, int]:
+    """Rows each webhook holds inflight (claim_held), remembered while the cursor keeps
+    HELD: the caller adds what it claims."""
+    return remembered(con, HELD, _read_held)
+
+
+def _read_held(con: Any) -> dict[str, int]:
+    return dict(con.execute(query("claim_held")).fetchall())
 
 
 def due_after(con: Any, now: datetime) -> datetime | None:
@@ -492,9 +509,18 @@ def record(con: Any, outcomes: Sequence[Outcome]) -> list[bool]:
     attempt time, and writes no log row: the log is what auto-disable reads."""
     now = utcnow()
     if len(outcomes) == 1:
-        _record_one(con, outcomes[0], now)
+        applied = _record_one(con, outcomes[0], now)
     else:
-        _record_many(con, outcomes, now)
+        applied = _record_many(con, outcomes, now)
+    held = known(con, HELD)
+    if held is not None:
+        # Each outcome applied frees its row's slot; one that was not (a stale lease)
+        # leaves the count unknown.
+        if applied == len(outcomes):
+            for o in outcomes:
+                held[o.webhook_id] = held.get(o.webhook_id, 0) - 1
+        if applied != len(outcomes) or min(held.values(), default=0) < 0:
+            forget(con, HELD)
     gone = list({o.webhook_id for o in outcomes if o.deactivate_webhook})
     gone_rows = con.execute(query("record_gone"), [now, gone]).fetchall() if gone else []
     if gone_rows or any(o.status is Status.DEAD for o in outcomes):
@@ -520,10 +546,11 @@ def record(con: Any, outcomes: Sequence[Outcome]) -> list[bool]:
     ]
 
 
-def _record_one(con: Any, o: Outcome, now: datetime) -> None:
+def _record_one(con: Any, o: Outcome, now: datetime) -> int:
     """record's statements for a batch of one outcome, as at low rates, where DuckDB
-    spends more on the list form's join than on the row (see record_one)."""
-    con.execute(
+    spends more on the list form's join than on the row (see record_one). How many rows
+    it changed (0: the row no longer held the claim's lease)."""
+    (applied,) = con.execute(
         query("record_one"),
         [
             str(o.status),
@@ -538,7 +565,7 @@ def _record_one(con: Any, o: Outcome, now: datetime) -> None:
             o.event_id,
             o.claimed_until,
         ],
-    )
+    ).fetchone()
     if o.spent:
         con.execute(
             query("record_attempt"),
@@ -554,9 +581,10 @@ def _record_one(con: Any, o: Outcome, now: datetime) -> None:
                 o.outcome,
             ],
         )
+    return int(applied)
 
 
-def _record_many(con: Any, outcomes: Sequence[Outcome], now: datetime) -> None:
+def _record_many(con: Any, outcomes: Sequence[Outcome], now: datetime) -> int:
     columns = [
         [o.webhook_id for o in outcomes],
         [o.event_id for o in outcomes],
@@ -569,7 +597,7 @@ def _record_many(con: Any, outcomes: Sequence[Outcome], now: datetime) -> None:
         [o.claimed_until for o in outcomes],
         [o.spent for o in outcomes],
     ]
-    con.execute(query("record"), [now, *columns])
+    (applied,) = con.execute(query("record"), [now, *columns]).fetchone()
     made = [o for o in outcomes if o.spent]
     if made:
         con.execute(
@@ -586,6 +614,7 @@ def _record_many(con: Any, outcomes: Sequence[Outcome], now: datetime) -> None:
                 [o.outcome for o in made],
             ],
         )
+    return int(applied)
 
 
 def release(con: Any, payloads: Sequence[list[tuple[str, str]]]) -> list[int]:

@@ -21,21 +21,30 @@ T = TypeVar("T")
 
 # A statement that changes the webhooks table (see Cursor.memo).
 _WRITES_WEBHOOKS = re.compile(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhooks\b", re.I)
-# One that changes the queue (see DUE_AFTER).
+# One that changes the queue (see QUEUE_FACTS).
 _WRITES_QUEUE = re.compile(
     r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+webhook_delivery_queue\b", re.I
 )
-# The memo's key for the time before which no row of the queue is due, as the claim or
-# scan that remembered it found (batches.due_after). Any statement that writes the queue
-# forgets it, but those that make no row due but their own (an outcome, which record
-# answers for itself; rows made inflight).
+# What the main writer's cursor knows of the queue, kept by the statements that keep it
+# true: the time before which no row is due (batches.due_after), and the rows each webhook
+# holds inflight (batches._held). An outcome (record), a claim (claim_take) and rows a scan
+# enqueues claimed change both only as the caller then notes, which it does; any other
+# statement that writes the queue makes the cursor forget both.
 DUE_AFTER = "due_after"
-_KEEP_DUE_AFTER = ("record", "record_one", "claim_take", "enqueue_claimed", "enqueue_claimed_one")
+HELD = "held"
+QUEUE_FACTS = (DUE_AFTER, HELD)
+_KEEP_QUEUE_FACTS = (
+    "record",
+    "record_one",
+    "claim_take",
+    "enqueue_claimed",
+    "enqueue_claimed_one",
+)
 
 
 @functools.cache
-def _keeps_due_after() -> frozenset[str]:
-    return frozenset(query(name) for name in _KEEP_DUE_AFTER)
+def _keeps_queue_facts() -> frozenset[str]:
+    return frozenset(query(name) for name in _KEEP_QUEUE_FACTS)
 
 
 class Cursor:
@@ -49,7 +58,8 @@ class Cursor:
     out or a retry asks about (active_hooks). DuckDB plans and runs
     each of those SELECTs in 1-2 ms, a tenth of the writer's time under load. Every
     statement that writes the table runs on this cursor and makes it forget all of it,
-    as does a ROLLBACK (the transaction may have read its own uncommitted changes)."""
+    as does a ROLLBACK (the transaction may have read its own uncommitted changes). It
+    also keeps facts of the queue (QUEUE_FACTS), forgotten as they say."""
 
     __slots__ = ("_cur", "_disk", "memo", "remembers")
 
@@ -70,11 +80,12 @@ class Cursor:
             if query == "ROLLBACK" or _WRITES_WEBHOOKS.search(query):
                 self.memo.clear()
             elif (
-                DUE_AFTER in self.memo
-                and query not in _keeps_due_after()
+                (DUE_AFTER in self.memo or HELD in self.memo)
+                and query not in _keeps_queue_facts()
                 and _WRITES_QUEUE.search(query)
             ):
-                del self.memo[DUE_AFTER]
+                for key in QUEUE_FACTS:
+                    self.memo.pop(key, None)
         disk = self._disk
         if disk.broken is not None:
             raise disk.broken_error()
@@ -129,6 +140,12 @@ def remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
 def scanned_seq(con: Any) -> int:
     """The seq the scan has passed (the scanner cursor row)."""
     return int(con.execute(query("scan_cursor")).fetchone()[0])
+
+
+def forget(con: Any, key: str) -> None:
+    memo = _memo(con)
+    if memo is not None:
+        memo.pop(key, None)
 
 
 def known(con: Any, key: str) -> Any:

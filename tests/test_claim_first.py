@@ -14,14 +14,11 @@ from typing import Any
 
 import pytest
 
+from tests.kit.duckdb_cursor import Counting, counting_cursor, delivered, in_transaction
 from webhookd.events import parse_event
 from webhookd.states import Status
-from webhookd.store.base import ClaimRequest, Outcome, WebhookLimits
+from webhookd.store.base import Claim, ClaimRequest, WebhookLimits
 from webhookd.store.duckdb import admin, batches
-from webhookd.store.duckdb.common import Cursor
-from webhookd.store.duckdb.disk import Disk
-from webhookd.store.duckdb.migrate import migrate, open_connection
-from webhookd.store.duckdb.queries import queries
 from webhookd.store.records import utcnow
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -29,40 +26,15 @@ ASK = (64, 8, 600.0, {})
 HOOK = ("https://example.com/h", ["t"], SECRET, "", WebhookLimits(), None)
 
 
-class Counting(Cursor):
-    """The main writer's cursor, naming each statement it runs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.names = {sql: name for name, sql in queries().items()}
-        self.ran: list[str] = []
-
-    def execute(self, query: str, parameters: object = None) -> Any:
-        self.ran.append(self.names.get(query, query))
-        return super().execute(query, parameters)
-
-
 @pytest.fixture
 def con(tmp_path: Path) -> Iterator[Counting]:
-    path = tmp_path / "q.duckdb"
-    raw = open_connection(path, "256MB")
-    migrate(raw)
-    cur = Counting(raw.cursor(), Disk(path, lambda: None), remembers=True)
-    yield cur
-    cur.close()
-    raw.close()
-
-
-def _in_transaction(con: Counting, fn: Any, *args: Any) -> Any:
-    con.execute("BEGIN TRANSACTION")
-    result = fn(con, *args)
-    con.execute("COMMIT")
-    return result
+    with counting_cursor(tmp_path) as cur:
+        yield cur
 
 
 def _claim(con: Counting) -> list[Any]:
     con.ran.clear()
-    ((claims),) = _in_transaction(con, batches.claim, [ASK])
+    ((claims),) = in_transaction(con, batches.claim, [ASK])
     return list(claims)
 
 
@@ -77,15 +49,15 @@ def test_an_empty_claim_after_an_empty_claim_asks_only_whether_any_row_is_due(
 
 
 def test_a_row_due_after_an_empty_claim_is_claimed(con: Counting) -> None:
-    (hook,) = _in_transaction(
+    (hook,) = in_transaction(
         con,
         admin.create_webhook,
         [("https://example.com/h", ["t"], SECRET, "", WebhookLimits(), None)],
     )
     assert _claim(con) == []
     event = parse_event({"id": "e1", "type": "t", "data": {}}, 0, utcnow())
-    _in_transaction(con, batches.ingest, [[event]])
-    (scanned,) = _in_transaction(con, batches.scan, [(500, None, False)])
+    in_transaction(con, batches.ingest, [[event]])
+    (scanned,) = in_transaction(con, batches.scan, [(500, None, False)])
     assert scanned.enqueued == 1
     claims = _claim(con)
     assert [(c.webhook_id, c.event_id) for c in claims] == [(hook.webhook_id, "e1")]
@@ -94,7 +66,7 @@ def test_a_row_due_after_an_empty_claim_is_claimed(con: Counting) -> None:
 
 def test_a_row_that_falls_due_later_is_claimed_after_empty_claims(con: Counting) -> None:
     """A retry whose time comes: claim_first is compared with the claim's own now."""
-    (hook,) = _in_transaction(
+    (hook,) = in_transaction(
         con,
         admin.create_webhook,
         [("https://example.com/h", ["t"], SECRET, "", WebhookLimits(), None)],
@@ -113,34 +85,14 @@ def test_a_row_that_falls_due_later_is_claimed_after_empty_claims(con: Counting)
     assert [c.event_id for c in _claim(con)] == ["e1"]
 
 
-def _outcome(hook_id: str, event_id: str, claimed_until: Any, **changes: Any) -> Outcome:
-    now = utcnow()
-    return replace(
-        Outcome(
-            webhook_id=hook_id,
-            event_id=event_id,
-            attempt=1,
-            status=Status.DELIVERED,
-            next_attempt_at=None,
-            attempted_at=now,
-            duration_ms=1.0,
-            status_code=204,
-            error=None,
-            response_excerpt="",
-            outcome="delivered",
-            claimed_until=claimed_until,
-        ),
-        **changes,
-    )
-
-
-def _claimed_row(con: Counting) -> Any:
-    (hook,) = _in_transaction(con, admin.create_webhook, [HOOK])
+def _claimed_row(con: Counting) -> Claim:
+    """One row of a new event, claimed by the scan that enqueued it."""
+    in_transaction(con, admin.create_webhook, [HOOK])
     event = parse_event({"id": "e1", "type": "t", "data": {}}, 0, utcnow())
-    _in_transaction(con, batches.ingest, [[event]])
-    (scanned,) = _in_transaction(con, batches.scan, [(500, ClaimRequest(*ASK), False)])
+    in_transaction(con, batches.ingest, [[event]])
+    (scanned,) = in_transaction(con, batches.scan, [(500, ClaimRequest(*ASK), False)])
     (claim,) = scanned.claims
-    return hook, claim
+    return claim
 
 
 def test_an_outcome_says_no_row_is_due_while_none_is_and_asks_the_queue_nothing(
@@ -149,11 +101,9 @@ def test_an_outcome_says_no_row_is_due_while_none_is_and_asks_the_queue_nothing(
     """The scan that claimed the row found when the next row falls due (never); an
     outcome keeps that, so it tells the pool no claim is worth waking (Store.record), and
     the claims after it run no statement."""
-    hook, claim = _claimed_row(con)
+    claim = _claimed_row(con)
     con.ran.clear()
-    (due,) = _in_transaction(
-        con, batches.record, [_outcome(hook.webhook_id, "e1", claim.claimed_until)]
-    )
+    (due,) = in_transaction(con, batches.record, [delivered(claim)])
     assert due is False
     assert "claim_first" not in con.ran
     assert _claim(con) == [] and con.ran == ["BEGIN TRANSACTION", "COMMIT"]
@@ -162,19 +112,17 @@ def test_an_outcome_says_no_row_is_due_while_none_is_and_asks_the_queue_nothing(
 def test_a_retry_due_now_is_due_and_one_due_later_is_claimed_when_its_time_comes(
     con: Counting,
 ) -> None:
-    hook, claim = _claimed_row(con)
+    claim = _claimed_row(con)
     soon = utcnow() + timedelta(milliseconds=300)
-    retry = _outcome(
-        hook.webhook_id,
-        "e1",
-        claim.claimed_until,
+    retry = delivered(
+        claim,
         status=Status.PENDING,
         next_attempt_at=soon,
         status_code=503,
         error="HTTP 503",
         outcome="retry",
     )
-    (due,) = _in_transaction(con, batches.record, [retry])
+    (due,) = in_transaction(con, batches.record, [retry])
     assert due is False  # not yet
     assert _claim(con) == [] and con.ran == ["BEGIN TRANSACTION", "COMMIT"]
     deadline = time.monotonic() + 10
@@ -188,19 +136,19 @@ def test_a_retry_due_now_is_due_and_one_due_later_is_claimed_when_its_time_comes
     again = replace(
         retry, attempt=2, next_attempt_at=utcnow(), claimed_until=claims[0].claimed_until
     )
-    assert _in_transaction(con, batches.record, [again]) == [True]
+    assert in_transaction(con, batches.record, [again]) == [True]
 
 
 def test_any_other_write_to_the_queue_makes_the_claim_ask_again(con: Counting) -> None:
-    hook, claim = _claimed_row(con)
-    _in_transaction(con, batches.record, [_outcome(hook.webhook_id, "e1", claim.claimed_until)])
+    claim = _claimed_row(con)
+    in_transaction(con, batches.record, [delivered(claim)])
     assert _claim(con) == [] and "claim_first" not in con.ran
     now = utcnow()
     con.execute(
         "INSERT INTO webhook_delivery_queue (webhook_id, event_id, status, attempts, "
         "retry_base, next_attempt_at, body, created_at, updated_at, seq) "
         "VALUES (?, 'e2', 'pending', 0, 0, ?, '{}'::BLOB, ?, ?, 2)",
-        [hook.webhook_id, now, now, now],
+        [claim.webhook_id, now, now, now],
     )
     assert [c.event_id for c in _claim(con)] == ["e2"]
     assert "claim_first" in con.ran

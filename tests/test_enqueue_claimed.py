@@ -12,14 +12,12 @@ from typing import Any
 
 import pytest
 
+from tests.kit.duckdb_cursor import Counting, counting_cursor, in_transaction
 from webhookd.events import parse_event
 from webhookd.queue.routes import Routes
 from webhookd.store.base import ClaimRequest, Ordering, WebhookLimits
 from webhookd.store.duckdb import admin, batches
-from webhookd.store.duckdb.common import Cursor
-from webhookd.store.duckdb.disk import Disk
-from webhookd.store.duckdb.migrate import migrate, open_connection
-from webhookd.store.duckdb.queries import MATCHES, queries
+from webhookd.store.duckdb.queries import MATCHES
 from webhookd.store.records import utcnow
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -27,35 +25,10 @@ ASK = ClaimRequest(limit=64, per_webhook=8, lease=600.0)
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-class Counting(Cursor):
-    """The main writer's cursor, naming each statement it runs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.names = {sql: name for name, sql in queries().items()}
-        self.ran: list[str] = []
-
-    def execute(self, query: str, parameters: object = None) -> Any:
-        self.ran.append(self.names.get(query, query))
-        return super().execute(query, parameters)
-
-
 @pytest.fixture
 def con(tmp_path: Path) -> Iterator[Counting]:
-    path = tmp_path / "q.duckdb"
-    raw = open_connection(path, "256MB")
-    migrate(raw)
-    cur = Counting(raw.cursor(), Disk(path, lambda: None), remembers=True)
-    yield cur
-    cur.close()
-    raw.close()
-
-
-def _in_transaction(con: Counting, fn: Any, *args: Any) -> Any:
-    con.execute("BEGIN TRANSACTION")
-    result = fn(con, *args)
-    con.execute("COMMIT")
-    return result
+    with counting_cursor(tmp_path) as cur:
+        yield cur
 
 
 def _hook(
@@ -65,13 +38,13 @@ def _hook(
     limits: WebhookLimits | None = None,
     active: bool = True,
 ) -> str:
-    (record,) = _in_transaction(
+    (record,) = in_transaction(
         con,
         admin.create_webhook,
         [("https://example.com/h", types, SECRET, "", limits or WebhookLimits(), tenant)],
     )
     if not active:
-        _in_transaction(
+        in_transaction(
             con,
             lambda c: c.execute(
                 "UPDATE webhooks SET active = false WHERE webhook_id = ?", [record.webhook_id]
@@ -83,7 +56,7 @@ def _hook(
 def _emit(con: Counting, *events: dict[str, Any]) -> None:
     now = utcnow()
     parsed = [parse_event(raw, i, now) for i, raw in enumerate(events)]
-    _in_transaction(con, batches.ingest, [parsed])
+    in_transaction(con, batches.ingest, [parsed])
 
 
 def _queue(con: Counting) -> list[tuple[Any, ...]]:
@@ -204,11 +177,11 @@ def test_what_the_claim_would_not_take_whole_is_scanned_and_claimed_as_before(
     _hook(con, ["t"], limits=limits)
     if case == "a row already due":
         _emit(con, {"id": "e0", "type": "t", "data": {}})
-        _in_transaction(con, lambda c: batches.scan_once(c, 500, careful=False))  # not claimed
+        in_transaction(con, lambda c: batches.scan_once(c, 500, careful=False))  # not claimed
     if case == "a webhook at its cap":
         request = ClaimRequest(limit=64, per_webhook=1, lease=600.0)
         _emit(con, {"id": "e0", "type": "t", "data": {}})
-        _in_transaction(con, batches.scan, [(500, request, False)])
+        in_transaction(con, batches.scan, [(500, request, False)])
     many = batches.FEW_EVENTS + 1 if case == "more events than a few" else 2
     if case == "more rows than the request's limit":
         request = ClaimRequest(limit=1, per_webhook=8, lease=600.0)
@@ -219,7 +192,7 @@ def test_what_the_claim_would_not_take_whole_is_scanned_and_claimed_as_before(
 def test_a_webhook_with_room_takes_its_row_claimed_beside_rows_held(con: Counting) -> None:
     hook = _hook(con, ["t"])
     _emit(con, {"id": "e1", "type": "t", "data": {}})
-    _in_transaction(con, batches.scan, [(500, ASK, False)])
+    in_transaction(con, batches.scan, [(500, ASK, False)])
     _emit(con, {"id": "e2", "type": "t", "data": {}})
     assert _same_either_way(con)
     _, queue, _, _ = _scan(con, direct=True)
@@ -247,7 +220,7 @@ def test_a_claim_in_the_same_transaction_after_finds_nothing_due_and_asks_nothin
 def test_direct_only_claims_nothing_the_scan_could_not_enqueue_claimed(con: Counting) -> None:
     _hook(con, ["t"], limits=WebhookLimits(ordering=Ordering.FIFO))
     _emit(con, {"id": "e1", "type": "t", "data": {}})
-    (scanned,) = _in_transaction(con, batches.scan, [(500, ASK, True)])
+    (scanned,) = in_transaction(con, batches.scan, [(500, ASK, True)])
     assert scanned.enqueued == 1 and scanned.claims == []
 
 

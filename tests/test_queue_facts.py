@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.kit.duckdb_cursor import counting_cursor, delivered, in_transaction
 from webhookd.events import parse_event
 from webhookd.states import Status
 from webhookd.store.base import Claim, ClaimRequest, Outcome, WebhookLimits
 from webhookd.store.duckdb import admin, batches
 from webhookd.store.duckdb.common import DUE_AFTER, HELD, Cursor, known
-from webhookd.store.duckdb.disk import Disk
-from webhookd.store.duckdb.migrate import migrate, open_connection
 from webhookd.store.records import utcnow
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -31,20 +28,8 @@ OPS = ["emit", "scan", "scan", "claim", "claim", "claim", "record", "record", "r
 
 @pytest.fixture
 def con(tmp_path: Path) -> Iterator[Cursor]:
-    path = tmp_path / "q.duckdb"
-    raw = open_connection(path, "256MB")
-    migrate(raw)
-    cur = Cursor(raw.cursor(), Disk(path, lambda: None), remembers=True)
-    yield cur
-    cur.close()
-    raw.close()
-
-
-def _in_transaction(con: Cursor, fn: Any, *args: Any) -> Any:
-    con.execute("BEGIN TRANSACTION")
-    result = fn(con, *args)
-    con.execute("COMMIT")
-    return result
+    with counting_cursor(tmp_path) as cur:
+        yield cur
 
 
 def _check(con: Cursor) -> tuple[bool, bool]:
@@ -68,31 +53,16 @@ def _check(con: Cursor) -> tuple[bool, bool]:
 
 
 def _outcome(claim: Claim, kind: str) -> Outcome:
-    now = utcnow()
-    delivered = Outcome(
-        webhook_id=claim.webhook_id,
-        event_id=claim.event_id,
-        attempt=claim.attempt,
-        status=Status.DELIVERED,
-        next_attempt_at=None,
-        attempted_at=now,
-        duration_ms=1.0,
-        status_code=204,
-        error=None,
-        response_excerpt="",
-        outcome="delivered",
-        claimed_until=claim.claimed_until,
-    )
     if kind == "delivered":
-        return delivered
+        return delivered(claim)
     if kind == "stale":
         assert claim.claimed_until is not None
-        return replace(delivered, claimed_until=claim.claimed_until - timedelta(seconds=1))
+        return delivered(claim, claimed_until=claim.claimed_until - timedelta(seconds=1))
     later = timedelta(0) if kind == "retry now" else timedelta(hours=1)
-    return replace(
-        delivered,
+    return delivered(
+        claim,
         status=Status.PENDING,
-        next_attempt_at=now + later,
+        next_attempt_at=utcnow() + later,
         status_code=503,
         error="HTTP 503",
         outcome="retry",
@@ -103,7 +73,7 @@ def _outcome(claim: Claim, kind: str) -> Outcome:
 def test_what_the_cursor_knows_of_the_queue_is_what_the_queue_says(con: Cursor, seed: int) -> None:
     rng = random.Random(seed)
     for types in (["t"], ["u"], []):
-        _in_transaction(
+        in_transaction(
             con,
             admin.create_webhook,
             [("https://example.com/h", types, SECRET, "", WebhookLimits(), None)],
@@ -118,25 +88,25 @@ def test_what_the_cursor_knows_of_the_queue_is_what_the_queue_says(con: Cursor, 
                 parse_event({"id": f"e{step}-{n}", "type": rng.choice("tuv"), "data": {}}, n, now)
                 for n in range(rng.randint(1, 3))
             ]
-            _in_transaction(con, batches.ingest, [events])
+            in_transaction(con, batches.ingest, [events])
         elif op == "scan":
             request = ClaimRequest(rng.randint(1, 8), rng.randint(1, 3), 600.0)
-            (result,) = _in_transaction(con, batches.scan, [(500, request, rng.random() < 0.3)])
+            (result,) = in_transaction(con, batches.scan, [(500, request, rng.random() < 0.3)])
             claims += result.claims
         elif op == "claim":
             ask = (rng.randint(1, 8), rng.randint(1, 3), 600.0, {})
-            (taken,) = _in_transaction(con, batches.claim, [ask])
+            (taken,) = in_transaction(con, batches.claim, [ask])
             claims += taken
         elif op == "record" and claims:
             picked = [claims.pop(rng.randrange(len(claims))) for _ in range(min(len(claims), 2))]
             kinds = ["delivered", "retry now", "retry later", "stale"]
             outcomes = [_outcome(c, rng.choice(kinds)) for c in picked]
-            _in_transaction(con, batches.record, outcomes)
+            in_transaction(con, batches.record, outcomes)
         elif op == "release" and claims:
             gone = claims.pop(rng.randrange(len(claims)))
-            _in_transaction(con, batches.release, [[(gone.webhook_id, gone.event_id)]])
+            in_transaction(con, batches.release, [[(gone.webhook_id, gone.event_id)]])
         elif op == "rescue" and rng.random() < 0.3:
-            _in_transaction(con, batches.rescue, [utcnow() + timedelta(hours=1)])
+            in_transaction(con, batches.rescue, [utcnow() + timedelta(hours=1)])
             claims.clear()
         held, after = _check(con)
         knew["held"] += held

@@ -32,12 +32,14 @@ from webhookd.store.duckdb.common import (
     active_hooks,
     forget,
     known,
+    note,
     park_inactive,
     remember,
     remembered,
     scanned_seq,
 )
 from webhookd.store.duckdb.fifo import settle_fifo
+from webhookd.store.duckdb.fresh import FreshEvents
 from webhookd.store.duckdb.queries import query
 from webhookd.store.records import signing_secrets, utcnow
 
@@ -108,7 +110,7 @@ def _ingest_new(
         results.append(IngestResult([e.event_id for e in events], len(new)))
     if len(new_events) == 1:
         (e,) = new_events
-        con.execute(
+        (seq,) = con.execute(
             query("ingest_one"),
             [
                 e.event_id,
@@ -120,7 +122,9 @@ def _ingest_new(
                 e.tenant,
                 e.traceparent,
             ],
-        )
+        ).fetchone()
+        # For the main writer's next scan once this commits (fresh.py, enqueue_claimed).
+        note(con, (seq, e.event_id, e.event_type, e.tenant, e.body, e.traceparent))
     elif new_events:
         con.execute(
             query("ingest"),
@@ -208,14 +212,18 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
 
     The scan's join costs DuckDB 2.2 ms and claim's top-N and update 1.7 ms however few the
     rows; reading the few events whole, matching them in Python (queue/routes.py) and one
-    INSERT cost about half of that (bench/README.md)."""
+    INSERT cost about half of that (bench/README.md). The events the ingest writer has
+    just committed are not even read, when they are all there is (fresh.py)."""
     cursor = remembered(con, "scan_cursor", scanned_seq)
-    events = con.execute(query("scan_few"), [cursor, most + 1]).fetchall()
-    if len(events) > most:
-        return None
-    if not events:
-        return ScanResult(0, 0, cursor)
-    events.sort()
+    fresh: FreshEvents | None = getattr(con, "fresh", None)
+    events: list[Any] | None = None if fresh is None else fresh.after(cursor, most)
+    if events is None:
+        events = con.execute(query("scan_few"), [cursor, most + 1]).fetchall()
+        if len(events) > most:
+            return None
+        if not events:
+            return ScanResult(0, 0, cursor)
+        events.sort()
     routes = remembered(con, "routes", _read_routes)
     rows = [(w, e) for e in events for w in routes.takers(e[2], e[3])]
     if len(rows) > request.limit:

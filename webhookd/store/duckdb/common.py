@@ -15,6 +15,7 @@ import duckdb
 from webhookd import network
 from webhookd.network import DeliveryOptions
 from webhookd.store.duckdb.disk import Disk
+from webhookd.store.duckdb.fresh import FreshEvents
 from webhookd.store.duckdb.queries import query
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class Cursor:
     as does a ROLLBACK (the transaction may have read its own uncommitted changes). It
     also keeps facts of the queue (QUEUE_FACTS), forgotten as they say."""
 
-    __slots__ = ("_cur", "_disk", "memo", "remembers")
+    __slots__ = ("_cur", "_disk", "_mark", "fresh", "memo", "notes", "remembers")
 
     def __init__(
         self, cur: duckdb.DuckDBPyConnection, disk: Disk, *, remembers: bool = False
@@ -70,12 +71,31 @@ class Cursor:
         self._disk = disk
         self.remembers = remembers
         self.memo: dict[str, Any] = {}
+        # What batch functions left for after their transaction commits (note): what a
+        # rolled-back transaction left is dropped with it.
+        self.notes: list[Any] = []
+        self._mark = 0
+        # The main writer's: the events the ingest writer committed (fresh.py).
+        self.fresh: FreshEvents | None = None
 
     def attach(self, cur: duckdb.DuckDBPyConnection) -> None:
         self._cur = cur
         self.memo.clear()
+        self.notes = []
+        if self.fresh is not None:
+            self.fresh.clear()
+
+    def take_notes(self) -> list[Any]:
+        """What committed transactions left (note), once."""
+        notes, self.notes = self.notes, []
+        self._mark = 0
+        return notes
 
     def execute(self, query: str, parameters: object = None) -> duckdb.DuckDBPyConnection:
+        if query == "BEGIN TRANSACTION":
+            self._mark = len(self.notes)
+        elif query == "ROLLBACK":
+            del self.notes[self._mark :]
         if self.memo:
             if query == "ROLLBACK" or _WRITES_WEBHOOKS.search(query):
                 self.memo.clear()
@@ -140,6 +160,12 @@ def remembered(con: Any, key: str, load: Callable[[Any], T]) -> T:
 def scanned_seq(con: Any) -> int:
     """The seq the scan has passed (the scanner cursor row)."""
     return int(con.execute(query("scan_cursor")).fetchone()[0])
+
+
+def note(con: Any, value: Any) -> None:
+    """Leave `value` for after this transaction commits (Cursor.take_notes)."""
+    if isinstance(con, Cursor):
+        con.notes.append(value)
 
 
 def forget(con: Any, key: str) -> None:

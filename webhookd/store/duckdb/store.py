@@ -62,6 +62,7 @@ from webhookd.store.base import (
 from webhookd.store.duckdb import admin, batches, tenant_tokens
 from webhookd.store.duckdb.common import Cursor, scanned_seq
 from webhookd.store.duckdb.disk import FULL_PAUSE, HOLD_OUTCOME, REOPEN_EVERY, RETRY_OUTCOME, Disk
+from webhookd.store.duckdb.fresh import FreshEvents
 from webhookd.store.duckdb.migrate import migrate, open_connection
 from webhookd.store.duckdb.queries import query
 from webhookd.store.duckdb.writer import Writer
@@ -167,15 +168,20 @@ class DuckDBStore:
         self._loop = loop
         self._cursors = [Cursor(self._con.cursor(), self._disk, remembers=i == 1) for i in range(3)]
         self._reader_con = self._cursors[0]
+        fresh = self._cursors[1].fresh = FreshEvents()
+        ingests = self._cursors[2]
         writer = _MainWriter(
             self._cursors[1], idle=self._idle, idle_every=1.0, gate=self._main_gate
         )
         self._writer = writer
+
+        def committed() -> None:
+            # The events first, then the kick that makes the main writer scan them.
+            fresh.add(ingests.take_notes())
+            writer.kick(batches.new_events_kick)
+
         self._ingest_writer = Writer(
-            self._cursors[2],
-            name="webhookd-ingest",
-            on_commit=lambda: writer.kick(batches.new_events_kick),
-            gate=self._gate,
+            ingests, name="webhookd-ingest", on_commit=committed, gate=self._gate
         )
         writer.start()
         self._ingest_writer.start()

@@ -16,7 +16,7 @@ from webhookd.events import parse_event
 from webhookd.store.base import ClaimRequest, WebhookLimits
 from webhookd.store.duckdb import admin, batches
 from webhookd.store.duckdb.common import Cursor
-from webhookd.store.duckdb.fresh import FreshEvents, Row
+from webhookd.store.duckdb.fresh import FEW_EVENTS, KEPT_BODY, FreshEvents, Row
 from webhookd.store.records import utcnow
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -136,3 +136,17 @@ def test_an_event_that_took_a_seq_between_is_read_not_skipped(
     (result,) = in_transaction(con, batches.scan, [(500, ASK, False)])
     assert "scan_few" in con.ran
     assert sorted(c.event_id for c in result.claims) == ["e1", "e2"]
+
+
+def test_a_large_body_is_not_kept_and_its_event_is_read() -> None:
+    fresh = FreshEvents()
+    fresh.add([_row(5), (6, "e6", "t", None, b"x" * (KEPT_BODY + 1), None), _row(7)])
+    assert fresh.after(4, 16) is None  # 6 is missing: the scan reads
+    assert [r[0] for r in fresh.after(6, 16) or []] == [7]
+
+
+def test_no_more_are_kept_than_a_small_scan_takes() -> None:
+    fresh = FreshEvents()
+    fresh.add(_row(seq) for seq in range(1, FEW_EVENTS + 6))
+    assert fresh.after(0, 100) is None  # the first ones were let go: read
+    assert [r[0] for r in fresh.after(5, 100) or []] == list(range(6, FEW_EVENTS + 6))

@@ -39,7 +39,7 @@ from webhookd.store.duckdb.common import (
     scanned_seq,
 )
 from webhookd.store.duckdb.fifo import settle_fifo
-from webhookd.store.duckdb.fresh import FreshEvents
+from webhookd.store.duckdb.fresh import FEW_EVENTS, FreshEvents
 from webhookd.store.duckdb.queries import query
 from webhookd.store.records import signing_secrets, utcnow
 
@@ -196,10 +196,6 @@ def scan_claim(
         con, [(request.limit, request.per_webhook, request.lease, dict(request.caps))]
     )
     return replace(result, claims=claims, left_due=len(claims) >= request.limit)
-
-
-# At most this many events after the cursor make a scan small enough for enqueue_claimed.
-FEW_EVENTS = 16
 
 
 def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | None:

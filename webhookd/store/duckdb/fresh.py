@@ -18,8 +18,11 @@ from collections.abc import Iterable
 # (seq, event_id, event_type, tenant, body, traceparent): the columns scan_few reads.
 Row = tuple[int, str, str, str | None, bytes, str | None]
 
-# At most this many kept: a scan that takes more reads them anyway (FEW_EVENTS).
-KEPT = 64
+# The most events a scan takes without its join (batches.enqueue_claimed), and so the most
+# kept here: when more follow the cursor, the scan reads them anyway.
+FEW_EVENTS = 16
+# A larger body is not kept (the scan reads its event): at most 16 small ones in memory.
+KEPT_BODY = 65_536
 
 
 class FreshEvents:
@@ -33,8 +36,8 @@ class FreshEvents:
     def add(self, rows: Iterable[Row]) -> None:
         """Events whose transaction has committed, in the order they committed."""
         with self._lock:
-            self._rows.extend(rows)
-            del self._rows[:-KEPT]
+            self._rows.extend(r for r in rows if len(r[4]) <= KEPT_BODY)
+            del self._rows[:-FEW_EVENTS]
 
     def after(self, cursor: int, most: int) -> list[Row] | None:
         """Every event after `cursor`, if the run held covers them all from cursor + 1

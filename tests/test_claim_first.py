@@ -152,3 +152,43 @@ def test_any_other_write_to_the_queue_makes_the_claim_ask_again(con: Counting) -
     )
     assert [c.event_id for c in _claim(con)] == ["e2"]
     assert "claim_first" in con.ran
+
+
+def test_a_claim_carries_its_rows_seq_and_its_outcome_finds_the_row_by_it(
+    con: Counting,
+) -> None:
+    """DuckDB finds an outcome's row by the seq its claim read (Claim.seq), which never
+    changes: a seq that is not the row's applies nothing; the row's own applies the
+    outcome."""
+    claim = _claimed_row(con)
+    (seq,) = con.execute(
+        "SELECT seq FROM webhook_delivery_queue WHERE event_id = ?", [claim.event_id]
+    ).fetchone()
+    assert claim.seq == seq
+    in_transaction(con, batches.record, [delivered(claim, seq=seq + 1)])
+    assert _status(con, claim.event_id) == "inflight"
+    in_transaction(con, batches.record, [delivered(claim)])
+    assert _status(con, claim.event_id) == "delivered"
+
+
+def test_a_batch_of_outcomes_finds_its_rows_within_their_seqs(con: Counting) -> None:
+    in_transaction(con, admin.create_webhook, [HOOK])
+    now = utcnow()
+    events = [parse_event({"id": f"e{n}", "type": "t", "data": {}}, n, now) for n in range(3)]
+    in_transaction(con, batches.ingest, [events])
+    (scanned,) = in_transaction(con, batches.scan, [(500, ClaimRequest(*ASK), False)])
+    first, second, third = sorted(scanned.claims, key=lambda c: c.event_id)
+    assert first.seq is not None and third.seq is not None
+    # The batch's range is its outcomes' seqs: a row outside it is not touched.
+    wrong = delivered(second, seq=third.seq)
+    in_transaction(con, batches.record, [wrong, delivered(third)])
+    assert [_status(con, c.event_id) for c in (second, third)] == ["inflight", "delivered"]
+    in_transaction(con, batches.record, [delivered(first), delivered(second)])
+    assert {_status(con, c.event_id) for c in (first, second)} == {"delivered"}
+
+
+def _status(con: Counting, event_id: str) -> str:
+    (status,) = con.execute(
+        "SELECT status FROM webhook_delivery_queue WHERE event_id = ?", [event_id]
+    ).fetchone()
+    return str(status)

@@ -98,6 +98,7 @@ def _scan(con: Counting, *, direct: bool, request: ClaimRequest = ASK) -> Any:
             c.paced,
             c.options,
             c.traceparent,
+            c.seq,
         )
         for c in result.claims
     )

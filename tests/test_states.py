@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -21,7 +22,7 @@ from webhookd.states import (
     transition,
 )
 from webhookd.store.base import Claim
-from webhookd.workers import RetryPolicy, decide
+from webhookd.workers import RetryPolicy, decide, decide_failure
 
 P, F, D, X, K = Status.PENDING, Status.INFLIGHT, Status.DELIVERED, Status.DEAD, Status.PARKED
 
@@ -172,3 +173,13 @@ def test_decide_with_jitter_stays_in_bounds() -> None:
         outcome = decide(_claim(1), _result(500), policy, NOW)
         assert outcome.next_attempt_at is not None
         assert 80.0 <= (outcome.next_attempt_at - NOW).total_seconds() <= 120.0
+
+
+def test_every_outcome_carries_its_claims_seq_and_lease() -> None:
+    """The store finds the outcome's row by them (Claim.seq, Claim.claimed_until)."""
+    claim = replace(_claim(1), seq=7, claimed_until=NOW)
+    local = AttemptResult(None, "too many open files", 1.0, "", None, local_failure=True)
+    outcomes = [decide(claim, _result(code), POLICY, NOW) for code in (204, 500, 410)]
+    outcomes.append(decide(claim, local, POLICY, NOW))
+    outcomes.append(decide_failure(claim, _result(500), RetryPolicy(0, [], 0.0), NOW))
+    assert {(o.seq, o.claimed_until) for o in outcomes} == {(7, NOW)}

@@ -80,6 +80,7 @@ def decide(claim: Claim, result: AttemptResult, policy: RetryPolicy, now: dateti
             outcome="local_failure",
             claimed_until=claim.claimed_until,
             spent=False,
+            seq=claim.seq,
         )
     classified = classify(result.status_code)
     event = outcome_event(classified.verdict, claim.budget_attempt, policy.max_attempts)
@@ -111,6 +112,7 @@ def decide(claim: Claim, result: AttemptResult, policy: RetryPolicy, now: dateti
         outcome=label,
         deactivate_webhook=classified.verdict is Verdict.GONE,
         claimed_until=claim.claimed_until,
+        seq=claim.seq,
     )
 
 
@@ -145,6 +147,7 @@ def decide_failure(
             response_excerpt=result.response_excerpt,
             outcome="dead" if exhausted else "retry",
             claimed_until=claim.claimed_until,
+            seq=claim.seq,
         )
 
 

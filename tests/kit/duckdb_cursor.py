@@ -68,5 +68,6 @@ def delivered(claim: Claim, **changes: Any) -> Outcome:
         response_excerpt="",
         outcome="delivered",
         claimed_until=claim.claimed_until,
+        seq=claim.seq,
     )
     return replace(outcome, **changes)

@@ -106,6 +106,10 @@ class Claim:
     options: DeliveryOptions | None = None
     # The event's W3C traceparent (webhookd/tracing.py); None when it came with none.
     traceparent: str | None = None
+    # The row's seq, which never changes: DuckDB finds the row of the outcome by it
+    # (a range its column statistics narrow), not by scanning every stored id. None on
+    # PostgreSQL, whose key index finds the row.
+    seq: int | None = None
 
     def __reduce__(self) -> tuple[type[Claim], tuple[Any, ...]]:
         # Claims and outcomes cross to the database process by the thousand: positional
@@ -133,6 +137,7 @@ class Outcome:
     # `next_attempt_at` with `error`, its attempts unchanged and no row in the log, so
     # that it counts toward neither `dead` nor auto-disable.
     spent: bool = True
+    seq: int | None = None  # the claim's (Claim.seq)
 
     def __reduce__(self) -> tuple[type[Outcome], tuple[Any, ...]]:
         return Outcome, tuple(getattr(self, name) for name in self.__slots__)

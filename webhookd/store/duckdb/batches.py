@@ -274,7 +274,7 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
     # claim_first first, if it asks.
     remember(con, "nothing_due", True)
     hooks = active_hooks(con, {w for w, _ in rows})
-    picked = [(None, w, e[1], 0, 0, e[4], e[5]) for w, e in rows]
+    picked = [(None, w, e[1], 0, 0, e[4], e[5], e[0]) for w, e in rows]
     claims = _claims(picked, hooks, paces, lease_until, now)
     return ScanResult(len(events), len(rows), high, claims=claims, left_due=False)
 
@@ -410,9 +410,9 @@ def _claims(
     now: datetime,
 ) -> list[Claim]:
     """The claims of the rows picked: (rowid, webhook_id, event_id, attempts, retry_base,
-    body, traceparent) each, as claim reads them."""
+    body, traceparent, seq) each, as claim reads them."""
     claims = []
-    for _, webhook_id, event_id, attempts, base, body, traceparent in picked:
+    for _, webhook_id, event_id, attempts, base, body, traceparent, seq in picked:
         url, secret, prev, prev_exp, options = hooks[webhook_id]
         secrets = signing_secrets(secret, prev, prev_exp, now)
         pace = paces.get(webhook_id)
@@ -430,9 +430,14 @@ def _claims(
                 pace is not None and pace.paced,
                 options,
                 traceparent,
+                seq,
             )
         )
     return claims
+
+
+# Every seq a row can hold: the range of an outcome that does not carry its row's.
+ANY_SEQ = (-(2**63), 2**63 - 1)
 
 
 def _unknown(con: Any) -> bool:
@@ -568,6 +573,7 @@ def _record_one(con: Any, o: Outcome, now: datetime) -> int:
             o.webhook_id,
             o.event_id,
             o.claimed_until,
+            *_seqs([o]),
         ],
     ).fetchone()
     if o.spent:
@@ -588,6 +594,16 @@ def _record_one(con: Any, o: Outcome, now: datetime) -> int:
     return int(applied)
 
 
+def _seqs(outcomes: Sequence[Outcome]) -> tuple[int, int]:
+    """The range of seqs the outcomes' rows hold (Claim.seq), or every seq when one does
+    not say."""
+    seqs = [o.seq for o in outcomes]
+    if any(seq is None for seq in seqs):
+        return ANY_SEQ
+    known = [seq for seq in seqs if seq is not None]
+    return min(known), max(known)
+
+
 def _record_many(con: Any, outcomes: Sequence[Outcome], now: datetime) -> int:
     columns = [
         [o.webhook_id for o in outcomes],
@@ -601,7 +617,7 @@ def _record_many(con: Any, outcomes: Sequence[Outcome], now: datetime) -> int:
         [o.claimed_until for o in outcomes],
         [o.spent for o in outcomes],
     ]
-    (applied,) = con.execute(query("record"), [now, *columns]).fetchone()
+    (applied,) = con.execute(query("record"), [now, *columns, *_seqs(outcomes)]).fetchone()
     made = [o for o in outcomes if o.spent]
     if made:
         con.execute(

@@ -198,7 +198,7 @@ WHERE status = {INFLIGHT} GROUP BY webhook_id;
 
 -- name: claim
 -- Candidates: due rows, oldest first, of the webhooks not in ? (those at their cap).
-SELECT rowid, webhook_id, event_id, attempts, retry_base, body, traceparent
+SELECT rowid, webhook_id, event_id, attempts, retry_base, body, traceparent, seq
 FROM webhook_delivery_queue
 WHERE status IN {SOURCES_CLAIM} AND next_attempt_at <= ?
   AND NOT list_contains(?::VARCHAR[], webhook_id)
@@ -234,7 +234,10 @@ WHERE webhooks.webhook_id = v.webhook_id;
 
 
 -- name: record
--- A batch of outcomes, each applied only while its row holds the claim's lease.
+-- A batch of outcomes, each applied only while its row holds the claim's lease. Only
+-- rows with a seq between ? and ? (the outcomes' Claim.seq) are joined: DuckDB narrows
+-- that range by its column statistics instead of probing every stored id (5.9 ms against
+-- 7.9 for 100 rows of 300,000 with random ids).
 UPDATE webhook_delivery_queue AS q SET status = o.status,
     attempts = CASE WHEN o.spent THEN o.attempt ELSE q.attempts END,
     next_attempt_at = o.next_attempt_at, lease_until = NULL,
@@ -250,7 +253,8 @@ FROM (SELECT unnest(?::VARCHAR[]) AS webhook_id, unnest(?::VARCHAR[]) AS event_i
              unnest(?::BOOLEAN[]) AS spent) o
 WHERE q.webhook_id = o.webhook_id AND q.event_id = o.event_id
   AND q.status = {INFLIGHT}
-  AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until);
+  AND (o.claimed_until IS NULL OR q.lease_until = o.claimed_until)
+  AND q.seq BETWEEN ? AND ?;
 
 
 -- name: record_attempts
@@ -265,15 +269,16 @@ SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
 -- record for a batch of one outcome, as at low rates: the list form's join costs DuckDB
 -- about 2.6 ms for one row, this point update 1.3 ms. The same rule, in $n order: status,
 -- spent, attempt, next_attempt_at, status_code, error, attempted_at, updated_at,
--- webhook_id, event_id, claimed_until.
+-- webhook_id, event_id, claimed_until, and the seq range ($12, $13): with the row's own
+-- seq it costs 1.4 ms at a million stored rows with random ids, 44 ms without (a scan).
 UPDATE webhook_delivery_queue SET status = $1,
     attempts = CASE WHEN $2 THEN $3 ELSE attempts END,
     next_attempt_at = $4, lease_until = NULL,
     last_status_code = $5, last_error = $6,
     last_attempt_at = CASE WHEN $2 THEN $7 ELSE last_attempt_at END,
     updated_at = $8
-WHERE webhook_id = $9 AND event_id = $10 AND status = {INFLIGHT}
-  AND ($11::TIMESTAMP IS NULL OR lease_until = $11);
+WHERE seq BETWEEN $12 AND $13 AND webhook_id = $9 AND event_id = $10
+  AND status = {INFLIGHT} AND ($11::TIMESTAMP IS NULL OR lease_until = $11);
 
 
 -- name: record_attempt

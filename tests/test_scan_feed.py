@@ -36,9 +36,11 @@ async def hook_to(store: Store, receiver: Recorder) -> str:
 
 
 async def settled(store: Store, want: set[str]) -> dict[tuple[str, str], str]:
-    """The rows once every one is in a state of `want` (outcomes commit after the POST)."""
+    """The rows once there are some and every one is in a state of `want` (outcomes
+    commit after the POST; on DuckDB a scan's claims of the rows it inserts may even be
+    attempted before those rows commit)."""
     end = asyncio.get_running_loop().time() + DEADLINE
-    while set((now := await statuses(store)).values()) - want:
+    while not (now := await statuses(store)) or set(now.values()) - want:
         assert asyncio.get_running_loop().time() < end, f"rows still {now}"
         await asyncio.sleep(0.02)
     return now

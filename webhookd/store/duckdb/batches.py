@@ -30,6 +30,7 @@ from webhookd.store.duckdb.common import (
     HELD,
     Hook,
     active_hooks,
+    before_commit,
     forget,
     known,
     note,
@@ -276,7 +277,10 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
     hooks = active_hooks(con, {w for w, _ in rows})
     picked = [(None, w, e[1], 0, 0, e[4], e[5], e[0]) for w, e in rows]
     claims = _claims(picked, hooks, paces, lease_until, now)
-    return ScanResult(len(events), len(rows), high, claims=claims, left_due=False)
+    result = ScanResult(len(events), len(rows), high, claims=claims, left_due=False)
+    # Their attempts may start while the transaction commits: the rows exist only in it.
+    before_commit(con, result)
+    return result
 
 
 def _read_routes(con: Any) -> Routes:

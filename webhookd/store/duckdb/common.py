@@ -62,7 +62,7 @@ class Cursor:
     as does a ROLLBACK (the transaction may have read its own uncommitted changes). It
     also keeps facts of the queue (QUEUE_FACTS), forgotten as they say."""
 
-    __slots__ = ("_cur", "_disk", "_mark", "fresh", "memo", "notes", "remembers")
+    __slots__ = ("_cur", "_disk", "_mark", "early", "fresh", "memo", "notes", "remembers")
 
     def __init__(
         self, cur: duckdb.DuckDBPyConnection, disk: Disk, *, remembers: bool = False
@@ -75,6 +75,9 @@ class Cursor:
         # rolled-back transaction left is dropped with it.
         self.notes: list[Any] = []
         self._mark = 0
+        # Results of this transaction's batch functions that their callers may have before
+        # it commits (before_commit), by identity; emptied by every BEGIN.
+        self.early: list[Any] = []
         # The main writer's: the events the ingest writer committed (fresh.py).
         self.fresh: FreshEvents | None = None
 
@@ -94,6 +97,7 @@ class Cursor:
     def execute(self, query: str, parameters: object = None) -> duckdb.DuckDBPyConnection:
         if query == "BEGIN TRANSACTION":
             self._mark = len(self.notes)
+            self.early = []
         elif query == "ROLLBACK":
             del self.notes[self._mark :]
         if self.memo:
@@ -166,6 +170,15 @@ def note(con: Any, value: Any) -> None:
     """Leave `value` for after this transaction commits (Cursor.take_notes)."""
     if isinstance(con, Cursor):
         con.notes.append(value)
+
+
+def before_commit(con: Any, result: Any) -> None:
+    """`result` (a batch function's answer for one operation) may reach its caller before
+    the transaction commits (see Writer._execute): it claims only rows this transaction
+    inserts, so if it never commits nothing durable says they were claimed, and the events
+    are scanned again (at least once: a rollback means a duplicate, never a loss)."""
+    if isinstance(con, Cursor):
+        con.early.append(result)
 
 
 def forget(con: Any, key: str) -> None:

@@ -4,7 +4,9 @@ Callers on the event loop submit (batch function, payload) pairs and await a fut
 The thread drains everything queued, runs each batch function once over all payloads
 of its kind inside one transaction, commits once, and resolves all futures with one
 wake-up of the loop. If a transaction fails, its operations are retried one per
-transaction so that one bad operation fails alone.
+transaction so that one bad operation fails alone. A result its batch function lets go
+early (common.before_commit: a scan's claims of rows it has just inserted) is resolved
+before the commit, and its operation is not retried if the transaction then fails.
 
 The DuckDB store runs two: the main writer (claims, outcomes, scans, everything on the
 queue) and the ingest writer, which only appends events, so that a producer's 202 waits
@@ -259,6 +261,8 @@ class Writer:
         for op in sorted(ops, key=lambda o: o.priority):
             groups.setdefault((op.priority, id(op.fn)), []).append(op)
         results: list[tuple[_Op[Any], Any, BaseException | None]] = []
+        # Operations whose callers had their results before the commit (see _early).
+        told: set[int] = set()
         before = self.transactions
         try:
             with self._gate:
@@ -266,16 +270,26 @@ class Writer:
                     self._con.execute("BEGIN TRANSACTION")
                     for group in groups.values():
                         values = group[0].fn(self._con, [op.payload for op in group])
-                        results.extend(
-                            (op, value, None) for op, value in zip(group, values, strict=True)
-                        )
+                        done = list(zip(group, values, strict=True))
+                        results.extend((op, value, None) for op, value in done)
+                        early = self._early(done)
+                        if early:
+                            told.update(id(op) for op, _ in early)
+                            self._resolve([(op, value, None) for op, value in early])
                     self._con.execute("COMMIT")
                 except Exception:
                     self._rollback()
                     raise
             self.transactions += 1
+            results = [item for item in results if id(item[0]) not in told]
         except Exception as exc:
-            results = [(ops[0], None, exc)] if len(ops) == 1 else [self._alone(op) for op in ops]
+            # An operation told before the commit is not tried again: what it wrote is gone
+            # with the transaction, and the next one of its kind does it again.
+            left = [op for op in ops if id(op) not in told]
+            if len(ops) == 1:
+                results = [(op, None, exc) for op in left]
+            else:
+                results = [self._alone(op) for op in left]
         self.operations += len(ops)
         self.last_progress = time.monotonic()
         self._resolve(results)
@@ -284,6 +298,15 @@ class Writer:
             # main writer's kick (microseconds apart).
             with contextlib.suppress(Exception):
                 self._on_commit()
+
+    def _early(self, done: list[tuple[_Op[Any], Any]]) -> list[tuple[_Op[Any], Any]]:
+        """The operations of `done` whose results the batch function let go before the
+        commit (common.before_commit, on the cursor's `early`): a scan's claims of the rows
+        it has just inserted, whose attempts then start while the transaction commits."""
+        early = getattr(self._con, "early", None)
+        if not early:
+            return []
+        return [(op, value) for op, value in done if any(value is e for e in early)]
 
     def _alone(self, op: _Op[Any]) -> tuple[_Op[Any], Any, BaseException | None]:
         try:

@@ -47,9 +47,12 @@ async def scan(
     cursor: int,
     schema: str,
     claim: ScanClaim | None = None,
+    claimed: Callable[[Scanned], None] | None = None,
 ) -> Scanned:
     """`cursor` is the last one this daemon saw, returned as is when there is nothing new
-    to read or another daemon is scanning."""
+    to read or another daemon is scanning. `claimed` is told the scan's answer before its
+    COMMIT when it claimed rows, none of them of a paced webhook (see
+    PostgresStore.scan)."""
     async with con.transaction():
         if not await con.fetchval(query("scan_lock"), scan_key):
             return Scanned(ScanResult(0, 0, cursor))  # another daemon is scanning
@@ -110,11 +113,14 @@ async def scan(
                 # Rows of webhooks this claim did not draw from may be due: the workers
                 # (of every daemon) claim them as they would have without this claim.
                 await con.execute(query("scan_notify"))
-    return Scanned(
-        ScanResult(len(events), int(enqueued), last["seq"], claims, left_due),
-        head["target"],
-        head["fresh"],
-    )
+        scanned = Scanned(
+            ScanResult(len(events), int(enqueued), last["seq"], claims, left_due),
+            head["target"],
+            head["fresh"],
+        )
+        if claimed is not None and claims and not any(c.paced for c in claims):
+            claimed(scanned)
+    return scanned
 
 
 def build_body(row: Any) -> bytes:

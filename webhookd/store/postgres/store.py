@@ -167,6 +167,8 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._repoll = REPOLL
         self._scanning = False
         self._scan_failed: str | None = None  # the last scan's error, while it fails
+        # A scan whose claims went out before its COMMIT, while that COMMIT runs (see scan).
+        self._committing: asyncio.Task[scans.Scanned] | None = None
         self._transactions = 0
         self._claim_transactions = 0
         self._scans = 0
@@ -251,6 +253,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         self._heartbeat = None
         await stop_task(self._statistics, CLOSE_TIMEOUT)
         self._statistics = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._scan_committed()
         if self._writer is not None:
             await self._writer.close(CLOSE_TIMEOUT)
         # Best effort: a daemon that leaves says so; one that cannot is found dead later.
@@ -515,18 +520,57 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             result = ScanResult(0, 0, self._cursor)
         else:
             self._scanning = True
-            started = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            claimed: asyncio.Future[scans.Scanned] = loop.create_future()
+            work = asyncio.ensure_future(self._call(self._scan, batch_size, claim, claimed))
             try:
-                scanned = await self._call(self._scan, batch_size, claim)
-            except Exception as exc:
-                self._scan_failed = str(exc) or type(exc).__name__
-                raise
-            finally:
+                await asyncio.wait((work, claimed), return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                work.cancel()
                 self._scanning = False
-            self._scan_failed = None
+                raise
+            if claimed.done() and not work.done():
+                # The claims go to the workers while the COMMIT runs: the attempt does not
+                # wait for it. Their outcomes do (_write_outcomes), since another connection
+                # does not see the rows until then; and so does the next scan (_scanning).
+                # Should the COMMIT fail, the rows it inserted are gone and the cursor has
+                # not moved (the events are scanned again), and rows it claimed are pending
+                # again: a duplicate attempt, never a lost one.
+                self._committing = work
+                work.add_done_callback(self._committed)
+                scanned = claimed.result()
+            else:
+                try:
+                    scanned = await work
+                except Exception as exc:
+                    self._scan_failed = str(exc) or type(exc).__name__
+                    raise
+                finally:
+                    self._scanning = False
+                self._scan_failed = None
             self._look_again(scanned, started, batch_size)
             result = scanned.result
         return result
+
+    def _committed(self, work: asyncio.Task[scans.Scanned]) -> None:
+        """The COMMIT of a scan whose claims went out before it (see scan) has ended."""
+        self._scanning = False
+        if self._committing is work:
+            self._committing = None
+        if work.cancelled():
+            self._scan_failed = "the scan was cancelled before its commit"
+        elif (exc := work.exception()) is not None:
+            self._scan_failed = str(exc) or type(exc).__name__
+            log.error("a scan's commit failed; its events are scanned again", error=str(exc))
+        else:
+            self._scan_failed = None
+
+    async def _scan_committed(self) -> None:
+        """Wait for the COMMIT of a scan whose claims went out before it, if one runs."""
+        work = self._committing
+        if work is not None and not work.done():
+            await asyncio.wait((work,))
 
     def _look_again(self, scanned: scans.Scanned, started: float, batch_size: int) -> None:
         """Wake the scanners again if an event announced to this daemon may not have been
@@ -550,7 +594,11 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             listener.poke_later("events", 0.0)
 
     async def _scan(
-        self, con: Connection, batch_size: int, claim: ClaimRequest | None
+        self,
+        con: Connection,
+        batch_size: int,
+        claim: ClaimRequest | None,
+        claimed: asyncio.Future[scans.Scanned] | None = None,
     ) -> scans.Scanned:
         scan_claim: scans.ScanClaim | None = None
         if claim is not None and claim.limit > 0:
@@ -573,6 +621,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             self._cursor,
             self.schema,
             scan_claim,
+            None if claimed is None else claimed.set_result,
         )
         self._scans += 1
         self._cursor = scanned.result.cursor
@@ -641,6 +690,9 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
         return writer.submit(outcome)
 
     async def _write_outcomes(self, outcomes: list[Outcome]) -> set[str]:
+        # An outcome of a claim that went out before its scan's COMMIT must not be written
+        # before that COMMIT: its row would not be seen, and the outcome taken as late.
+        await self._scan_committed()
         return await self._call(self._record, outcomes, operations=len(outcomes))
 
     async def _record(self, con: Connection, outcomes: list[Outcome]) -> set[str]:

@@ -23,7 +23,7 @@ from webhookd.store.duckdb.writer import Writer
 from webhookd.store.records import utcnow
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-ASK = ClaimRequest(limit=64, per_webhook=8, lease=600.0)
+ASK = ClaimRequest(limit=64, per_webhook=8, lease=600.0, early=True)
 WAIT = 10.0  # seconds: a deadline, not a pace
 
 

@@ -16,7 +16,7 @@ from webhookd.states import Status
 from webhookd.store.base import ClaimRequest
 from webhookd.store.postgres import scans
 
-ASK = ClaimRequest(10, 8, 30.0, {})
+ASK = ClaimRequest(10, 8, 30.0, {}, early=True)
 LOCK = 726_001  # the advisory lock the trigger waits for at COMMIT
 
 
@@ -111,7 +111,7 @@ async def test_claims_before_a_commit_that_fails_leave_the_events_to_the_next_sc
         return [c.event_id for c in again.claims] == ["e1"]
 
     await poll(claimed_again, DEADLINE, "the event claimed by a later scan")
-    assert await rows(con) == [("e1", "inflight")]
+    await poll(lambda: _equal(rows(con), [("e1", "inflight")]), DEADLINE, "that scan's commit")
 
 
 async def _equal(got: Any, want: Any) -> bool:
@@ -145,7 +145,8 @@ async def test_a_scan_of_a_backlog_is_answered_after_its_commit(stores: Make, co
     await store.ingest(events(*many))
     await hold_commits(con)
     try:
-        scanning = asyncio.ensure_future(store.scan(100, ClaimRequest(100, 100, 30.0, {})))
+        wide = ClaimRequest(100, 100, 30.0, {}, early=True)
+        scanning = asyncio.ensure_future(store.scan(100, wide))
         done, _ = await asyncio.wait((scanning,), timeout=0.3)
         assert not done
     finally:

@@ -42,10 +42,14 @@ class Wakes:
     def _heard(self, con: Any, pid: int, channel: str, payload: str) -> None:
         self.heard.put_nowait(payload)
 
-    async def since_last(self) -> int:
+    async def since_last(self, store: PostgresStore | None = None) -> int:
         """Wake-ups sent since the last call: a marker sent now arrives after every
         notification of the transactions committed before it (PostgreSQL delivers them in
-        commit order), so whatever comes before the marker is all there was."""
+        commit order), so whatever comes before the marker is all there was. With `store`,
+        once its last scan has committed: a scan that claims a few events answers before
+        its COMMIT (PostgresStore.scan), which sends its NOTIFY."""
+        if store is not None:
+            await store._scan_committed()
         marker = f"marker-{id(self)}-{self.heard.qsize()}"
         await self.con.execute("SELECT pg_notify($1, $2)", self.channel, marker)
         n = 0
@@ -71,11 +75,11 @@ async def test_a_scan_that_claims_all_it_enqueued_wakes_no_claimer(
     await store.ingest(events("e1", "e2"))
     result = await store.scan(100, ASK)
     assert len(result.claims) == 2 and not result.left_due
-    assert await wakes.since_last() == 0
+    assert await wakes.since_last(store) == 0
     # Without a claim request the scan wakes them, as it always did.
     await store.ingest(events("e3"))
     assert (await store.scan(100)).enqueued == 1
-    assert await wakes.since_last() == 1
+    assert await wakes.since_last(store) == 1
 
 
 async def test_a_scan_that_reaches_its_limit_wakes_the_claimers(stores: Make, wakes: Wakes) -> None:
@@ -84,7 +88,7 @@ async def test_a_scan_that_reaches_its_limit_wakes_the_claimers(stores: Make, wa
     await store.ingest(events("e1", "e2", "e3"))
     result = await store.scan(100, ClaimRequest(2, 8, 30.0, {}))
     assert len(result.claims) == 2 and result.left_due
-    assert await wakes.since_last() == 1
+    assert await wakes.since_last(store) == 1
     assert len(await store.claim(10, 8, 30.0)) == 1
 
 
@@ -103,7 +107,7 @@ async def test_a_scan_waits_for_no_claim_lock_and_leaves_that_webhook_to_the_cla
         await con.execute("COMMIT")
     assert {(c.webhook_id, c.event_id) for c in result.claims} == {(a, "e1"), (a, "e2")}
     assert result.left_due
-    assert await wakes.since_last() == 1
+    assert await wakes.since_last(store) == 1
     claims = await store.claim(10, 8, 30.0)
     assert {(c.webhook_id, c.event_id) for c in claims} == {(b, "e1"), (b, "e2")}
 
@@ -122,7 +126,7 @@ async def test_a_scan_does_not_wait_even_when_its_only_webhook_is_being_claimed(
     finally:
         await con.execute("COMMIT")
     assert (result.enqueued, result.claims, result.left_due) == (1, [], True)
-    assert await wakes.since_last() == 1
+    assert await wakes.since_last(store) == 1
     (claim,) = await store.claim(10, 8, 30.0)
     assert (claim.webhook_id, claim.event_id) == (b, "e1")
 
@@ -143,7 +147,7 @@ async def test_a_scan_leaves_rate_limited_webhooks_to_the_claimers(
     result = await store.scan(100, ASK)
     assert [(c.webhook_id, c.event_id) for c in result.claims] == [(plain, "e1")]
     assert result.left_due
-    assert await wakes.since_last() == 1
+    assert await wakes.since_last(store) == 1
     (claim,) = await store.claim(10, 8, 30.0)
     assert (claim.webhook_id, claim.event_id) == (limited, "e1")
 

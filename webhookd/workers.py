@@ -398,7 +398,7 @@ class WorkerPool:
         room = self._room()
         if room == 0:
             return None
-        return ClaimRequest(room, self._per_webhook, self._lease, self._deep())
+        return ClaimRequest(room, self._per_webhook, self._lease, self._deep(), early=True)
 
     async def take(self, result: ScanResult) -> None:
         """A scan's result. Its claims are taken as a claimer's are; once the pool is

@@ -67,6 +67,11 @@ class ClaimRequest:
     per_webhook: int
     lease: float
     caps: Mapping[str, int] = field(default_factory=dict)
+    # The caller (the daemon's scanner) may have the claims of a scan of a few events
+    # before its transaction commits, so that their attempts do not wait for it: a reader
+    # may then not see their rows yet. The rows exist only in that transaction; if it
+    # never commits, the events are scanned again (a duplicate attempt, never a lost one).
+    early: bool = False
 
 
 @dataclass(frozen=True, slots=True)

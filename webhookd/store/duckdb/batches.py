@@ -278,8 +278,9 @@ def enqueue_claimed(con: Any, most: int, request: ClaimRequest) -> ScanResult | 
     picked = [(None, w, e[1], 0, 0, e[4], e[5], e[0]) for w, e in rows]
     claims = _claims(picked, hooks, paces, lease_until, now)
     result = ScanResult(len(events), len(rows), high, claims=claims, left_due=False)
-    # Their attempts may start while the transaction commits: the rows exist only in it.
-    before_commit(con, result)
+    if request.early:
+        # Their attempts may start while the transaction commits: the rows exist only in it.
+        before_commit(con, result)
     return result
 
 

@@ -26,13 +26,13 @@ Connection = Any  # asyncpg has no type stubs
 # A claim in the scan's transaction (claims.take with the store's arguments bound), from
 # the webhooks the scan enqueued rows for, rate-limited ones left out: the claims, and
 # whether it may have left rows due (its limit reached, webhooks passed over).
+ScanClaim = Callable[[Connection, list[str]], Awaitable[tuple[list[Claim], bool]]]
+
 # A scan of at most this many events (events that come one at a time) hands its claims
 # out before its COMMIT (PostgresStore.scan). A larger one reads a backlog, where the
 # attempt's wait for a COMMIT is nothing beside the queue's, and handing those out early
 # measured 8-10 % less throughput at 10 webhooks (bench/README.md).
 EARLY_EVENTS = 16
-
-ScanClaim = Callable[[Connection, list[str]], Awaitable[tuple[list[Claim], bool]]]
 
 
 class Scanned(NamedTuple):

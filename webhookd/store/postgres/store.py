@@ -537,7 +537,8 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             if claimed.done() and not work.done():
                 # The claims go to the workers while the COMMIT runs: the attempt does not
                 # wait for it. Their outcomes do (_write_outcomes), since another connection
-                # does not see the rows until then; and so does the next scan (_scanning).
+                # does not see the rows until then; and so does the next scan (it starts
+                # with _scan_committed).
                 # Should the COMMIT fail, the rows it inserted are gone and the cursor has
                 # not moved (the events are scanned again), and rows it claimed are pending
                 # again: a duplicate attempt, never a lost one.
@@ -625,7 +626,7 @@ class PostgresStore(tenant_tokens.TenantTokenCalls):
             self._cursor,
             self.schema,
             scan_claim,
-            None if claimed is None else claimed.set_result,
+            None if claimed is None or claim is None or not claim.early else claimed.set_result,
         )
         self._scans += 1
         self._cursor = scanned.result.cursor

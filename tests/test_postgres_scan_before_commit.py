@@ -14,7 +14,7 @@ from tests.pg_stores import Make, poll
 from tests.test_postgres_engine import DEADLINE, events, hook, outcome
 from webhookd.states import Status
 from webhookd.store.base import ClaimRequest
-from webhookd.store.postgres import scans
+from webhookd.store.postgres import PostgresStore, scans
 
 ASK = ClaimRequest(10, 8, 30.0, {}, early=True)
 LOCK = 726_001  # the advisory lock the trigger waits for at COMMIT
@@ -40,6 +40,14 @@ async def hold_commits(con: Any, *, fail: bool = False, only: str = "") -> None:
     )
 
 
+async def one_webhook(stores: Make, *event_ids: str) -> PostgresStore:
+    """A store with one webhook for every type, and these events ingested."""
+    store = await stores()
+    await hook(store)
+    await store.ingest(events(*event_ids))
+    return store
+
+
 async def release(con: Any) -> None:
     await con.execute(f"SELECT pg_advisory_unlock({LOCK})")
 
@@ -50,9 +58,7 @@ async def rows(con: Any) -> list[tuple[str, str]]:
 
 
 async def test_a_scans_claims_reach_the_caller_before_its_commit(stores: Make, con: Any) -> None:
-    store = await stores()
-    await hook(store)
-    await store.ingest(events("e1", "e2"))
+    store = await one_webhook(stores, "e1", "e2")
     await hold_commits(con)
     try:
         result = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
@@ -70,9 +76,7 @@ async def test_a_scans_claims_reach_the_caller_before_its_commit(stores: Make, c
 async def test_an_outcome_waits_for_the_commit_of_the_scan_that_claimed_its_row(
     stores: Make, con: Any
 ) -> None:
-    store = await stores()
-    await hook(store)
-    await store.ingest(events("e1"))
+    store = await one_webhook(stores, "e1")
     await hold_commits(con)
     try:
         result = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
@@ -92,9 +96,7 @@ async def test_an_outcome_waits_for_the_commit_of_the_scan_that_claimed_its_row(
 async def test_claims_before_a_commit_that_fails_leave_the_events_to_the_next_scan(
     stores: Make, con: Any
 ) -> None:
-    store = await stores()
-    await hook(store)
-    await store.ingest(events("e1"))
+    store = await one_webhook(stores, "e1")
     await hold_commits(con, fail=True)
     try:
         result = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
@@ -121,9 +123,7 @@ async def _equal(got: Any, want: Any) -> bool:
 async def test_the_next_scan_waits_for_the_commit_and_then_scans(stores: Make, con: Any) -> None:
     """Answered "nothing new" instead, a scanner behind a backlog would wait for its next
     wake-up (bench/README.md: throughput halved)."""
-    store = await stores()
-    await hook(store)
-    await store.ingest(events("e1"))
+    store = await one_webhook(stores, "e1")
     await hold_commits(con, only="e1")
     try:
         first = await asyncio.wait_for(store.scan(100, ASK), DEADLINE)
@@ -139,10 +139,8 @@ async def test_the_next_scan_waits_for_the_commit_and_then_scans(stores: Make, c
 
 
 async def test_a_scan_of_a_backlog_is_answered_after_its_commit(stores: Make, con: Any) -> None:
-    store = await stores()
-    await hook(store)
     many = [f"e{i:02d}" for i in range(scans.EARLY_EVENTS + 1)]
-    await store.ingest(events(*many))
+    store = await one_webhook(stores, *many)
     await hold_commits(con)
     try:
         wide = ClaimRequest(100, 100, 30.0, {}, early=True)

@@ -162,6 +162,21 @@ async def test_connection_is_reused_after_a_fully_read_response(make_sender: Mak
     assert first.peer_port == second.peer_port
 
 
+@pytest.mark.parametrize("status", [200, 204])
+async def test_connection_is_reused_after_a_response_without_a_body(
+    make_sender: MakeSender, status: int
+) -> None:
+    # 204 has no body by definition, a 200 here says Content-Length: 0: the reqwest sender
+    # does not read one, and its connection still goes back to the pool.
+    sender = await make_sender(max_response_bytes=100)
+    async with Recorder(status=status) as receiver:
+        results = [await post(sender, receiver.url_for(f"/{i}")) for i in range(3)]
+    assert [(r.status_code, r.error, r.response_excerpt) for r in results] == [
+        (status, None, "")
+    ] * 3
+    assert len({r.peer_port for r in receiver.requests}) == 1
+
+
 async def test_connection_is_dropped_when_the_body_exceeds_the_cap(
     make_sender: MakeSender,
 ) -> None:

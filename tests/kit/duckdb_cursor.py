@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from webhookd.states import Status
 from webhookd.store.base import Claim, Outcome
@@ -31,13 +31,17 @@ class Counting(Cursor):
         return super().execute(query, parameters)
 
 
+C = TypeVar("C", bound=Counting)
+
+
 @contextmanager
-def counting_cursor(directory: Path) -> Iterator[Counting]:
-    """A migrated database file in `directory` and the main writer's cursor on it."""
+def counting_cursor(directory: Path, kind: type[C] = Counting) -> Iterator[C]:  # type: ignore[assignment]
+    """A migrated database file in `directory` and the main writer's cursor on it (of
+    `kind`, a Counting)."""
     path = directory / "q.duckdb"
     raw = open_connection(path, "256MB")
     migrate(raw)
-    cur = Counting(raw.cursor(), Disk(path, lambda: None), remembers=True)
+    cur = kind(raw.cursor(), Disk(path, lambda: None), remembers=True)
     try:
         yield cur
     finally:

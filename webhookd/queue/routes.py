@@ -21,12 +21,15 @@ class Routes:
     def __init__(self, webhooks: Iterable[tuple[str, str | None, Sequence[str]]]) -> None:
         # tenant ('' for none) -> (webhooks that list no type, type -> webhooks that list it)
         self._by_tenant: dict[str, tuple[list[str], dict[str, list[str]]]] = {}
+        ids: set[str] = set()
         for webhook_id, tenant, event_types in webhooks:
+            ids.add(webhook_id)
             every, by_type = self._by_tenant.setdefault(tenant or "", ([], {}))
             if not event_types:
                 every.append(webhook_id)
             for event_type in set(event_types):
                 by_type.setdefault(event_type, []).append(webhook_id)
+        self.webhooks = frozenset(ids)
 
     def takers(self, event_type: str, tenant: str | None) -> list[str]:
         """The webhooks that take an event of this type and tenant, each once, sorted."""

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -131,27 +132,69 @@ def _fallback(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(default=_fallback)
 
 
-def _dumps(value: Any, **_: Any) -> str:
-    return _ENCODER.encode(value)
+# The level a log method writes (structlog's add_log_level): the others are their own.
+_LEVEL_OF = {"warn": "warning", "exception": "error"}
+
+
+class _Clock:
+    """The time of a line as TimeStamper(fmt="iso", utc=True) writes it
+    ("2026-12-08T03:28:43.279529Z"; no fraction at a whole second), with the part up to the
+    seconds made once a second: formatting a datetime was a tenth of a line's cost."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        return self.at(time.time())
+
+    def at(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        micro = round((now - second) * 1_000_000)
+        if micro >= 1_000_000:  # rounded up into the next second: write it as that one
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second + 1))
+        return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+
+
+_clock = _Clock()
+
+
+def _json_line(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """add_log_level, TimeStamper(fmt="iso", utc=True), _drop_secrets, format_exc_info,
+    the JSON rendering and _cut_secrets in one step, in that order, for the JSON format:
+    at info every attempt writes a line (SPEC), and six processors' calls were a third
+    of its cost."""
+    event_dict["level"] = _LEVEL_OF.get(method_name, method_name)
+    event_dict["timestamp"] = _clock.now()
+    for key in _SECRET_KEYS.intersection(event_dict):
+        event_dict[key] = REDACTED
+    if "exc_info" in event_dict:
+        event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+    return _cut_secrets(logger, method_name, _ENCODER.encode(event_dict))
 
 
 def configure(fmt: str = "json", level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    renderer: list[Any] = (
-        [structlog.processors.JSONRenderer(serializer=_dumps)]
+    steps: list[Any] = (
+        [_json_line]
         if fmt == "json"
-        else [_escape_for_terminal, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
+        else [
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _drop_secrets,
             structlog.processors.format_exc_info,
-            *renderer,
+            _escape_for_terminal,
+            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
             _cut_secrets,
-        ],
+        ]
+    )
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, *steps],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,

@@ -45,6 +45,23 @@ def test_the_body_is_the_canonical_json_of_the_whole_event(
     whole = {"id": event_id, "type": event_type, "timestamp": _timestamp(NOW), "data": data}
     assert event.body == canonical_json(whole).encode("utf-8")
     assert event.payload == canonical_json(data)
+    # canonical_json is json.dumps with these arguments (one encoder, made once).
+    assert canonical_json(whole) == json.dumps(
+        whole, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def test_the_body_timestamp_is_utc_to_the_microsecond_whatever_the_offset() -> None:
+    """_timestamp remembers what it wrote for a time: the same instant given with another
+    offset is written in UTC all the same, and another instant differently."""
+    from datetime import timedelta, timezone
+
+    paris = timezone(timedelta(hours=1))
+    first = _timestamp(datetime(2026, 1, 1, 13, 0, 0, 5, tzinfo=paris))
+    again = _timestamp(datetime(2026, 1, 1, 12, 0, 0, 5, tzinfo=UTC))
+    other = _timestamp(datetime(2026, 1, 1, 12, 0, 0, 6, tzinfo=UTC))
+    assert first == again == "2026-01-01T12:00:00.000005Z"
+    assert other == "2026-01-01T12:00:00.000006Z"
 
 
 def test_the_body_has_sorted_keys_and_no_spaces() -> None:

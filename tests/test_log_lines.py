@@ -70,13 +70,12 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @pytest.fixture(autouse=True)
-def registered_secret() -> Iterator[None]:
-    """SECRET is cut out of every line while a test runs (the configured JSON format is
-    tested end to end in a fresh interpreter: tests/test_terminal_output.py)."""
-    before = set(logs._secrets)
+def registered_secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SECRET alone is cut out of every line while a test runs (the configured JSON format
+    is tested end to end in a fresh interpreter: tests/test_terminal_output.py)."""
+    monkeypatch.setattr(logs, "_secrets", logs._Secrets())
     logs.never_log(SECRET)
     yield
-    logs._secrets.intersection_update(before)
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -107,3 +106,29 @@ def test_the_time_is_written_as_datetime_writes_it(now: float) -> None:
     clock = logs._Clock()
     assert clock.at(now) == expected
     assert clock.at(now) == expected  # and again, from the second it remembers
+
+
+def test_every_registered_secret_is_cut_wherever_it_is_however_many_there_are() -> None:
+    """Secrets are looked for by their beginnings (logs._Secrets): a thousand tenant tokens
+    that all begin "wht_" cost a line one search, and each is still found."""
+    tokens = [f"wht_tt_{i:04d}.{'x' * 10}{i}" for i in range(1000)]
+    for token in tokens:
+        logs.never_log(token)
+    logs.never_log("ab")  # shorter than the beginning looked for
+    line = (
+        f"{tokens[7]} at the start, twice {tokens[500]}{tokens[500]}, in a word "
+        f"x{tokens[999]}y, ab, not wht_tt_0001.xxx, and {SECRET}"
+    )
+    cut = logs._cut_secrets(None, "info", line)
+    assert cut == (
+        "[redacted] at the start, twice [redacted][redacted], in a word x[redacted]y, "
+        "[redacted], not wht_tt_0001.xxx, and [redacted]"
+    )
+
+
+def test_a_secret_that_holds_another_is_cut_whole() -> None:
+    logs.never_log("token-123")
+    logs.never_log("my-token-123-long")
+    assert logs._cut_secrets(None, "info", "a my-token-123-long b token-123") == (
+        "a [redacted] b [redacted]"
+    )

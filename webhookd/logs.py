@@ -161,10 +161,6 @@ def _fallback(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(default=_fallback)
 
 
-# The level a log method writes (structlog's add_log_level): the others are their own.
-_LEVEL_OF = {"warn": "warning", "exception": "error"}
-
-
 class _Clock:
     """The time of a line as TimeStamper(fmt="iso", utc=True) writes it
     ("2026-12-08T03:28:43.279529Z"; no fraction at a whole second), with the part up to the
@@ -198,10 +194,9 @@ def _json_line(logger: Any, method_name: str, event_dict: MutableMapping[str, An
     the JSON rendering and _cut_secrets in one step, in that order, for the JSON format:
     at info every attempt writes a line (SPEC), and six processors' calls were a third
     of its cost."""
-    event_dict["level"] = _LEVEL_OF.get(method_name, method_name)
+    event_dict = structlog.processors.add_log_level(logger, method_name, event_dict)
     event_dict["timestamp"] = _clock.now()
-    for key in _SECRET_KEYS.intersection(event_dict):
-        event_dict[key] = REDACTED
+    event_dict = _drop_secrets(logger, method_name, event_dict)
     if "exc_info" in event_dict:
         event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
     return _cut_secrets(logger, method_name, _ENCODER.encode(event_dict))
